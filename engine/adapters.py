@@ -1,0 +1,64 @@
+"""Wrapping a loaded model for its training method: full weights, LoRA, or QLoRA via PEFT."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 16
+    lora_alpha: float = 16
+    lora_dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+
+def prepare_for_training(
+    model: Any,
+    *,
+    method: str,
+    lora: LoraSettings,
+    gradient_checkpointing: bool,
+    quantized: bool,
+) -> Any:
+    """Return the model to train: the base itself (full) or a PeftModel (lora/qlora)."""
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs, so no input-grad hook is needed.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=lora.target_modules,
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        bias=lora.bias,
+        modules_to_save=lora.modules_to_save,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name})
+        raise ConfigError(
+            f"lora.target_modules: {exc}",
+            hint=f"Use all-linear, or module names of this model, e.g. {', '.join(names[:12])}.",
+        ) from None

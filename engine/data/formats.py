@@ -1,0 +1,206 @@
+"""Recognise a dataset's row format and turn every row into one normalised conversation.
+
+A chat conversation is a list of ``{"role": system|user|assistant, "content": str}``; a ``text``
+row (continued pre-training) becomes a plain string. Every row is validated here, so encoding and
+training never meet a malformed row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine.data.sources import bad_rows_error, row_number
+from engine.errors import DatasetError
+
+Message = dict[str, str]
+Conversation = list[Message] | str
+
+FORMATS = ("alpaca", "sharegpt", "messages", "text")
+_DESCRIPTIONS = {
+    "alpaca": "alpaca (instruction/input/output)",
+    "sharegpt": "sharegpt (conversations of from/value)",
+    "messages": "messages (OpenAI-style role/content)",
+    "text": "text (plain text, continued pre-training)",
+}
+# ShareGPT speakers and OpenAI roles, mapped onto the three roles chat templates know.
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+_LIST_KEYS = ("messages", "conversations")
+_NEEDS = {
+    "alpaca": "'instruction' and 'output' text (optional 'input', 'system')",
+    "sharegpt": "a 'conversations' list of {from, value}",
+    "messages": "a 'messages' list of {role, content}",
+    "text": "a 'text' field",
+}
+_FORMAT_HINT = (
+    "Set dataset.format to one of alpaca, sharegpt, messages, text, or rename the columns: "
+    + "; ".join(f"{fmt} needs {needs}" for fmt, needs in _NEEDS.items())
+    + "."
+)
+
+
+def describe_format(fmt: str) -> str:
+    """One line for the "detected format" message, e.g. "alpaca (instruction/input/output)"."""
+    return _DESCRIPTIONS.get(fmt, fmt)
+
+
+def detect_format(records: list[dict[str, Any]], source: str) -> str:
+    """Guess the format from the keys of the first row; chat lists win over alpaca over text."""
+    if not records:
+        raise DatasetError(f"{source}: the dataset has no rows.", hint="Add rows to the file.")
+    row = records[0]
+    keys = set(row)
+    for key in _LIST_KEYS:
+        if key in keys:
+            items = _as_list(row[key])
+            first = items[0] if items and isinstance(items[0], dict) else {}
+            if "from" in first or "value" in first:
+                return "sharegpt"
+            if "role" in first or "content" in first:
+                return "messages"
+            return "sharegpt" if key == "conversations" else "messages"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if "text" in keys:
+        return "text"
+    seen = ", ".join(sorted(map(str, keys))[:12]) or "(none)"
+    raise DatasetError(
+        f"{source}, row {row_number(records, 0)}: cannot tell the dataset format from its keys "
+        f"({seen}).",
+        hint=_FORMAT_HINT,
+    )
+
+
+def to_conversations(records: list[dict[str, Any]], fmt: str, source: str) -> list[Conversation]:
+    """Validate every row of ``fmt`` and normalise it; errors list the first bad rows."""
+    if fmt not in FORMATS:
+        raise DatasetError(f"Unknown dataset format '{fmt}'.", hint=_FORMAT_HINT)
+    convert = {"alpaca": _alpaca, "sharegpt": _chat, "messages": _chat, "text": _text}[fmt]
+    out: list[Conversation] = []
+    problems: list[str] = []
+    for index, row in enumerate(records):
+        try:
+            out.append(convert(row, fmt))
+        except _RowProblem as problem:
+            problems.append(f"row {row_number(records, index)}: {problem}")
+    if problems:
+        raise bad_rows_error(
+            source,
+            problems,
+            len(problems),
+            hint=f"Fix or remove these rows. {fmt} rows need {_NEEDS[fmt]}; chat turns are: "
+            "optional system, then user and assistant alternating, with non-empty content.",
+        )
+    return out
+
+
+class _RowProblem(Exception):
+    """What is wrong with one row; collected by to_conversations into one DatasetError."""
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    # CSV and some exports store the message list as a JSON string; accept that too.
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(value, tuple):
+        value = list(value)
+    return value if isinstance(value, list) else None
+
+
+def _string(row: dict[str, Any], key: str, *, optional: bool = False) -> str:
+    if key not in row or row[key] is None:
+        if optional:
+            return ""
+        raise _RowProblem(f"missing field '{key}' (keys: {', '.join(sorted(map(str, row)))})")
+    value = row[key]
+    if not isinstance(value, str):
+        raise _RowProblem(f"field '{key}' must be text, got {type(value).__name__}")
+    if not optional and not value.strip():
+        raise _RowProblem(f"field '{key}' is empty")
+    return value
+
+
+def _alpaca(row: dict[str, Any], fmt: str) -> Conversation:
+    instruction = _string(row, "instruction")
+    extra = _string(row, "input", optional=True)
+    system = _string(row, "system", optional=True)
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "system", "content": system}] if system.strip() else []
+    messages += [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": _string(row, "output")},
+    ]
+    return messages
+
+
+def _text(row: dict[str, Any], fmt: str) -> Conversation:
+    return _string(row, "text")
+
+
+def _chat(row: dict[str, Any], fmt: str) -> Conversation:
+    role_key, content_key = ("from", "value") if fmt == "sharegpt" else ("role", "content")
+    list_key = next((key for key in _LIST_KEYS if key in row), None)
+    if list_key is None:
+        wanted = "conversations" if fmt == "sharegpt" else "messages"
+        raise _RowProblem(f"missing field '{wanted}' (keys: {', '.join(sorted(map(str, row)))})")
+    items = _as_list(row[list_key])
+    if items is None:
+        raise _RowProblem(f"field '{list_key}' must be a list, got {type(row[list_key]).__name__}")
+    messages: list[Message] = []
+    for turn, item in enumerate(items, start=1):
+        where = f"{list_key}[{turn}]"
+        if not isinstance(item, dict):
+            raise _RowProblem(f"{where} must be an object, got {type(item).__name__}")
+        if role_key not in item or content_key not in item:
+            raise _RowProblem(
+                f"{where} needs '{role_key}' and '{content_key}' "
+                f"(has {', '.join(sorted(map(str, item)))})"
+            )
+        role = _ROLES.get(str(item[role_key]).lower())
+        if role is None:
+            known = ", ".join(sorted(_ROLES))
+            raise _RowProblem(f"{where} has unknown {role_key} '{item[role_key]}' (known: {known})")
+        content = _content_text(item[content_key], where)
+        messages.append({"role": role, "content": content})
+    _check_order(messages, list_key)
+    return messages
+
+
+def _content_text(value: Any, where: str) -> str:
+    # OpenAI-style content may be a list of parts; only text parts can be trained on here.
+    if isinstance(value, list):
+        parts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
+        if len(parts) != len(value) or not all(isinstance(p, str) for p in parts):
+            raise _RowProblem(f"{where} content has non-text parts; only text is supported")
+        value = "".join(parts)  # type: ignore[arg-type]
+    if not isinstance(value, str):
+        raise _RowProblem(f"{where} content must be text, got {type(value).__name__}")
+    if not value.strip():
+        raise _RowProblem(f"{where} has empty content")
+    return value
+
+
+def _check_order(messages: list[Message], list_key: str) -> None:
+    """Optional leading system, then user/assistant alternating from user, one assistant at least."""
+    if not messages:
+        raise _RowProblem(f"'{list_key}' is empty")
+    body = messages[1:] if messages[0]["role"] == "system" else messages
+    for turn, message in enumerate(body):
+        expected = "user" if turn % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            position = turn + 1 + (len(messages) - len(body))
+            raise _RowProblem(
+                f"{list_key}[{position}] is '{message['role']}' but '{expected}' was expected "
+                "(turns must be: optional system, then user and assistant alternating)"
+            )
+    if not any(message["role"] == "assistant" for message in body):
+        raise _RowProblem("has no assistant turn, so there is nothing to learn from it")

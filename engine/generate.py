@@ -1,0 +1,102 @@
+"""Text generation for chat and for exact-match evaluation.
+
+``stream_reply`` yields text deltas as tokens are generated (the chat pane and the REPL print
+them as they come); ``greedy_replies`` answers many prompts at once, left-padded, for evaluation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> str:
+    return tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+    )
+
+
+def stream_reply(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    *,
+    chat_template: str | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> Iterator[str]:
+    import torch
+    from transformers import TextIteratorStreamer
+
+    text = render_prompt(tokenizer, messages, chat_template)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = temperature > 0
+    kwargs = dict(
+        **inputs,
+        streamer=streamer,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if sampling:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.no_grad():
+                model.generate(**kwargs)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+            streamer.end()
+
+    thread = threading.Thread(target=work, name="finetty-generate", daemon=True)
+    thread.start()
+    yield from streamer
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def greedy_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    chat_template: str | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> list[str]:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    replies: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            texts = [
+                render_prompt(tokenizer, [{"role": "user", "content": p}], chat_template)
+                for p in prompts[start : start + batch_size]
+            ]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    use_cache=True,
+                )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            replies.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return replies

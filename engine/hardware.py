@@ -1,0 +1,110 @@
+"""Hardware readings: NVML for GPUs when present, psutil always.
+
+A reading that is not available is None, never an exception (nvitop's habit): a box without a
+driver, a GPU that hides its power draw, or a sandbox that forbids a query must not stop a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import psutil
+
+from engine.events import EventSink, GpuSample, HardwareSample
+
+MIB = 1024 * 1024
+
+
+def _nvml():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # noqa: BLE001 - NVMLError_LibraryNotFound and friends: no GPU readings
+        return None
+
+
+def _maybe(read: Callable[[], float]) -> float | None:
+    try:
+        return float(read())
+    except Exception:  # noqa: BLE001 - any unsupported query reads as "not available"
+        return None
+
+
+class HardwareMonitor:
+    """Samples every ``interval`` seconds on a daemon thread and emits HardwareSample events."""
+
+    def __init__(
+        self,
+        sink: EventSink,
+        interval: float = 2.0,
+        peak_mib: Callable[[int], float | None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.interval = interval
+        self.peak_mib = peak_mib
+        self._process = psutil.Process()
+        self._process.cpu_percent(None)  # prime: the first call always returns 0
+        self._nvml = _nvml()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> HardwareSample:
+        memory = self._process.memory_info()
+        return HardwareSample(
+            gpus=self._gpu_samples(),
+            process_rss_mib=memory.rss / MIB,
+            process_cpu_pct=self._process.cpu_percent(None),
+            system_memory_used_pct=psutil.virtual_memory().percent,
+        )
+
+    def _gpu_samples(self) -> list[GpuSample]:
+        nvml = self._nvml
+        if nvml is None:
+            return []
+        samples = []
+        count = int(_maybe(nvml.nvmlDeviceGetCount) or 0)
+        for index in range(count):
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                name = nvml.nvmlDeviceGetName(handle)
+                info = nvml.nvmlDeviceGetMemoryInfo(handle)
+            except Exception:  # noqa: BLE001
+                continue
+            samples.append(
+                GpuSample(
+                    index=index,
+                    name=name.decode() if isinstance(name, bytes) else str(name),
+                    memory_used_mib=info.used / MIB,
+                    memory_total_mib=info.total / MIB,
+                    memory_peak_mib=self.peak_mib(index) if self.peak_mib else None,
+                    utilization_pct=_maybe(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    temperature_c=_maybe(lambda h=handle: nvml.nvmlDeviceGetTemperature(h, 0)),
+                    power_w=_maybe(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
+                )
+            )
+        return samples
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="finetty-hardware", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sink.emit(self.sample())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 1)
+
+
+def cuda_peak_mib(index: int) -> float | None:
+    """Peak memory allocated by this process's PyTorch on a GPU."""
+    import torch
+
+    if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        return None
+    return torch.cuda.max_memory_allocated(index) / MIB

@@ -1,0 +1,219 @@
+"""Finding, reading, overriding and saving presets, with errors that point at the YAML line.
+
+Every problem in a file is reported at once, each as ``file:line key: what is wrong``, with a
+"did you mean" for misspelt keys. No torch here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine.config import Preset
+from engine.errors import ConfigError
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+
+def user_presets_dir() -> Path:
+    configured = os.environ.get("FINETTY_PRESETS")
+    if configured:
+        return Path(configured).expanduser()
+    base = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config"))
+    return base / "finetty" / "presets"
+
+
+@dataclass(frozen=True)
+class PresetInfo:
+    name: str
+    path: Path
+    origin: str  # "bundled" or "user"
+    description: str
+
+
+def list_presets() -> list[PresetInfo]:
+    """Bundled then user presets; a user preset with a bundled name shadows the bundled one."""
+    found: dict[str, PresetInfo] = {}
+    for origin, folder in (("bundled", BUNDLED_DIR), ("user", user_presets_dir())):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.yaml")):
+            found[path.stem] = PresetInfo(path.stem, path, origin, _description(path))
+    return sorted(found.values(), key=lambda info: (info.origin != "bundled", info.name))
+
+
+def _description(path: Path) -> str:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return "(unreadable)"
+    if isinstance(data, dict):
+        return str(data.get("description") or "")
+    return "(not a preset)"
+
+
+def find_preset(name_or_path: str) -> Path:
+    """A preset by file path, or by name among the user and bundled presets."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if path.is_file():
+            return path
+        raise ConfigError(f"Preset file not found: {name_or_path}", hint="Check the path, or run `finetty presets`.")
+    by_name = {info.name: info.path for info in list_presets()}
+    if name_or_path in by_name:
+        return by_name[name_or_path]
+    close = difflib.get_close_matches(name_or_path, list(by_name), n=3)
+    hint = f"Did you mean: {', '.join(close)}?" if close else "Run `finetty presets` to list them."
+    raise ConfigError(f"No preset named '{name_or_path}'.", hint=hint)
+
+
+def load_preset(name_or_path: str, overrides: list[str] | None = None) -> tuple[Preset, Path]:
+    path = find_preset(name_or_path)
+    data, lines = read_yaml(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(data, source=str(path), lines=lines), path
+
+
+def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """The mapping in a YAML file, and the line of every key (for error messages)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded).", hint="Save the preset as UTF-8."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}).") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML ({problem}).", hint="Check indentation and quoting.") from None
+    if data is None:
+        raise ConfigError(f"{path}: the preset is empty.", hint="See presets/smollm2-demo.yaml for an example.")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a preset must be a mapping of sections (model:, dataset:, ...), not a {type(data).__name__}.",
+            hint="See presets/smollm2-demo.yaml for an example.",
+        )
+    lines: dict[tuple[str, ...], int] = {}
+    _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + (str(key_node.value),)
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key, out)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            f"--set {item!r}: expected KEY=VALUE.", hint="For example: --set training.learning_rate=1e-4"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys; unknown keys are left for validation to report with a suggestion."""
+    result = _deep_copy(data)
+    for item in overrides:
+        keys, value = parse_override(item)
+        target = result
+        for key in keys[:-1]:
+            child = target.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                target[key] = child
+            target = child
+        target[keys[-1]] = value
+    return result
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _deep_copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(value) for value in data]
+    return data
+
+
+def validate(data: dict[str, Any], *, source: str = "preset", lines: dict | None = None) -> Preset:
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(error, source, lines or {}) for error in exc.errors()]
+        raise ConfigError(
+            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''} in the preset:\n"
+            + "\n".join(f"  - {problem}" for problem in problems),
+            hint="Fix the keys above; `finetty presets` lists working examples.",
+            problems=problems,
+        ) from None
+
+
+def _describe(error: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    # Pydantic names union members in the location (e.g. "int", "literal['auto']"); drop them.
+    loc = tuple(part for part in loc if not part.startswith(("literal[", "function-")) and part not in _TYPE_TAGS)
+    key = ".".join(loc) or "(top level)"
+    line = _line_for(loc, lines)
+    where = f"{source}:{line} {key}" if line else f"{source} {key}"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key{_suggest(loc)}"
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    given = error.get("input")
+    if kind not in ("model_type",) and not isinstance(given, dict):
+        message += f" (got {given!r})"
+    return f"{where}: {message}"
+
+
+_TYPE_TAGS = {"int", "str", "float", "bool", "list[str]", "list", "dict", "constrained-int", "function-after"}
+
+
+def _line_for(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return None
+
+
+def _suggest(loc: tuple[str, ...]) -> str:
+    model: type[BaseModel] = Preset
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    return f"; valid keys here: {', '.join(model.model_fields)}"
+
+
+def to_yaml(preset: Preset) -> str:
+    """The resolved config, every default filled in, loadable again by `finetty train`."""
+    data = preset.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

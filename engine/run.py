@@ -1,0 +1,322 @@
+"""The one entry point that turns a validated preset into a run.
+
+Only this module reads the whole preset; everything below it takes plain arguments. A Run is
+prepared on the caller's thread (cheap checks, run directory) and executed on a worker thread;
+front-ends watch it through events and drive it through ``run.control``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import builtin_data, rundir
+from engine.config import BUILTIN_DATASET, Preset
+from engine.control import RunAborted, RunControl
+from engine.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_TERMINATED,
+    FinettyError,
+    RunDirError,
+)
+from engine.events import DatasetStats, EventSink, Failed, FanoutSink, Finished, LogLine, RunStarted, StateChanged
+
+
+@dataclass
+class RunResult:
+    status: str  # finished, stopped, failed
+    exit_code: int
+    run_dir: Path
+    error: FinettyError | None = None
+
+
+def find_resume_checkpoint(run_dir: Path, sink: EventSink) -> Path | None:
+    from engine import checkpoint
+
+    directory = run_dir / "checkpoints"
+    for partial in checkpoint.incomplete_checkpoints(directory):
+        sink.emit(LogLine(level="warning", text=f"Skipping incomplete checkpoint {partial.name} (no COMPLETE marker)."))
+    complete = checkpoint.complete_checkpoints(directory)
+    return complete[-1] if complete else None
+
+
+class Run:
+    def __init__(
+        self,
+        preset: Preset,
+        sink: EventSink,
+        *,
+        runs_root: Path | None = None,
+        resume_dir: Path | None = None,
+    ) -> None:
+        self.preset = preset
+        self._accuracy: dict[str, float] = {}
+        self.stop_signal: str = "user"  # "user" (Ctrl+C, stop command) or "sigterm"
+        self.result: RunResult | None = None
+        self._thread: threading.Thread | None = None
+        if resume_dir is not None:
+            self.run_dir = resume_dir
+        else:
+            self.run_dir = rundir.new_run_dir(preset.name, rundir.runs_root(str(runs_root) if runs_root else None))
+            from engine.presets import to_yaml
+
+            (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
+        self.resuming = resume_dir is not None
+        self.dir_sink = rundir.RunDirSink(self.run_dir)
+        self.sink = FanoutSink(self.dir_sink, sink)
+        self._reader = rundir.CommandReader(self.run_dir / "commands.jsonl")
+        self.control = RunControl(external=self._reader.poll)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.chat_template: str | None = None
+
+    # -- threads -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._execute_safely, name="finetty-engine", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> RunResult | None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.result
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def execute(self) -> RunResult:
+        """Run in the calling thread (tests, scripts)."""
+        self._execute_safely()
+        if self.result is None:
+            raise RuntimeError("the run ended without a result")
+        return self.result
+
+    def _execute_safely(self) -> None:
+        started = time.time()
+        step = 0
+        try:
+            outcome, paths = self._execute()
+            step = outcome.step
+            stopped = outcome.status == "stopped"
+            code = (EXIT_TERMINATED if self.stop_signal == "sigterm" else EXIT_STOPPED) if stopped else EXIT_OK
+            metrics = {
+                key: value
+                for key, value in {
+                    "final_loss": outcome.final_loss,
+                    "best_loss": outcome.best_loss,
+                    "eval_loss": outcome.eval_loss,
+                    "tokens_seen": float(outcome.tokens_seen),
+                    **self._accuracy,
+                }.items()
+                if value is not None
+            }
+            self.sink.emit(Finished(outcome.status, outcome.step, metrics, paths, time.time() - started))
+            self.result = RunResult(outcome.status, code, self.run_dir)
+        except RunAborted:
+            self.sink.emit(Finished("stopped", step, {}, {}, time.time() - started))
+            code = EXIT_TERMINATED if self.stop_signal == "sigterm" else EXIT_STOPPED
+            self.result = RunResult("stopped", code, self.run_dir)
+        except FinettyError as error:
+            self._fail(error.kind, error.title, error.message, error.hint)
+            self.result = RunResult("failed", error.exit_code, self.run_dir, error)
+        except Exception as exc:  # noqa: BLE001 - any crash becomes a failed event, with the trace in log.txt
+            with open(self.run_dir / "log.txt", "a", encoding="utf-8") as log:
+                log.write(traceback.format_exc())
+            message = f"{type(exc).__name__}: {exc}"
+            self._fail("internal", "Unexpected error", message, f"The full traceback is in {self.run_dir / 'log.txt'}.")
+            self.result = RunResult("failed", EXIT_FAILED, self.run_dir, FinettyError(message))
+        finally:
+            self.dir_sink.close()
+
+    def _fail(self, kind: str, title: str, message: str, hint: str | None) -> None:
+        step = int(self.dir_sink.status.get("step") or 0)
+        self.sink.emit(Failed(kind, title, message, hint, step, str(self.run_dir / "log.txt")))
+
+    # -- the run itself ------------------------------------------------------------------------
+    def _execute(self) -> tuple[Any, dict[str, str]]:
+        import torch
+
+        from engine import models
+        from engine.adapters import LoraSettings, prepare_for_training
+        from engine.data import prepare_dataset
+        from engine.trainer import Trainer, TrainSettings
+
+        p = self.preset
+        device = models.select_device(p.training.use_cpu)
+        quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
+        models.check_hardware(device=device, quant_bits=quant_bits, optim=p.training.optim)
+        source = models.resolve_source(p.model.name_or_path, allow_pickle=p.model.allow_pickle_weights)
+        dtype = models.select_dtype(p.model.dtype, device)
+        amp_dtype = None
+        weights_dtype = dtype
+        if device == "cuda" and dtype == torch.float16 and p.method == "full":
+            weights_dtype, amp_dtype = torch.float32, torch.float16  # fp32 master weights, fp16 compute
+        self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
+        loaded = models.load_model(
+            source,
+            device=device,
+            dtype=weights_dtype,
+            attention=models.select_attention(p.model.attn_implementation, device),
+            quant_bits=quant_bits,
+            quant_type=p.model.bnb_4bit_quant_type,
+            double_quant=p.model.bnb_4bit_use_double_quant,
+            revision=p.model.revision,
+            trust_remote_code=p.model.trust_remote_code,
+            allow_pickle=p.model.allow_pickle_weights,
+        )
+        self.tokenizer = loaded.tokenizer
+        self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
+        builtin = p.dataset.path == BUILTIN_DATASET
+        prepared = prepare_dataset(
+            loaded.tokenizer,
+            path=p.dataset.path,
+            split=p.dataset.split,
+            fmt=p.dataset.format,
+            chat_template=p.dataset.chat_template,
+            train_on=p.dataset.train_on,
+            max_length=p.model.max_seq_length,
+            packing=p.dataset.packing,
+            val_size=p.dataset.val_size,
+            seed=p.training.seed,
+            max_rows=p.dataset.max_rows,
+            records=builtin_data.records("train") if builtin else None,
+        )
+        self.chat_template = prepared.chat_template
+        stats = prepared.stats
+        self.sink.emit(
+            DatasetStats(
+                source=p.dataset.path,
+                format=stats.format,
+                rows=stats.rows,
+                train_rows=stats.train_rows,
+                val_rows=stats.val_rows,
+                tokens=stats.tokens,
+                trained_tokens=stats.trained_tokens,
+                max_length=stats.max_length,
+                truncated=stats.truncated,
+                mean_length=stats.mean_length,
+                length_histogram=[list(pair) for pair in stats.length_histogram],
+                chat_template=p.dataset.chat_template,
+            )
+        )
+        if stats.truncated:
+            self.sink.emit(
+                LogLine(
+                    level="warning",
+                    text=f"{stats.truncated} of {stats.rows} rows were longer than max_seq_length "
+                    f"{p.model.max_seq_length} and were truncated.",
+                )
+            )
+        torch.manual_seed(p.training.seed)  # LoRA initialisation and dropout follow the seed
+        model = prepare_for_training(
+            loaded.model,
+            method=p.method,
+            lora=LoraSettings(**p.lora.model_dump()),
+            gradient_checkpointing=p.training.gradient_checkpointing,
+            quantized=quant_bits is not None,
+        )
+        self.model = model
+        total, trainable = models.count_parameters(model)
+        settings = TrainSettings(
+            micro_batch=p.training.per_device_train_batch_size
+            if isinstance(p.training.per_device_train_batch_size, int)
+            else 8,
+            grad_accum=p.training.gradient_accumulation_steps,
+            learning_rate=p.training.learning_rate,
+            scheduler=p.training.lr_scheduler_type,
+            warmup_steps=p.training.warmup_steps,
+            warmup_ratio=p.training.warmup_ratio,
+            epochs=p.training.num_train_epochs,
+            max_steps=p.training.max_steps,
+            optim=p.training.optim,
+            weight_decay=p.training.weight_decay,
+            betas=(p.training.adam_beta1, p.training.adam_beta2),
+            eps=p.training.adam_epsilon,
+            max_grad_norm=p.training.max_grad_norm,
+            logging_steps=p.training.logging_steps,
+            eval_steps=p.training.eval_steps,
+            eval_batch=p.training.per_device_eval_batch_size,
+            save_steps=p.training.save_steps,
+            save_total_limit=p.training.save_total_limit,
+            seed=p.training.seed,
+            device=device,
+            amp_dtype=amp_dtype,
+            use_grad_scaler=device == "cuda" and dtype == torch.float16,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+        trainer = Trainer(
+            model,
+            prepared.train,
+            prepared.val,
+            settings,
+            sink=self.sink,
+            control=self.control,
+            checkpoint_dir=self.run_dir / "checkpoints",
+            is_adapter=p.uses_adapter,
+        )
+        if self.resuming:
+            checkpoint = find_resume_checkpoint(self.run_dir, self.sink)
+            if checkpoint is None:
+                raise RunDirError(
+                    f"{self.run_dir} has no complete checkpoint to resume from.",
+                    hint="Start a new run instead (without --resume).",
+                )
+            trainer.resume_from(checkpoint)
+            self.sink.emit(LogLine(level="info", text=f"Resumed from {checkpoint.name} (step {trainer.state.step})."))
+        precision = str(amp_dtype or weights_dtype).replace("torch.", "")
+        if settings.use_grad_scaler:
+            precision += " with loss scaling"
+        self.sink.emit(
+            RunStarted(
+                run_dir=str(self.run_dir),
+                name=p.name,
+                config=p.model_dump(mode="json"),
+                model=loaded.info,
+                total_params=total,
+                trainable_params=trainable,
+                trainable_percent=100.0 * trainable / max(total, 1),
+                total_steps=trainer.total_steps,
+                num_epochs=p.training.num_train_epochs,
+                global_batch_size=settings.micro_batch * settings.grad_accum,
+                resumed_from_step=trainer.state.step,
+                precision=precision,
+                device=device,
+                pid=os.getpid(),
+            )
+        )
+        heldout = builtin_data.generate("heldout") if builtin and p.training.eval_exact_match else []
+        if heldout and not self.resuming:
+            self._exact_match(model, heldout, "before")
+        self.sink.emit(StateChanged(state="training"))
+        outcome = trainer.run()
+        paths = {"run_dir": str(self.run_dir)}
+        if outcome.status == "finished":
+            paths["final"] = str(self._save_final(model))
+            if heldout:
+                self._exact_match(model, heldout, "after")
+        return outcome, paths
+
+    def _exact_match(self, model: Any, heldout: list, stage: str) -> None:
+        from engine.evaluate import exact_match
+
+        self.sink.emit(StateChanged(state="evaluating", detail=f"exact match {stage} training"))
+        event = exact_match(model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template)
+        self._accuracy[f"exact_match_{stage}"] = event.accuracy
+        self.sink.emit(event)
+
+    def _save_final(self, model: Any) -> Path:
+        target = self.run_dir / "final"
+        staging = self.run_dir / ".tmp-final"
+        self.sink.emit(StateChanged(state="saving", detail="final model"))
+        model.save_pretrained(staging)
+        self.tokenizer.chat_template = self.chat_template
+        self.tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+        return target

@@ -1,0 +1,383 @@
+"""The training loop: one readable place where batches become optimizer steps.
+
+Our own loop rather than TRL's SFTTrainer: it starts ~9 s faster (no trl import), resumes at an
+exact micro-batch with restored RNG, honours pause/save/stop between steps, counts tokens/s from
+real tokens, and normalises the loss by the trained tokens of the whole global batch, so gradient
+accumulation gives the same update as one large batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoint as ckpt
+from engine.control import RunControl
+from engine.errors import OutOfMemoryError, TrainingError
+from engine.events import CheckpointSaved, Eval, EventSink, LogLine, StateChanged, Step
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    micro_batch: int = 8
+    grad_accum: int = 1
+    learning_rate: float = 2e-4
+    scheduler: str = "linear"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    epochs: float = 1.0
+    max_steps: int = -1
+    optim: str = "adamw_torch"
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    eval_steps: int | None = None
+    eval_batch: int = 8
+    save_steps: int = 200
+    save_total_limit: int | None = 3
+    seed: int = 0
+    device: str = "cpu"
+    amp_dtype: Any = None  # autocast dtype when weights stay in fp32 (fp16 on old GPUs)
+    use_grad_scaler: bool = False
+    pad_token_id: int = 0
+
+
+@dataclass
+class TrainOutcome:
+    status: str  # "finished" or "stopped"
+    step: int
+    total_steps: int
+    final_loss: float | None
+    best_loss: float | None
+    eval_loss: float | None
+    elapsed_s: float
+    tokens_seen: int
+
+
+def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int) -> int:
+    micro_batches = math.ceil(num_examples / micro_batch)
+    return max(1, math.ceil(micro_batches / grad_accum))
+
+
+def total_steps(num_examples: int, settings: TrainSettings) -> int:
+    if settings.max_steps > 0:
+        return settings.max_steps
+    return max(1, math.ceil(settings.epochs * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum)))
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch; a pure function of (seed, epoch) so resume can rebuild it."""
+    order = list(range(num_examples))
+    random.Random(f"finetty-{seed}-{epoch}").shuffle(order)
+    return order
+
+
+def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
+    """Right-pad to the longest example. Packed rows carry position_ids and no attention_mask,
+    which makes transformers build a per-document causal mask."""
+    import torch
+
+    width = max(len(ex.input_ids) for ex in examples)
+    packed = any(getattr(ex, "position_ids", None) for ex in examples)
+    ids, labels, mask, positions = [], [], [], []
+    for ex in examples:
+        pad = width - len(ex.input_ids)
+        ids.append(list(ex.input_ids) + [pad_token_id] * pad)
+        labels.append(list(ex.labels) + [IGNORE] * pad)
+        mask.append([1] * len(ex.input_ids) + [0] * pad)
+        base = list(ex.position_ids) if getattr(ex, "position_ids", None) else list(range(len(ex.input_ids)))
+        positions.append(base + list(range(pad)))  # padding forms its own (unlabelled) document
+    batch = {"input_ids": torch.tensor(ids, device=device), "labels": torch.tensor(labels, device=device)}
+    if packed:
+        batch["position_ids"] = torch.tensor(positions, device=device)
+    else:
+        batch["attention_mask"] = torch.tensor(mask, device=device)
+    return batch
+
+
+def trained_token_count(examples: Sequence[Any]) -> int:
+    # Position 0 is never predicted (labels are shifted by one), so it never counts.
+    return sum(sum(1 for label in ex.labels[1:] if label != IGNORE) for ex in examples)
+
+
+def batch_loss_sum(model: Any, batch: dict[str, Any], amp_dtype: Any, device: str):
+    """Summed cross-entropy over trained tokens of one micro-batch."""
+    import torch
+    import torch.nn.functional as F
+
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
+        logits = model(**inputs, use_cache=False).logits
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = batch["labels"][:, 1:]
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+def build_optimizer(model: Any, settings: TrainSettings):
+    import torch
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": settings.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = {"lr": settings.learning_rate, "betas": settings.betas, "eps": settings.eps}
+    if settings.optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+        import bitsandbytes as bnb
+
+        cls = {
+            "adamw_8bit": bnb.optim.AdamW8bit,
+            "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+            "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
+        }[settings.optim]
+        return cls(groups, **kwargs)
+    if settings.optim == "sgd":
+        return torch.optim.SGD(groups, lr=settings.learning_rate)
+    return torch.optim.AdamW(groups, fused=settings.optim == "adamw_torch_fused" or None, **kwargs)
+
+
+def build_scheduler(optimizer: Any, settings: TrainSettings, steps: int):
+    from transformers import get_scheduler
+
+    warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps)
+    return get_scheduler(settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+
+
+def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) -> float:
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(examples), settings.eval_batch):
+            chunk = examples[start : start + settings.eval_batch]
+            batch = collate(chunk, settings.pad_token_id, settings.device)
+            total += float(batch_loss_sum(model, batch, settings.amp_dtype, settings.device))
+            count += trained_token_count(chunk)
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: Any,
+        train: Sequence[Any],
+        val: Sequence[Any],
+        settings: TrainSettings,
+        *,
+        sink: EventSink,
+        control: RunControl,
+        checkpoint_dir: Path,
+        is_adapter: bool,
+    ) -> None:
+        self.model, self.train, self.val, self.s = model, train, val, settings
+        self.sink, self.control, self.checkpoint_dir, self.is_adapter = sink, control, checkpoint_dir, is_adapter
+        self.total_steps = total_steps(len(train), settings)
+        self.optimizer = build_optimizer(model, settings)
+        self.scheduler = build_scheduler(self.optimizer, settings, self.total_steps)
+        self.scaler = None
+        if settings.use_grad_scaler:
+            import torch
+
+            self.scaler = torch.amp.GradScaler(settings.device)
+        self.state = ckpt.TrainerState(step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0)
+
+    def resume_from(self, path: Path) -> None:
+        self.state = ckpt.load_checkpoint(
+            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+        )
+
+    def _micro_batches(self):
+        """Yield (epoch, micro-batch examples) forever from the saved position onward."""
+        s, state = self.s, self.state
+        epoch, skip = state.epoch, state.batches_done_in_epoch
+        while True:
+            order = epoch_order(len(self.train), s.seed, epoch)
+            starts = list(range(0, len(order), s.micro_batch))
+            for index, start in enumerate(starts[skip:], start=skip):
+                yield epoch, index + 1, len(starts), [self.train[i] for i in order[start : start + s.micro_batch]]
+            epoch, skip = epoch + 1, 0
+
+    def run(self) -> TrainOutcome:
+        import torch
+
+        s, state = self.s, self.state
+        self.model.train()
+        stream = self._micro_batches()
+        status = "finished"
+        started = time.perf_counter() - state.elapsed_s
+        window_loss, window_tokens, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+        final_loss = eval_loss = None
+        recent_step_times: list[float] = []
+        while state.step < self.total_steps:
+            if self._handle_commands() == "stop":
+                status = "stopped"
+                break
+            step_start = time.perf_counter()
+            micro = self._take_step_batches(stream)
+            n_trained = sum(trained_token_count(mb) for _, _, _, mb in micro)
+            loss_sum = torch.zeros((), device=s.device)
+            tokens = samples = 0
+            try:
+                for _, _, _, examples in micro:
+                    self.control.check_abort()
+                    batch = collate(examples, s.pad_token_id, s.device)
+                    micro_loss = batch_loss_sum(self.model, batch, s.amp_dtype, s.device)
+                    scaled = micro_loss / max(n_trained, 1)
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                    loss_sum += micro_loss.detach()
+                    tokens += sum(len(ex.input_ids) for ex in examples)
+                    samples += len(examples)
+                grad_norm = self._optimizer_step()
+            except torch.OutOfMemoryError as exc:
+                raise _oom_error(exc, s) from None
+            epoch, done, per_epoch, _ = micro[-1]
+            state.step += 1
+            state.epoch, state.batches_done_in_epoch = (epoch + 1, 0) if done == per_epoch else (epoch, done)
+            state.tokens_seen += tokens
+            window_loss += float(loss_sum) / max(n_trained, 1)
+            window_tokens += tokens
+            window_samples += samples
+            recent_step_times = (recent_step_times + [time.perf_counter() - step_start])[-20:]
+            if state.step % s.logging_steps == 0 or state.step == self.total_steps:
+                logged_steps = (state.step - 1) % s.logging_steps + 1
+                final_loss = window_loss / logged_steps
+                if not math.isfinite(final_loss):
+                    raise TrainingError(
+                        f"The loss became {final_loss} at step {state.step}; the run was stopped.",
+                        hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
+                        "The last good checkpoint is kept.",
+                    )
+                state.best_loss = final_loss if state.best_loss is None else min(state.best_loss, final_loss)
+                elapsed_window = time.perf_counter() - window_start
+                mean_step = sum(recent_step_times) / len(recent_step_times)
+                self.sink.emit(
+                    Step(
+                        step=state.step,
+                        total_steps=self.total_steps,
+                        epoch=state.epoch + state.batches_done_in_epoch / max(per_epoch, 1),
+                        loss=final_loss,
+                        learning_rate=self.scheduler.get_last_lr()[0],
+                        grad_norm=grad_norm,
+                        tokens_per_s=window_tokens / max(elapsed_window, 1e-9),
+                        samples_per_s=window_samples / max(elapsed_window, 1e-9),
+                        step_time_s=elapsed_window / logged_steps,
+                        tokens=window_tokens,
+                        trained_tokens=n_trained,
+                        elapsed_s=time.perf_counter() - started,
+                        eta_s=mean_step * (self.total_steps - state.step),
+                    )
+                )
+                window_loss, window_tokens, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+            state.elapsed_s = time.perf_counter() - started
+            if s.eval_steps and self.val and state.step % s.eval_steps == 0 and state.step < self.total_steps:
+                eval_loss = self._evaluate()
+            if s.save_steps and state.step % s.save_steps == 0 and state.step < self.total_steps:
+                self.save("periodic")
+        if self.val and state.step > 0:
+            eval_loss = self._evaluate()
+        state.elapsed_s = time.perf_counter() - started
+        return TrainOutcome(
+            status, state.step, self.total_steps, final_loss, state.best_loss, eval_loss, state.elapsed_s, state.tokens_seen
+        )
+
+    def _take_step_batches(self, stream) -> list:
+        """The micro-batches of one optimizer step; an epoch's last step may have fewer."""
+        micro = [next(stream)]
+        while len(micro) < self.s.grad_accum and micro[-1][1] != micro[-1][2]:
+            micro.append(next(stream))
+        return micro
+
+    def _optimizer_step(self) -> float | None:
+        import torch
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.s.max_grad_norm if self.s.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def _evaluate(self) -> float:
+        self.sink.emit(StateChanged(state="evaluating"))
+        loss = evaluate_loss(self.model, self.val, self.s)
+        self.sink.emit(Eval(step=self.state.step, loss=loss, perplexity=math.exp(min(loss, 50.0))))
+        self.sink.emit(StateChanged(state="training"))
+        return loss
+
+    def _handle_commands(self) -> str | None:
+        """Apply queued commands; blocks while paused. Returns "stop" when the loop must end."""
+        paused = False
+        while True:
+            commands = self.control.wait(0.5) if paused else self.control.drain()
+            for command in commands:
+                if command == "abort":
+                    self.control.check_abort()
+                elif command == "save":
+                    self.save("requested")
+                elif command == "stop":
+                    self.sink.emit(StateChanged(state="stopping", detail="checkpoint, then stop"))
+                    self.save("stop")
+                    return "stop"
+                elif command == "pause" and not paused:
+                    paused = True
+                    self.sink.emit(StateChanged(state="paused"))
+                elif command == "resume" and paused:
+                    paused = False
+                    self.sink.emit(StateChanged(state="training", detail="resumed"))
+            if not paused:
+                return None
+
+    def save(self, reason: str) -> Path | None:
+        if self.state.step == 0:
+            self.sink.emit(LogLine(level="info", text="No step has run yet; nothing to checkpoint."))
+            return None
+        self.sink.emit(StateChanged(state="saving", detail=reason))
+        start = time.perf_counter()
+        path = ckpt.save_checkpoint(
+            self.checkpoint_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            state=self.state,
+            is_adapter=self.is_adapter,
+            keep=self.s.save_total_limit,
+        )
+        self.sink.emit(CheckpointSaved(step=self.state.step, path=str(path), reason=reason, seconds=time.perf_counter() - start))
+        self.sink.emit(StateChanged(state="training"))
+        return path
+
+
+def _oom_error(exc: Exception, settings: TrainSettings) -> OutOfMemoryError:
+    first = str(exc).splitlines()[0] if str(exc) else "out of memory"
+    return OutOfMemoryError(
+        f"The {settings.device.upper()} ran out of memory during a training step "
+        f"(micro-batch {settings.micro_batch}): {first}",
+        hint="Lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the global "
+        "batch), turn on training.gradient_checkpointing, use method: qlora, or lower model.max_seq_length.",
+    )

@@ -1,0 +1,285 @@
+"""The `finetty` command. Imports stay lazy: `finetty --help` and `finetty presets` never load torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, FinettyError
+
+EPILOG = """examples:
+  finetty train smollm2-demo              fine-tune the embedded model on the built-in dataset (CPU)
+  finetty train my.yaml --set training.learning_rate=1e-4
+  finetty train --resume latest           continue the newest run from its last checkpoint
+  finetty runs                            list runs with status, best loss and duration
+  finetty chat runs/smollm2-demo/latest   talk to a trained run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetty",
+        description="Fine-tune LLMs from the terminal: presets, headless runs, chat, estimates.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train from a preset (file path or name)")
+    train.add_argument("preset", nargs="?", help="preset file or name (optional with --resume)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a preset key, e.g. training.learning_rate=1e-4 (repeatable)")
+    train.add_argument("--no-tui", action="store_true", help="run headless: live view on a TTY, plain lines otherwise")
+    train.add_argument("--json", action="store_true", help="print every event as a JSON line on stdout")
+    train.add_argument("--resume", metavar="RUN_DIR|latest", help="continue a run from its newest complete checkpoint")
+    train.add_argument("--run-dir", metavar="DIR", help="root folder for runs (default ./runs or $FINETTY_RUNS)")
+
+    sub.add_parser("presets", help="list bundled and user presets")
+
+    runs = sub.add_parser("runs", help="list runs with status, best loss and duration")
+    runs.add_argument("--run-dir", metavar="DIR", help="root folder for runs")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+
+    estimate = sub.add_parser("estimate", help="memory and time estimate without loading the model")
+    estimate.add_argument("preset", help="preset file or name")
+    estimate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    estimate.add_argument("--gpu", help="estimate for a named GPU (t4, l4, a100-40gb, h100-80gb, ...)")
+    estimate.add_argument("--price", type=float, help="hourly price in dollars, for the cost estimate")
+    estimate.add_argument("--json", action="store_true", help="machine-readable output")
+
+    doctor = sub.add_parser("doctor", help="check GPU, CUDA, bitsandbytes, disk and hub access")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
+
+    chat = sub.add_parser("chat", help="chat with a finished run or a model (plain REPL headless)")
+    chat.add_argument("target", help="run directory, `latest`, a model folder, hub id or embedded:...")
+    chat.add_argument("--adapter", help="a PEFT adapter folder to load on top of the model")
+    chat.add_argument("--no-tui", action="store_true", help="plain REPL (the only chat mode so far)")
+    chat.add_argument("--system", help="system prompt")
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--run-dir", metavar="DIR", help="root folder for runs (for `latest`)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from engine import __version__
+
+        print(f"finetty {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        handler = {
+            "train": cmd_train,
+            "presets": cmd_presets,
+            "runs": cmd_runs,
+            "estimate": cmd_estimate,
+            "doctor": cmd_doctor,
+            "chat": cmd_chat,
+        }[args.command]
+        return handler(args)
+    except FinettyError as error:
+        report_error(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return EXIT_STOPPED
+
+
+def report_error(error: FinettyError) -> None:
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.text import Text
+
+    body = Text(error.message)
+    if error.hint:
+        body.append("\nHint: ", style="bold")
+        body.append(error.hint)
+    Console(stderr=True, highlight=False).print(Panel(body, title=error.title, title_align="left", border_style="red"))
+
+
+# -- train ---------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from engine import rundir
+    from engine.errors import ConfigError
+    from engine.presets import load_preset, validate, read_yaml
+
+    root = rundir.runs_root(args.run_dir)
+    resume_dir = None
+    if args.resume:
+        if args.overrides:
+            raise ConfigError("--set cannot be combined with --resume.", hint="A resumed run keeps its config.yaml.")
+        scope = root
+        if args.preset and args.resume == "latest":
+            preset, _ = load_preset(args.preset)
+            scope = root / preset.name
+        resume_dir = rundir.resolve_run(args.resume, scope)
+        data, lines = read_yaml(resume_dir / "config.yaml")
+        preset = validate(data, source=str(resume_dir / "config.yaml"), lines=lines)
+    elif args.preset:
+        preset, _ = load_preset(args.preset, args.overrides)
+    else:
+        raise ConfigError("finetty train needs a preset.", hint="For example: finetty train smollm2-demo")
+    return run_headless(preset, root=root, resume_dir=resume_dir, json_mode=args.json)
+
+
+def quiet_libraries() -> None:
+    """Library chatter (weight-loading bars, deprecation notes) would tear the live view apart."""
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch)\b.*")
+
+
+def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool) -> int:
+    quiet_libraries()
+    from engine.hardware import HardwareMonitor, cuda_peak_mib
+    from engine.run import Run
+    from tui.console import ConsoleReporter
+
+    reporter = ConsoleReporter(json_mode=json_mode)
+    run = Run(preset, reporter, runs_root=root, resume_dir=resume_dir)
+    interrupts = {"count": 0}
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupts["count"] += 1
+        if interrupts["count"] == 1:
+            reporter.err.print("Stopping: writing a checkpoint first (Ctrl+C again to abort at once).")
+            run.control.stop()
+        else:
+            run.control.abort()
+            os._exit(EXIT_STOPPED)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        run.stop_signal = "sigterm"
+        run.control.stop()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    monitor = HardwareMonitor(run.sink, interval=2.0, peak_mib=cuda_peak_mib)
+    with reporter:
+        monitor.start()
+        run.start()
+        while run.alive:
+            run.join(timeout=0.2)
+        monitor.stop()
+    result = run.result
+    reporter.print_result()
+    if result is None:
+        return EXIT_FAILED
+    if result.error is not None and not json_mode:
+        report_error(result.error)
+    if not json_mode:
+        reporter.err.print(f"run directory: {result.run_dir}")
+    return result.exit_code
+
+
+# -- listings ------------------------------------------------------------------------------------
+def cmd_presets(args: argparse.Namespace) -> int:
+    from engine.presets import list_presets, user_presets_dir
+
+    for info in list_presets():
+        print(f"{info.name:36} {info.origin:8} {info.description}")
+    print(f"\nuser presets folder: {user_presets_dir()}", file=sys.stderr)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from engine import rundir
+
+    rows = []
+    for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
+        status = rundir.read_status(path)
+        state = status.get("state", "unknown")
+        if state in ("running", "paused", "stopping", "starting") and not rundir.pid_alive(int(status.get("pid", 0))):
+            state = "died"  # the process is gone without writing a final state
+        started, updated = status.get("started"), status.get("updated")
+        rows.append(
+            {
+                "run_dir": str(path),
+                "state": state,
+                "step": status.get("step", 0),
+                "total_steps": status.get("total_steps"),
+                "best_loss": status.get("best_loss"),
+                "duration_s": (updated - started) if started and updated else None,
+                "error": status.get("error"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
+    for row in rows:
+        best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
+        duration = time.strftime("%H:%M:%S", time.gmtime(row["duration_s"])) if row["duration_s"] else "-"
+        step = f"{row['step']}/{row['total_steps'] or '?'}"
+        print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
+        if row["error"]:
+            print(f"          error: {row['error']}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from engine.estimate import estimate, format_estimate
+    from engine.gpus import detect_gpus, gpu_spec
+    from engine.presets import load_preset
+
+    preset, _ = load_preset(args.preset, args.overrides)
+    gpu = gpu_spec(args.gpu) if args.gpu else (detect_gpus() or [None])[0]
+    result = estimate(preset, gpu, args.price)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), indent=2, default=str))
+    else:
+        print(format_estimate(result))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from engine.doctor import checks_to_json, run_checks
+
+    checks = run_checks()
+    if args.json:
+        print(json.dumps(checks_to_json(checks), indent=2))
+    else:
+        marks = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL", "info": "info"}
+        for check in checks:
+            print(f"[{marks.get(check.status, check.status)}] {check.name}: {check.detail}")
+            if check.fix and check.status in ("warn", "fail"):
+                print(f"       fix: {check.fix}")
+    return 1 if any(check.status == "fail" for check in checks) else 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from tui.repl import chat_repl
+
+    return chat_repl(args)
+
+
+def entry() -> None:
+    try:
+        code = main()
+    except BrokenPipeError:  # `finetty runs | head`
+        code = 0
+    except KeyboardInterrupt:
+        code = EXIT_STOPPED
+    sys.exit(code if code is not None else EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,179 @@
+"""The headless reporter for ``finetty train --no-tui``.
+
+Progress goes to stderr: a rich live view on a TTY, plain log lines otherwise (nohup, CI).
+Results go to stdout. ``--json`` prints every event as one JSON line on stdout instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import deque
+from typing import TextIO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from engine.events import (
+    DatasetStats,
+    Event,
+    ExactMatch,
+    Failed,
+    Finished,
+    HardwareSample,
+    LogLine,
+    RunStarted,
+    StateChanged,
+    Step,
+)
+from engine.rundir import human_line
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def exact_match_line(event: ExactMatch) -> str:
+    tasks = ", ".join(f"{task} {c}/{t}" for task, (c, t) in event.by_task.items())
+    return f"exact match {event.stage} training: {event.accuracy:.0%} ({event.correct}/{event.total}; {tasks})"
+
+
+class ConsoleReporter:
+    """An EventSink that renders events for a terminal or a log file."""
+
+    def __init__(self, *, json_mode: bool = False, live: bool | None = None, stdout: TextIO | None = None) -> None:
+        self.stdout = stdout or sys.stdout
+        self.json_mode = json_mode
+        self.err = Console(stderr=True, highlight=False)
+        self.live_mode = self.err.is_terminal if live is None else live
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self.started: RunStarted | None = None
+        self.last_step: Step | None = None
+        self.hardware: HardwareSample | None = None
+        self.state = "starting"
+        self.log: deque[str] = deque(maxlen=6)
+        self.before: ExactMatch | None = None
+        self.after: ExactMatch | None = None
+        self.finished: Finished | None = None
+        self.failed: Failed | None = None
+
+    def __enter__(self) -> ConsoleReporter:
+        if self.live_mode:
+            self._live = Live(self, console=self.err, refresh_per_second=4, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    # -- EventSink -----------------------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self._record(event)
+        if self.json_mode:
+            self.stdout.write(event.to_json() + "\n")
+            self.stdout.flush()
+        if not self.live_mode and not isinstance(event, HardwareSample):
+            line = exact_match_line(event) if isinstance(event, ExactMatch) else human_line(event)
+            if isinstance(event, DatasetStats):
+                line = _dataset_line(event)
+            if line:
+                self.err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _record(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self.started = event
+        elif isinstance(event, Step):
+            self.last_step = event
+        elif isinstance(event, HardwareSample):
+            self.hardware = event
+        elif isinstance(event, StateChanged):
+            self.state = event.state + (f" ({event.detail})" if event.detail else "")
+        elif isinstance(event, ExactMatch):
+            setattr(self, event.stage, event)
+            self.log.append(exact_match_line(event))
+        elif isinstance(event, Finished):
+            self.finished = event
+            self.state = event.status
+        elif isinstance(event, Failed):
+            self.failed = event
+            self.state = "failed"
+        elif isinstance(event, DatasetStats):
+            self.log.append(_dataset_line(event))
+        if isinstance(event, LogLine | Failed) or type(event).__name__ in ("CheckpointSaved", "Eval"):
+            line = human_line(event)
+            if line:
+                self.log.append(line)
+
+    # -- rich live view ------------------------------------------------------------------------
+    def __rich__(self) -> Group:
+        with self._lock:
+            return self._render()
+
+    def _render(self) -> Group:
+        step = self.last_step
+        title = Text("finetty ", style="bold")
+        if self.started:
+            title.append(f"{self.started.name} · {self.started.model.get('name')} · {self.started.device}")
+        parts: list = [title, Text(f"state: {self.state}")]
+        total = (step.total_steps if step else self.started.total_steps if self.started else 0) or 1
+        done = step.step if step else (self.started.resumed_from_step if self.started else 0)
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=total, completed=done, width=40),
+            Text(f"step {done}/{total}  ETA {format_duration(step.eta_s if step else None)}"),
+        )
+        parts.append(bar)
+        if step:
+            parts.append(
+                Text(
+                    f"loss {step.loss:.4f}  lr {step.learning_rate:.2e}  {step.tokens_per_s:,.0f} tok/s  "
+                    f"{step.step_time_s:.2f} s/step  epoch {step.epoch:.2f}  elapsed {format_duration(step.elapsed_s)}"
+                )
+            )
+        if self.hardware:
+            hw = self.hardware
+            text = f"RAM {hw.process_rss_mib / 1024:.1f} GiB  CPU {hw.process_cpu_pct:.0f}%"
+            for gpu in hw.gpus:
+                text += f"  GPU{gpu.index} {gpu.memory_used_mib / 1024:.1f}/{gpu.memory_total_mib / 1024:.0f} GiB"
+                if gpu.utilization_pct is not None:
+                    text += f" {gpu.utilization_pct:.0f}%"
+            parts.append(Text(text))
+        for line in self.log:
+            parts.append(Text(line, style="dim", overflow="ellipsis", no_wrap=True))
+        return Group(*parts)
+
+    # -- results on stdout ---------------------------------------------------------------------
+    def print_result(self) -> None:
+        if self.json_mode:
+            return
+        out = self.stdout
+        if self.finished:
+            out.write(f"{self.finished.status} at step {self.finished.step}\n")
+            for key, value in self.finished.metrics.items():
+                out.write(f"{key}: {value:.4g}\n" if isinstance(value, float) else f"{key}: {value}\n")
+            for key, value in self.finished.paths.items():
+                out.write(f"{key}: {value}\n")
+        for event in (self.before, self.after):
+            if event:
+                out.write(exact_match_line(event) + "\n")
+        out.flush()
+
+
+def _dataset_line(event: DatasetStats) -> str:
+    return (
+        f"dataset {event.source}: {event.format}, {event.train_rows} train / {event.val_rows} val rows, "
+        f"{event.tokens:,} tokens ({event.trained_tokens:,} trained), mean length {event.mean_length:.0f}, "
+        f"{event.truncated} truncated at {event.max_length}"
+    )

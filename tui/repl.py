@@ -1,0 +1,47 @@
+"""`finetty chat --no-tui`: a plain REPL that streams the reply as it is generated."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def chat_repl(args: argparse.Namespace) -> int:
+    from engine.generate import stream_reply
+    from engine.inference import load_chat_model
+
+    print("loading model...", file=sys.stderr)
+    chat = load_chat_model(args.target, adapter=args.adapter, runs_root=Path(args.run_dir) if args.run_dir else None)
+    print(f"chatting with {chat.description}; an empty line or Ctrl+D quits, /reset clears.", file=sys.stderr)
+    history: list[dict[str, str]] = []
+    if args.system:
+        history.append({"role": "system", "content": args.system})
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip():
+            break
+        if line.strip() == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        history.append({"role": "user", "content": line})
+        reply = []
+        for delta in stream_reply(
+            chat.model,
+            chat.tokenizer,
+            history,
+            chat_template=chat.chat_template,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+        ):
+            reply.append(delta)
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": "".join(reply)})
+    return 0
