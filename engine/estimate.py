@@ -8,21 +8,18 @@ they come from, are documented where they are computed. No torch, transformers o
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
 
 import psutil
 
 from engine.config import Preset
-from engine.gpus import GpuSpec
+from engine.gpus import GpuSpec, training_flops
 from engine.shapes import ModelShape, shape_for
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's allocator
 CPU_BASELINE_GIB = 1.0  # Python + torch + transformers + trl resident before the model loads
 SLACK = 0.05  # allocator fragmentation and short-lived temporaries, on top of the sum
-GPU_MFU = 0.35  # model FLOPs utilisation assumed on a GPU (HF + SDPA, no fused kernels)
-CPU_GFLOPS_PER_CORE = 35.0  # effective fp32 training rate, measured: SmolLM2 LoRA/full on 2 cores
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
 OPTIM_BYTES = {"paged_adamw_32bit": 8.0, "adamw_8bit": 2 * (1 + 4 / 256),
                "paged_adamw_8bit": 2 * (1 + 4 / 256)}  # others: 2 states in the param dtype
@@ -112,8 +109,7 @@ def make_plan(preset: Preset, gpu: GpuSpec | None, micro_batch: int | None = Non
     lora_params = lora_inputs = 0
     if preset.uses_adapter:
         lora_params = shape.lora_param_count(lora.r, lora.target_modules)
-        dims = shape.module_dims()
-        lora_inputs = sum(dims[m][0] for m in shape.targeted_modules(lora.target_modules) if m in dims)
+        lora_inputs = _adapted_inputs(shape, lora.target_modules)
     micro = micro_batch or training.per_device_train_batch_size
     return Plan(shape, preset.method, quant, model.bnb_4bit_use_double_quant, dtype,
                 micro if isinstance(micro, int) else 1, training.gradient_accumulation_steps,
@@ -186,37 +182,27 @@ def memory(plan: Plan) -> Memory:
 
 
 def step_flops(plan: Plan, seq_len: int | None = None) -> float:
-    """FLOPs of one optimizer step (all micro-batches), counting recomputation.
-
-    Per token: full fine-tuning 6N (Kaplan et al. 2020: forward 2N, backward 4N); a frozen base
-    with adapters 4N (no weight gradients) + 6 per adapter weight; causal attention adds
-    6*L*s*d_q (forward 2, backward 4); gradient checkpointing repeats the forward (2N + 2*L*s*d_q).
-    N counts the matmul weights: the projections and lm_head (tied or not), not the lookup.
-    """
-    s = plan.shape
+    """FLOPs of one optimizer step (every micro-batch), recomputation included."""
     seq = seq_len or plan.seq_len
-    n_mm = s.linear_param_count() + s.vocab_size * s.hidden_size
-    attn = 2 * s.num_hidden_layers * seq * s.q_dim
-    per_token = (6 * n_mm if plan.method == "full" else 4 * n_mm + 6 * plan.lora_params) + 3 * attn
-    if plan.checkpointing:
-        per_token += 2 * n_mm + attn
+    per_token = plan.shape.flops_per_token(seq, full=plan.method == "full",
+                                           lora_params=plan.lora_params,
+                                           recompute=plan.checkpointing)  # fmt: skip
     return per_token * plan.micro_batch * seq * plan.grad_accum
 
 
 def step_time(plan: Plan, seq_len: int | None = None) -> tuple[float, float]:
     """(seconds per optimizer step, assumed MFU); memory-bound extras use the bandwidth."""
-    flops = step_flops(plan, seq_len)
+    rate, mfu = training_flops(plan.gpu)
+    seconds = step_flops(plan, seq_len) / rate
     if plan.gpu is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return flops / ((cores or 1) * CPU_GFLOPS_PER_CORE * 1e9), 1.0
-    seconds = flops / (plan.gpu.tflops * 1e12 * GPU_MFU)
+        return seconds, mfu
     bandwidth = plan.gpu.bandwidth_gbs * 1e9
     if plan.quant != "none":  # dequantize every weight per pass: read 4/8-bit, write+read bf16
         passes = 3 if plan.checkpointing else 2
         seconds += plan.grad_accum * passes * plan.shape.linear_param_count() * 4.5 / bandwidth
     trainable = plan.shape.param_count() if plan.method == "full" else plan.lora_params
     seconds += trainable * 24 / bandwidth  # optimizer step: read+write weights, grads, 2 states
-    return seconds, GPU_MFU
+    return seconds, mfu
 
 
 def capacity_gib(gpu: GpuSpec | None) -> float:
@@ -235,10 +221,178 @@ def recommend_micro_batch(preset: Preset, gpu: GpuSpec | None) -> tuple[int, int
 def _recommend(plan: Plan, asked: int | str) -> tuple[int, int] | None:
     ceiling = asked if isinstance(asked, int) else 64
     global_batch = ceiling * plan.grad_accum if isinstance(asked, int) else None
-    best = None
+    best, capacity = None, capacity_gib(plan.gpu)
     for micro in (m for m in BATCH_CANDIDATES if m <= ceiling):
         accum = math.ceil(global_batch / micro) if global_batch else plan.grad_accum
-        if memory(replace(plan, micro_batch=micro, grad_accum=accum)).total > capacity_gib(plan.gpu):
+        if memory(replace(plan, micro_batch=micro, grad_accum=accum)).total > capacity:
             break
         best = (micro, accum)
     return best
+
+
+def estimate(
+    preset: Preset,
+    gpu: GpuSpec | None,
+    hourly_price: float | None = None,
+    dataset_tokens: int | None = None,
+    *,
+    dataset_rows: int | None = None,
+) -> Estimate:
+    """Memory, fit, batch advice, step time, steps, ETA and cost of a preset on a device.
+
+    ``gpu`` None (or ``training.use_cpu``) is a CPU run, sized against system RAM.
+    """
+    gpu = None if preset.training.use_cpu else gpu
+    plan = make_plan(preset, gpu)
+    asked = preset.training.per_device_train_batch_size
+    recommended = _recommend(plan, asked)
+    notes: list[str] = []
+    if asked == "auto":
+        micro = recommended[0] if recommended else 1
+        plan = replace(plan, micro_batch=micro)
+        notes.append(f"per_device_train_batch_size: auto -> {micro}")
+    mem = memory(plan)
+    capacity = capacity_gib(gpu)
+    fits = mem.total <= capacity
+    needs_gc = needs_q = False
+    advice: list[str] = []
+    if not fits and recommended and recommended[0] < plan.micro_batch:
+        micro, accum = recommended
+        advice.append(f"set per_device_train_batch_size {micro}, gradient_accumulation_steps "
+                      f"{accum} (same global batch)")  # fmt: skip
+    elif not fits:
+        needs_gc = not plan.checkpointing and _fits_at_1(replace(plan, checkpointing=True))
+        if needs_gc:
+            advice.append("turn on training.gradient_checkpointing (~25% slower)")
+        elif plan.quant == "none" and _fits_at_1(_as_qlora(plan, preset)):
+            needs_q = True
+            advice.append("use method: qlora (4-bit base) with gradient checkpointing")
+        else:
+            advice.append("too big even at micro-batch 1: lower model.max_seq_length, "
+                          "pick a smaller model or a bigger GPU")  # fmt: skip
+    elif plan.checkpointing and memory(replace(plan, checkpointing=False)).total <= capacity:
+        advice.append("fits without gradient checkpointing: turning it off is ~25% faster")
+
+    seq_eff = plan.seq_len
+    if dataset_tokens and dataset_rows and not preset.dataset.packing:
+        seq_eff = max(1, min(plan.seq_len, dataset_tokens // dataset_rows))
+    seconds, mfu = step_time(plan, seq_eff)
+    steps = _total_steps(preset, plan, dataset_tokens, dataset_rows)
+    eta = seconds * steps if steps else None
+    cost = eta / 3600 * hourly_price if (eta is not None and hourly_price is not None) else None
+    if gpu is None:
+        notes.append("CPU run: memory is system RAM; speed from a measured ~35 GFLOP/s per core")
+    elif plan.dtype == "bfloat16" and not gpu.bf16:
+        notes.append(f"{gpu.name} has no bf16: use model.dtype auto (fp16)")
+    if plan.optim.startswith("paged"):
+        notes.append("paged optimizer: its states can spill to CPU RAM instead of running out")
+    if seq_eff == plan.seq_len and not preset.dataset.packing:
+        notes.append("time assumes every sequence is max_seq_length long (an upper bound)")
+    if steps is None:
+        notes.append("total steps unknown until the dataset is read (or set max_steps)")
+    n = plan.shape.param_count()
+    trainable = n if plan.method == "full" else plan.lora_params
+    return Estimate(
+        preset=preset.name, model=preset.model.name_or_path, architecture=plan.shape.architecture,
+        device=gpu.name if gpu else "cpu", on_gpu=gpu is not None, capacity_gib=capacity,
+        method=plan.method, dtype=plan.dtype, quantization=plan.quant, params_total=n,
+        params_trainable=trainable, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
+        seq_len=plan.seq_len, gradient_checkpointing=plan.checkpointing, optim=plan.optim,
+        memory=mem, fits=fits, headroom_gib=round(capacity - mem.total, 2),
+        recommended_micro_batch=recommended[0] if recommended else None,
+        recommended_grad_accum=recommended[1] if recommended else None,
+        needs_gradient_checkpointing=needs_gc, needs_qlora=needs_q,
+        tokens_per_step=plan.micro_batch * plan.grad_accum * seq_eff,
+        flops_per_step=step_flops(plan, seq_eff), mfu=mfu, step_time_s=round(seconds, 3),
+        total_steps=steps, eta_s=round(eta, 1) if eta is not None else None,
+        hourly_price=hourly_price, cost_usd=round(cost, 2) if cost is not None else None,
+        advice=tuple(advice), notes=tuple(notes),
+    )  # fmt: skip
+
+
+def _fits_at_1(plan: Plan) -> bool:
+    return memory(replace(plan, micro_batch=1)).total <= capacity_gib(plan.gpu)
+
+
+def _adapted_inputs(shape: ModelShape, targets: str | list[str]) -> int:
+    """Summed in_features of the adapted projections in one layer."""
+    dims = shape.module_dims()
+    return sum(dims[name][0] for name in shape.targeted_modules(targets) if name in dims)
+
+
+def _as_qlora(plan: Plan, preset: Preset) -> Plan:
+    shape, lora = plan.shape, preset.lora
+    return replace(plan, method="qlora", quant="nf4", checkpointing=True,
+                   lora_params=shape.lora_param_count(lora.r, lora.target_modules),
+                   lora_inputs=_adapted_inputs(shape, lora.target_modules))  # fmt: skip
+
+
+def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | None) -> int | None:
+    training, dataset = preset.training, preset.dataset
+    if training.max_steps > 0:
+        return training.max_steps
+    if dataset.packing and tokens:
+        sequences = math.ceil(tokens / plan.seq_len)
+    elif rows:
+        sequences = rows
+    elif tokens:
+        sequences = math.ceil(tokens / plan.seq_len)  # rows unknown: as if packed
+    else:
+        return None
+    if dataset.max_rows and not dataset.packing:
+        sequences = min(sequences, dataset.max_rows)
+    val = dataset.val_size
+    sequences -= int(val) if val >= 1 else int(sequences * val)
+    per_epoch = math.ceil(max(sequences, 1) / (plan.micro_batch * plan.grad_accum))
+    return max(1, math.ceil(per_epoch * training.num_train_epochs))
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if minutes < 90:
+        return f"{minutes}m"
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes < 48 * 60 else f"{minutes / 1440:.1f}d"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def format_estimate(e: Estimate) -> str:
+    """A compact table for a terminal (under 80 columns)."""
+    where = f"{e.device} ({e.capacity_gib:g} GiB)" if e.on_gpu else "the CPU"
+    quant = "" if e.quantization == "none" else f"{e.quantization}, "
+    pct = 100 * e.params_trainable / e.params_total
+    m = e.memory
+    lines = [
+        f"{e.preset} on {where}",
+        f"  model    {e.model}  ({e.architecture}, {_count(e.params_total)} params)",
+        f"  method   {e.method} ({quant}{e.dtype}), trainable {_count(e.params_trainable)}"
+        f" ({pct:.2f}%), {e.optim}",
+        f"  batch    {e.micro_batch} x {e.grad_accum} accum x {e.seq_len} tokens, gradient "
+        f"checkpointing {'on' if e.gradient_checkpointing else 'off'}",
+        "",
+        f"  Memory, GiB {'(GPU)' if e.on_gpu else '(RAM)'}",
+    ]
+    rows = [("weights", m.weights), ("trainable params", m.trainable), ("gradients", m.gradients),
+            ("optimizer states", m.optimizer), ("activations", m.activations),
+            ("logits and loss", m.logits),
+            ("CUDA context, slack" if e.on_gpu else "process, slack", m.overhead)]  # fmt: skip
+    lines += [f"    {label:<20}{value:>8.1f}" for label, value in rows]
+    free = abs(e.headroom_gib)
+    verdict = f"fits, {free:.1f} free" if e.fits else f"DOES NOT FIT, {free:.1f} over"
+    lines += [f"    {'peak':<20}{m.total:>8.1f}  of {e.capacity_gib:g}: {verdict}", ""]
+    if e.recommended_micro_batch and e.recommended_micro_batch != e.micro_batch:
+        lines.append(f"  largest micro-batch that fits: {e.recommended_micro_batch} "
+                     f"(x {e.recommended_grad_accum} accum)")  # fmt: skip
+    speed = f"{e.flops_per_step / 1e12:.1f} TFLOP/step"
+    speed += f" at {e.mfu:.0%} MFU" if e.on_gpu else ""
+    lines.append(f"  Time     ~{e.step_time_s:.2f} s/step ({speed})")
+    if e.total_steps is not None and e.eta_s is not None:
+        cost = f", ${e.cost_usd:.2f} at ${e.hourly_price:g}/h" if e.cost_usd is not None else ""
+        lines.append(f"           {e.total_steps} steps, ETA {_duration(e.eta_s)}{cost}")
+    lines += [f"  advice   {text}" for text in e.advice]
+    lines += [f"  note     {text}" for text in e.notes]
+    return "\n".join(lines)

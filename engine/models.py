@@ -153,6 +153,7 @@ def load_model(
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()
     tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
     location, kwargs = _from_pretrained_args(source, revision, trust_remote_code)
     kwargs.update(dtype=dtype, attn_implementation=attention)
@@ -178,6 +179,13 @@ def load_model(
         "quantization": f"{quant_bits}-bit {quant_type if quant_bits == 4 else 'int8'}" if quant_bits else "none",
     }
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, info=info)
+
+
+def _quiet_transformers() -> None:
+    # The engine never writes to the terminal: loading bars would tear the TUI and the live view.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _from_pretrained_args(

@@ -79,6 +79,20 @@ class ModelShape:
         embeddings = self.embedding_param_count()
         return total + (embeddings if self.tie_word_embeddings else 2 * embeddings)
 
+    def flops_per_token(self, seq_len: int, *, full: bool, lora_params: int = 0,
+                        recompute: bool = False) -> int:  # fmt: skip
+        """Training FLOPs per token (forward + backward, + a recomputed forward if asked).
+
+        Full fine-tuning 6N (Kaplan et al. 2020: forward 2N, backward 4N); a frozen base with
+        adapters 4N (input gradients only) + 6 per adapter weight; causal attention adds
+        6*L*s*d_q (forward 2, backward 4). N counts matmul weights: projections and lm_head
+        (tied or not), not the embedding lookup. Gradient checkpointing adds 2N + 2*L*s*d_q.
+        """
+        n_mm = self.linear_param_count() + self.vocab_size * self.hidden_size
+        attention = 2 * self.num_hidden_layers * seq_len * self.q_dim
+        flops = (6 * n_mm if full else 4 * n_mm + 6 * lora_params) + 3 * attention
+        return flops + (2 * n_mm + attention if recompute else 0)
+
     def targeted_modules(self, target_modules: str | list[str] = "all-linear") -> list[str]:
         """Module names LoRA adapts: ``all-linear`` is PEFT's (every projection, not lm_head);
         a list names modules (projections, lm_head, embed_tokens); another string is a regex."""
@@ -117,7 +131,7 @@ def _shape(arch: str, v: int, h: int, i: int, layers: int, heads: int, kv: int, 
 
 # Values from each model's config.json on the hub (instruct variants share the base's shape).
 _LLAMA = "LlamaForCausalLM"
-_QWEN2 = "Qwen2ForCausalLM"
+_QWEN2, _QWEN3, _GEMMA2 = "Qwen2ForCausalLM", "Qwen3ForCausalLM", "Gemma2ForCausalLM"
 BUILTIN_SHAPES: dict[str, ModelShape] = {
     "llama-3.1-8b": _shape(_LLAMA, 128256, 4096, 14336, 32, 32, 8, 128, False),
     "llama-3.1-70b": _shape(_LLAMA, 128256, 8192, 28672, 80, 64, 8, 128, False),
@@ -127,11 +141,11 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {
     "qwen2.5-0.5b": _shape(_QWEN2, 151936, 896, 4864, 24, 14, 2, 64, True, qkv_bias=True),
     "qwen2.5-1.5b": _shape(_QWEN2, 151936, 1536, 8960, 28, 12, 2, 128, True, qkv_bias=True),
     "qwen2.5-7b": _shape(_QWEN2, 152064, 3584, 18944, 28, 28, 4, 128, False, qkv_bias=True),
-    "qwen3-0.6b": _shape("Qwen3ForCausalLM", 151936, 1024, 3072, 28, 16, 8, 128, True, qk_norm=True),
-    "qwen3-8b": _shape("Qwen3ForCausalLM", 151936, 4096, 12288, 36, 32, 8, 128, False, qk_norm=True),
+    "qwen3-0.6b": _shape(_QWEN3, 151936, 1024, 3072, 28, 16, 8, 128, True, qk_norm=True),
+    "qwen3-8b": _shape(_QWEN3, 151936, 4096, 12288, 36, 32, 8, 128, False, qk_norm=True),
     "mistral-7b-v0.3": _shape("MistralForCausalLM", 32768, 4096, 14336, 32, 32, 8, 128, False),
-    "gemma-2-2b": _shape("Gemma2ForCausalLM", 256000, 2304, 9216, 26, 8, 4, 256, True, norms_per_layer=4),
-    "gemma-2-9b": _shape("Gemma2ForCausalLM", 256000, 3584, 14336, 42, 16, 8, 256, True, norms_per_layer=4),
+    "gemma-2-2b": _shape(_GEMMA2, 256000, 2304, 9216, 26, 8, 4, 256, True, norms_per_layer=4),
+    "gemma-2-9b": _shape(_GEMMA2, 256000, 3584, 14336, 42, 16, 8, 256, True, norms_per_layer=4),
     "smollm2-135m": _shape(_LLAMA, 49152, 576, 1536, 30, 9, 3, 64, True),
     "smollm2-360m": _shape(_LLAMA, 49152, 960, 2560, 32, 15, 5, 64, True),
     "smollm2-1.7b": _shape(_LLAMA, 49152, 2048, 8192, 24, 32, 32, 64, True),
@@ -157,10 +171,11 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
         raise ModelLoadError(
             f"{source}: {model_type or 'this model'} is a mixture-of-experts model; "
             "the estimator only sizes dense decoders.",
-            hint="The estimate would be wrong; measure with a short run (--set training.max_steps=5).",
+            hint="Measure it instead with a short run: --set training.max_steps=5.",
         )
     try:
         hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+        tied_default = model_type.startswith("gemma")  # transformers' per-model default
         architectures = config.get("architectures") or [model_type or "unknown"]
         return ModelShape(
             architecture=str(architectures[0]),
@@ -171,7 +186,7 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
             num_attention_heads=heads,
             num_key_value_heads=int(config.get("num_key_value_heads") or heads),
             head_dim=int(config.get("head_dim") or hidden // heads),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", model_type.startswith("gemma"))),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", tied_default)),
             qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
             qk_norm=model_type in ("qwen3", "gemma3", "gemma3_text"),

@@ -1,4 +1,4 @@
-"""Dataset loading, validation, chat templates and encoding: everything between a file and tokens."""
+"""Dataset loading, validation, chat templates and encoding: from a file to token ids."""
 
 from __future__ import annotations
 

@@ -11,8 +11,9 @@ Label conventions (the HF ones, so the trainer's usual shift-by-one applies):
 - ``labels[0]`` is always -100: nothing before it can predict it. Packing relies on this, since
   every document's first token must not be predicted from the previous document;
 - a token straddling a span boundary belongs to the side where it *starts* (its first character).
-  So a token that starts in the prompt and runs into the reply is not trained, and one that starts
-  in the reply is trained even if it runs past the end marker.
+  At inference the prompt is tokenized on its own, so a token that starts in the prompt and runs
+  into the reply can never be generated: it is not trained. A token that starts in the reply (or
+  its end marker) and runs past the span is what the model must emit to finish: it is trained.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def render(
 def assistant_spans(
     tokenizer: Any, messages: list[dict[str, str]], chat_template: str, full: str
 ) -> list[tuple[int, int]]:
-    """Character spans ``[start, end)`` of ``full`` that are trained: each reply + its end marker."""
+    """Trained character spans ``[start, end)`` of ``full``: each reply + its end marker."""
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -129,7 +130,7 @@ def encode_conversation(
 
 
 def encode_text(tokenizer: Any, text: str, max_length: int) -> EncodedExample:
-    """Plain text for continued pre-training: the tokenizer's own specials (BOS) + eos, all trained."""
+    """Plain text for continued pre-training: the tokenizer's specials (BOS) + eos, all trained."""
     _check_max_length(max_length)
     ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine.data.sources import bad_rows_error, row_number
+from engine.data.sources import bad_rows_error, display_name, row_number
 from engine.errors import DatasetError
 
 Message = dict[str, str]
@@ -53,7 +53,9 @@ def describe_format(fmt: str) -> str:
 def detect_format(records: list[dict[str, Any]], source: str) -> str:
     """Guess the format from the keys of the first row; chat lists win over alpaca over text."""
     if not records:
-        raise DatasetError(f"{source}: the dataset has no rows.", hint="Add rows to the file.")
+        raise DatasetError(
+            f"{display_name(source)}: the dataset has no rows.", hint="Add rows to the file."
+        )
     row = records[0]
     keys = set(row)
     for key in _LIST_KEYS:
@@ -71,8 +73,8 @@ def detect_format(records: list[dict[str, Any]], source: str) -> str:
         return "text"
     seen = ", ".join(sorted(map(str, keys))[:12]) or "(none)"
     raise DatasetError(
-        f"{source}, row {row_number(records, 0)}: cannot tell the dataset format from its keys "
-        f"({seen}).",
+        f"{display_name(source)}, row {row_number(records, 0)}: cannot tell the dataset format "
+        f"from its keys ({seen}).",
         hint=_FORMAT_HINT,
     )
 
@@ -190,7 +192,7 @@ def _content_text(value: Any, where: str) -> str:
 
 
 def _check_order(messages: list[Message], list_key: str) -> None:
-    """Optional leading system, then user/assistant alternating from user, one assistant at least."""
+    """Optional leading system, then user/assistant alternating from user, >= 1 assistant."""
     if not messages:
         raise _RowProblem(f"'{list_key}' is empty")
     body = messages[1:] if messages[0]["role"] == "system" else messages

@@ -18,7 +18,7 @@ from engine.data.encode import (
     encode_text,
 )
 from engine.data.formats import FORMATS, detect_format, to_conversations
-from engine.data.sources import load_records, row_number
+from engine.data.sources import display_name, load_records, row_number
 from engine.data.templates import resolve_chat_template
 from engine.errors import DatasetError
 
@@ -109,7 +109,8 @@ def _untrained_error(path: str, rows: list[int], max_length: int) -> DatasetErro
     more = f" (and {len(rows) - MAX_LISTED_ROWS} more)" if len(rows) > MAX_LISTED_ROWS else ""
     plural = "s" if len(rows) > 1 else ""
     return DatasetError(
-        f"{path}: {len(rows)} row{plural} would train on no tokens: row{plural} {listed}{more}. "
+        f"{display_name(path)}: {len(rows)} row{plural} would train on no tokens: "
+        f"row{plural} {listed}{more}. "
         f"Either the assistant reply was cut off by max_seq_length ({max_length}) or there is "
         "nothing to learn in them.",
         hint="Raise model.max_seq_length, shorten or remove those rows, or set train_on: all.",
@@ -130,12 +131,13 @@ def _val_indices(n: int, val_size: float, seed: int, path: str) -> set[int]:
                 hint="For example val_size: 0.01 (1% of rows) or val_size: 200.",
             )
         val_size = int(val_size)
-    count = val_size if isinstance(val_size, int) else max(1, round(n * val_size))
-    if count == 0:
+    if val_size == 0:
         return set()
+    count = val_size if isinstance(val_size, int) else max(1, round(n * val_size))
     if count >= n:
         raise DatasetError(
-            f"{path}: val_size {val_size} takes {count} of {n} rows, leaving none to train on.",
+            f"{display_name(path)}: val_size {val_size} takes {count} of {n} rows, "
+            "leaving none to train on.",
             hint="Lower dataset.val_size or add rows.",
         )
     order = list(range(n))

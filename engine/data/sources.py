@@ -46,12 +46,17 @@ def row_number(records: list[Any], index: int) -> int:
     return numbers[index] if numbers is not None else index + 1
 
 
+def display_name(source: str) -> str:
+    """How messages name a dataset: the file name, or the hub id as given."""
+    return Path(source).name if Path(source).suffix else source
+
+
 def bad_rows_error(source: str, problems: list[str], total: int, *, hint: str) -> DatasetError:
     """One error for many bad rows: the first few problems, then how many more there are.
 
     Each problem reads "row N: what is wrong"; a single one becomes "file, row N: ...".
     """
-    name = Path(source).name or source
+    name = display_name(source)
     if total == 1:
         return DatasetError(f"{name}, {problems[0]}", hint=hint)
     shown = "\n".join(f"  {p}" for p in problems[:MAX_REPORTED])
@@ -84,7 +89,8 @@ def parse_split(split: str) -> tuple[str, tuple[int, bool] | None, tuple[int, bo
 def _split_error(split: str) -> DatasetError:
     return DatasetError(
         f"Cannot read the split '{split}'.",
-        hint="Write a split like train, train[:1000], train[100:200], train[:10%] or train[10%:20%].",
+        hint="Write a split like train, train[:1000], train[100:200], train[:10%] "
+        "or train[10%:20%].",
     )
 
 

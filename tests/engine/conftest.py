@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smol_tokenizer() -> Any:
-    """The embedded SmolLM2 tokenizer (ChatML template, eos/pad ``<|im_end|>``); ~0.5 s once cached."""
+    """The embedded SmolLM2 tokenizer (ChatML, eos/pad ``<|im_end|>``); ~0.5 s once cached."""
     from transformers import AutoTokenizer
 
     from engine.embedded import ensure_converted

@@ -111,7 +111,9 @@ def test_an_unknown_key_names_its_line_and_the_close_key(
     unknown_keys_problems: list[str], line: int, key: str, suggestion: str
 ) -> None:
     path = BAD / "unknown-keys.yaml"
-    assert f"{path}:{line} {key}: unknown key; did you mean '{suggestion}'?" in unknown_keys_problems
+    assert (
+        f"{path}:{line} {key}: unknown key; did you mean '{suggestion}'?" in unknown_keys_problems
+    )
 
 
 def test_every_unknown_key_is_reported_at_once(unknown_keys_problems: list[str]) -> None:
@@ -374,12 +376,21 @@ _values = st.recursive(
     max_leaves=20,
 )
 # Shaped like a preset, so that values reach the validators of every section.
-_preset_like = st.dictionaries(
-    st.sampled_from(_KEYS), st.one_of(_values, st.dictionaries(st.sampled_from(_KEYS), _values))
+_preset_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": _values,
+        "method": _values,
+        "model": st.dictionaries(st.sampled_from(list(ModelSection.model_fields)), _values),
+        "dataset": st.dictionaries(st.sampled_from(list(DatasetSection.model_fields)), _values),
+        "lora": st.dictionaries(st.sampled_from(list(LoraSection.model_fields)), _values),
+        "training": st.dictionaries(st.sampled_from(list(TrainingSection.model_fields)), _values),
+        "export": st.dictionaries(st.sampled_from(list(ExportSection.model_fields)), _values),
+    },
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.one_of(_values, _preset_like))
 def test_validate_raises_nothing_but_config_error(data: Any) -> None:
     try:
@@ -394,7 +405,9 @@ def test_validate_raises_nothing_but_config_error(data: Any) -> None:
 # drop the marker and widen the hypothesis strategies above).
 
 
-@pytest.mark.xfail(strict=True, raises=(OverflowError, AssertionError), reason="int(inf) in _combinations")
+@pytest.mark.xfail(
+    strict=True, raises=(OverflowError, AssertionError), reason="int(inf) in _combinations"
+)
 def test_an_infinite_val_size_is_a_config_error() -> None:
     assert problems_of({"dataset": {"val_size": float("inf")}})
 
@@ -454,4 +467,3 @@ def test_the_config_modules_do_not_import_torch() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
-

@@ -101,7 +101,10 @@ def test_straddling_token_belongs_to_the_side_it_starts_on(smol_tokenizer: Any) 
         "{% else %}{{ m['content'] + '.' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}{{ 'A: ans' }}{% endif %}"
     )
-    messages = [{"role": "user", "content": "ok?"}, {"role": "assistant", "content": "A: answer is yes"}]
+    messages = [
+        {"role": "user", "content": "ok?"},
+        {"role": "assistant", "content": "A: answer is yes"},
+    ]
     example = encode_conversation(smol_tokenizer, messages, template, "responses", 64)
     pieces = [smol_tokenizer.decode([t]) for t in example.input_ids]
     assert " answer" in pieces
@@ -147,9 +150,7 @@ def test_encode_text(smol_tokenizer: Any) -> None:
 
 
 def test_slow_tokenizer_and_bad_arguments(smol_tokenizer: Any) -> None:
-    slow = SimpleNamespace(
-        is_fast=False, apply_chat_template=smol_tokenizer.apply_chat_template
-    )
+    slow = SimpleNamespace(is_fast=False, apply_chat_template=smol_tokenizer.apply_chat_template)
     with pytest.raises(DatasetError, match="not a fast tokenizer"):
         encode_conversation(slow, TURNS, CHAT_TEMPLATES["chatml"], "responses", 64)
     with pytest.raises(DatasetError, match="at least 2 tokens"):

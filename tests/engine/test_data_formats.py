@@ -110,7 +110,11 @@ def test_text_conversion() -> None:
         ("messages", {"messages": ["hi"]}, "messages[1] must be an object, got str"),
         ("messages", {"messages": [{"role": "user"}]}, "messages[1] needs 'role' and 'content'"),
         ("messages", {"messages": [user("a"), assistant("")]}, "messages[2] has empty content"),
-        ("messages", {"messages": [user("a"), assistant(None)]}, "messages[2] content must be text, got NoneType"),
+        (
+            "messages",
+            {"messages": [user("a"), assistant(None)]},
+            "messages[2] content must be text, got NoneType",
+        ),
         ("messages", {"messages": [assistant("a")]}, "messages[1] is 'assistant' but 'user'"),
         ("messages", {"messages": [user("a"), user("b")]}, "messages[2] is 'user' but 'assistant'"),
         ("messages", {"messages": [user("a")]}, "has no assistant turn"),
@@ -131,7 +135,9 @@ def test_bad_rows_name_file_row_and_problem(fmt: str, row: dict[str, Any], probl
         "alpaca": {"instruction": "a", "output": "b"},
         "text": {"text": "t"},
         "messages": {"messages": [user("a"), assistant("b")]},
-        "sharegpt": {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+        "sharegpt": {
+            "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]
+        },
     }[fmt]
     error = bad([good, good, row], fmt)
     assert error.message.startswith(f"d.jsonl, row 3: {problem}")

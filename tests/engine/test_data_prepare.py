@@ -60,8 +60,12 @@ def test_val_split_is_deterministic_and_seeded(smol_tokenizer: Any) -> None:
 
 @pytest.mark.parametrize(
     ("val_size", "message"),
-    [(10, "leaving none to train on"), (-1, "val_size must be"), (True, "val_size must be"),
-     (1.5, "neither a fraction")],
+    [
+        (10, "leaving none to train on"),
+        (-1, "val_size must be"),
+        (True, "val_size must be"),
+        (1.5, "neither a fraction"),
+    ],
 )
 def test_bad_val_size(smol_tokenizer: Any, val_size: Any, message: str) -> None:
     with pytest.raises(DatasetError, match=message):
@@ -84,7 +88,7 @@ def test_rows_without_trained_tokens_are_refused(smol_tokenizer: Any) -> None:
     with pytest.raises(DatasetError) as info:
         prepare(smol_tokenizer, path="data/chat.jsonl", records=records, max_length=40)
     message = info.value.message
-    assert message.startswith("data/chat.jsonl: 12 rows would train on no tokens")
+    assert message.startswith("chat.jsonl: 12 rows would train on no tokens")
     assert "rows 3, 4, 5, 6, 7, 8, 9, 10, 11, 12 (and 2 more)" in message
     assert "max_seq_length" in (info.value.hint or "")
 
@@ -130,3 +134,8 @@ def test_prepare_with_packing(smol_tokenizer: Any) -> None:
         for length in seq.seq_lengths:
             assert seq.position_ids[start] == 0 and seq.labels[start] == IGNORE_INDEX
             start += length
+
+
+def test_float_zero_val_size_means_no_validation_split(smol_tokenizer: Any) -> None:
+    # Presets hold val_size as a float; 0.0 must not round up to one held-out row.
+    assert prepare(smol_tokenizer, val_size=0.0).val == []

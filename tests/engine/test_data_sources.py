@@ -153,7 +153,9 @@ def test_parquet(tmp_path: Path) -> None:
         ("train[:1000]", list(range(20))),
     ],
 )
-def test_split_slicing_on_local_files(tmp_path: Path, split: str | None, expected: list[int]) -> None:
+def test_split_slicing_on_local_files(
+    tmp_path: Path, split: str | None, expected: list[int]
+) -> None:
     for suffix in (".jsonl", ".json"):
         path = tmp_path / f"d{suffix}"
         if suffix == ".jsonl":
@@ -205,8 +207,11 @@ def test_hub_id_goes_to_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (ConnectionError("Couldn't reach 'owner/name' on the Hub"), "cannot reach the Hugging Face"),
-        (ValueError('Unknown split "test". Should be one of [\'train\'].'), "has no split 'test'"),
+        (
+            ConnectionError("Couldn't reach 'owner/name' on the Hub"),
+            "cannot reach the Hugging Face",
+        ),
+        (ValueError("Unknown split \"test\". Should be one of ['train']."), "has no split 'test'"),
         (FileNotFoundError("no such dataset"), "Dataset not found: owner/name"),
         (RuntimeError("boom"), "RuntimeError: boom"),
     ],

@@ -61,7 +61,9 @@ def test_unknown_template_suggests(typo: str, suggestion: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CHAT_TEMPLATES))
-def test_template_renders_system_turns_and_generation_prompt(smol_tokenizer: Any, name: str) -> None:
+def test_template_renders_system_turns_and_generation_prompt(
+    smol_tokenizer: Any, name: str
+) -> None:
     full = render(smol_tokenizer, [SYSTEM, *CONVERSATION], name)
     assert "Be brief." in full
     for message in CONVERSATION:

@@ -1,0 +1,96 @@
+"""Fixtures shared by every test folder: tiny real models, built inside the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    """The embedded SmolLM2 converted to an HF folder (30 s the first time, then cached)."""
+    from engine.embedded import ensure_converted
+
+    return ensure_converted("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+    """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local HF model folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def chat_jsonl(tmp_path: Path) -> Path:
+    """A small messages-format dataset with checkable answers."""
+    path = tmp_path / "chat.jsonl"
+    rows = []
+    for i in range(24):
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"Repeat the number {i}."},
+                    {"role": "assistant", "content": f"{i}"},
+                ]
+            }
+        )
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_preset(tiny_model_dir: Path, chat_jsonl: Path):
+    """Build a validated preset for fast runs on the tiny model; keyword args override training keys."""
+    from engine.presets import validate
+
+    def build(**training: object):
+        return validate(_tiny_preset_data(tiny_model_dir, chat_jsonl, **training))
+
+    return build
+
+
+def _tiny_preset_data(model_dir: Path, dataset: Path, **training: object) -> dict:
+    return {
+        "name": "tiny",
+        "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_seq_length": 64},
+        "dataset": {"path": str(dataset), "format": "auto", "val_size": 4},
+        "method": "lora",
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
+        "training": {
+            "learning_rate": 5e-3,
+            "per_device_train_batch_size": 4,
+            "max_steps": 6,
+            "save_steps": 3,
+            "logging_steps": 1,
+            "seed": 0,
+            **training,
+        },
+    }
