@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 BUILTIN_DATASET = "builtin:finetty-skills"
@@ -18,7 +19,9 @@ _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp3
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
+    )
 
 
 class ModelSection(Section):
@@ -152,7 +155,7 @@ class TrainingSection(Section):
     """Write a resumable checkpoint every this many steps; 0 only at the end and on stop."""
     save_total_limit: int | None = Field(3, ge=1)
     """Keep only the newest this many checkpoints."""
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     """Seed for data order, LoRA initialisation and dropout."""
     bf16: bool | None = None
     """Accepted for TrainingArguments compatibility; must agree with model.dtype."""
@@ -216,32 +219,41 @@ class Preset(Section):
 
     @model_validator(mode="after")
     def _combinations(self) -> Preset:
-        problems: list[str] = []
-        model, training = self.model, self.training
+        # One error per problem, each at the key to change, so that it gets its YAML line.
+        problems: list[tuple[tuple[str, ...], str]] = []
+        model, training, dataset = self.model, self.training, self.dataset
         if model.load_in_4bit and model.load_in_8bit:
-            problems.append("model.load_in_4bit and model.load_in_8bit: choose one, not both")
+            problems.append((("model", "load_in_8bit"), "load_in_4bit and load_in_8bit: choose one, not both"))
         if self.method == "full" and (model.load_in_4bit or model.load_in_8bit):
             problems.append(
-                "method: full cannot train quantized weights; use method: qlora, or turn off load_in_4bit/load_in_8bit"
+                (("method",), "full cannot train quantized weights; use method: qlora, or turn off load_in_4bit/load_in_8bit")
             )
         if self.method == "lora" and model.load_in_4bit:
-            problems.append("model.load_in_4bit with method: lora is QLoRA; set method: qlora")
+            problems.append((("method",), "lora with model.load_in_4bit is QLoRA; set method: qlora"))
+        if self.method == "qlora" and not model.load_in_4bit:
+            problems.append((("method",), "qlora needs model.load_in_4bit: true (8-bit or 16-bit bases use method: lora)"))
         if training.bf16 and training.fp16:
-            problems.append("training.bf16 and training.fp16: choose one, not both")
+            problems.append((("training", "fp16"), "bf16 and fp16: choose one, not both"))
         if training.bf16 and model.dtype == "float16":
-            problems.append("training.bf16: true contradicts model.dtype: float16")
+            problems.append((("training", "bf16"), "true contradicts model.dtype: float16"))
         if training.fp16 and model.dtype == "bfloat16":
-            problems.append("training.fp16: true contradicts model.dtype: bfloat16")
-        if self.dataset.train_on == "responses" and self.dataset.format == "text":
+            problems.append((("training", "fp16"), "true contradicts model.dtype: bfloat16"))
+        if dataset.train_on == "responses" and dataset.format == "text":
             problems.append(
-                "dataset.train_on: responses needs a chat format; plain text has no responses (use train_on: all)"
+                (("dataset", "train_on"), "responses needs a chat format; plain text has no responses (use train_on: all)")
             )
-        if training.eval_steps is not None and self.dataset.val_size == 0:
-            problems.append("training.eval_steps needs a validation split: set dataset.val_size")
-        if self.dataset.val_size >= 1 and self.dataset.val_size != int(self.dataset.val_size):
-            problems.append("dataset.val_size must be a fraction below 1 or a whole number of rows")
+        if training.eval_steps is not None and dataset.val_size == 0:
+            problems.append((("training", "eval_steps"), "needs a validation split: set dataset.val_size"))
+        if dataset.val_size >= 1 and not dataset.val_size.is_integer():
+            problems.append((("dataset", "val_size"), "must be a fraction below 1 or a whole number of rows"))
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ValidationError.from_exception_data(
+                "Preset",
+                [
+                    InitErrorDetails(type=PydanticCustomError("combination", message), loc=loc, input=None)
+                    for loc, message in problems
+                ],
+            )
         return self
 
     @property

@@ -214,13 +214,17 @@ class FanoutSink:
 
     def __init__(self, *sinks: EventSink) -> None:
         self.sinks = list(sinks)
+        # Events come from the engine and the hardware thread; one lock keeps every sink's order the same.
+        self._lock = threading.Lock()
 
     def add(self, sink: EventSink) -> None:
-        self.sinks.append(sink)
+        with self._lock:
+            self.sinks.append(sink)
 
     def emit(self, event: Event) -> None:
-        for sink in self.sinks:
-            try:
-                sink.emit(event)
-            except Exception:  # noqa: BLE001 - a broken viewer must never kill the run
-                pass
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink.emit(event)
+                except Exception:  # noqa: BLE001 - a broken viewer must never kill the run
+                    pass

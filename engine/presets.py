@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from engine.config import Preset
 from engine.errors import ConfigError
 
+SET_LINE = 0  # in the lines map: the key was set by --set
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
@@ -78,6 +79,10 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> tuple[
     data, lines = read_yaml(path)
     if overrides:
         data = apply_overrides(data, overrides)
+        for item in overrides:  # a problem with an overridden key points at --set, not the file
+            keys = tuple(parse_override(item)[0])
+            lines = {key: line for key, line in lines.items() if key[: len(keys)] != keys}
+            lines[keys] = SET_LINE
     return validate(data, source=str(path), lines=lines), path
 
 
@@ -94,7 +99,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int literal past 4300 digits
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -172,11 +177,15 @@ def validate(data: dict[str, Any], *, source: str = "preset", lines: dict | None
 def _describe(error: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]) -> str:
     loc = tuple(str(part) for part in error["loc"])
     # Pydantic names union members in the location (e.g. "int", "literal['auto']"); drop them.
-    loc = tuple(part for part in loc if not part.startswith(("literal[", "function-")) and part not in _TYPE_TAGS)
+    kind = error["type"]
+    if kind != "extra_forbidden":  # an unknown key may well be called "int" or "list"
+        loc = tuple(part for part in loc if not part.startswith(("literal[", "function-")) and part not in _TYPE_TAGS)
     key = ".".join(loc) or "(top level)"
     line = _line_for(loc, lines)
-    where = f"{source}:{line} {key}" if line else f"{source} {key}"
-    kind = error["type"]
+    if line == SET_LINE:
+        where = f"--set {key}"
+    else:
+        where = f"{source}:{line} {key}" if line else f"{source} {key}"
     if kind == "extra_forbidden":
         return f"{where}: unknown key{_suggest(loc)}"
     if kind == "missing":
@@ -184,9 +193,17 @@ def _describe(error: dict[str, Any], source: str, lines: dict[tuple[str, ...], i
     message = str(error.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     given = error.get("input")
-    if kind not in ("model_type",) and not isinstance(given, dict):
-        message += f" (got {given!r})"
+    if kind not in ("model_type", "combination") and not isinstance(given, dict):
+        message += f" (got {_shown(given)})"
     return f"{where}: {message}"
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int past sys.get_int_max_str_digits()
+        return f"a {value.bit_length()}-bit integer" if isinstance(value, int) else "an unprintable value"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 _TYPE_TAGS = {"int", "str", "float", "bool", "list[str]", "list", "dict", "constrained-int", "function-after"}

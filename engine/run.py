@@ -55,8 +55,10 @@ class Run:
         *,
         runs_root: Path | None = None,
         resume_dir: Path | None = None,
+        hardware_interval: float = 2.0,
     ) -> None:
         self.preset = preset
+        self.hardware_interval = hardware_interval
         self._accuracy: dict[str, float] = {}
         self.stop_signal: str = "user"  # "user" (Ctrl+C, stop command) or "sigterm"
         self.result: RunResult | None = None
@@ -99,8 +101,12 @@ class Run:
         return self.result
 
     def _execute_safely(self) -> None:
+        from engine.hardware import HardwareMonitor, cuda_peak_mib
+
         started = time.time()
         step = 0
+        monitor = HardwareMonitor(self.sink, interval=self.hardware_interval, peak_mib=cuda_peak_mib)
+        monitor.start()
         try:
             outcome, paths = self._execute()
             step = outcome.step
@@ -133,6 +139,7 @@ class Run:
             self._fail("internal", "Unexpected error", message, f"The full traceback is in {self.run_dir / 'log.txt'}.")
             self.result = RunResult("failed", EXIT_FAILED, self.run_dir, FinettyError(message))
         finally:
+            monitor.stop()
             self.dir_sink.close()
 
     def _fail(self, kind: str, title: str, message: str, hint: str | None) -> None:
@@ -190,6 +197,10 @@ class Run:
         )
         self.chat_template = prepared.chat_template
         stats = prepared.stats
+        if p.dataset.format == "auto":
+            from engine.data import describe_format
+
+            self.sink.emit(LogLine(level="info", text=f"Dataset format detected: {describe_format(stats.format)}."))
         self.sink.emit(
             DatasetStats(
                 source=p.dataset.path,

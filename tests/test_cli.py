@@ -100,3 +100,45 @@ def test_train_end_to_end_headless_json(make_preset, tmp_path: Path) -> None:
 
     plain = run_cli("train", "--resume", "latest", "--no-tui", "--run-dir", str(tmp_path / "runs"))
     assert plain.returncode == 2 and "no complete checkpoint" in plain.stderr
+
+
+def _start_training(make_preset, tmp_path: Path, steps: int) -> tuple[subprocess.Popen, Path]:
+    import yaml
+
+    preset_file = tmp_path / "long.yaml"
+    preset_file.write_text(yaml.safe_dump(make_preset(max_steps=steps, save_steps=0).model_dump(mode="json")))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "train", str(preset_file), "--no-tui", "--json", "--run-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    return proc, tmp_path
+
+
+def _wait_for_step(proc: subprocess.Popen) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["type"] == "step":
+            return
+    raise AssertionError(f"no step before exit: {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
+def test_signal_checkpoints_then_exits_with_documented_code(make_preset, tmp_path: Path, signum: int, code: int) -> None:
+    import signal as signals
+
+    from engine import checkpoint, rundir
+
+    proc, root = _start_training(make_preset, tmp_path, steps=10_000)
+    _wait_for_step(proc)
+    sent = time.monotonic()
+    proc.send_signal(signals.Signals(signum))
+    proc.communicate(timeout=60)
+    assert proc.returncode == code
+    # Bounded: one step plus one checkpoint write (both tiny here).
+    assert time.monotonic() - sent < 30
+    run_dir = rundir.resolve_run("latest", root)
+    assert checkpoint.complete_checkpoints(run_dir / "checkpoints")
+    assert rundir.read_status(run_dir)["state"] == "stopped"

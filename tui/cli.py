@@ -146,7 +146,6 @@ def quiet_libraries() -> None:
 
 def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool) -> int:
     quiet_libraries()
-    from engine.hardware import HardwareMonitor, cuda_peak_mib
     from engine.run import Run
     from tui.console import ConsoleReporter
 
@@ -169,13 +168,10 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
 
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
-    monitor = HardwareMonitor(run.sink, interval=2.0, peak_mib=cuda_peak_mib)
     with reporter:
-        monitor.start()
         run.start()
         while run.alive:
             run.join(timeout=0.2)
-        monitor.stop()
     result = run.result
     reporter.print_result()
     if result is None:

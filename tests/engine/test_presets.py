@@ -319,7 +319,6 @@ def test_a_set_without_key_and_value_is_refused(item: str) -> None:
     assert "KEY=VALUE" in info.value.message and info.value.hint
 
 
-@pytest.mark.xfail(strict=True, reason="a --set problem points at the file's line for that key")
 def test_a_set_problem_says_it_came_from_set() -> None:
     with pytest.raises(ConfigError) as info:
         load_preset("smollm2-demo", ["training.learning_rate=-1"])
