@@ -20,7 +20,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="smollm2-demo")
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
@@ -32,7 +34,11 @@ def main() -> None:
     from engine.presets import load_preset
     from engine.run import Run
 
-    overrides = [f"training.max_steps={args.steps}", "training.eval_exact_match=false", "training.save_steps=0"]
+    overrides = [
+        f"training.max_steps={args.steps}",
+        "training.eval_exact_match=false",
+        "training.save_steps=0",
+    ]
     preset, _ = load_preset(args.preset, overrides)
     sink = RecordingSink()
     with tempfile.TemporaryDirectory() as runs:
@@ -42,7 +48,9 @@ def main() -> None:
     steps = sink.of_type(Step)[1:]  # the first step pays for lazy initialisation
     started = sink.of_type(RunStarted)[0]
     step_time = statistics.median(s.step_time_s for s in steps)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     print(
         json.dumps(
             {

@@ -57,7 +57,9 @@ def prepare_for_training(
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        names = sorted({name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name})
+        names = sorted(
+            {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name}
+        )
         raise ConfigError(
             f"lora.target_modules: {exc}",
             hint=f"Use all-linear, or module names of this model, e.g. {', '.join(names[:12])}.",

@@ -26,12 +26,78 @@ _IDENTITY_HELDOUT = [
 ]  # fmt: skip
 
 # Short, common words of our own choosing; sentences are random draws of them.
-_WORDS = (
-    "red blue green small big old new cold warm fast slow dark light soft hard tall short bright "
-    "cat dog bird fish tree rock river road house door lamp book cup ship car moon sun star rain "
-    "snow wind hill lake farm town park shop bread milk tea fire stone leaf seed boat bell coin "
-    "runs jumps sings reads walks swims sleeps waits looks grows falls shines opens stays moves"
-).split()
+_WORDS = [
+    "red",
+    "blue",
+    "green",
+    "small",
+    "big",
+    "old",
+    "new",
+    "cold",
+    "warm",
+    "fast",
+    "slow",
+    "dark",
+    "light",
+    "soft",
+    "hard",
+    "tall",
+    "short",
+    "bright",
+    "cat",
+    "dog",
+    "bird",
+    "fish",
+    "tree",
+    "rock",
+    "river",
+    "road",
+    "house",
+    "door",
+    "lamp",
+    "book",
+    "cup",
+    "ship",
+    "car",
+    "moon",
+    "sun",
+    "star",
+    "rain",
+    "snow",
+    "wind",
+    "hill",
+    "lake",
+    "farm",
+    "town",
+    "park",
+    "shop",
+    "bread",
+    "milk",
+    "tea",
+    "fire",
+    "stone",
+    "leaf",
+    "seed",
+    "boat",
+    "bell",
+    "coin",
+    "runs",
+    "jumps",
+    "sings",
+    "reads",
+    "walks",
+    "swims",
+    "sleeps",
+    "waits",
+    "looks",
+    "grows",
+    "falls",
+    "shines",
+    "opens",
+    "stays",
+    "moves",
+]
 
 _TASK_PROMPTS = {
     "remove_spaces": [
@@ -86,14 +152,22 @@ def _sentence(rng: random.Random) -> str:
 
 
 def generate(
-    split: str = "train", *, per_task: int | None = None, tasks: tuple[str, ...] = TASKS, seed: int = 0
+    split: str = "train",
+    *,
+    per_task: int | None = None,
+    tasks: tuple[str, ...] = TASKS,
+    seed: int = 0,
 ) -> list[Example]:
     """Rows of one split. Held-out rows never repeat a training prompt."""
     if split not in ("train", "heldout"):
         raise ValueError(f"unknown split {split!r}")
     count = per_task or (96 if split == "train" else 12)
     rng = random.Random(f"{NAME}-{split}-{seed}")
-    avoid = {ex.prompt for ex in generate("train", tasks=tasks, seed=seed)} if split == "heldout" else set()
+    avoid = (
+        {ex.prompt for ex in generate("train", tasks=tasks, seed=seed)}
+        if split == "heldout"
+        else set()
+    )
     rows: list[Example] = []
     for task in tasks:
         made = 0
@@ -126,5 +200,5 @@ def records(split: str = "train", **kwargs) -> list[dict]:
 
 def is_correct(expected: str, got: str) -> bool:
     """Exact match after trimming whitespace and one trailing full stop the model may add."""
-    normalise = lambda text: text.strip().removesuffix(".").strip()  # noqa: E731
+    normalise = lambda text: text.strip().removesuffix(".").strip()
     return normalise(expected) == normalise(got)

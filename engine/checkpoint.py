@@ -51,7 +51,9 @@ def save_checkpoint(
     staging.mkdir()
     try:
         trainable = {
-            name: param.detach().contiguous().cpu() for name, param in model.named_parameters() if param.requires_grad
+            name: param.detach().contiguous().cpu()
+            for name, param in model.named_parameters()
+            if param.requires_grad
         }
         save_file(trainable, str(staging / "trainable.safetensors"))
         if is_adapter:
@@ -80,7 +82,11 @@ def complete_checkpoints(directory: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.glob(f"{PREFIX}*") if (p / MARKER).is_file() and p.name[len(PREFIX) :].isdigit()]
+    found = [
+        p
+        for p in directory.glob(f"{PREFIX}*")
+        if (p / MARKER).is_file() and p.name[len(PREFIX) :].isdigit()
+    ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -97,12 +103,16 @@ def prune_checkpoints(directory: Path, keep: int | None) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any) -> TrainerState:
+def load_checkpoint(
+    path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any
+) -> TrainerState:
     import torch
     from safetensors.torch import load_file
 
     if not (path / MARKER).is_file():
-        raise RunDirError(f"{path} is an incomplete checkpoint.", hint="Resume from an earlier one.")
+        raise RunDirError(
+            f"{path} is an incomplete checkpoint.", hint="Resume from an earlier one."
+        )
     saved = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [name for name in saved if name not in params]

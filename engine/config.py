@@ -41,7 +41,9 @@ class ModelSection(Section):
     """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
     max_seq_length: int = Field(2048, ge=16, le=1_048_576)
     """Longest tokenized example; longer rows are truncated (and counted)."""
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = (
+        "auto"
+    )
     """Attention kernel: auto picks flash_attention_2 when installed on a capable GPU, else sdpa."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model. Off unless you trust the repository."""
@@ -57,7 +59,9 @@ class ModelSection(Section):
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("must name a model: a hub id, a local path or embedded:smollm2-135m-instruct")
+            raise ValueError(
+                "must name a model: a hub id, a local path or embedded:smollm2-135m-instruct"
+            )
         return value.strip()
 
 
@@ -83,7 +87,9 @@ class DatasetSection(Section):
     @classmethod
     def _path_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("must name a dataset: a hub id, a local file or builtin:finetty-skills")
+            raise ValueError(
+                "must name a dataset: a hub id, a local file or builtin:finetty-skills"
+            )
         return value.strip()
 
 
@@ -113,8 +119,18 @@ class LoraSection(Section):
         return value
 
 
-Optim = Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"]
-Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial", "inverse_sqrt"]
+Optim = Literal[
+    "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"
+]
+Scheduler = Literal[
+    "linear",
+    "cosine",
+    "constant",
+    "constant_with_warmup",
+    "cosine_with_restarts",
+    "polynomial",
+    "inverse_sqrt",
+]
 
 
 class TrainingSection(Section):
@@ -212,7 +228,11 @@ class Preset(Section):
         if isinstance(data, dict) and data.get("method") == "qlora":
             model = data.get("model")
             model = dict(model) if isinstance(model, dict) else ({} if model is None else model)
-            if isinstance(model, dict) and "load_in_4bit" not in model and not model.get("load_in_8bit"):
+            if (
+                isinstance(model, dict)
+                and "load_in_4bit" not in model
+                and not model.get("load_in_8bit")
+            ):
                 model["load_in_4bit"] = True
                 data = {**data, "model": model}
         return data
@@ -223,15 +243,27 @@ class Preset(Section):
         problems: list[tuple[tuple[str, ...], str]] = []
         model, training, dataset = self.model, self.training, self.dataset
         if model.load_in_4bit and model.load_in_8bit:
-            problems.append((("model", "load_in_8bit"), "load_in_4bit and load_in_8bit: choose one, not both"))
+            problems.append(
+                (("model", "load_in_8bit"), "load_in_4bit and load_in_8bit: choose one, not both")
+            )
         if self.method == "full" and (model.load_in_4bit or model.load_in_8bit):
             problems.append(
-                (("method",), "full cannot train quantized weights; use method: qlora, or turn off load_in_4bit/load_in_8bit")
+                (
+                    ("method",),
+                    "full cannot train quantized weights; use method: qlora, or turn off load_in_4bit/load_in_8bit",
+                )
             )
         if self.method == "lora" and model.load_in_4bit:
-            problems.append((("method",), "lora with model.load_in_4bit is QLoRA; set method: qlora"))
+            problems.append(
+                (("method",), "lora with model.load_in_4bit is QLoRA; set method: qlora")
+            )
         if self.method == "qlora" and not model.load_in_4bit:
-            problems.append((("method",), "qlora needs model.load_in_4bit: true (8-bit or 16-bit bases use method: lora)"))
+            problems.append(
+                (
+                    ("method",),
+                    "qlora needs model.load_in_4bit: true (8-bit or 16-bit bases use method: lora)",
+                )
+            )
         if training.bf16 and training.fp16:
             problems.append((("training", "fp16"), "bf16 and fp16: choose one, not both"))
         if training.bf16 and model.dtype == "float16":
@@ -240,17 +272,26 @@ class Preset(Section):
             problems.append((("training", "fp16"), "true contradicts model.dtype: bfloat16"))
         if dataset.train_on == "responses" and dataset.format == "text":
             problems.append(
-                (("dataset", "train_on"), "responses needs a chat format; plain text has no responses (use train_on: all)")
+                (
+                    ("dataset", "train_on"),
+                    "responses needs a chat format; plain text has no responses (use train_on: all)",
+                )
             )
         if training.eval_steps is not None and dataset.val_size == 0:
-            problems.append((("training", "eval_steps"), "needs a validation split: set dataset.val_size"))
+            problems.append(
+                (("training", "eval_steps"), "needs a validation split: set dataset.val_size")
+            )
         if dataset.val_size >= 1 and not dataset.val_size.is_integer():
-            problems.append((("dataset", "val_size"), "must be a fraction below 1 or a whole number of rows"))
+            problems.append(
+                (("dataset", "val_size"), "must be a fraction below 1 or a whole number of rows")
+            )
         if problems:
             raise ValidationError.from_exception_data(
                 "Preset",
                 [
-                    InitErrorDetails(type=PydanticCustomError("combination", message), loc=loc, input=None)
+                    InitErrorDetails(
+                        type=PydanticCustomError("combination", message), loc=loc, input=None
+                    )
                     for loc, message in problems
                 ],
             )

@@ -21,8 +21,11 @@ CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's alloc
 CPU_BASELINE_GIB = 1.0  # Python + torch + transformers + trl resident before the model loads
 SLACK = 0.05  # allocator fragmentation and short-lived temporaries, on top of the sum
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
-OPTIM_BYTES = {"paged_adamw_32bit": 8.0, "adamw_8bit": 2 * (1 + 4 / 256),
-               "paged_adamw_8bit": 2 * (1 + 4 / 256)}  # others: 2 states in the param dtype
+OPTIM_BYTES = {
+    "paged_adamw_32bit": 8.0,
+    "adamw_8bit": 2 * (1 + 4 / 256),
+    "paged_adamw_8bit": 2 * (1 + 4 / 256),
+}  # others: 2 states in the param dtype
 
 
 @dataclass(frozen=True)

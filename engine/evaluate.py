@@ -20,7 +20,11 @@ def exact_match(
     max_new_tokens: int = 32,
 ) -> ExactMatch:
     replies = greedy_replies(
-        model, tokenizer, [ex.prompt for ex in examples], chat_template=chat_template, max_new_tokens=max_new_tokens
+        model,
+        tokenizer,
+        [ex.prompt for ex in examples],
+        chat_template=chat_template,
+        max_new_tokens=max_new_tokens,
     )
     by_task: dict[str, list[int]] = {}
     shown: list[dict[str, str]] = []
@@ -32,7 +36,14 @@ def exact_match(
         tally[1] += 1
         if example.task not in seen_tasks:  # one sample per task keeps the event small
             seen_tasks.add(example.task)
-            shown.append({"task": example.task, "prompt": example.prompt, "expected": example.answer, "got": reply.strip()})
+            shown.append(
+                {
+                    "task": example.task,
+                    "prompt": example.prompt,
+                    "expected": example.answer,
+                    "got": reply.strip(),
+                }
+            )
     correct = sum(c for c, _ in by_task.values())
     return ExactMatch(
         stage=stage,

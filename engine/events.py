@@ -7,6 +7,7 @@ dropped, gauge events (hardware samples) may be collapsed by a slow consumer.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
@@ -174,8 +175,19 @@ class Failed(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
-    for cls in (RunStarted, DatasetStats, Step, Eval, ExactMatch, HardwareSample, CheckpointSaved)
-    + (LogLine, StateChanged, Finished, Failed)
+    for cls in (
+        RunStarted,
+        DatasetStats,
+        Step,
+        Eval,
+        ExactMatch,
+        HardwareSample,
+        CheckpointSaved,
+        LogLine,
+        StateChanged,
+        Finished,
+        Failed,
+    )
 }
 
 
@@ -224,7 +236,6 @@ class FanoutSink:
     def emit(self, event: Event) -> None:
         with self._lock:
             for sink in self.sinks:
-                try:
+                # A broken viewer must never kill the run.
+                with contextlib.suppress(Exception):
                     sink.emit(event)
-                except Exception:  # noqa: BLE001 - a broken viewer must never kill the run
-                    pass

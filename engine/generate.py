@@ -84,7 +84,9 @@ def greedy_replies(
                 render_prompt(tokenizer, [{"role": "user", "content": p}], chat_template)
                 for p in prompts[start : start + batch_size]
             ]
-            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            batch = tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
             with torch.no_grad():
                 out = model.generate(
                     **batch,

@@ -80,7 +80,9 @@ class HardwareMonitor:
                     memory_used_mib=info.used / MIB,
                     memory_total_mib=info.total / MIB,
                     memory_peak_mib=self.peak_mib(index) if self.peak_mib else None,
-                    utilization_pct=_maybe(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu),
+                    utilization_pct=_maybe(
+                        lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu
+                    ),
                     temperature_c=_maybe(lambda h=handle: nvml.nvmlDeviceGetTemperature(h, 0)),
                     power_w=_maybe(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h) / 1000.0),
                 )

@@ -18,14 +18,19 @@ class ChatModel:
     description: str
 
 
-def load_chat_model(target: str, *, adapter: str | None = None, runs_root: Path | None = None) -> ChatModel:
+def load_chat_model(
+    target: str, *, adapter: str | None = None, runs_root: Path | None = None
+) -> ChatModel:
     path = Path(target).expanduser()
     if target == "latest" or (path / "events.jsonl").is_file():
         return _load_run(rundir.resolve_run(target, runs_root or rundir.runs_root()))
     source = models.resolve_source(target)
     device = models.select_device(use_cpu=False)
     loaded = models.load_model(
-        source, device=device, dtype=models.select_dtype("auto", device), attention=models.select_attention("auto", device)
+        source,
+        device=device,
+        dtype=models.select_dtype("auto", device),
+        attention=models.select_attention("auto", device),
     )
     model = loaded.model
     if adapter:
@@ -48,7 +53,9 @@ def _load_run(run_dir: Path) -> ChatModel:
     dtype = models.select_dtype(preset.model.dtype, device)
     attention = models.select_attention(preset.model.attn_implementation, device)
     if (final / "adapter_config.json").is_file():
-        source = models.resolve_source(preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights)
+        source = models.resolve_source(
+            preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights
+        )
         loaded = models.load_model(
             source,
             device=device,
@@ -60,7 +67,9 @@ def _load_run(run_dir: Path) -> ChatModel:
         )
         model = _with_adapter(loaded.model, final)
     else:
-        loaded = models.load_model(models.ModelSource("local", str(final)), device=device, dtype=dtype, attention=attention)
+        loaded = models.load_model(
+            models.ModelSource("local", str(final)), device=device, dtype=dtype, attention=attention
+        )
         model = loaded.model
     tokenizer = models.load_tokenizer(models.ModelSource("local", str(final)))
     return ChatModel(model, tokenizer, tokenizer.chat_template, f"{preset.name} ({run_dir})")

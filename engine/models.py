@@ -37,7 +37,9 @@ def resolve_source(name_or_path: str, *, allow_pickle: bool = False) -> ModelSou
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise ModelLoadError(f"GGUF file not found: {name_or_path}", hint="Check the path (model.name_or_path).")
+            raise ModelLoadError(
+                f"GGUF file not found: {name_or_path}", hint="Check the path (model.name_or_path)."
+            )
         return ModelSource("gguf", str(path.parent), path.name)
     if path.exists():
         if path.is_file():
@@ -50,7 +52,9 @@ def resolve_source(name_or_path: str, *, allow_pickle: bool = False) -> ModelSou
         _check_local_dir(path, allow_pickle)
         return ModelSource("local", str(path))
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelLoadError(f"Model folder not found: {name_or_path}", hint="Check model.name_or_path.")
+        raise ModelLoadError(
+            f"Model folder not found: {name_or_path}", hint="Check model.name_or_path."
+        )
     return ModelSource("hub", name_or_path)
 
 
@@ -59,7 +63,9 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
         hint = "A model folder holds config.json and weights (save_pretrained writes them)."
         if any(path.glob("*.jsonl")) or any(path.glob("*.parquet")):
             hint = "This looks like a dataset folder; datasets go in dataset.path."
-        raise ModelLoadError(f"{path} has no config.json, so it is not a Hugging Face model folder.", hint=hint)
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a Hugging Face model folder.", hint=hint
+        )
     has_safetensors = any(path.glob("*.safetensors"))
     has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
     if not has_safetensors and has_pickle and not allow_pickle:
@@ -125,7 +131,9 @@ class LoadedModel:
     info: dict[str, Any]
 
 
-def load_tokenizer(source: ModelSource, *, revision: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(
+    source: ModelSource, *, revision: str | None = None, trust_remote_code: bool = False
+):
     from transformers import AutoTokenizer
 
     location, kwargs = _from_pretrained_args(source, revision, trust_remote_code)
@@ -176,7 +184,9 @@ def load_model(
         "dtype": str(dtype).replace("torch.", ""),
         "device": device,
         "attention": attention,
-        "quantization": f"{quant_bits}-bit {quant_type if quant_bits == 4 else 'int8'}" if quant_bits else "none",
+        "quantization": f"{quant_bits}-bit {quant_type if quant_bits == 4 else 'int8'}"
+        if quant_bits
+        else "none",
     }
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, info=info)
 
@@ -235,7 +245,11 @@ def count_parameters(model: Any) -> tuple[int, int]:
     for param in model.parameters():
         count = param.numel()
         if hasattr(param, "quant_state") and param.quant_state is not None:
-            count = param.quant_state.shape.numel() if hasattr(param.quant_state, "shape") else count * 2
+            count = (
+                param.quant_state.shape.numel()
+                if hasattr(param.quant_state, "shape")
+                else count * 2
+            )
         total += count
         if param.requires_grad:
             trainable += count

@@ -65,7 +65,10 @@ def find_preset(name_or_path: str) -> Path:
     if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
         if path.is_file():
             return path
-        raise ConfigError(f"Preset file not found: {name_or_path}", hint="Check the path, or run `finetty presets`.")
+        raise ConfigError(
+            f"Preset file not found: {name_or_path}",
+            hint="Check the path, or run `finetty presets`.",
+        )
     by_name = {info.name: info.path for info in list_presets()}
     if name_or_path in by_name:
         return by_name[name_or_path]
@@ -92,7 +95,8 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded).", hint="Save the preset as UTF-8."
+            f"{path}: not UTF-8 text (byte {exc.start} cannot be decoded).",
+            hint="Save the preset as UTF-8.",
         ) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}).") from None
@@ -103,9 +107,13 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: not valid YAML ({problem}).", hint="Check indentation and quoting.") from None
+        raise ConfigError(
+            f"{where}: not valid YAML ({problem}).", hint="Check indentation and quoting."
+        ) from None
     if data is None:
-        raise ConfigError(f"{path}: the preset is empty.", hint="See presets/smollm2-demo.yaml for an example.")
+        raise ConfigError(
+            f"{path}: the preset is empty.", hint="See presets/smollm2-demo.yaml for an example."
+        )
     if not isinstance(data, dict):
         raise ConfigError(
             f"{path}: a preset must be a mapping of sections (model:, dataset:, ...), not a {type(data).__name__}.",
@@ -116,10 +124,12 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return data, lines
 
 
-def _collect_lines(node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+def _collect_lines(
+    node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]
+) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = prefix + (str(key_node.value),)
+            key = (*prefix, str(key_node.value))
             out[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key, out)
 
@@ -128,7 +138,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(
-            f"--set {item!r}: expected KEY=VALUE.", hint="For example: --set training.learning_rate=1e-4"
+            f"--set {item!r}: expected KEY=VALUE.",
+            hint="For example: --set training.learning_rate=1e-4",
         )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -179,7 +190,11 @@ def _describe(error: dict[str, Any], source: str, lines: dict[tuple[str, ...], i
     # Pydantic names union members in the location (e.g. "int", "literal['auto']"); drop them.
     kind = error["type"]
     if kind != "extra_forbidden":  # an unknown key may well be called "int" or "list"
-        loc = tuple(part for part in loc if not part.startswith(("literal[", "function-")) and part not in _TYPE_TAGS)
+        loc = tuple(
+            part
+            for part in loc
+            if not part.startswith(("literal[", "function-")) and part not in _TYPE_TAGS
+        )
     key = ".".join(loc) or "(top level)"
     line = _line_for(loc, lines)
     if line == SET_LINE:
@@ -202,11 +217,25 @@ def _shown(value: object) -> str:
     try:
         text = repr(value)
     except ValueError:  # an int past sys.get_int_max_str_digits()
-        return f"a {value.bit_length()}-bit integer" if isinstance(value, int) else "an unprintable value"
+        return (
+            f"a {value.bit_length()}-bit integer"
+            if isinstance(value, int)
+            else "an unprintable value"
+        )
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_TYPE_TAGS = {"int", "str", "float", "bool", "list[str]", "list", "dict", "constrained-int", "function-after"}
+_TYPE_TAGS = {
+    "int",
+    "str",
+    "float",
+    "bool",
+    "list[str]",
+    "list",
+    "dict",
+    "constrained-int",
+    "function-after",
+}
 
 
 def _line_for(loc: tuple[str, ...], lines: dict[tuple[str, ...], int]) -> int | None:

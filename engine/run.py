@@ -26,7 +26,16 @@ from engine.errors import (
     FinettyError,
     RunDirError,
 )
-from engine.events import DatasetStats, EventSink, Failed, FanoutSink, Finished, LogLine, RunStarted, StateChanged
+from engine.events import (
+    DatasetStats,
+    EventSink,
+    Failed,
+    FanoutSink,
+    Finished,
+    LogLine,
+    RunStarted,
+    StateChanged,
+)
 
 
 @dataclass
@@ -42,7 +51,12 @@ def find_resume_checkpoint(run_dir: Path, sink: EventSink) -> Path | None:
 
     directory = run_dir / "checkpoints"
     for partial in checkpoint.incomplete_checkpoints(directory):
-        sink.emit(LogLine(level="warning", text=f"Skipping incomplete checkpoint {partial.name} (no COMPLETE marker)."))
+        sink.emit(
+            LogLine(
+                level="warning",
+                text=f"Skipping incomplete checkpoint {partial.name} (no COMPLETE marker).",
+            )
+        )
     complete = checkpoint.complete_checkpoints(directory)
     return complete[-1] if complete else None
 
@@ -66,7 +80,9 @@ class Run:
         if resume_dir is not None:
             self.run_dir = resume_dir
         else:
-            self.run_dir = rundir.new_run_dir(preset.name, rundir.runs_root(str(runs_root) if runs_root else None))
+            self.run_dir = rundir.new_run_dir(
+                preset.name, rundir.runs_root(str(runs_root) if runs_root else None)
+            )
             from engine.presets import to_yaml
 
             (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
@@ -81,7 +97,9 @@ class Run:
 
     # -- threads -------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._execute_safely, name="finetty-engine", daemon=True)
+        self._thread = threading.Thread(
+            target=self._execute_safely, name="finetty-engine", daemon=True
+        )
         self._thread.start()
 
     def join(self, timeout: float | None = None) -> RunResult | None:
@@ -105,13 +123,19 @@ class Run:
 
         started = time.time()
         step = 0
-        monitor = HardwareMonitor(self.sink, interval=self.hardware_interval, peak_mib=cuda_peak_mib)
+        monitor = HardwareMonitor(
+            self.sink, interval=self.hardware_interval, peak_mib=cuda_peak_mib
+        )
         monitor.start()
         try:
             outcome, paths = self._execute()
             step = outcome.step
             stopped = outcome.status == "stopped"
-            code = (EXIT_TERMINATED if self.stop_signal == "sigterm" else EXIT_STOPPED) if stopped else EXIT_OK
+            code = (
+                (EXIT_TERMINATED if self.stop_signal == "sigterm" else EXIT_STOPPED)
+                if stopped
+                else EXIT_OK
+            )
             metrics = {
                 key: value
                 for key, value in {
@@ -123,7 +147,9 @@ class Run:
                 }.items()
                 if value is not None
             }
-            self.sink.emit(Finished(outcome.status, outcome.step, metrics, paths, time.time() - started))
+            self.sink.emit(
+                Finished(outcome.status, outcome.step, metrics, paths, time.time() - started)
+            )
             self.result = RunResult(outcome.status, code, self.run_dir)
         except RunAborted:
             self.sink.emit(Finished("stopped", step, {}, {}, time.time() - started))
@@ -136,7 +162,12 @@ class Run:
             with open(self.run_dir / "log.txt", "a", encoding="utf-8") as log:
                 log.write(traceback.format_exc())
             message = f"{type(exc).__name__}: {exc}"
-            self._fail("internal", "Unexpected error", message, f"The full traceback is in {self.run_dir / 'log.txt'}.")
+            self._fail(
+                "internal",
+                "Unexpected error",
+                message,
+                f"The full traceback is in {self.run_dir / 'log.txt'}.",
+            )
             self.result = RunResult("failed", EXIT_FAILED, self.run_dir, FinettyError(message))
         finally:
             monitor.stop()
@@ -159,12 +190,17 @@ class Run:
         device = models.select_device(p.training.use_cpu)
         quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
         models.check_hardware(device=device, quant_bits=quant_bits, optim=p.training.optim)
-        source = models.resolve_source(p.model.name_or_path, allow_pickle=p.model.allow_pickle_weights)
+        source = models.resolve_source(
+            p.model.name_or_path, allow_pickle=p.model.allow_pickle_weights
+        )
         dtype = models.select_dtype(p.model.dtype, device)
         amp_dtype = None
         weights_dtype = dtype
         if device == "cuda" and dtype == torch.float16 and p.method == "full":
-            weights_dtype, amp_dtype = torch.float32, torch.float16  # fp32 master weights, fp16 compute
+            weights_dtype, amp_dtype = (
+                torch.float32,
+                torch.float16,
+            )  # fp32 master weights, fp16 compute
         self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
         loaded = models.load_model(
             source,
@@ -200,7 +236,11 @@ class Run:
         if p.dataset.format == "auto":
             from engine.data import describe_format
 
-            self.sink.emit(LogLine(level="info", text=f"Dataset format detected: {describe_format(stats.format)}."))
+            self.sink.emit(
+                LogLine(
+                    level="info", text=f"Dataset format detected: {describe_format(stats.format)}."
+                )
+            )
         self.sink.emit(
             DatasetStats(
                 source=p.dataset.path,
@@ -280,7 +320,12 @@ class Run:
                     hint="Start a new run instead (without --resume).",
                 )
             trainer.resume_from(checkpoint)
-            self.sink.emit(LogLine(level="info", text=f"Resumed from {checkpoint.name} (step {trainer.state.step})."))
+            self.sink.emit(
+                LogLine(
+                    level="info",
+                    text=f"Resumed from {checkpoint.name} (step {trainer.state.step}).",
+                )
+            )
         precision = str(amp_dtype or weights_dtype).replace("torch.", "")
         if settings.use_grad_scaler:
             precision += " with loss scaling"
@@ -302,7 +347,9 @@ class Run:
                 pid=os.getpid(),
             )
         )
-        heldout = builtin_data.generate("heldout") if builtin and p.training.eval_exact_match else []
+        heldout = (
+            builtin_data.generate("heldout") if builtin and p.training.eval_exact_match else []
+        )
         if heldout and not self.resuming:
             self._exact_match(model, heldout, "before")
         self.sink.emit(StateChanged(state="training"))
@@ -318,7 +365,9 @@ class Run:
         from engine.evaluate import exact_match
 
         self.sink.emit(StateChanged(state="evaluating", detail=f"exact match {stage} training"))
-        event = exact_match(model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template)
+        event = exact_match(
+            model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template
+        )
         self._accuracy[f"exact_match_{stage}"] = event.accuracy
         self.sink.emit(event)
 

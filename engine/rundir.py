@@ -73,7 +73,9 @@ def resolve_run(ref: str, root: Path) -> Path:
     if ref == "latest":
         runs = all_runs(root)
         if not runs:
-            raise RunDirError(f"No runs found under {root}.", hint="Start one with `finetty train smollm2-demo`.")
+            raise RunDirError(
+                f"No runs found under {root}.", hint="Start one with `finetty train smollm2-demo`."
+            )
         return runs[0]
     path = Path(ref).expanduser()
     if not (path / "events.jsonl").is_file():
@@ -92,7 +94,12 @@ class RunDirSink:
         self._lock = threading.Lock()
         self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._log = open(run_dir / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
-        self.status: dict[str, Any] = {"state": "starting", "pid": os.getpid(), "step": 0, "best_loss": None}
+        self.status: dict[str, Any] = {
+            "state": "starting",
+            "pid": os.getpid(),
+            "step": 0,
+            "best_loss": None,
+        }
         self._last_status_write = 0.0
 
     def emit(self, event: Event) -> None:
@@ -101,7 +108,9 @@ class RunDirSink:
             self._events.flush()
             line = human_line(event)
             if line:
-                self._log.write(time.strftime("%H:%M:%S ", time.localtime(event.time)) + line + "\n")
+                self._log.write(
+                    time.strftime("%H:%M:%S ", time.localtime(event.time)) + line + "\n"
+                )
                 self._log.flush()
             if self._update_status(event):
                 self._write_status()
@@ -110,7 +119,9 @@ class RunDirSink:
         status = self.status
         status["updated"] = event.time
         if isinstance(event, RunStarted):
-            status.update(state="running", name=event.name, started=event.time, total_steps=event.total_steps)
+            status.update(
+                state="running", name=event.name, started=event.time, total_steps=event.total_steps
+            )
         elif isinstance(event, Step):
             status["step"] = event.step
             best = status.get("best_loss")
@@ -118,7 +129,9 @@ class RunDirSink:
             # Steps can be many per second on a GPU; the status file needs no more than ~1 Hz.
             return time.monotonic() - self._last_status_write > 1.0
         elif isinstance(event, StateChanged):
-            status["state"] = {"paused": "paused", "stopping": "stopping"}.get(event.state, "running")
+            status["state"] = {"paused": "paused", "stopping": "stopping"}.get(
+                event.state, "running"
+            )
         elif isinstance(event, Finished):
             status.update(state=event.status, step=event.step, elapsed_s=event.elapsed_s)
         elif isinstance(event, Failed):
@@ -165,7 +178,9 @@ def human_line(event: Event) -> str | None:
     if isinstance(event, Finished):
         return f"{event.status} at step {event.step} in {event.elapsed_s:.0f} s"
     if isinstance(event, Failed):
-        return f"FAILED ({event.kind}): {event.message}" + (f" Hint: {event.hint}" if event.hint else "")
+        return f"FAILED ({event.kind}): {event.message}" + (
+            f" Hint: {event.hint}" if event.hint else ""
+        )
     return None
 
 
@@ -210,7 +225,9 @@ class CommandReader:
 def send_command(run_dir: Path, command: str) -> None:
     """Ask a running process to pause/resume/save/stop/abort through its run directory."""
     if command not in COMMANDS:
-        raise RunDirError(f"Unknown command '{command}'.", hint=f"Use one of: {', '.join(COMMANDS)}.")
+        raise RunDirError(
+            f"Unknown command '{command}'.", hint=f"Use one of: {', '.join(COMMANDS)}."
+        )
     path = run_dir / "commands.jsonl"
     fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
     with os.fdopen(fd, "a", encoding="utf-8") as handle:

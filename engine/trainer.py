@@ -71,7 +71,13 @@ def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int) -> int
 def total_steps(num_examples: int, settings: TrainSettings) -> int:
     if settings.max_steps > 0:
         return settings.max_steps
-    return max(1, math.ceil(settings.epochs * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum)))
+    return max(
+        1,
+        math.ceil(
+            settings.epochs
+            * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum)
+        ),
+    )
 
 
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
@@ -94,9 +100,16 @@ def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str
         ids.append(list(ex.input_ids) + [pad_token_id] * pad)
         labels.append(list(ex.labels) + [IGNORE] * pad)
         mask.append([1] * len(ex.input_ids) + [0] * pad)
-        base = list(ex.position_ids) if getattr(ex, "position_ids", None) else list(range(len(ex.input_ids)))
+        base = (
+            list(ex.position_ids)
+            if getattr(ex, "position_ids", None)
+            else list(range(len(ex.input_ids)))
+        )
         positions.append(base + list(range(pad)))  # padding forms its own (unlabelled) document
-    batch = {"input_ids": torch.tensor(ids, device=device), "labels": torch.tensor(labels, device=device)}
+    batch = {
+        "input_ids": torch.tensor(ids, device=device),
+        "labels": torch.tensor(labels, device=device),
+    }
     if packed:
         batch["position_ids"] = torch.tensor(positions, device=device)
     else:
@@ -120,7 +133,10 @@ def batch_loss_sum(model: Any, batch: dict[str, Any], amp_dtype: Any, device: st
     shift_logits = logits[:, :-1, :].float()
     shift_labels = batch["labels"][:, 1:]
     return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
 
 
@@ -131,7 +147,11 @@ def build_optimizer(model: Any, settings: TrainSettings):
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias") else decay).append(param)
+        (
+            no_decay
+            if param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            else decay
+        ).append(param)
     groups = [
         {"params": decay, "weight_decay": settings.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -155,7 +175,9 @@ def build_scheduler(optimizer: Any, settings: TrainSettings, steps: int):
     from transformers import get_scheduler
 
     warmup = settings.warmup_steps or math.ceil(settings.warmup_ratio * steps)
-    return get_scheduler(settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    return get_scheduler(
+        settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps
+    )
 
 
 def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) -> float:
@@ -188,7 +210,12 @@ class Trainer:
         is_adapter: bool,
     ) -> None:
         self.model, self.train, self.val, self.s = model, train, val, settings
-        self.sink, self.control, self.checkpoint_dir, self.is_adapter = sink, control, checkpoint_dir, is_adapter
+        self.sink, self.control, self.checkpoint_dir, self.is_adapter = (
+            sink,
+            control,
+            checkpoint_dir,
+            is_adapter,
+        )
         self.total_steps = total_steps(len(train), settings)
         self.optimizer = build_optimizer(model, settings)
         self.scheduler = build_scheduler(self.optimizer, settings, self.total_steps)
@@ -197,11 +224,17 @@ class Trainer:
             import torch
 
             self.scaler = torch.amp.GradScaler(settings.device)
-        self.state = ckpt.TrainerState(step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0)
+        self.state = ckpt.TrainerState(
+            step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
+        )
 
     def resume_from(self, path: Path) -> None:
         self.state = ckpt.load_checkpoint(
-            path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
         )
 
     def _micro_batches(self):
@@ -212,7 +245,12 @@ class Trainer:
             order = epoch_order(len(self.train), s.seed, epoch)
             starts = list(range(0, len(order), s.micro_batch))
             for index, start in enumerate(starts[skip:], start=skip):
-                yield epoch, index + 1, len(starts), [self.train[i] for i in order[start : start + s.micro_batch]]
+                yield (
+                    epoch,
+                    index + 1,
+                    len(starts),
+                    [self.train[i] for i in order[start : start + s.micro_batch]],
+                )
             epoch, skip = epoch + 1, 0
 
     def run(self) -> TrainOutcome:
@@ -250,12 +288,14 @@ class Trainer:
                 raise _oom_error(exc, s) from None
             epoch, done, per_epoch, _ = micro[-1]
             state.step += 1
-            state.epoch, state.batches_done_in_epoch = (epoch + 1, 0) if done == per_epoch else (epoch, done)
+            state.epoch, state.batches_done_in_epoch = (
+                (epoch + 1, 0) if done == per_epoch else (epoch, done)
+            )
             state.tokens_seen += tokens
             window_loss += float(loss_sum) / max(n_trained, 1)
             window_tokens += tokens
             window_samples += samples
-            recent_step_times = (recent_step_times + [time.perf_counter() - step_start])[-20:]
+            recent_step_times = ([*recent_step_times, time.perf_counter() - step_start])[-20:]
             if state.step % s.logging_steps == 0 or state.step == self.total_steps:
                 logged_steps = (state.step - 1) % s.logging_steps + 1
                 final_loss = window_loss / logged_steps
@@ -265,7 +305,9 @@ class Trainer:
                         hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
                         "The last good checkpoint is kept.",
                     )
-                state.best_loss = final_loss if state.best_loss is None else min(state.best_loss, final_loss)
+                state.best_loss = (
+                    final_loss if state.best_loss is None else min(state.best_loss, final_loss)
+                )
                 elapsed_window = time.perf_counter() - window_start
                 mean_step = sum(recent_step_times) / len(recent_step_times)
                 self.sink.emit(
@@ -285,9 +327,19 @@ class Trainer:
                         eta_s=mean_step * (self.total_steps - state.step),
                     )
                 )
-                window_loss, window_tokens, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+                window_loss, window_tokens, window_samples, window_start = (
+                    0.0,
+                    0,
+                    0,
+                    time.perf_counter(),
+                )
             state.elapsed_s = time.perf_counter() - started
-            if s.eval_steps and self.val and state.step % s.eval_steps == 0 and state.step < self.total_steps:
+            if (
+                s.eval_steps
+                and self.val
+                and state.step % s.eval_steps == 0
+                and state.step < self.total_steps
+            ):
                 eval_loss = self._evaluate()
             if s.save_steps and state.step % s.save_steps == 0 and state.step < self.total_steps:
                 self.save("periodic")
@@ -295,7 +347,14 @@ class Trainer:
             eval_loss = self._evaluate()
         state.elapsed_s = time.perf_counter() - started
         return TrainOutcome(
-            status, state.step, self.total_steps, final_loss, state.best_loss, eval_loss, state.elapsed_s, state.tokens_seen
+            status,
+            state.step,
+            self.total_steps,
+            final_loss,
+            state.best_loss,
+            eval_loss,
+            state.elapsed_s,
+            state.tokens_seen,
         )
 
     def _take_step_batches(self, stream) -> list:
@@ -354,7 +413,9 @@ class Trainer:
 
     def save(self, reason: str) -> Path | None:
         if self.state.step == 0:
-            self.sink.emit(LogLine(level="info", text="No step has run yet; nothing to checkpoint."))
+            self.sink.emit(
+                LogLine(level="info", text="No step has run yet; nothing to checkpoint.")
+            )
             return None
         self.sink.emit(StateChanged(state="saving", detail=reason))
         start = time.perf_counter()
@@ -368,7 +429,14 @@ class Trainer:
             is_adapter=self.is_adapter,
             keep=self.s.save_total_limit,
         )
-        self.sink.emit(CheckpointSaved(step=self.state.step, path=str(path), reason=reason, seconds=time.perf_counter() - start))
+        self.sink.emit(
+            CheckpointSaved(
+                step=self.state.step,
+                path=str(path),
+                reason=reason,
+                seconds=time.perf_counter() - start,
+            )
+        )
         self.sink.emit(StateChanged(state="training"))
         return path
 

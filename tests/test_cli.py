@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tui.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+        [sys.executable, "-m", "tui.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
 
 
@@ -78,7 +83,9 @@ def test_bad_override_names_key_and_suggests(capsys: pytest.CaptureFixture[str])
 
 
 def test_qlora_on_cpu_is_refused_before_loading(tmp_path: Path) -> None:
-    result = run_cli("train", "smollm2-demo", "--set", "method=qlora", "--no-tui", "--run-dir", str(tmp_path))
+    result = run_cli(
+        "train", "smollm2-demo", "--set", "method=qlora", "--no-tui", "--run-dir", str(tmp_path)
+    )
     assert result.returncode == 2
     assert "CUDA" in result.stderr and "Traceback" not in result.stderr
 
@@ -88,7 +95,9 @@ def test_train_end_to_end_headless_json(make_preset, tmp_path: Path) -> None:
 
     preset_file = tmp_path / "tiny.yaml"
     preset_file.write_text(yaml.safe_dump(make_preset(max_steps=2).model_dump(mode="json")))
-    result = run_cli("train", str(preset_file), "--no-tui", "--json", "--run-dir", str(tmp_path / "runs"))
+    result = run_cli(
+        "train", str(preset_file), "--no-tui", "--json", "--run-dir", str(tmp_path / "runs")
+    )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["type"] == "finished"
@@ -106,9 +115,21 @@ def _start_training(make_preset, tmp_path: Path, steps: int) -> tuple[subprocess
     import yaml
 
     preset_file = tmp_path / "long.yaml"
-    preset_file.write_text(yaml.safe_dump(make_preset(max_steps=steps, save_steps=0).model_dump(mode="json")))
+    preset_file.write_text(
+        yaml.safe_dump(make_preset(max_steps=steps, save_steps=0).model_dump(mode="json"))
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "train", str(preset_file), "--no-tui", "--json", "--run-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset_file),
+            "--no-tui",
+            "--json",
+            "--run-dir",
+            str(tmp_path),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -126,7 +147,9 @@ def _wait_for_step(proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
-def test_signal_checkpoints_then_exits_with_documented_code(make_preset, tmp_path: Path, signum: int, code: int) -> None:
+def test_signal_checkpoints_then_exits_with_documented_code(
+    make_preset, tmp_path: Path, signum: int, code: int
+) -> None:
     import signal as signals
 
     from engine import checkpoint, rundir

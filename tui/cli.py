@@ -33,12 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train from a preset (file path or name)")
     train.add_argument("preset", nargs="?", help="preset file or name (optional with --resume)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a preset key, e.g. training.learning_rate=1e-4 (repeatable)")
-    train.add_argument("--no-tui", action="store_true", help="run headless: live view on a TTY, plain lines otherwise")
-    train.add_argument("--json", action="store_true", help="print every event as a JSON line on stdout")
-    train.add_argument("--resume", metavar="RUN_DIR|latest", help="continue a run from its newest complete checkpoint")
-    train.add_argument("--run-dir", metavar="DIR", help="root folder for runs (default ./runs or $FINETTY_RUNS)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a preset key, e.g. training.learning_rate=1e-4 (repeatable)",
+    )
+    train.add_argument(
+        "--no-tui",
+        action="store_true",
+        help="run headless: live view on a TTY, plain lines otherwise",
+    )
+    train.add_argument(
+        "--json", action="store_true", help="print every event as a JSON line on stdout"
+    )
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR|latest",
+        help="continue a run from its newest complete checkpoint",
+    )
+    train.add_argument(
+        "--run-dir", metavar="DIR", help="root folder for runs (default ./runs or $FINETTY_RUNS)"
+    )
 
     sub.add_parser("presets", help="list bundled and user presets")
 
@@ -48,18 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     estimate = sub.add_parser("estimate", help="memory and time estimate without loading the model")
     estimate.add_argument("preset", help="preset file or name")
-    estimate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    estimate.add_argument("--gpu", help="estimate for a named GPU (t4, l4, a100-40gb, h100-80gb, ...)")
-    estimate.add_argument("--price", type=float, help="hourly price in dollars, for the cost estimate")
+    estimate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
+    estimate.add_argument(
+        "--gpu", help="estimate for a named GPU (t4, l4, a100-40gb, h100-80gb, ...)"
+    )
+    estimate.add_argument(
+        "--price", type=float, help="hourly price in dollars, for the cost estimate"
+    )
     estimate.add_argument("--json", action="store_true", help="machine-readable output")
 
     doctor = sub.add_parser("doctor", help="check GPU, CUDA, bitsandbytes, disk and hub access")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
     chat = sub.add_parser("chat", help="chat with a finished run or a model (plain REPL headless)")
-    chat.add_argument("target", help="run directory, `latest`, a model folder, hub id or embedded:...")
+    chat.add_argument(
+        "target", help="run directory, `latest`, a model folder, hub id or embedded:..."
+    )
     chat.add_argument("--adapter", help="a PEFT adapter folder to load on top of the model")
-    chat.add_argument("--no-tui", action="store_true", help="plain REPL (the only chat mode so far)")
+    chat.add_argument(
+        "--no-tui", action="store_true", help="plain REPL (the only chat mode so far)"
+    )
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--top-p", type=float, default=1.0)
@@ -105,20 +133,25 @@ def report_error(error: FinettyError) -> None:
     if error.hint:
         body.append("\nHint: ", style="bold")
         body.append(error.hint)
-    Console(stderr=True, highlight=False).print(Panel(body, title=error.title, title_align="left", border_style="red"))
+    Console(stderr=True, highlight=False).print(
+        Panel(body, title=error.title, title_align="left", border_style="red")
+    )
 
 
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import rundir
     from engine.errors import ConfigError
-    from engine.presets import load_preset, validate, read_yaml
+    from engine.presets import load_preset, read_yaml, validate
 
     root = rundir.runs_root(args.run_dir)
     resume_dir = None
     if args.resume:
         if args.overrides:
-            raise ConfigError("--set cannot be combined with --resume.", hint="A resumed run keeps its config.yaml.")
+            raise ConfigError(
+                "--set cannot be combined with --resume.",
+                hint="A resumed run keeps its config.yaml.",
+            )
         scope = root
         if args.preset and args.resume == "latest":
             preset, _ = load_preset(args.preset)
@@ -129,7 +162,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif args.preset:
         preset, _ = load_preset(args.preset, args.overrides)
     else:
-        raise ConfigError("finetty train needs a preset.", hint="For example: finetty train smollm2-demo")
+        raise ConfigError(
+            "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
+        )
     return run_headless(preset, root=root, resume_dir=resume_dir, json_mode=args.json)
 
 
@@ -156,7 +191,9 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
     def on_sigint(signum: int, frame: object) -> None:
         interrupts["count"] += 1
         if interrupts["count"] == 1:
-            reporter.err.print("Stopping: writing a checkpoint first (Ctrl+C again to abort at once).")
+            reporter.err.print(
+                "Stopping: writing a checkpoint first (Ctrl+C again to abort at once)."
+            )
             run.control.stop()
         else:
             run.control.abort()
@@ -200,7 +237,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
         status = rundir.read_status(path)
         state = status.get("state", "unknown")
-        if state in ("running", "paused", "stopping", "starting") and not rundir.pid_alive(int(status.get("pid", 0))):
+        if state in ("running", "paused", "stopping", "starting") and not rundir.pid_alive(
+            int(status.get("pid", 0))
+        ):
             state = "died"  # the process is gone without writing a final state
         started, updated = status.get("started"), status.get("updated")
         rows.append(
@@ -221,7 +260,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
     for row in rows:
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        duration = time.strftime("%H:%M:%S", time.gmtime(row["duration_s"])) if row["duration_s"] else "-"
+        duration = (
+            time.strftime("%H:%M:%S", time.gmtime(row["duration_s"])) if row["duration_s"] else "-"
+        )
         step = f"{row['step']}/{row['total_steps'] or '?'}"
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:

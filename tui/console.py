@@ -49,7 +49,9 @@ def exact_match_line(event: ExactMatch) -> str:
 class ConsoleReporter:
     """An EventSink that renders events for a terminal or a log file."""
 
-    def __init__(self, *, json_mode: bool = False, live: bool | None = None, stdout: TextIO | None = None) -> None:
+    def __init__(
+        self, *, json_mode: bool = False, live: bool | None = None, stdout: TextIO | None = None
+    ) -> None:
         self.stdout = stdout or sys.stdout
         self.json_mode = json_mode
         self.err = Console(stderr=True, highlight=False)
@@ -111,7 +113,10 @@ class ConsoleReporter:
             self.state = "failed"
         elif isinstance(event, DatasetStats):
             self.log.append(_dataset_line(event))
-        if isinstance(event, LogLine | Failed) or type(event).__name__ in ("CheckpointSaved", "Eval"):
+        if isinstance(event, LogLine | Failed) or type(event).__name__ in (
+            "CheckpointSaved",
+            "Eval",
+        ):
             line = human_line(event)
             if line:
                 self.log.append(line)
@@ -125,7 +130,9 @@ class ConsoleReporter:
         step = self.last_step
         title = Text("finetty ", style="bold")
         if self.started:
-            title.append(f"{self.started.name} · {self.started.model.get('name')} · {self.started.device}")
+            title.append(
+                f"{self.started.name} · {self.started.model.get('name')} · {self.started.device}"
+            )
         parts: list = [title, Text(f"state: {self.state}")]
         total = (step.total_steps if step else self.started.total_steps if self.started else 0) or 1
         done = step.step if step else (self.started.resumed_from_step if self.started else 0)
@@ -162,7 +169,9 @@ class ConsoleReporter:
         if self.finished:
             out.write(f"{self.finished.status} at step {self.finished.step}\n")
             for key, value in self.finished.metrics.items():
-                out.write(f"{key}: {value:.4g}\n" if isinstance(value, float) else f"{key}: {value}\n")
+                out.write(
+                    f"{key}: {value:.4g}\n" if isinstance(value, float) else f"{key}: {value}\n"
+                )
             for key, value in self.finished.paths.items():
                 out.write(f"{key}: {value}\n")
         for event in (self.before, self.after):

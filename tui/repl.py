@@ -12,8 +12,13 @@ def chat_repl(args: argparse.Namespace) -> int:
     from engine.inference import load_chat_model
 
     print("loading model...", file=sys.stderr)
-    chat = load_chat_model(args.target, adapter=args.adapter, runs_root=Path(args.run_dir) if args.run_dir else None)
-    print(f"chatting with {chat.description}; an empty line or Ctrl+D quits, /reset clears.", file=sys.stderr)
+    chat = load_chat_model(
+        args.target, adapter=args.adapter, runs_root=Path(args.run_dir) if args.run_dir else None
+    )
+    print(
+        f"chatting with {chat.description}; an empty line or Ctrl+D quits, /reset clears.",
+        file=sys.stderr,
+    )
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})

@@ -45,7 +45,12 @@ def test_run_emits_events_in_order_and_writes_run_dir(make_preset, tmp_path: Pat
     result = run.execute()
     assert result.status == "finished" and result.exit_code == EXIT_OK
     kinds = [type(event).__name__ for event in sink.events]
-    assert kinds.index("DatasetStats") < kinds.index("RunStarted") < kinds.index("Step") < kinds.index("Finished")
+    assert (
+        kinds.index("DatasetStats")
+        < kinds.index("RunStarted")
+        < kinds.index("Step")
+        < kinds.index("Finished")
+    )
     steps = sink.of_type(Step)
     assert [s.step for s in steps] == [1, 2, 3, 4, 5, 6]
     assert all(s.tokens > 0 and s.tokens_per_s > 0 and s.grad_norm is not None for s in steps)
@@ -83,7 +88,9 @@ def test_stop_checkpoints_and_resume_matches_uninterrupted_run(make_preset, tmp_
     assert not (stopped.run_dir / "final").exists()
 
     resumed_sink = RecordingSink()
-    resumed = Run(make_preset(), resumed_sink, runs_root=tmp_path / "b", resume_dir=stopped.run_dir).execute()
+    resumed = Run(
+        make_preset(), resumed_sink, runs_root=tmp_path / "b", resume_dir=stopped.run_dir
+    ).execute()
     assert resumed.status == "finished"
     assert resumed_sink.of_type(RunStarted)[0].resumed_from_step == 4
     # Same data order, RNG (dropout is on) and optimizer state: exactly the same losses on CPU.
@@ -108,7 +115,9 @@ def test_resume_skips_incomplete_checkpoint(make_preset, tmp_path: Path) -> None
 
 
 def test_keeps_only_the_newest_checkpoints(make_preset, tmp_path: Path) -> None:
-    result = Run(make_preset(save_steps=1, save_total_limit=2), RecordingSink(), runs_root=tmp_path).execute()
+    result = Run(
+        make_preset(save_steps=1, save_total_limit=2), RecordingSink(), runs_root=tmp_path
+    ).execute()
     names = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
     assert names == ["checkpoint-4", "checkpoint-5"]
 
@@ -121,6 +130,6 @@ def test_bad_dataset_fails_with_exit_2_and_failed_event(make_preset, tmp_path: P
     sink = RecordingSink()
     result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
     assert result.status == "failed" and result.exit_code == 2
-    failed = [e for e in sink.events if type(e).__name__ == "Failed"][0]
+    failed = next(e for e in sink.events if type(e).__name__ == "Failed")
     assert "bad.jsonl" in failed.message and failed.hint
     assert rundir.read_status(result.run_dir)["state"] == "failed"
