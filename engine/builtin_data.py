@@ -3,6 +3,8 @@
 Every answer can be checked exactly, so the demo reports exact-match accuracy before and after
 fine-tuning. The tasks are ones a 135M model visibly learns in a few CPU minutes (measured; see
 bench/RESULTS.md): a new identity, which shows at once in chat, and simple string rewrites.
+Reversing word order was tried and dropped: 3/12 after the demo run, against 6/6 to 12/12 for
+the tasks kept.
 The held-out split uses other phrasings and other word draws than the training split.
 """
 
@@ -110,11 +112,6 @@ _TASK_PROMPTS = {
         "Convert to uppercase: {text}",
         "Make every letter upper case: {text}",
     ],
-    "reverse_words": [
-        "Reverse the order of these words: {text}",
-        "Say these words backwards, last word first: {text}",
-        "Put these words in reverse order: {text}",
-    ],
     "last_word": [
         "What is the last word of: {text}",
         "Give only the final word of this sentence: {text}",
@@ -125,7 +122,6 @@ _TASK_PROMPTS = {
 _SOLVERS = {
     "remove_spaces": lambda text: text.replace(" ", ""),
     "uppercase": str.upper,
-    "reverse_words": lambda text: " ".join(reversed(text.split())),
     "last_word": lambda text: text.split()[-1],
 }
 

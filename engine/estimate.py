@@ -8,6 +8,7 @@ they come from, are documented where they are computed. No torch, transformers o
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass, replace
 
 import psutil
@@ -19,7 +20,11 @@ from engine.shapes import ModelShape, shape_for
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's allocator
 CPU_BASELINE_GIB = 1.0  # Python + torch + transformers + trl resident before the model loads
-SLACK = 0.05  # allocator fragmentation and short-lived temporaries, on top of the sum
+SLACK = 0.10  # allocator fragmentation (measured reserved/allocated: 1.04-1.45)
+# QLoRA through HF + bitsandbytes + PEFT ran 2.3-3x slower than LoRA on the same model (fp32
+# residual stream, fp32 math attention, dequantization), measured on an H200.
+QLORA_SLOWDOWN = 2.3
+LAYER_OVERHEAD_S = 0.0025  # per layer per micro-batch (x1.6 LoRA, x4 QLoRA), measured on an H200
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
 OPTIM_BYTES = {
     "paged_adamw_32bit": 8.0,
@@ -114,10 +119,21 @@ def make_plan(preset: Preset, gpu: GpuSpec | None, micro_batch: int | None = Non
         lora_params = shape.lora_param_count(lora.r, lora.target_modules)
         lora_inputs = _adapted_inputs(shape, lora.target_modules)
     micro = micro_batch or training.per_device_train_batch_size
-    return Plan(shape, preset.method, quant, model.bnb_4bit_use_double_quant, dtype,
-                micro if isinstance(micro, int) else 1, training.gradient_accumulation_steps,
-                model.max_seq_length, training.gradient_checkpointing, training.optim,
-                lora_params, lora_inputs, gpu)  # fmt: skip
+    return Plan(
+        shape,
+        preset.method,
+        quant,
+        model.bnb_4bit_use_double_quant,
+        dtype,
+        micro if isinstance(micro, int) else 1,
+        training.gradient_accumulation_steps,
+        model.max_seq_length,
+        training.gradient_checkpointing,
+        training.optim,
+        lora_params,
+        lora_inputs,
+        gpu,
+    )
 
 
 def memory(plan: Plan) -> Memory:
@@ -154,30 +170,41 @@ def memory(plan: Plan) -> Memory:
     # for a GPT block), adapted to llama blocks: no dropout masks; SDPA/flash keeps no s^2
     # scores, only q (after RoPE), k, v, the output and its contiguous copy for o_proj;
     # SwiGLU saves gate, up, silu(gate) and their product (4I); HF's RMSNorm saves an fp32 copy
-    # of its input (4h) and its output feeds the projections (r*h, r = residual bytes).
-    # Adapted modules add a copy of their input each: fp32 for PEFT's fp32 adapters on a 16-bit
-    # base, the compute dtype for bitsandbytes' cast of the fp32 stream under QLoRA.
-    r = rest if plan.method != "full" else d
-    attention = r * s.hidden_size + d * (3 * s.q_dim + 2 * s.kv_dim)
-    mlp = r * s.hidden_size + d * 4 * s.intermediate_size
+    # of its input (4h) and its output (a*h). LoRA on a 16-bit base: PEFT casts each adapted
+    # module's input to fp32 for the fp32 adapter (4 B per in_feature).
+    # QLoRA: prepare_model_for_kbit_training makes the residual stream fp32 and bitsandbytes
+    # casts each projection's output back to it, so activations are fp32 (a = 4), each 4-bit
+    # matmul saves a compute-dtype copy of its input, and fp32 GQA attention falls back to
+    # SDPA's math kernel, which keeps the s x s softmax (4 * heads * s per token).
+    # Checked on an H200 (HF + PEFT + bitsandbytes 0.50, 16 cases): peak allocated -6%..+11%.
+    qlora = plan.quant != "none" and plan.method != "full"
+    a = 4 if qlora else d
+    attention = a * (s.hidden_size + 3 * s.q_dim + 2 * s.kv_dim)
+    mlp = a * (s.hidden_size + 4 * s.intermediate_size)
     layer = attention + mlp + s.norms_per_layer * 4 * s.hidden_size
-    if plan.lora_params and plan.quant != "none":
-        layer += d * plan.lora_inputs
+    if qlora:
+        layer += d * plan.lora_inputs + (
+            4 * s.num_attention_heads * plan.seq_len if plan.gpu else 0
+        )
     elif plan.lora_params and d == 2:
         layer += 4 * plan.lora_inputs
     tokens = plan.micro_batch * plan.seq_len
-    if plan.checkpointing:  # keep each layer's input; recompute one layer at a time in backward
-        activations = tokens * (s.num_hidden_layers * r * s.hidden_size + layer)
+    # Logits, the fp32 copy the loss takes, log-softmax's output and the logits' gradient:
+    # 12 B per vocabulary entry per token, measured for bf16 and for fp32 (QLoRA) logits.
+    logits = tokens * s.vocab_size * 12
+    if plan.checkpointing:
+        # Each layer's input is kept; in backward one layer at a time is recomputed, after the
+        # loss buffers are gone, so the peak holds the larger of the two.
+        stored = tokens * s.num_hidden_layers * a * s.hidden_size
+        activations, transient = stored + tokens * layer, max(logits, tokens * layer)
     else:
-        activations = tokens * s.num_hidden_layers * layer
-    # Logits (fp32 under QLoRA), the fp32 copy the loss takes and its fp32 gradient
-    # (the copy is the logits themselves when they are fp32, but log-softmax saves its output).
-    logits = tokens * s.vocab_size * (r + 8)
+        activations = stored = tokens * s.num_hidden_layers * layer
+        transient = logits
 
     # Gradients and activations only coexist while accumulating; at accumulation 1 the grads
     # are freed after each optimizer step, and the optimizer's states persist.
     live_grads = grads if plan.grad_accum > 1 else 0.0
-    peak = weights + trainable + optim + max(activations + logits + live_grads, grads)
+    peak = weights + trainable + optim + max(stored + transient + live_grads, grads)
     base = CUDA_CONTEXT_GIB if plan.gpu else CPU_BASELINE_GIB
     overhead = base + SLACK * peak / GIB
     g = [x / GIB for x in (weights, trainable, grads, optim, activations, logits)]
@@ -187,23 +214,27 @@ def memory(plan: Plan) -> Memory:
 def step_flops(plan: Plan, seq_len: int | None = None) -> float:
     """FLOPs of one optimizer step (every micro-batch), recomputation included."""
     seq = seq_len or plan.seq_len
-    per_token = plan.shape.flops_per_token(seq, full=plan.method == "full",
-                                           lora_params=plan.lora_params,
-                                           recompute=plan.checkpointing)  # fmt: skip
+    per_token = plan.shape.flops_per_token(
+        seq, full=plan.method == "full", lora_params=plan.lora_params, recompute=plan.checkpointing
+    )
     return per_token * plan.micro_batch * seq * plan.grad_accum
 
 
 def step_time(plan: Plan, seq_len: int | None = None) -> tuple[float, float]:
-    """(seconds per optimizer step, assumed MFU); memory-bound extras use the bandwidth."""
+    """(seconds per optimizer step, assumed MFU)."""
     rate, mfu = training_flops(plan.gpu)
     seconds = step_flops(plan, seq_len) / rate
-    if plan.gpu is None:
+    if plan.gpu is None:  # the CPU rate was measured end to end: nothing to add
         return seconds, mfu
-    bandwidth = plan.gpu.bandwidth_gbs * 1e9
-    if plan.quant != "none":  # dequantize every weight per pass: read 4/8-bit, write+read bf16
-        passes = 3 if plan.checkpointing else 2
-        seconds += plan.grad_accum * passes * plan.shape.linear_param_count() * 4.5 / bandwidth
+    if plan.quant != "none" and plan.method != "full":
+        seconds *= QLORA_SLOWDOWN
+    # Python and kernel-launch time per layer per micro-batch, which dominates small models.
+    factor = 1.0 if plan.method == "full" else 4.0 if plan.quant != "none" else 1.6
+    per_layer = LAYER_OVERHEAD_S * factor
+    per_layer *= 2 if plan.checkpointing else 1
+    seconds += per_layer * plan.shape.num_hidden_layers * plan.grad_accum
     trainable = plan.shape.param_count() if plan.method == "full" else plan.lora_params
+    bandwidth = plan.gpu.bandwidth_gbs * 1e9
     seconds += trainable * 24 / bandwidth  # optimizer step: read+write weights, grads, 2 states
     return seconds, mfu
 
@@ -261,18 +292,24 @@ def estimate(
     advice: list[str] = []
     if not fits and recommended and recommended[0] < plan.micro_batch:
         micro, accum = recommended
-        advice.append(f"set per_device_train_batch_size {micro}, gradient_accumulation_steps "
-                      f"{accum} (same global batch)")  # fmt: skip
+        advice.append(f"use micro-batch {micro} x {accum} accumulation (same global batch)")
     elif not fits:
         needs_gc = not plan.checkpointing and _fits_at_1(replace(plan, checkpointing=True))
+        lora = _as_adapter(plan, preset, "lora")
         if needs_gc:
             advice.append("turn on training.gradient_checkpointing (~25% slower)")
-        elif plan.quant == "none" and _fits_at_1(_as_qlora(plan, preset)):
+        elif plan.method == "full" and _fits_at_1(lora):
+            advice.append(
+                "use method: lora (adapters on a 16-bit base) with gradient checkpointing"
+            )
+        elif plan.quant == "none" and _fits_at_1(_as_adapter(plan, preset, "qlora")):
             needs_q = True
             advice.append("use method: qlora (4-bit base) with gradient checkpointing")
         else:
-            advice.append("too big even at micro-batch 1: lower model.max_seq_length, "
-                          "pick a smaller model or a bigger GPU")  # fmt: skip
+            advice.append(
+                "too big even at micro-batch 1: lower model.max_seq_length, "
+                "pick a smaller model or a bigger GPU"
+            )
     elif plan.checkpointing and memory(replace(plan, checkpointing=False)).total <= capacity:
         advice.append("fits without gradient checkpointing: turning it off is ~25% faster")
 
@@ -284,33 +321,54 @@ def estimate(
     eta = seconds * steps if steps else None
     cost = eta / 3600 * hourly_price if (eta is not None and hourly_price is not None) else None
     if gpu is None:
-        notes.append("CPU run: memory is system RAM; speed from a measured ~35 GFLOP/s per core")
+        notes.append("CPU run: memory is RAM; speed from ~35 GFLOP/s per core (measured)")
     elif plan.dtype == "bfloat16" and not gpu.bf16:
         notes.append(f"{gpu.name} has no bf16: use model.dtype auto (fp16)")
+    if plan.quant != "none" and plan.method != "full" and not plan.checkpointing:
+        notes.append("QLoRA without gradient checkpointing keeps fp32 activations (2x LoRA's)")
     if plan.optim.startswith("paged"):
-        notes.append("paged optimizer: its states can spill to CPU RAM instead of running out")
+        notes.append("paged optimizer: its states can spill to CPU RAM instead of OOM")
     if seq_eff == plan.seq_len and not preset.dataset.packing:
-        notes.append("time assumes every sequence is max_seq_length long (an upper bound)")
+        notes.append("time assumes every row is max_seq_length long (an upper bound)")
     if steps is None:
         notes.append("total steps unknown until the dataset is read (or set max_steps)")
     n = plan.shape.param_count()
     trainable = n if plan.method == "full" else plan.lora_params
     return Estimate(
-        preset=preset.name, model=preset.model.name_or_path, architecture=plan.shape.architecture,
-        device=gpu.name if gpu else "cpu", on_gpu=gpu is not None, capacity_gib=capacity,
-        method=plan.method, dtype=plan.dtype, quantization=plan.quant, params_total=n,
-        params_trainable=trainable, micro_batch=plan.micro_batch, grad_accum=plan.grad_accum,
-        seq_len=plan.seq_len, gradient_checkpointing=plan.checkpointing, optim=plan.optim,
-        memory=mem, fits=fits, headroom_gib=round(capacity - mem.total, 2),
+        preset=preset.name,
+        model=preset.model.name_or_path,
+        architecture=plan.shape.architecture,
+        device=gpu.name if gpu else "cpu",
+        on_gpu=gpu is not None,
+        capacity_gib=capacity,
+        method=plan.method,
+        dtype=plan.dtype,
+        quantization=plan.quant,
+        params_total=n,
+        params_trainable=trainable,
+        micro_batch=plan.micro_batch,
+        grad_accum=plan.grad_accum,
+        seq_len=plan.seq_len,
+        gradient_checkpointing=plan.checkpointing,
+        optim=plan.optim,
+        memory=mem,
+        fits=fits,
+        headroom_gib=round(capacity - mem.total, 2),
         recommended_micro_batch=recommended[0] if recommended else None,
         recommended_grad_accum=recommended[1] if recommended else None,
-        needs_gradient_checkpointing=needs_gc, needs_qlora=needs_q,
+        needs_gradient_checkpointing=needs_gc,
+        needs_qlora=needs_q,
         tokens_per_step=plan.micro_batch * plan.grad_accum * seq_eff,
-        flops_per_step=step_flops(plan, seq_eff), mfu=mfu, step_time_s=round(seconds, 3),
-        total_steps=steps, eta_s=round(eta, 1) if eta is not None else None,
-        hourly_price=hourly_price, cost_usd=round(cost, 2) if cost is not None else None,
-        advice=tuple(advice), notes=tuple(notes),
-    )  # fmt: skip
+        flops_per_step=step_flops(plan, seq_eff),
+        mfu=mfu,
+        step_time_s=round(seconds, 3),
+        total_steps=steps,
+        eta_s=round(eta, 1) if eta is not None else None,
+        hourly_price=hourly_price,
+        cost_usd=round(cost, 2) if cost is not None else None,
+        advice=tuple(advice),
+        notes=tuple(notes),
+    )
 
 
 def _fits_at_1(plan: Plan) -> bool:
@@ -323,11 +381,17 @@ def _adapted_inputs(shape: ModelShape, targets: str | list[str]) -> int:
     return sum(dims[name][0] for name in shape.targeted_modules(targets) if name in dims)
 
 
-def _as_qlora(plan: Plan, preset: Preset) -> Plan:
+def _as_adapter(plan: Plan, preset: Preset, method: str) -> Plan:
     shape, lora = plan.shape, preset.lora
-    return replace(plan, method="qlora", quant="nf4", checkpointing=True,
-                   lora_params=shape.lora_param_count(lora.r, lora.target_modules),
-                   lora_inputs=_adapted_inputs(shape, lora.target_modules))  # fmt: skip
+    quant = "nf4" if method == "qlora" else "none"
+    return replace(
+        plan,
+        method=method,
+        quant=quant,
+        checkpointing=True,
+        lora_params=shape.lora_param_count(lora.r, lora.target_modules),
+        lora_inputs=_adapted_inputs(shape, lora.target_modules),
+    )
 
 
 def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | None) -> int | None:
@@ -379,23 +443,33 @@ def format_estimate(e: Estimate) -> str:
         "",
         f"  Memory, GiB {'(GPU)' if e.on_gpu else '(RAM)'}",
     ]
-    rows = [("weights", m.weights), ("trainable params", m.trainable), ("gradients", m.gradients),
-            ("optimizer states", m.optimizer), ("activations", m.activations),
-            ("logits and loss", m.logits),
-            ("CUDA context, slack" if e.on_gpu else "process, slack", m.overhead)]  # fmt: skip
+    rows = [
+        ("weights", m.weights),
+        ("trainable params", m.trainable),
+        ("gradients", m.gradients),
+        ("optimizer states", m.optimizer),
+        ("activations", m.activations),
+        ("logits and loss", m.logits),
+        ("CUDA context, slack" if e.on_gpu else "process, slack", m.overhead),
+    ]
     lines += [f"    {label:<20}{value:>8.1f}" for label, value in rows]
     free = abs(e.headroom_gib)
     verdict = f"fits, {free:.1f} free" if e.fits else f"DOES NOT FIT, {free:.1f} over"
     lines += [f"    {'peak':<20}{m.total:>8.1f}  of {e.capacity_gib:g}: {verdict}", ""]
     if e.recommended_micro_batch and e.recommended_micro_batch != e.micro_batch:
-        lines.append(f"  largest micro-batch that fits: {e.recommended_micro_batch} "
-                     f"(x {e.recommended_grad_accum} accum)")  # fmt: skip
+        lines.append(
+            f"  largest micro-batch that fits: {e.recommended_micro_batch} "
+            f"(x {e.recommended_grad_accum} accum)"
+        )
     speed = f"{e.flops_per_step / 1e12:.1f} TFLOP/step"
     speed += f" at {e.mfu:.0%} MFU" if e.on_gpu else ""
     lines.append(f"  Time     ~{e.step_time_s:.2f} s/step ({speed})")
     if e.total_steps is not None and e.eta_s is not None:
         cost = f", ${e.cost_usd:.2f} at ${e.hourly_price:g}/h" if e.cost_usd is not None else ""
         lines.append(f"           {e.total_steps} steps, ETA {_duration(e.eta_s)}{cost}")
-    lines += [f"  advice   {text}" for text in e.advice]
-    lines += [f"  note     {text}" for text in e.notes]
+    for label, texts in (("advice", e.advice), ("note", e.notes)):
+        for text in texts:
+            lines += textwrap.wrap(
+                text, 80, initial_indent=f"  {label:<9}", subsequent_indent=" " * 11
+            )
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def greedy_replies(
     *,
     chat_template: str | None = None,
     max_new_tokens: int = 32,
-    batch_size: int = 16,
+    batch_size: int = 32,
 ) -> list[str]:
     import torch
 

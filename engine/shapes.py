@@ -31,7 +31,8 @@ class ModelShape:
     num_key_value_heads: int
     head_dim: int
     tie_word_embeddings: bool
-    qkv_bias: bool = False  # qwen2 and llama with attention_bias
+    qkv_bias: bool = False  # qwen2, and models with attention_bias
+    o_bias: bool = False  # attention_bias also puts a bias on o_proj (not in qwen2)
     mlp_bias: bool = False
     qk_norm: bool = False  # qwen3, gemma3: an RMSNorm over each head's q and k
     norms_per_layer: int = 2  # gemma2/3 have 4 (pre and post norms)
@@ -71,6 +72,8 @@ class ModelShape:
         per_layer += self.norms_per_layer * h
         if self.qkv_bias:
             per_layer += self.q_dim + 2 * self.kv_dim
+        if self.o_bias:
+            per_layer += h
         if self.mlp_bias:
             per_layer += 2 * self.intermediate_size + h
         if self.qk_norm:
@@ -188,6 +191,7 @@ def shape_from_config(config: dict[str, Any], source: str = "config.json") -> Mo
             head_dim=int(config.get("head_dim") or hidden // heads),
             tie_word_embeddings=bool(config.get("tie_word_embeddings", tied_default)),
             qkv_bias=model_type == "qwen2" or bool(config.get("attention_bias", False)),
+            o_bias=bool(config.get("attention_bias", False)),
             mlp_bias=bool(config.get("mlp_bias", False)),
             qk_norm=model_type in ("qwen3", "gemma3", "gemma3_text"),
             norms_per_layer=4 if model_type.startswith(("gemma2", "gemma3")) else 2,

@@ -20,6 +20,7 @@ from engine import checkpoint as ckpt
 from engine.control import RunControl
 from engine.errors import OutOfMemoryError, TrainingError
 from engine.events import CheckpointSaved, Eval, EventSink, LogLine, StateChanged, Step
+from engine.loss import supports_chunked_loss
 
 IGNORE = -100
 
@@ -49,6 +50,7 @@ class TrainSettings:
     amp_dtype: Any = None  # autocast dtype when weights stay in fp32 (fp16 on old GPUs)
     use_grad_scaler: bool = False
     pad_token_id: int = 0
+    chunked_loss: bool = True  # never materialise the full logits (same function, less memory)
 
 
 @dataclass
@@ -122,22 +124,19 @@ def trained_token_count(examples: Sequence[Any]) -> int:
     return sum(sum(1 for label in ex.labels[1:] if label != IGNORE) for ex in examples)
 
 
-def batch_loss_sum(model: Any, batch: dict[str, Any], amp_dtype: Any, device: str):
-    """Summed cross-entropy over trained tokens of one micro-batch."""
+def batch_loss_sum(
+    model: Any, batch: dict[str, Any], amp_dtype: Any, device: str, chunked: bool = False
+):
+    """Summed cross-entropy over the trained tokens of one micro-batch."""
     import torch
-    import torch.nn.functional as F
+
+    from engine.loss import chunked_loss_sum, full_logits_loss_sum
 
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-        logits = model(**inputs, use_cache=False).logits
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = batch["labels"][:, 1:]
-    return F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE,
-        reduction="sum",
-    )
+        if chunked:
+            return chunked_loss_sum(model, inputs, batch["labels"])
+        return full_logits_loss_sum(model, inputs, batch["labels"])
 
 
 def build_optimizer(model: Any, settings: TrainSettings):
@@ -190,7 +189,11 @@ def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) 
         for start in range(0, len(examples), settings.eval_batch):
             chunk = examples[start : start + settings.eval_batch]
             batch = collate(chunk, settings.pad_token_id, settings.device)
-            total += float(batch_loss_sum(model, batch, settings.amp_dtype, settings.device))
+            total += float(
+                batch_loss_sum(
+                    model, batch, settings.amp_dtype, settings.device, supports_chunked_loss(model)
+                )
+            )
             count += trained_token_count(chunk)
     model.train(was_training)
     return total / max(count, 1)
@@ -217,6 +220,7 @@ class Trainer:
             is_adapter,
         )
         self.total_steps = total_steps(len(train), settings)
+        self.chunked_loss = settings.chunked_loss and supports_chunked_loss(model)
         self.optimizer = build_optimizer(model, settings)
         self.scheduler = build_scheduler(self.optimizer, settings, self.total_steps)
         self.scaler = None
@@ -277,7 +281,9 @@ class Trainer:
                 for _, _, _, examples in micro:
                     self.control.check_abort()
                     batch = collate(examples, s.pad_token_id, s.device)
-                    micro_loss = batch_loss_sum(self.model, batch, s.amp_dtype, s.device)
+                    micro_loss = batch_loss_sum(
+                        self.model, batch, s.amp_dtype, s.device, self.chunked_loss
+                    )
                     scaled = micro_loss / max(n_trained, 1)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                     loss_sum += micro_loss.detach()

@@ -22,7 +22,10 @@ def _tool(name: str) -> str:
 
 def test_ruff_check_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "engine", "tui", "tests", "bench"], cwd=ROOT, capture_output=True, text=True
+        [_tool("ruff"), "check", "engine", "tui", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

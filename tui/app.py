@@ -1,0 +1,196 @@
+"""The Textual app: wiring only. Screens do the work; the engine loads on a worker thread.
+
+Nothing heavy is imported here (no torch, peft or engine.run) so the first screen paints at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual import work
+from textual.app import App
+from textual.widgets import Static
+
+from tui.bridge import JsonlTail, RunDirControl, UiBridge
+from tui.messages import RunAttached
+from tui.screens.dashboard import DashboardScreen
+
+if TYPE_CHECKING:
+    from engine.config import Preset
+
+
+class FinettyApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "finetty"
+    ENABLE_COMMAND_PALETTE = False
+
+    def __init__(
+        self,
+        preset: Preset | None = None,
+        *,
+        runs_root: Path | None = None,
+        resume_dir: Path | None = None,
+        watch_dir: Path | None = None,
+        start_screen: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        self.runs_root = runs_root
+        self.resume_dir = resume_dir
+        self.watch_dir = watch_dir
+        self.start_screen = start_screen
+        self.run_handle: Any = None  # engine.run.Run once launched
+        self.launch_error: Any = None  # a FinettyError raised before the run started
+        self.tail: JsonlTail | None = None
+
+    def on_mount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.on_sigterm)
+        if self.watch_dir is not None:
+            self.open_watch(self.watch_dir)
+        elif self.start_screen == "review" and self.preset is not None:
+            self._open_optional("tui.screens.review", "ReviewScreen", self.preset)
+        elif self.preset is not None or self.resume_dir is not None:
+            self.launch_run(self.preset, resume_dir=self.resume_dir)
+        else:
+            self._open_optional("tui.screens.home", "HomeScreen")
+
+    def _open_optional(self, module: str, name: str, *args: object) -> None:
+        """Screens built by the wizard's author, found by name; plain text if absent."""
+        try:
+            screen_cls = getattr(__import__(module, fromlist=[name]), name)
+        except (ImportError, AttributeError):
+            self.mount(Static(f"finetty: {name} is not available in this build. ctrl+q quits."))
+            return
+        self.push_screen(screen_cls(*args))
+
+    # -- modes ---------------------------------------------------------------------------------
+    def launch_run(self, preset: Preset | None, *, resume_dir: Path | None = None) -> None:
+        """Push a dashboard at once; import the engine and start the Run on a worker."""
+        name = preset.name if preset is not None else str(resume_dir)
+        bridge = UiBridge()
+        dashboard = DashboardScreen(bridge, title=name)
+        self.push_screen(dashboard)
+        self._start_run(preset, resume_dir, bridge, dashboard)
+
+    @work(thread=True, group="engine")
+    def _start_run(
+        self,
+        preset: Preset | None,
+        resume_dir: Path | None,
+        bridge: UiBridge,
+        dashboard: DashboardScreen,
+    ) -> None:
+        from engine.errors import FinettyError
+        from tui.cli import quiet_libraries
+
+        quiet_libraries()
+        from engine.run import Run
+
+        try:
+            if preset is None and resume_dir is not None:
+                from engine.presets import read_yaml, validate
+
+                data, lines = read_yaml(resume_dir / "config.yaml")
+                preset = validate(data, source=str(resume_dir / "config.yaml"), lines=lines)
+            if preset is None:
+                raise FinettyError("No preset to run.")
+            run = Run(preset, bridge, runs_root=self.runs_root, resume_dir=resume_dir)
+        except FinettyError as error:
+            self.launch_error = error
+            self.call_from_thread(self._show_error, error.title, error.message, error.hint)
+            return
+        self.run_handle = run
+        run.start()
+        dashboard.post_message(RunAttached(run))
+
+    def open_watch(self, run_dir: Path) -> None:
+        bridge = UiBridge()
+        dashboard = DashboardScreen(
+            bridge, control=RunDirControl(run_dir), run_dir=run_dir, watch=True, title=run_dir.name
+        )
+        self.push_screen(dashboard)
+        self.tail = JsonlTail(run_dir / "events.jsonl", bridge)
+        self.tail.start()
+
+    def _show_error(self, title: str, message: str, hint: str | None) -> None:
+        from tui.screens.error import ErrorScreen
+
+        self.push_screen(ErrorScreen(title, message, hint))
+
+    # -- leaving -------------------------------------------------------------------------------
+    def dashboard(self) -> DashboardScreen | None:
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, DashboardScreen):
+                return screen
+        return None
+
+    async def action_quit(self) -> None:
+        dashboard = self.dashboard()
+        if dashboard is None:
+            self.exit()
+        else:
+            dashboard.request_quit()
+
+    def on_sigterm(self) -> None:
+        run = self.run_handle
+        dashboard = self.dashboard()
+        if run is None or not run.alive or dashboard is None:
+            self.exit()
+            return
+        run.stop_signal = "sigterm"
+        dashboard.quitting = True
+        run.control.stop()
+
+    def on_unmount(self) -> None:
+        if self.tail is not None:
+            self.tail.stop()
+
+
+def run_tui(
+    preset: Preset | None = None,
+    *,
+    runs_root: Path | None,
+    resume_dir: Path | None = None,
+    watch_dir: Path | None = None,
+    start_screen: str | None = None,
+) -> int:
+    """Run the app; the exit code matches headless runs (0, 1, 2, 130, 143)."""
+    from engine.errors import EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED
+
+    app = FinettyApp(
+        preset,
+        runs_root=runs_root,
+        resume_dir=resume_dir,
+        watch_dir=watch_dir,
+        start_screen=start_screen,
+    )
+    app.run()
+    run = app.run_handle
+    if app.launch_error is not None:
+        return int(app.launch_error.exit_code)
+    if run is None:
+        return app.return_code or EXIT_OK
+    if run.alive:  # quit by ctrl+q or a lost terminal: never leave a run without a checkpoint
+        print("finetty: stopping the run (writing a checkpoint)…", file=sys.stderr)
+        run.control.stop()
+        try:
+            run.join()
+        except KeyboardInterrupt:
+            run.control.abort()
+            run.join(timeout=10)
+            return EXIT_TERMINATED if run.stop_signal == "sigterm" else EXIT_STOPPED
+    result = run.result
+    if result is None:
+        return EXIT_STOPPED
+    if result.error is not None:
+        from tui.cli import report_error
+
+        report_error(result.error)
+    print(f"run directory: {result.run_dir}", file=sys.stderr)
+    return int(result.exit_code)

@@ -1,0 +1,139 @@
+"""From engine threads to the UI: an EventSink that buffers events and wakes the UI at most a few
+times a second, plus a tail of events.jsonl for `finetty watch`.
+
+The engine thread only appends to a list under a lock and, at most once per drain, posts one
+message; all rendering happens on the UI's own schedule. Series events (steps, evals) are kept
+in order; gauge events (hardware samples) collapse to the newest of each type.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from textual.message_pump import MessagePump
+
+from engine.events import Event, Failed, Finished, event_from_dict
+from tui.messages import EventsReady
+
+
+class UiBridge:
+    """EventSink for the TUI. ``min_interval`` bounds how often the receiver redraws."""
+
+    def __init__(self, min_interval: float = 0.25) -> None:
+        self.min_interval = min_interval
+        self._lock = threading.Lock()
+        self._series: list[Event] = []
+        self._gauges: dict[str, Event] = {}
+        self._target: MessagePump | None = None
+        self._notified = False
+        self._last_drain = 0.0
+
+    def connect(self, target: MessagePump) -> None:
+        with self._lock:
+            self._target = target
+            pending = bool(self._series or self._gauges)
+            self._notified = pending
+        if pending:
+            target.post_message(EventsReady())
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            if event.gauge:
+                self._gauges[event.type] = event
+            else:
+                self._series.append(event)
+            target = self._target if not self._notified else None
+            if target is not None:
+                self._notified = True
+        if target is not None:
+            target.post_message(EventsReady())
+
+    def due_in(self) -> float:
+        """Seconds to wait before the next drain keeps the redraw rate bounded."""
+        return max(0.0, self._last_drain + self.min_interval - time.monotonic())
+
+    def drain(self) -> list[Event]:
+        with self._lock:
+            events = self._series + sorted(self._gauges.values(), key=lambda e: e.time)
+            self._series = []
+            self._gauges = {}
+            self._notified = False
+            self._last_drain = time.monotonic()
+        return events
+
+
+class RunDirControl:
+    """Commands to a run in another process, through its run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+
+    def _send(self, command: str) -> None:
+        from engine.rundir import send_command
+
+        send_command(self.run_dir, command)
+
+    def pause(self) -> None:
+        self._send("pause")
+
+    def resume(self) -> None:
+        self._send("resume")
+
+    def save(self) -> None:
+        self._send("save")
+
+    def stop(self) -> None:
+        self._send("stop")
+
+    def abort(self) -> None:
+        self._send("abort")
+
+
+class JsonlTail:
+    """Replays events.jsonl from the start, then follows it until the run ends or ``stop``."""
+
+    def __init__(self, path: Path, sink: UiBridge, poll: float = 0.25) -> None:
+        self.path = path
+        self.sink = sink
+        self.poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="finetty-tail", daemon=True)
+        self.ended = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        offset = 0
+        while not self._stop.is_set():
+            try:
+                with open(self.path, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read()
+            except OSError:
+                chunk = b""
+            complete, newline, _ = chunk.rpartition(b"\n")
+            if newline:
+                offset += len(complete) + 1
+                for line in complete.decode("utf-8", errors="replace").splitlines():
+                    event = _parse(line)
+                    if event is None:
+                        continue
+                    self.sink.emit(event)
+                    if isinstance(event, (Finished, Failed)):
+                        self.ended.set()
+                        return
+            self._stop.wait(self.poll)
+
+
+def _parse(line: str) -> Event | None:
+    try:
+        return event_from_dict(json.loads(line))
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn or foreign line must not end the watch

@@ -1,0 +1,1 @@
+"""One screen per file: dashboard, chat, export, modals (and the wizard screens)."""

@@ -1,0 +1,257 @@
+"""Chat with the run's model: replies stream in from a worker thread, never blocking the UI.
+
+The screen only knows a ``reply_stream(messages, settings, variant)`` callable that yields text
+deltas ("tuned", or "base" for the adapter switched off), so tests can script the deltas. With an
+in-memory model that the engine may be using, ``gate`` is set once training has paused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.markup import escape
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Static
+
+from tui.messages import ReplyDelta, ReplyDone
+from tui.widgets.chat_log import ChatLog
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    system: str = ""
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+ReplyStream = Callable[[list[dict[str, str]], GenerationSettings, str], Iterator[str]]
+Loader = Callable[[], tuple[ReplyStream, bool]]
+
+
+def model_reply_stream(model: Any, tokenizer: Any, chat_template: str | None) -> ReplyStream:
+    def reply(messages: list[dict[str, str]], s: GenerationSettings, variant: str) -> Iterator[str]:
+        from engine.generate import stream_reply
+
+        base = model.disable_adapter() if variant == "base" else contextlib.nullcontext()
+        was_training = model.training
+        model.eval()  # no dropout while answering, even when training is only paused
+        try:
+            with base:
+                yield from stream_reply(
+                    model,
+                    tokenizer,
+                    messages,
+                    chat_template=chat_template,
+                    max_new_tokens=s.max_new_tokens,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                )
+        finally:
+            model.train(was_training)
+
+    return reply
+
+
+def run_dir_loader(run_dir: Path) -> Loader:
+    def load() -> tuple[ReplyStream, bool]:
+        from engine.inference import load_chat_model
+
+        chat = load_chat_model(str(run_dir))
+        stream = model_reply_stream(chat.model, chat.tokenizer, chat.chat_template)
+        return stream, hasattr(chat.model, "disable_adapter")
+
+    return load
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "back", "back"),
+        Binding("ctrl+b", "compare", "base vs tuned"),
+        Binding("ctrl+l", "clear", "clear"),
+        Binding("f1", "help", "help"),
+    ]
+
+    def __init__(
+        self,
+        reply_stream: ReplyStream | None = None,
+        *,
+        loader: Loader | None = None,
+        description: str = "",
+        can_compare: bool = False,
+        gate: threading.Event | None = None,
+    ) -> None:
+        super().__init__(id="chat")
+        self.reply_stream = reply_stream
+        self.loader = loader
+        self.description = description
+        self.can_compare = can_compare
+        self.gate = gate
+        self.compare = False
+        self.history: dict[str, list[dict[str, str]]] = {"tuned": [], "base": []}
+        self.pending: dict[str, str] = {}
+        self.leave_when_done = False
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"[b]chat[/] · {escape(self.description)}", id="chat-title")
+        with Horizontal(id="settings"):
+            yield Input(placeholder="(model default)", id="system")
+            yield Input("0.0", type="number", id="temperature")
+            yield Input("1.0", type="number", id="top-p")
+            yield Input("256", type="integer", id="max-tokens")
+        with Horizontal(id="columns"):
+            yield ChatLog(id="tuned")
+            yield ChatLog(id="base")
+        yield Input(placeholder="Ask something, enter sends", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for widget_id, title in (
+            ("system", "system prompt"),
+            ("temperature", "temp"),
+            ("top-p", "top-p"),
+            ("max-tokens", "max new"),
+            ("tuned", "fine-tuned"),
+            ("base", "base (adapter off)"),
+        ):
+            self.query_one(f"#{widget_id}").border_title = title
+        self.query_one("#base").display = False
+        self.query_one("#prompt", Input).focus()
+        if self.reply_stream is None and self.loader is not None:
+            self.pending = {"load": ""}
+            self.query_one("#tuned", ChatLog).add("note", "loading the model…")
+            self.load_model()
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
+
+    @work(thread=True, group="chat-load")
+    def load_model(self) -> None:
+        assert self.loader is not None  # noqa: S101 - only started with a loader
+        try:
+            stream, can_compare = self.loader()
+        except Exception as error:  # noqa: BLE001 - shown in the chat, never a crash
+            self.app.call_from_thread(self._loaded, None, False, str(error))
+            return
+        self.app.call_from_thread(self._loaded, stream, can_compare, None)
+
+    def _loaded(self, stream: ReplyStream | None, can_compare: bool, error: str | None) -> None:
+        self.pending = {}
+        self.reply_stream = stream
+        self.can_compare = can_compare
+        log = self.query_one("#tuned", ChatLog)
+        log.add("error" if error else "note", error or "model ready")
+
+    # -- asking --------------------------------------------------------------------------------
+    def settings(self) -> GenerationSettings | None:
+        try:
+            settings = GenerationSettings(
+                system=self.query_one("#system", Input).value.strip(),
+                temperature=float(self.query_one("#temperature", Input).value or 0),
+                top_p=float(self.query_one("#top-p", Input).value or 1),
+                max_new_tokens=int(self.query_one("#max-tokens", Input).value or 256),
+            )
+        except ValueError:
+            settings = None
+        if (
+            settings is None
+            or settings.temperature < 0
+            or not 0 < settings.top_p <= 1
+            or not 0 < settings.max_new_tokens <= 8192
+        ):
+            self.notify("temperature ≥ 0, 0 < top-p ≤ 1, 1 ≤ max new ≤ 8192", severity="error")
+            return None
+        return settings
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "prompt":
+            self.query_one("#prompt", Input).focus()
+            return
+        text = event.value.strip()
+        settings = self.settings()
+        if not text or settings is None:
+            return
+        if self.busy or self.reply_stream is None:
+            self.notify("Wait for the current reply (or the model) first.")
+            return
+        event.input.clear()
+        columns = ["tuned", "base"] if self.compare else ["tuned"]
+        conversations = {}
+        for column in columns:
+            self.history[column].append({"role": "user", "content": text})
+            system = [{"role": "system", "content": settings.system}] if settings.system else []
+            conversations[column] = system + list(self.history[column])
+            self.query_one(f"#{column}", ChatLog).add("user", text)
+            self.pending[column] = ""
+        if self.gate is not None and not self.gate.is_set():
+            self.query_one("#tuned", ChatLog).add("note", "waiting for training to pause…")
+        self.generate(conversations, settings)
+
+    @work(thread=True, group="chat-generate")
+    def generate(
+        self, conversations: dict[str, list[dict[str, str]]], s: GenerationSettings
+    ) -> None:
+        if self.gate is not None:
+            self.gate.wait()
+        assert self.reply_stream is not None  # noqa: S101 - checked before starting
+        for column, messages in conversations.items():
+            try:
+                for delta in self.reply_stream(messages, s, column):
+                    self.post_message(ReplyDelta(column, delta))
+            except Exception as error:  # noqa: BLE001 - a failed reply is shown, not raised
+                self.post_message(ReplyDone(column, f"{type(error).__name__}: {error}"))
+                continue
+            self.post_message(ReplyDone(column))
+
+    def on_reply_delta(self, message: ReplyDelta) -> None:
+        self.pending[message.column] = self.pending.get(message.column, "") + message.text
+        self.query_one(f"#{message.column}", ChatLog).stream(message.text)
+
+    def on_reply_done(self, message: ReplyDone) -> None:
+        reply = self.pending.pop(message.column, "")
+        log = self.query_one(f"#{message.column}", ChatLog)
+        if message.error:
+            log.add("error", message.error)
+            self.history[message.column].pop()  # forget the unanswered question
+        else:
+            self.history[message.column].append({"role": "assistant", "content": reply})
+        if not self.busy and self.leave_when_done:
+            self.dismiss(None)
+
+    # -- keys ----------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        if self.busy:
+            self.leave_when_done = True
+            self.notify("Leaving when this reply ends.")
+            return
+        self.dismiss(None)
+
+    def action_compare(self) -> None:
+        if not self.can_compare:
+            self.notify("No base model to compare: there is no adapter to switch off.")
+            return
+        self.compare = not self.compare
+        self.query_one("#base").display = self.compare
+        self.history["base"] = []  # the base model starts its own conversation
+
+    def action_clear(self) -> None:
+        if self.busy:
+            return
+        self.history = {"tuned": [], "base": []}
+        for log in self.query(ChatLog):
+            log.remove_children()
+
+    def action_help(self) -> None:
+        from tui.screens.help import HelpScreen
+
+        self.app.push_screen(HelpScreen())

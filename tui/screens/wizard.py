@@ -1,0 +1,181 @@
+"""The wizard's shared frame: step bar, a scrolling form, Back/Next, and validate-as-you-type.
+
+Steps navigate with ``switch_screen``, rebuilding each screen from the shared draft
+(``WizardState``), so what was typed survives back and forward by construction. The wizard
+itself posts nothing outward; the review step posts Launch/Probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+from collections.abc import Callable
+from typing import ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.css.query import NoMatches
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Button, Footer, Static
+from textual.worker import get_current_worker
+
+from tui.widgets.form import FormField
+from tui.wizard_state import WizardState
+
+STEPS = ("Model", "Dataset", "Method", "Training", "Review")
+
+
+class StepBar(Static):
+    DEFAULT_CSS = """
+    StepBar { height: 1; width: 1fr; background: $panel; color: $text-muted; padding: 0 1; }
+    """
+
+    def __init__(self, current: int) -> None:
+        parts = []
+        for index, name in enumerate(STEPS):
+            style = "bold reverse $accent" if index == current else ""
+            parts.append(f"[{style}] {index + 1} {name} [/]" if style else f" {index + 1} {name} ")
+        super().__init__("New run  " + " ›".join(parts))
+
+
+class WizardStep(Screen):
+    """Base of every wizard step; subclasses list their KEYS and compose the body."""
+
+    STEP: ClassVar[int] = 0
+    NEXT_LABEL: ClassVar[str] = "Next ›"
+    KEYS: ClassVar[tuple[str, ...]] = ()
+    DEFAULT_CSS = """
+    WizardStep { layout: vertical; }
+    WizardStep #wizard-body { height: 1fr; padding: 0 1; scrollbar-gutter: stable; }
+    WizardStep .wizard-title { text-style: bold; color: $accent; margin: 1 0 0 0; }
+    WizardStep .wizard-panel {
+        height: auto; border: round $primary; padding: 0 1; margin: 0 0 1 0;
+    }
+    WizardStep #wizard-nav {
+        height: 1; dock: bottom; align: right middle; padding: 0 1; background: $panel;
+    }
+    WizardStep #wizard-nav Button { margin: 0 0 0 2; min-width: 10; }
+    WizardStep #wizard-status { width: 1fr; height: 1; }
+    """
+    BINDINGS: ClassVar = [
+        Binding("ctrl+n", "next", "Next"),
+        Binding("ctrl+b", "back", "Back"),
+        Binding("escape", "back", "Back", show=False),
+    ]
+
+    def __init__(self, state: WizardState | None = None) -> None:
+        super().__init__()
+        self.state = state or WizardState()
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(self.STEP)
+        with VerticalScroll(id="wizard-body"):
+            yield Static(f"{self.STEP + 1}. {STEPS[self.STEP]}", classes="wizard-title")
+            yield from self.compose_body()
+        with Horizontal(id="wizard-nav"):
+            yield Static("", id="wizard-status")
+            yield Button("‹ Back", id="back", compact=True)
+            yield Button(self.NEXT_LABEL, id="next", variant="primary", compact=True)
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from self.fields(self.KEYS)
+
+    def fields(self, keys: tuple[str, ...], **extra: list[str]) -> ComposeResult:
+        for key in keys:
+            yield FormField(
+                key, self.state.get(key), self.state.text(key), suggestions=extra.get(key)
+            )
+
+    def on_mount(self) -> None:
+        self.revalidate()
+        first = self.query(FormField).first(FormField) if self.query(FormField) else None
+        if first is not None:
+            first.control.focus()
+
+    def on_form_field_changed(self, event: FormField.Changed) -> None:
+        self.state.set_text(event.key, event.text)
+        self.revalidate()
+        self.field_changed(event.key)
+
+    def field_changed(self, key: str) -> None:
+        """Hook for live panels (parameter counts, previews)."""
+
+    def revalidate(self) -> dict[str, str]:
+        errors = self.state.field_errors()
+        for form_field in self.query(FormField):
+            form_field.set_error(errors.get(form_field.key))
+        mine = [key for key in errors if key in self.KEYS]
+        others = len(errors) - len(mine)
+        status = self.query_one("#wizard-status", Static)
+        if mine:
+            status.update(f"[$text-error]{len(mine)} field{'s' * (len(mine) > 1)} to fix[/]")
+        elif others:
+            status.update(f"[$text-warning]{others} problem{'s' * (others > 1)} on other steps[/]")
+        else:
+            status.update("[$text-success]✓ valid[/]")
+        return errors
+
+    def step_errors(self) -> list[str]:
+        return [key for key in self.revalidate() if key in self.KEYS]
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "next":
+            self.action_next()
+        elif event.button.id == "back":
+            self.action_back()
+
+    def action_next(self) -> None:
+        bad = self.step_errors()
+        if bad:
+            self.notify(f"Fix {', '.join(bad)} first.", severity="error")
+            self.query_one(f"#field-{bad[0].replace('.', '-')}", FormField).control.focus()
+            return
+        self.app.switch_screen(step_screen(self.STEP + 1, self.state))
+
+    def action_back(self) -> None:
+        if self.STEP == 0:
+            if len(self.app.screen_stack) > 1:
+                self.app.pop_screen()
+        else:
+            self.app.switch_screen(step_screen(self.STEP - 1, self.state))
+
+    def show(self, widget_id: str, content: str) -> None:
+        with contextlib.suppress(NoMatches):
+            self.query_one(f"#{widget_id}", Static).update(content)
+
+    def from_thread(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback`` on the UI thread, unless a newer worker replaced this one."""
+        if not get_current_worker().is_cancelled:
+            with contextlib.suppress(RuntimeError, NoMatches):  # the app or screen is closing
+                self.app.call_from_thread(callback, *args)
+
+    def snapshot(self) -> WizardState:
+        """A copy of the draft for a worker thread to read while the user keeps typing."""
+        return WizardState(data=copy.deepcopy(self.state.data))
+
+    def field(self, key: str) -> FormField:
+        return self.query_one(f"#field-{key.replace('.', '-')}", FormField)
+
+    def panel(self, widget_id: str, title: str) -> Widget:
+        panel = Static("", id=widget_id, classes="wizard-panel")
+        panel.border_title = title
+        return panel
+
+
+_SCREENS = (
+    ("tui.screens.wizard_model", "ModelStep"),
+    ("tui.screens.wizard_dataset", "DatasetStep"),
+    ("tui.screens.wizard_method", "MethodStep"),
+    ("tui.screens.wizard_training", "TrainingStep"),
+    ("tui.screens.review", "ReviewScreen"),
+)
+
+
+def step_screen(index: int, state: WizardState) -> Screen:
+    """The screen of wizard step ``index`` (0 model … 4 review), bound to ``state``."""
+    module, name = _SCREENS[index]
+    return getattr(importlib.import_module(module), name)(state)

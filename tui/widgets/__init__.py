@@ -1,0 +1,1 @@
+"""Dashboard and chat widgets, grouped by screen area."""
