@@ -177,6 +177,8 @@ class TrainingSection(Section):
     """Accepted for TrainingArguments compatibility; must agree with model.dtype."""
     fp16: bool | None = None
     """Accepted for TrainingArguments compatibility; must agree with model.dtype."""
+    use_liger_kernel: bool | None = None
+    """Fused Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA; unset: on when liger-kernel is installed."""
     use_cpu: bool = False
     """Train on the CPU even when a GPU is present."""
     eval_exact_match: bool = True

@@ -215,6 +215,12 @@ class Run:
             allow_pickle=p.model.allow_pickle_weights,
         )
         self.tokenizer = loaded.tokenizer
+        from engine.kernels import apply_fused_kernels
+
+        kernels = apply_fused_kernels(
+            loaded.model, device=device, requested=p.training.use_liger_kernel
+        )
+        loaded.info["kernels"] = kernels
         self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
         builtin = p.dataset.path == BUILTIN_DATASET
         prepared = prepare_dataset(
@@ -271,7 +277,6 @@ class Run:
             method=p.method,
             lora=LoraSettings(**p.lora.model_dump()),
             gradient_checkpointing=p.training.gradient_checkpointing,
-            quantized=quant_bits is not None,
         )
         self.model = model
         total, trainable = models.count_parameters(model)

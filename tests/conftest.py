@@ -21,12 +21,19 @@ def embedded_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_dir: Path) -> Path:
+def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
+    """SmolLM2's tokenizer: $FINETTY_TEST_TOKENIZER (the GPU box carries only these files), else embedded."""
+    carried = os.environ.get("FINETTY_TEST_TOKENIZER")
+    return Path(carried) if carried else request.getfixturevalue("embedded_dir")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) -> Path:
     """A 2-layer random Llama with SmolLM2's tokenizer, saved as a local HF model folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

@@ -140,10 +140,10 @@ def demo_events(steps: int = 36, gpus: int = 0) -> list[Event]:
     for n in range(1, steps + 1):
         events.append(step(n))
         if n % 12 == 0:
-            events.append(Eval(step=n, loss=step(n).loss + 0.08, perplexity=2.0, time=T0 + 40 * n))
+            events.append(Eval(step=n, loss=step(n).loss + 0.08, perplexity=2.0, time=step(n).time))
         if n == 30:
             path = f"{RUN_DIR}/checkpoints/checkpoint-30"
-            events.append(CheckpointSaved(30, path, "periodic", 0.4, time=T0 + 130))
+            events.append(CheckpointSaved(30, path, "periodic", 0.4, time=step(n).time))
     events.append(hardware(gpus))
     return events
 
@@ -231,7 +231,10 @@ async def main(out: Path) -> None:
                 await before(pilot)
             await pilot.pause(0.2)
             app.save_screenshot(f"{name}.svg", str(out))
-        cairosvg.svg2png(url=str(out / f"{name}.svg"), write_to=str(out / f"{name}.png"))
+        # The SVG asks for Fira Code (a web font); name a monospace font the converter has.
+        svg = (out / f"{name}.svg").read_text(encoding="utf-8")
+        svg = svg.replace("Fira Code, monospace", "Fira Code, DejaVu Sans Mono, monospace")
+        cairosvg.svg2png(bytestring=svg.encode(), write_to=str(out / f"{name}.png"))
         print(out / f"{name}.png")
 
 

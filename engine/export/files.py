@@ -38,6 +38,14 @@ class VerificationError(FinettyError):
     default_title = "Export verification failed"
 
 
+class ExportFailed(FinettyError):
+    """A step of the export failed while running (a tool crashed, a write failed)."""
+
+    exit_code = EXIT_FAILED
+    kind = "export"
+    default_title = "Export failed"
+
+
 def no_progress(message: str, fraction: float | None = None) -> None:
     """The default progress callback: ignore."""
 

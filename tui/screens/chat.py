@@ -119,7 +119,7 @@ class ChatScreen(Screen[None]):
             ("system", "system prompt"),
             ("temperature", "temp"),
             ("top-p", "top-p"),
-            ("max-tokens", "max new"),
+            ("max-tokens", "tokens"),
             ("tuned", "fine-tuned"),
             ("base", "base (adapter off)"),
         ):

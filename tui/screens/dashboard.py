@@ -187,11 +187,12 @@ class DashboardScreen(Screen[None]):
         elif isinstance(event, DatasetStats):
             log.write_line(
                 f"dataset {event.source}: {event.train_rows} train / {event.val_rows} val rows, "
-                f"{event.tokens:,} tokens, {event.truncated} truncated at {event.max_length}"
+                f"{event.tokens:,} tokens, {event.truncated} truncated at {event.max_length}",
+                at=event.time,
             )
         elif isinstance(event, ExactMatch):
             self.exact[event.stage] = event
-            log.write_line(f"exact match {event.stage}: {event.accuracy:.0%}")
+            log.write_line(f"exact match {event.stage}: {event.accuracy:.0%}", at=event.time)
         elif isinstance(event, StateChanged):
             self.state = event.state
         elif isinstance(event, CheckpointSaved) and event.reason == "requested":
@@ -229,7 +230,7 @@ class DashboardScreen(Screen[None]):
         epoch = f"epoch {step.epoch:.2f} · " if step else ""
         self.query_one("#progress-label", Static).update(
             f"step {done}/{total or '?'} · {epoch}ETA {clock(step.eta_s if step else None)}"
-            f" · {clock(step.elapsed_s if step else None)} elapsed"
+            f" · elapsed {clock(step.elapsed_s if step else None)}"
         )
 
     def _paint_results(self) -> None:

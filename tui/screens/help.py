@@ -4,37 +4,37 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-KEYS = [
-    ("Dashboard", ""),
-    ("p", "pause / resume training"),
+DASHBOARD = [
+    ("p", "pause / resume"),
     ("s", "save a checkpoint now"),
-    ("x", "stop: checkpoint, then finish (asks first)"),
-    ("c", "chat with the model (pauses training first)"),
-    ("e", "export the trained adapter"),
-    ("m", "smooth the loss curve (EMA) on/off"),
-    ("tab", "focus the log, then scroll it with ↑ ↓"),
-    ("q", "quit (asks first while a run is going)"),
-    ("Chat", ""),
-    ("enter", "send the prompt"),
-    ("ctrl+b", "base vs fine-tuned, side by side"),
-    ("ctrl+l", "clear the conversation"),
-    ("tab", "move between prompt and settings"),
-    ("esc", "back to the dashboard (resumes training)"),
-    ("Everywhere", ""),
-    ("?  f1", "this help (f1 while typing)"),
-    ("ctrl+q", "quit"),
+    ("x", "stop (checkpoint first)"),
+    ("c", "chat (pauses training)"),
+    ("e", "export the adapter"),
+    ("m", "smooth the loss (EMA)"),
+    ("tab", "focus the log; ↑ ↓ scroll"),
+    ("q", "quit (asks if running)"),
 ]
+CHAT = [
+    ("enter", "send the prompt"),
+    ("ctrl+b", "base vs tuned, side by side"),
+    ("ctrl+l", "clear the conversation"),
+    ("tab", "prompt ↔ settings"),
+    ("esc", "back (resumes training)"),
+]
+EVERYWHERE = [("?  f1", "this help"), ("ctrl+q", "quit")]
 
 
-def keys_markup() -> str:
+def keys_markup(*sections: tuple[str, list[tuple[str, str]]]) -> str:
     lines = []
-    for key, text in KEYS:
-        lines.append(f"\n[b $accent]{key}[/]" if not text else f"  [b]{key:>7}[/]  {text}")
-    return "\n".join(lines).lstrip("\n")
+    for heading, keys in sections:
+        lines.append(f"[b $accent]{heading}[/]")
+        lines += [f"[b]{key:>6}[/] {text}" for key, text in keys]
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 class HelpScreen(ModalScreen[None]):
@@ -46,8 +46,9 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog help"):
             yield Static("[b]finetty keys[/]  [$text-muted](esc closes)[/]", classes="title")
-            with VerticalScroll(classes="body"):
-                yield Static(keys_markup())
+            with Horizontal(classes="body"):
+                yield Static(keys_markup(("Dashboard", DASHBOARD)), classes="column")
+                yield Static(keys_markup(("Chat", CHAT), ("Everywhere", EVERYWHERE)), classes="column")
 
     def action_close(self) -> None:
         self.dismiss(None)

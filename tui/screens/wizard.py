@@ -36,7 +36,7 @@ class StepBar(Static):
     def __init__(self, current: int) -> None:
         parts = []
         for index, name in enumerate(STEPS):
-            style = "bold reverse $accent" if index == current else ""
+            style = "bold $background on $accent" if index == current else ""
             parts.append(f"[{style}] {index + 1} {name} [/]" if style else f" {index + 1} {name} ")
         super().__init__("New run  " + " ›".join(parts))
 
@@ -55,7 +55,7 @@ class WizardStep(Screen):
         height: auto; border: round $primary; padding: 0 1; margin: 0 0 1 0;
     }
     WizardStep #wizard-nav {
-        height: 1; dock: bottom; align: right middle; padding: 0 1; background: $panel;
+        height: 1; align: right middle; padding: 0 1; background: $panel;
     }
     WizardStep #wizard-nav Button { margin: 0 0 0 2; min-width: 10; }
     WizardStep #wizard-status { width: 1fr; height: 1; }
@@ -78,11 +78,15 @@ class WizardStep(Screen):
         with Horizontal(id="wizard-nav"):
             yield Static("", id="wizard-status")
             yield Button("‹ Back", id="back", compact=True)
+            yield from self.extra_buttons()
             yield Button(self.NEXT_LABEL, id="next", variant="primary", compact=True)
         yield Footer()
 
     def compose_body(self) -> ComposeResult:
         yield from self.fields(self.KEYS)
+
+    def extra_buttons(self) -> ComposeResult:
+        yield from ()
 
     def fields(self, keys: tuple[str, ...], **extra: list[str]) -> ComposeResult:
         for key in keys:
@@ -97,6 +101,8 @@ class WizardStep(Screen):
             first.control.focus()
 
     def on_form_field_changed(self, event: FormField.Changed) -> None:
+        if event.text == self.state.text(event.key):
+            return  # widgets report their initial value on mount: nothing changed
         self.state.set_text(event.key, event.text)
         self.revalidate()
         self.field_changed(event.key)

@@ -7,6 +7,7 @@ in a thread worker and are cached; the screen says "loading tokenizer…" meanwh
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -14,6 +15,8 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import ComposeResult
 
+from engine import builtin_data
+from engine.config import BUILTIN_DATASET
 from engine.data import (
     describe_format,
     detect_format,
@@ -36,6 +39,7 @@ SAMPLE_ROWS = 500  # rows encoded for the histogram
 NO_LIMIT = 1 << 30
 _RECORDS: dict[tuple[str, str], list[dict[str, Any]]] = {}
 _TOKENIZERS: dict[tuple[str, str | None, bool], Any] = {}
+_LOAD_LOCK = threading.Lock()
 
 
 def default_tokenizer_loader(name: str, revision: str | None, trust: bool) -> Any:
@@ -60,7 +64,9 @@ def records_for(path: str, split: str) -> list[dict[str, Any]]:
     key = (path, split)
     if key not in _RECORDS:
         _RECORDS.clear()  # one dataset at a time: hub datasets can be large
-        _RECORDS[key] = load_records(path, split)
+        # The built-in dataset is generated, as engine.run does (it has its own held-out split).
+        builtin = path == BUILTIN_DATASET
+        _RECORDS[key] = builtin_data.records("train") if builtin else load_records(path, split)
     return _RECORDS[key]
 
 
@@ -70,8 +76,9 @@ def tokenizer_for(state: WizardState) -> Any:
         state.get("model.revision"),
         bool(state.get("model.trust_remote_code")),
     )
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = tokenizer_loader(*key)
+    with _LOAD_LOCK:  # two threads importing transformers at once can half-import it
+        if key not in _TOKENIZERS:
+            _TOKENIZERS[key] = tokenizer_loader(*key)
     return _TOKENIZERS[key]
 
 

@@ -1,6 +1,6 @@
 """Form fields bound to preset keys: a label, an input that fits the key's type, an error line.
 
-The widget kinds come from the pydantic schema (bool -> Switch, a closed Literal -> Select,
+The widget kinds come from the pydantic schema (bool -> Checkbox, a closed Literal -> Select,
 anything else -> Input), and each field's help text is the docstring under it in engine/config.py.
 Fields post ``FormField.Changed(key, text)``; the screen updates the draft and sets the errors.
 """
@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.widgets import Input, Label, Select, Static, Switch
+from textual.widgets import Input, Label, Select, Static, Checkbox
 
 from engine.config import Preset
 from tui.wizard_state import as_text
@@ -56,8 +56,8 @@ class FormField(Vertical, can_focus=False):
     FormField Input { background: $surface-lighten-1; }
     FormField Input:focus { background: $accent 25%; }
     FormField.-invalid Input { background: $error 20%; }
-    FormField Switch { height: 1; border: none; padding: 0; }
-    FormField Switch:focus { background: $accent 25%; }
+    FormField Checkbox { width: 1fr; background: $surface-lighten-1; }
+    FormField Checkbox:focus { background: $accent 25%; }
     """
 
     class Changed(Message):
@@ -81,7 +81,8 @@ class FormField(Vertical, can_focus=False):
             yield Static(self.help, classes="field--help", markup=False)
         options = choices(self.annotation)
         if self.annotation is bool:
-            yield Switch(bool(self._value), id="input")
+            on = bool(self._value)
+            yield Checkbox("on" if on else "off", on, id="input", compact=True)
         elif options is not None:
             value = self._text if self._text in options else Select.NULL
             yield Select(
@@ -99,15 +100,16 @@ class FormField(Vertical, can_focus=False):
         yield Static("", classes="field--error", markup=False)
 
     @property
-    def control(self) -> Input | Select | Switch:
+    def control(self) -> Input | Select | Checkbox:
         return self.query_one("#input")  # type: ignore[return-value]
 
     def set_value(self, value: Any, text: str | None = None) -> None:
         """Show a value (e.g. after a preset loads) without posting Changed."""
         control = self.control
-        with control.prevent(Input.Changed, Select.Changed, Switch.Changed):
-            if isinstance(control, Switch):
+        with control.prevent(Input.Changed, Select.Changed, Checkbox.Changed):
+            if isinstance(control, Checkbox):
                 control.value = bool(value)
+                control.label = "on" if value else "off"
             elif isinstance(control, Select):
                 control.value = as_text(value)
             else:
@@ -125,6 +127,7 @@ class FormField(Vertical, can_focus=False):
         event.stop()
         self.post_message(self.Changed(self.key, str(event.value)))
 
-    def on_switch_changed(self, event: Switch.Changed) -> None:
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
+        event.checkbox.label = "on" if event.value else "off"
         self.post_message(self.Changed(self.key, "true" if event.value else "false"))

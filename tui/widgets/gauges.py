@@ -74,14 +74,18 @@ class HardwarePanel(Vertical):
         width = max(self.content_region.width, 10)
         for gpu in sample.gpus:
             self.query_one(f"#gpu-{gpu.index}", Static).update(gpu_text(gpu, width))
-            self.query_one(f"#vram-{gpu.index}", Sparkline).data = self.vram[gpu.index]
-        where = "" if sample.gpus else "[b]CPU run[/] (no GPU)\n"
+            spark = self.query_one(f"#vram-{gpu.index}", Sparkline)
+            spark.display = len(self.vram[gpu.index]) > 1
+            spark.data = self.vram[gpu.index]
+        where = f"[b]CPU run[/] · system RAM {sample.system_memory_used_pct:.0f}%\n"
         self.query_one("#process", Static).update(
-            f"{where}RAM {gib(sample.process_rss_mib)} GiB  CPU {sample.process_cpu_pct:.0f}%"
-            f"  sys {sample.system_memory_used_pct:.0f}%"
+            f"{'' if sample.gpus else where}"
+            f"RAM {gib(sample.process_rss_mib)} GiB · CPU {sample.process_cpu_pct:.0f}%"
         )
         if not sample.gpus:
-            self.query_one("#ram-spark", Sparkline).data = self.ram
+            spark = self.query_one("#ram-spark", Sparkline)
+            spark.display = len(self.ram) > 1  # one reading draws a meaningless full bar
+            spark.data = self.ram
 
     def _rebuild(self, sample: HardwareSample) -> None:
         self._gpu_count = len(sample.gpus)

@@ -43,7 +43,8 @@ class LengthHistogram(Widget):
             return Content.styled("no lengths yet", "$foreground-muted")
         rows, over = buckets(list(self.lengths), self.max_length)
         label_width = len(f"≤{self.max_length}") + 1
-        bar_room = max(4, self.size.width - label_width - 8)
+        tail = len(f" {max([count for _, count in rows] + [over])} truncated")
+        bar_room = max(4, self.size.width - label_width - 1 - tail)
         peak = max([count for _, count in rows] + [over, 1])
         lines = []
         for bound, count in rows:

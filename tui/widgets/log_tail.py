@@ -1,10 +1,11 @@
-"""The newest engine log lines (warnings and errors marked), scrollable when focused."""
+"""The newest engine log lines (warnings and errors marked), wrapped, scrollable when focused."""
 
 from __future__ import annotations
 
 import time
 
-from textual.widgets import Log
+from rich.text import Text
+from textual.widgets import RichLog
 
 from engine.events import Event
 from engine.rundir import human_line
@@ -12,13 +13,20 @@ from engine.rundir import human_line
 PREFIX = {"warning": "! ", "error": "!! "}
 
 
-class LogTail(Log):
+class LogTail(RichLog):
     DEFAULT_CSS = """
-    LogTail { height: 1fr; }
+    LogTail { height: 1fr; overflow-x: hidden; scrollbar-size-vertical: 1; }
     """
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=500, auto_scroll=True, **kwargs)  # type: ignore[arg-type]
+        super().__init__(max_lines=500, wrap=True, markup=False, **kwargs)  # type: ignore[arg-type]
+
+    def write_line(self, line: str, *, level: str = "info", at: float | None = None) -> None:
+        stamp = time.strftime("%H:%M:%S ", time.localtime(at if at is not None else time.time()))
+        text = Text(stamp, style="dim")
+        # Plain Text (never markup): paths and model output may hold brackets.
+        text.append(PREFIX.get(level, "") + line, style="bold" if level != "info" else "")
+        self.write(text)
 
     def add_event(self, event: Event, *, steps: bool = False) -> None:
         """Log lines and state changes; steps only when asked (they would bury everything else)."""
@@ -28,5 +36,4 @@ class LogTail(Log):
         if line is None:
             return
         level = getattr(event, "level", "error" if event.type == "failed" else "info")
-        stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-        self.write_line(f"{stamp} {PREFIX.get(level, '')}{line}")
+        self.write_line(line, level=level, at=event.time)

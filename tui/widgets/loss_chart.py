@@ -81,15 +81,13 @@ class LossChart(Vertical):
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.xlabel("step")
-        plt.ylabel("loss")
         if self.losses:
             ys = ema(self.losses) if self.smoothing else self.losses
             xs, ys = thin(self.steps, ys)
             label = "train (EMA)" if self.smoothing else "train"
             plt.plot(xs, ys, marker="braille", color=self._colour("primary"), label=label)
         if self.eval_losses:
-            plt.plot(
+            plt.scatter(
                 self.eval_steps,
                 self.eval_losses,
                 marker="x",

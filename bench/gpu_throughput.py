@@ -1,0 +1,265 @@
+"""finetty's engine on the anchor shapes: tokens/s, peak memory, MFU, one JSON row per run.
+
+    python bench/gpu_throughput.py --shape llama8b --mode qlora --batch 8 --seq 2048 --steps 15 --warmup 3 \
+        --out bench-rows.jsonl [--plain]
+
+Same set-up as the anchors (shared/bench/anchor_bench.py): random weights built from the real
+config, fixed-length synthetic token blocks (every token real and trained), LoRA r=16 on the 7
+projections, gradient checkpointing, adamw_8bit, SDPA. It drives finetty's own pieces (model
+loading, kernels, adapters, the Trainer and its chunked loss), not a copy of them. ``--plain``
+turns off the fused kernels and the chunked loss: the reference for the exactness check.
+Each row also carries the estimator's prediction for the same config (issue: estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+SHAPES = {  # config.json values of the real checkpoints; weights are random here
+    "llama8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+    },
+    "tiny": {  # a smoke test of this script on the CPU: --shape tiny --device cpu
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512,
+        "eos_token_id": 2, "torch_dtype": "float32",
+    },
+    "qwen05b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
+        "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True, "hidden_act": "silu",
+        "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+    },
+}  # fmt: skip
+PEAK_TFLOPS = 989.4  # H100/H200 SXM dense bf16 datasheet, as the anchors use
+GIB = 2**30
+
+
+def prepare_model(shape: str, root: Path, device: str) -> Path:
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    folder = root / shape
+    if (folder / "PREPARED").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(SHAPES[shape]))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.from_pretrained(folder), dtype=torch.bfloat16
+        )
+    model.save_pretrained(folder)
+    del model
+    vocab = {f"t{i}": i for i in range(SHAPES[shape]["vocab_size"])}
+    eos = SHAPES[shape]["eos_token_id"]
+    vocab.pop(f"t{eos}")
+    vocab["<eos>"] = eos
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<eos>", pad_token="<eos>"
+    ).save_pretrained(folder)
+    (folder / "PREPARED").write_text("ok\n")
+    return folder
+
+
+def synthetic_examples(rows: int, seq: int, vocab: int, seed: int = 1234) -> list:
+    import numpy as np
+
+    from engine.data.encode import EncodedExample
+
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(vocab, 120_000), size=(rows, seq)).tolist()
+    return [EncodedExample(row, [-100, *row[1:]], num_trained=seq - 1) for row in ids]
+
+
+def flops_per_token(shape: str, seq: int) -> float:
+    c = SHAPES[shape]
+    h, i, layers, vocab = (
+        c["hidden_size"],
+        c["intermediate_size"],
+        c["num_hidden_layers"],
+        c["vocab_size"],
+    )
+    head = h // c["num_attention_heads"]
+    per_layer = 2 * h * h + 2 * h * c["num_key_value_heads"] * head + 3 * h * i
+    return 4 * (layers * per_layer + h * vocab) + 6 * layers * seq * h
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from engine import models
+    from engine.adapters import LoraSettings, prepare_for_training
+    from engine.control import RunControl
+    from engine.events import RecordingSink, Step
+    from engine.kernels import apply_fused_kernels
+    from engine.trainer import Trainer, TrainSettings
+
+    cuda = args.device == "cuda"
+    folder = prepare_model(args.shape, Path(args.model_root), args.device)
+    loaded = models.load_model(
+        models.ModelSource("local", str(folder)),
+        device=args.device,
+        dtype=torch.bfloat16 if cuda else torch.float32,
+        attention="sdpa",
+        quant_bits=4 if args.mode == "qlora" else None,
+    )
+    kernels = (
+        [] if args.plain else apply_fused_kernels(loaded.model, device=args.device, requested=None)
+    )
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = prepare_for_training(
+        loaded.model,
+        method="full" if args.mode == "full" else "lora",
+        lora=LoraSettings(r=16, lora_alpha=16, target_modules=targets),
+        gradient_checkpointing=True,
+    )
+    settings = TrainSettings(
+        micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda else "adamw_torch",
+        learning_rate=2e-4, save_steps=0, device=args.device, pad_token_id=0, chunked_loss=not args.plain, seed=0,
+    )  # fmt: skip
+    sink = RecordingSink()
+    data = synthetic_examples(args.batch * args.steps, args.seq, SHAPES[args.shape]["vocab_size"])
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(
+            model,
+            data,
+            [],
+            settings,
+            sink=sink,
+            control=RunControl(),
+            checkpoint_dir=Path(tmp),
+            is_adapter=False,
+        )
+        trainer.run()
+    steps = sink.of_type(Step)
+    timed = [s.step_time_s for s in steps[args.warmup :]]
+    step_time = statistics.median(timed)
+    tokens_per_s = args.batch * args.seq / step_time
+    return {
+        "stack": "finetty_plain" if args.plain else "finetty",
+        "mode": args.mode,
+        "shape": args.shape,
+        "batch": args.batch,
+        "seq": args.seq,
+        "tokens_per_s": round(tokens_per_s, 1),
+        "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
+        "mfu_4n": round(
+            tokens_per_s * flops_per_token(args.shape, args.seq) / (PEAK_TFLOPS * 1e12), 4
+        ),
+        "median_step_s": round(step_time, 3),
+        "losses": [round(s.loss, 5) for s in steps],
+        "kernels": kernels,
+        "chunked_loss": not args.plain,
+        **(predicted(args, folder) if cuda else {}),
+    }
+
+
+def predicted(args: argparse.Namespace, folder: Path) -> dict:
+    from engine.estimate import estimate
+    from engine.gpus import detect_gpus, spec_for
+    from engine.presets import validate
+
+    preset = validate(
+        {
+            "model": {"name_or_path": str(folder), "dtype": "bfloat16", "max_seq_length": args.seq},
+            "method": args.mode,
+            "lora": {"r": 16, "lora_alpha": 16, "target_modules": "all-linear"},
+            "training": {
+                "per_device_train_batch_size": args.batch,
+                "gradient_checkpointing": True,
+                "optim": "adamw_8bit",
+                "max_steps": args.steps,
+            },
+        }
+    )
+    result = estimate(preset, spec_for(detect_gpus()[0]))
+    return {
+        "predicted_peak_gib": round(result.memory.total, 2),
+        "predicted_step_s": result.step_time_s,
+    }
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    import torch
+
+    out = {
+        name: _version(md, name)
+        for name in ("torch", "transformers", "peft", "bitsandbytes", "liger-kernel")
+    }
+    out["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return out
+
+
+def _version(md, name: str) -> str | None:
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shape", choices=list(SHAPES), default="llama8b")
+    parser.add_argument("--mode", choices=["qlora", "lora", "full"], default="qlora")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--plain", action="store_true", help="no fused kernels, full logits (the reference)"
+    )
+    parser.add_argument(
+        "--model-root", default=os.environ.get("FINETTY_BENCH_MODELS", "/tmp/finetty_models")
+    )
+    parser.add_argument("--session", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument("--out", help="append the row to this JSONL file")
+    args = parser.parse_args()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        row = {"session": args.session, **run(args)}
+    except Exception as exc:  # noqa: BLE001 - a failed config is a row too (e.g. OOM), never a lost table
+        row = {"session": args.session, "stack": "finetty", "mode": args.mode, "shape": args.shape,
+               "batch": args.batch, "seq": args.seq, "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
+    row.update(
+        card=versions()["gpu"],
+        commit=commit or os.environ.get("FINETTY_COMMIT", ""),
+        versions=versions(),
+    )
+    line = json.dumps(row)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

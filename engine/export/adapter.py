@@ -1,0 +1,151 @@
+"""Reading a finished run for export, loading its base in 16 bits, and exporting the PEFT adapter."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine import rundir
+from engine.export.files import ExportError, Progress, no_progress, staged
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+
+
+@dataclass
+class RunInfo:
+    run_dir: Path
+    final: Path
+    preset: Any  # engine.config.Preset
+    is_adapter: bool
+
+    @property
+    def name(self) -> str:
+        return self.preset.name
+
+
+def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
+    """A finished run by path or ``latest``: its validated config and its ``final/`` folder."""
+    from engine.presets import read_yaml, validate
+
+    path = Path(ref).expanduser()
+    if ref == "latest" or not (path / "config.yaml").is_file():
+        path = rundir.resolve_run(ref, runs_root or rundir.runs_root())
+    final = path / "final"
+    if not final.is_dir():
+        raise ExportError(
+            f"{path} has no final/ model (the run has not finished).",
+            hint="Export a finished run, or resume this one with `finetty train --resume`.",
+        )
+    data, lines = read_yaml(path / "config.yaml")
+    preset = validate(data, source=str(path / "config.yaml"), lines=lines)
+    return RunInfo(path, final, preset, (final / "adapter_config.json").is_file())
+
+
+def load_base(info: RunInfo, dtype: Any) -> tuple[Any, Any]:
+    """The run's base model unquantized in ``dtype`` on the CPU, with the run's own tokenizer.
+
+    QLoRA runs trained on 4-bit weights; merging into those would bake the quantization error
+    into the result, so the base is always reloaded in 16 (or 32) bits here.
+    """
+    from engine import models
+
+    model_cfg = info.preset.model
+    source = models.resolve_source(
+        model_cfg.name_or_path, allow_pickle=model_cfg.allow_pickle_weights
+    )
+    loaded = models.load_model(
+        source,
+        device="cpu",
+        dtype=dtype,
+        attention="sdpa",
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        allow_pickle=model_cfg.allow_pickle_weights,
+    )
+    loaded.model.eval()
+    return loaded.model, load_run_tokenizer(info)
+
+
+def load_run_tokenizer(info: RunInfo) -> Any:
+    from engine import models
+
+    return models.load_tokenizer(models.ModelSource("local", str(info.final)))
+
+
+def load_with_adapter(info: RunInfo, dtype: Any, adapter_dir: Path | None = None) -> Any:
+    """Base + adapter (unmerged) in ``dtype``, through plain ``PeftModel.from_pretrained``."""
+    from peft import PeftModel
+
+    base, tokenizer = load_base(info, dtype)
+    model = PeftModel.from_pretrained(base, str(adapter_dir or info.final))
+    model.eval()
+    return model, tokenizer
+
+
+def export_adapter(
+    info: RunInfo, target: Path, *, force: bool, progress: Progress = no_progress
+) -> str:
+    """Copy the adapter and tokenizer (with its chat template) to ``target``; prove it loads."""
+    if not info.is_adapter:
+        raise ExportError(
+            f"{info.run_dir} is a full fine-tune ({info.preset.method}); it has no adapter.",
+            hint="Use --format merged or --format gguf for this run.",
+        )
+    import torch
+
+    with staged(target, directory=True, force=force) as staging:
+        progress("adapter: copying", None)
+        for item in info.final.iterdir():
+            if item.is_file():
+                shutil.copy2(item, staging / item.name)
+        (staging / "README.md").write_text(_readme(info), encoding="utf-8")
+        progress("adapter: verifying (PeftModel.from_pretrained)", None)
+        model, tokenizer = load_with_adapter(info, torch.float32, staging)
+        ids = torch.tensor([tokenizer("Hello, how are you?").input_ids])
+        with torch.no_grad():
+            tuned = model(ids).logits
+            with model.disable_adapter():
+                plain = model(ids).logits
+        if not torch.isfinite(tuned).all():
+            from engine.export.files import VerificationError
+
+            raise VerificationError("The exported adapter produces non-finite logits.")
+        shift = (tuned - plain).abs().max().item()
+        missing = [n for n in _TOKENIZER_FILES[:2] if not (staging / n).is_file()]
+        if missing:
+            raise ExportError(f"The run's final/ folder lacks {', '.join(missing)}.")
+    return f"loads with PeftModel.from_pretrained; changes logits by up to {shift:.3g} vs base"
+
+
+def _readme(info: RunInfo) -> str:
+    base = info.preset.model.name_or_path
+    qlora = (
+        "\nTrained with QLoRA on a 4-bit base; load the base in 16 bits (or 4 bits) to use it.\n"
+        if info.preset.method == "qlora"
+        else ""
+    )
+    return f"""# {info.name}: LoRA adapter
+
+Exported by finetty from `{info.run_dir}`. Base model: `{base}`.
+{qlora}
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("<base model>")
+model = PeftModel.from_pretrained(base, "<this folder>")
+tokenizer = AutoTokenizer.from_pretrained("<this folder>")  # includes the chat template
+```
+"""

@@ -1,0 +1,102 @@
+"""K-quants (q4_k_m, q5_k_m, ...) through llama.cpp's own quantizer, which the gguf package lacks.
+
+The quantizer is found, in order: ``$FINETTY_LLAMA_QUANTIZE`` (a llama-quantize binary),
+``llama-quantize`` on PATH, or ``llama_cpp.llama_model_quantize`` from llama-cpp-python. It runs
+in a child process so its C-level output and any crash stay out of the caller (and the TUI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.export.files import ExportError, ExportFailed, Progress, no_progress
+
+# finetty name → llama.cpp type name (LLAMA_FTYPE_MOSTLY_<name>, and llama-quantize's argument)
+LLAMA_QUANTS = {
+    "q4_k_m": "Q4_K_M",
+    "q5_k_m": "Q5_K_M",
+    "q6_k": "Q6_K",
+    "q3_k_m": "Q3_K_M",
+    "q2_k": "Q2_K",
+    "q4_k_s": "Q4_K_S",
+    "q5_k_s": "Q5_K_S",
+    "q3_k_s": "Q3_K_S",
+    "q3_k_l": "Q3_K_L",
+    "q4_0": "Q4_0",
+    "q4_1": "Q4_1",
+    "q5_0": "Q5_0",
+    "q5_1": "Q5_1",
+}
+# Approximate bits per weight, for the disk-space check.
+BITS = {"q2_k": 3.0, "q3": 3.9, "q4": 4.9, "q5": 5.7, "q6_k": 6.6}
+ENV_VAR = "FINETTY_LLAMA_QUANTIZE"
+_PY_QUANTIZE = """
+import ctypes, sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+"""
+
+
+@dataclass(frozen=True)
+class Quantizer:
+    kind: str  # "binary" or "python"
+    location: str
+
+    def describe(self) -> str:
+        return self.location if self.kind == "binary" else "llama-cpp-python (llama_model_quantize)"
+
+
+def bits_per_weight(quant: str) -> float:
+    return BITS.get(quant, BITS.get(quant[:2], 5.0))
+
+
+def find_quantizer() -> Quantizer:
+    """The first llama.cpp quantizer available, or an error that says how to get one."""
+    configured = os.environ.get(ENV_VAR)
+    if configured:
+        path = Path(configured).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise ExportError(
+                f"{ENV_VAR}={configured} is not an executable file.",
+                hint="Point it at llama.cpp's llama-quantize binary, or unset it.",
+            )
+        return Quantizer("binary", str(path))
+    on_path = shutil.which("llama-quantize")
+    if on_path:
+        return Quantizer("binary", on_path)
+    if importlib.util.find_spec("llama_cpp") is not None:
+        return Quantizer("python", sys.executable)
+    raise ExportError(
+        "K-quant GGUF (q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, ...) needs llama.cpp's quantizer, "
+        "and none was found.",
+        hint="Install one: `pip install llama-cpp-python` (builds llama.cpp, ~7 min on 2 cores), "
+        "or build llama.cpp (cmake -B build && cmake --build build --target llama-quantize) and "
+        f"put llama-quantize on PATH or set {ENV_VAR}=/path/to/llama-quantize. "
+        "f16, bf16 and q8_0 need nothing extra.",
+    )
+
+
+def quantize(
+    quantizer: Quantizer, source: Path, target: Path, quant: str, progress: Progress = no_progress
+) -> None:
+    """Quantize the F16/BF16 GGUF ``source`` into ``target`` as ``quant``."""
+    name = LLAMA_QUANTS[quant]
+    progress(f"GGUF {quant}: llama.cpp quantize ({quantizer.describe()})", None)
+    if quantizer.kind == "binary":
+        command = [quantizer.location, str(source), str(target), name]
+    else:
+        command = [quantizer.location, "-c", _PY_QUANTIZE, str(source), str(target), name]
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    if result.returncode != 0 or not target.is_file() or target.stat().st_size == 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        raise ExportFailed(
+            f"llama.cpp quantize to {name} failed (exit {result.returncode}).",
+            hint=tail or "Run the same quantizer by hand to see its output.",
+        )

@@ -1,0 +1,175 @@
+"""Round-trip checks: every exported model must reproduce its reference before it is reported.
+
+A reference is a few chat prompts, the greedy continuation the source model produces for each,
+and its logits over prompt + continuation. A candidate passes when its greedy continuation is
+the same (checked teacher-forced: its argmax at every continuation position) and its logits are
+within the stated tolerance. Tolerances are max |Δlogit| over all positions and the vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.export.files import VerificationError
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Write one sentence about the sea.",
+    "List three colours.",
+)
+NEW_TOKENS = 8
+# Max |Δlogit| allowed, with the reason for each size.
+TOLERANCES = {
+    "merged-float32": 1e-3,  # same arithmetic up to summation order
+    "merged-float16": 0.25,  # W + BA rounded once to fp16 (~1e-3 relative)
+    "merged-bfloat16": 1.5,  # W + BA rounded once to bf16 (~8e-3 relative), computed in bf16
+    "gguf-f16": 0.25,  # measured 0.04 on SmolLM2-135M
+    "gguf-bf16": 1.5,
+    "gguf-q8_0": 3.0,  # measured ~1.6 on SmolLM2-135M
+}
+# Q8_0 may flip near-ties, so it needs this share of top-1 agreement instead of exact greedy.
+Q8_0_MIN_AGREEMENT = 0.9
+
+
+@dataclass
+class Reference:
+    ids: list[Any]  # one [1, n] LongTensor per prompt: prompt + greedy continuation
+    prompt_lengths: list[int]
+    logits: list[Any]  # float32 [n, vocab] per prompt
+
+
+@dataclass
+class LogitCheck:
+    what: str
+    max_abs: float
+    tolerance: float
+    top1_agreement: float
+    greedy_equal: bool
+    passed: bool
+
+    def describe(self) -> str:
+        verdict = "ok" if self.passed else "FAILED"
+        greedy = "same greedy continuation" if self.greedy_equal else "greedy continuation differs"
+        return (
+            f"{self.what}: {verdict}, max |Δlogit| {self.max_abs:.4f} (tolerance {self.tolerance}), "
+            f"top-1 agreement {self.top1_agreement:.1%}, {greedy}"
+        )
+
+
+def encode_prompts(tokenizer: Any) -> list[Any]:
+    import torch
+
+    encoded = []
+    for prompt in PROMPTS:
+        messages = [{"role": "user", "content": prompt}]
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+        else:
+            ids = tokenizer(prompt).input_ids
+        encoded.append(torch.tensor([ids]))
+    return encoded
+
+
+def _logits(model: Any, ids: Any) -> Any:
+    import torch
+
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0].float()
+
+
+def build_reference(model: Any, tokenizer: Any) -> Reference:
+    import torch
+
+    ref = Reference([], [], [])
+    for ids in encode_prompts(tokenizer):
+        with torch.no_grad():
+            full = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        ref.ids.append(full)
+        ref.prompt_lengths.append(ids.shape[1])
+        ref.logits.append(_logits(model, full))
+    return ref
+
+
+def compare(model: Any, ref: Reference, what: str, key: str, strict_greedy: bool = True) -> LogitCheck:
+    diffs, agree, total, greedy = [], 0, 0, True
+    for ids, start, expected in zip(ref.ids, ref.prompt_lengths, ref.logits, strict=True):
+        got = _logits(model, ids)
+        diffs.append((got - expected).abs().max().item())
+        agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
+        total += got.shape[0]
+        # Teacher-forced: position i predicts token i + 1 of the reference continuation.
+        predicted = got[start - 1 : ids.shape[1] - 1].argmax(-1)
+        greedy &= bool((predicted == ids[0, start:]).all())
+    tolerance = TOLERANCES[key]
+    max_abs, share = max(diffs), agree / max(total, 1)
+    ok = max_abs <= tolerance and (greedy if strict_greedy else share >= Q8_0_MIN_AGREEMENT)
+    return LogitCheck(what, max_abs, tolerance, share, greedy, ok)
+
+
+def require(check: LogitCheck) -> str:
+    if not check.passed:
+        raise VerificationError(
+            check.describe(),
+            hint="Nothing was left under the target name. Report this with the model name.",
+        )
+    return check.describe()
+
+
+def verify_gguf_transformers(path: Path, ref: Reference, qtype: str) -> LogitCheck:
+    """Read the GGUF back through transformers (``gguf_file=``) and compare with the reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    return compare(model, ref, f"GGUF {qtype} read back by transformers", f"gguf-{qtype}", qtype != "q8_0")
+
+
+def llama_cpp_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def verify_llama_cpp(path: Path, ref: Reference, tokenizer: Any) -> str:
+    """Load the GGUF in llama.cpp, check it tokenizes the prompt the same way, and generate."""
+    from llama_cpp import Llama
+
+    ids = [int(t) for t in ref.ids[0][0, : ref.prompt_lengths[0]]]
+    text = tokenizer.decode(ids)
+    try:
+        llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, seed=0)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a failed verification
+        raise VerificationError(f"llama.cpp cannot load {path.name}: {exc}") from None
+    try:
+        tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        if tokens != ids:
+            raise VerificationError(
+                f"llama.cpp tokenizes the prompt differently from the HF tokenizer "
+                f"({len(tokens)} vs {len(ids)} tokens).",
+                hint="The GGUF tokenizer metadata does not match the model's tokenizer.",
+            )
+        generated = []
+        for token in llm.generate(tokens, top_k=1, temp=0.0, reset=True):
+            generated.append(token)
+            if len(generated) >= NEW_TOKENS or token == llm.token_eos():
+                break
+    finally:
+        llm.close()
+    if not generated:
+        raise VerificationError(f"llama.cpp loaded {path.name} but generated nothing.")
+    expected = [int(t) for t in ref.ids[0][0, ref.prompt_lengths[0] :]]
+    same = sum(a == b for a, b in zip(generated, expected, strict=False))
+    return (
+        f"llama.cpp: loads, same prompt tokens, generated {len(generated)} tokens "
+        f"({same}/{min(len(generated), len(expected))} equal to the HF greedy continuation)"
+    )

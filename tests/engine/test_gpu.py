@@ -1,0 +1,69 @@
+"""GPU paths, run on the lent device (skipped on CPU): QLoRA 4-bit, 8-bit, bf16 LoRA, fp16 with
+loss scaling, full fine-tuning with 8-bit Adam, and the fast path (fused kernels + chunked loss)
+against the plain one."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+from engine.events import RecordingSink, RunStarted, Step  # noqa: E402
+from engine.run import Run  # noqa: E402
+
+
+def _run(make_preset, tmp_path: Path, **changes):
+    preset = make_preset(max_steps=4, save_steps=2, per_device_train_batch_size=4)
+    for dotted, value in changes.items():
+        section, key = dotted.split("__") if "__" in dotted else (None, dotted)
+        setattr(getattr(preset, section) if section else preset, key, value)
+    sink = RecordingSink()
+    result = Run(preset, sink, runs_root=tmp_path).execute()
+    assert result.status == "finished", result.error
+    started = sink.of_type(RunStarted)[0]
+    losses = [s.loss for s in sink.of_type(Step)]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    return started, losses
+
+
+def test_qlora_4bit_nf4(make_preset, tmp_path: Path) -> None:
+    started, _ = _run(make_preset, tmp_path, method="qlora", model__load_in_4bit=True, model__dtype="auto",
+                      training__optim="paged_adamw_8bit")  # fmt: skip
+    assert started.model["quantization"].startswith("4-bit nf4") and started.device == "cuda"
+    assert started.precision == "bfloat16"
+
+
+def test_lora_on_8bit_base(make_preset, tmp_path: Path) -> None:
+    started, _ = _run(make_preset, tmp_path, model__load_in_8bit=True, model__dtype="auto")
+    assert started.model["quantization"].startswith("8-bit")
+
+
+def test_fp16_uses_loss_scaling(make_preset, tmp_path: Path) -> None:
+    started, _ = _run(make_preset, tmp_path, model__dtype="float16")
+    assert started.precision == "float16 with loss scaling"
+
+
+def test_full_finetune_with_8bit_adam(make_preset, tmp_path: Path) -> None:
+    started, _ = _run(make_preset, tmp_path, method="full", model__dtype="auto", training__optim="adamw_8bit",
+                      training__gradient_checkpointing=True)  # fmt: skip
+    assert started.trainable_params == started.total_params
+
+
+def test_fast_path_matches_plain_path(
+    make_preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fused kernels + chunked loss give the same per-step losses as plain transformers+peft (bf16 noise)."""
+    common = dict(model__dtype="bfloat16", lora__lora_dropout=0.0)
+    started, fast = _run(make_preset, tmp_path / "fast", training__use_liger_kernel=None, **common)
+    monkeypatch.setattr("engine.trainer.supports_chunked_loss", lambda model: False)
+    _, plain = _run(make_preset, tmp_path / "plain", training__use_liger_kernel=False, **common)
+    print("fast", fast, "plain", plain, "kernels", started.model.get("kernels"))
+    for a, b in zip(fast, plain, strict=True):
+        assert abs(a - b) <= 0.02 * abs(b) + 1e-3

@@ -1,0 +1,168 @@
+"""The home screen: recent runs with their state, the bundled and user presets, and "New run".
+
+Posts ``HomeScreen.NewRun()``, ``HomeScreen.OpenRun(run_dir)`` and ``HomeScreen.OpenPreset(path)``;
+the app decides where each goes (dashboard, wizard, review).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.content import Content
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Button, DataTable, Footer, Static
+
+from engine.presets import list_presets
+from engine.rundir import all_runs, pid_alive, read_status, runs_root
+
+LIVE_STATES = ("starting", "running", "paused", "stopping")
+STATE_STYLES = {
+    "running": "bold $text-success", "starting": "$text-success", "paused": "$text-warning",
+    "stopping": "$text-warning", "finished": "$text-primary", "failed": "bold $text-error",
+    "died": "bold $text-error", "stopped": "$foreground-muted",
+}  # fmt: skip
+MAX_RUNS = 50
+
+
+def run_state(status: dict[str, Any]) -> str:
+    """The state to show: a live state whose process is gone is "died"."""
+    state = str(status.get("state") or "unknown")
+    pid = status.get("pid")
+    if state in LIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
+        return "died"
+    return state
+
+
+def duration(status: dict[str, Any]) -> str:
+    seconds = status.get("elapsed_s")
+    if not isinstance(seconds, int | float):
+        started, updated = status.get("started"), status.get("updated")
+        if not isinstance(started, int | float):
+            return "–"
+        end = time.time() if run_state(status) in LIVE_STATES else updated
+        seconds = (end if isinstance(end, int | float) else started) - started
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def run_row(run_dir: Path) -> tuple[str | Content, ...]:
+    status = read_status(run_dir)
+    state = run_state(status)
+    best = status.get("best_loss")
+    step, total = status.get("step"), status.get("total_steps")
+    steps = f"{step}/{total}" if step is not None and total else str(step if step is not None else "–")
+    stamp = run_dir.name
+    started = f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if len(stamp) >= 13 else stamp
+    return (
+        str(status.get("name") or run_dir.parent.name),
+        started,
+        Content.styled(state, STATE_STYLES.get(state, "")),
+        steps,
+        f"{best:.4f}" if isinstance(best, int | float) else "–",
+        duration(status),
+    )
+
+
+class HomeScreen(Screen):
+    """Recent runs and presets. Enter opens the highlighted row; n starts the wizard."""
+
+    DEFAULT_CSS = """
+    HomeScreen { layout: vertical; }
+    HomeScreen #home-title { height: 1; background: $panel; padding: 0 1; }
+    HomeScreen #home-body { height: 1fr; padding: 0 1; }
+    HomeScreen .home-heading { text-style: bold; color: $text-accent; margin: 1 0 0 0; }
+    HomeScreen #home-actions { height: 1; margin: 1 0 0 0; }
+    HomeScreen #home-actions Button { margin: 0 2 0 0; }
+    HomeScreen #home-hint { color: $text-muted; width: 1fr; }
+    HomeScreen DataTable { height: auto; max-height: 12; }
+    HomeScreen DataTable:focus { border-left: outer $accent; }
+    HomeScreen DataTable { border-left: outer $panel; }
+    HomeScreen #no-runs { color: $text-muted; }
+    """
+    BINDINGS: ClassVar = [
+        Binding("n", "new_run", "New run"),
+        Binding("r", "refresh", "Refresh"),
+    ]
+
+    class NewRun(Message):
+        """Start the new-run wizard."""
+
+    class OpenRun(Message):
+        """Open a run directory (dashboard, or watch it if another process runs it)."""
+
+        def __init__(self, run_dir: Path) -> None:
+            super().__init__()
+            self.run_dir = run_dir
+
+    class OpenPreset(Message):
+        """Open a preset file on the review screen."""
+
+        def __init__(self, path: Path) -> None:
+            super().__init__()
+            self.path = path
+
+    def __init__(self, root: Path | None = None) -> None:
+        super().__init__()
+        self.root = root or runs_root()
+
+    def compose(self) -> ComposeResult:
+        yield Static("[b]finetty[/b]  fine-tune LLMs from the terminal", id="home-title")
+        with VerticalScroll(id="home-body"):
+            with Horizontal(id="home-actions"):
+                yield Button("+ New run", id="new-run", variant="primary", compact=True)
+                yield Static("enter opens · tab moves · n new run", id="home-hint")
+            yield Static(f"Recent runs  ({self.root})", classes="home-heading", markup=False)
+            yield Static("No runs yet: start one with New run or a preset.", id="no-runs")
+            runs = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            runs.add_columns("run", "started", "state", "step", "best loss", "time")
+            yield runs
+            yield Static("Presets", classes="home-heading")
+            presets = DataTable(id="presets", cursor_type="row", zebra_stripes=True)
+            presets.add_columns("preset", "from", "description")
+            yield presets
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_refresh()
+        self.set_interval(2.0, self.refresh_runs)  # live states and steps of running jobs
+        self.query_one("#new-run", Button).focus()
+
+    def action_refresh(self) -> None:
+        self.refresh_runs()
+        presets = self.query_one("#presets", DataTable)
+        presets.clear()
+        for info in list_presets():
+            presets.add_row(info.name, info.origin, info.description or "", key=str(info.path))
+
+    def refresh_runs(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        cursor = table.cursor_row
+        table.clear()
+        for run_dir in all_runs(self.root)[:MAX_RUNS]:
+            table.add_row(*run_row(run_dir), key=str(run_dir))
+        table.display = table.row_count > 0
+        self.query_one("#no-runs").display = table.row_count == 0
+        if table.row_count:
+            table.move_cursor(row=min(cursor, table.row_count - 1))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        path = Path(str(event.row_key.value))
+        if event.data_table.id == "runs":
+            self.post_message(self.OpenRun(path))
+        else:
+            self.post_message(self.OpenPreset(path))
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "new-run":
+            self.action_new_run()
+
+    def action_new_run(self) -> None:
+        self.post_message(self.NewRun())

@@ -1,0 +1,200 @@
+"""Wizard step 5, review: the whole config, the memory/fit estimate, the equivalent command,
+"save as preset", Probe and Launch.
+
+Posts ``ReviewScreen.Launch(preset, path)`` and ``ReviewScreen.Probe(preset)``; the app starts
+the run. ``finetty PRESET.yaml`` opens this screen directly with ``WizardState.from_file``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import yaml
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+from engine.config import Preset
+from engine.errors import ConfigError, FinettyError
+from engine.presets import list_presets, to_yaml
+from tui.screens.wizard import WizardStep
+from tui.wizard_state import WizardState, save_path
+
+
+class ConfirmOverwrite(ModalScreen[bool]):
+    """Asks before a saved preset replaces (or shadows) another one."""
+
+    DEFAULT_CSS = """
+    ConfirmOverwrite { align: center middle; }
+    ConfirmOverwrite > Vertical {
+        width: 60; max-width: 100%; height: auto; border: thick $warning; background: $surface;
+        padding: 1 2;
+    }
+    ConfirmOverwrite Horizontal { height: auto; align: right middle; margin: 1 0 0 0; }
+    ConfirmOverwrite Button { margin: 0 0 0 2; }
+    """
+    BINDINGS: ClassVar = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str) -> None:
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            with Horizontal():
+                yield Button("Cancel", id="cancel")
+                yield Button("Overwrite", id="overwrite", variant="warning")
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "overwrite")
+
+    def action_cancel(self) -> None:
+        self.dismiss(False)
+
+
+class ReviewScreen(WizardStep):
+    STEP = 4
+    KEYS: ClassVar[tuple[str, ...]] = ("name", "description")
+    NEXT_LABEL = "Launch ▶"
+    DEFAULT_CSS = """
+    ReviewScreen .review-text { height: auto; border: round $primary; padding: 0 1; margin: 0 0 1 0; }
+    ReviewScreen #review-problems { border: round $error; color: $text-error; }
+    ReviewScreen #review-problems.-ok { border: round $success; color: $text-success; }
+    """
+    BINDINGS: ClassVar = [
+        Binding("ctrl+n", "next", "Launch"),
+        Binding("ctrl+s", "save", "Save preset"),
+        Binding("l", "key('next')", "Launch", show=False),
+        Binding("s", "key('save')", "Save", show=False),
+        Binding("p", "key('probe')", "Probe"),
+    ]
+
+    class Launch(Message):
+        """Start a run with this validated preset (``path``: its file, if saved or loaded)."""
+
+        def __init__(self, preset: Preset, path: Path | None) -> None:
+            super().__init__()
+            self.preset, self.path = preset, path
+
+    class Probe(Message):
+        """Run a short probe of this preset (a few steps) to measure memory and speed."""
+
+        def __init__(self, preset: Preset) -> None:
+            super().__init__()
+            self.preset = preset
+
+    def compose_body(self) -> ComposeResult:
+        yield from self.fields(self.KEYS)
+        for widget_id, title in (("review-problems", "Validation"), ("review-estimate",
+                                 "Memory and time estimate"), ("review-command", "Command"),
+                                 ("review-yaml", "Config (YAML)")):  # fmt: skip
+            panel = Static("", id=widget_id, classes="review-text", markup=False)
+            panel.border_title = title
+            yield panel
+
+    def extra_buttons(self) -> ComposeResult:
+        yield Button("Save preset", id="save", compact=True)
+        yield Button("Probe", id="probe", compact=True)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.refresh_review()
+
+    def field_changed(self, key: str) -> None:
+        self.refresh_review()
+
+    def refresh_review(self) -> None:
+        problems = self.state.problems()
+        panel = self.query_one("#review-problems", Static)
+        panel.set_class(not problems, "-ok")
+        panel.update("\n".join(f"✗ {p}" for p in problems) or "✓ valid: ready to launch")
+        self.query_one("#next", Button).disabled = bool(problems)
+        self.query_one("#probe", Button).disabled = bool(problems)
+        self.query_one("#review-command", Static).update(self.state.command())
+        if problems:
+            text = yaml.safe_dump(self.state.data, sort_keys=False, allow_unicode=True)
+            self.show("review-estimate", "(fix the problems above to estimate)")
+        else:
+            preset = self.state.preset()
+            text = to_yaml(preset)
+            self.show("review-estimate", "estimating…")
+            self.estimate(preset)
+        self.query_one("#review-yaml", Static).update(text.rstrip())
+
+    @work(thread=True, exclusive=True, group="review-estimate")
+    def estimate(self, preset: Preset) -> None:
+        from engine.estimate import estimate, format_estimate
+        from tui.screens.wizard_model import device_spec
+
+        try:
+            text = format_estimate(estimate(preset, device_spec()))
+        except FinettyError as exc:
+            text = f"✗ {exc.message}" + (f"\n  {exc.hint}" if exc.hint else "")
+        self.from_thread(self.show, "review-estimate", text)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Single-key shortcuts are for the keyboard user, never for someone typing a name.
+        return not (action == "key" and isinstance(self.focused, Input))
+
+    def action_key(self, action: str) -> None:
+        getattr(self, f"action_{action}")()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        elif event.button.id == "probe":
+            self.action_probe()
+        else:
+            super().on_button_pressed(event)
+
+    def validated(self) -> Preset | None:
+        try:
+            return self.state.preset()
+        except ConfigError as exc:
+            self.notify(exc.problems[0], title="Fix before launching", severity="error")
+            return None
+
+    def action_next(self) -> None:
+        preset = self.validated()
+        if preset is not None:
+            self.post_message(self.Launch(preset, self.state.source))
+
+    def action_probe(self) -> None:
+        preset = self.validated()
+        if preset is not None:
+            self.post_message(self.Probe(preset))
+
+    def action_save(self) -> None:
+        preset = self.validated()
+        if preset is None:
+            return
+        path = save_path(preset.name)
+        bundled = {info.name for info in list_presets() if info.origin == "bundled"}
+        if path.exists():
+            question = f"{path} exists. Overwrite it?"
+        elif preset.name in bundled:
+            question = f"'{preset.name}' is a bundled preset; save a user copy that shadows it?"
+        else:
+            self.save(preset, path)
+            return
+        self.app.push_screen(
+            ConfirmOverwrite(question), lambda yes: self.save(preset, path) if yes else None
+        )
+
+    def save(self, preset: Preset, path: Path) -> None:
+        try:
+            self.state.save(preset, path)
+        except OSError as exc:
+            self.notify(f"Cannot write {path}: {exc.strerror}", severity="error")
+            return
+        self.notify(f"Saved {path}", title="Preset saved")
+        self.refresh_review()
