@@ -114,6 +114,8 @@ def run(args: argparse.Namespace) -> dict:
     from engine.trainer import Trainer, TrainSettings
 
     cuda = args.device == "cuda"
+    if cuda:
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     folder = prepare_model(args.shape, Path(args.model_root), args.device)
     loaded = models.load_model(
         models.ModelSource("local", str(folder)),
@@ -135,6 +137,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda else "adamw_torch",
         learning_rate=2e-4, save_steps=0, device=args.device, pad_token_id=0, chunked_loss=not args.plain, seed=0,
+        amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None,
     )  # fmt: skip
     sink = RecordingSink()
     data = synthetic_examples(args.batch * args.steps, args.seq, SHAPES[args.shape]["vocab_size"])

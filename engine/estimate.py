@@ -15,6 +15,7 @@ import psutil
 
 from engine.config import Preset
 from engine.gpus import GpuSpec, training_flops
+from engine.loss import CHUNK_ROWS, CHUNKABLE
 from engine.shapes import ModelShape, shape_for
 
 GIB = 2**30
@@ -143,9 +144,9 @@ def memory(plan: Plan) -> Memory:
     four_bit = plan.quant in ("nf4", "fp4")
     # Full fine-tuning in fp16 keeps fp32 master weights (AMP); bf16 and fp32 train in place.
     weight_bytes = 4 if (plan.method == "full" and plan.dtype == "float16") else d
-    # PEFT's prepare_model_for_kbit_training upcasts every non-quantized weight to fp32, which
-    # also makes the residual stream and the logits fp32.
-    rest = 4 if plan.quant != "none" else d
+    # Non-quantized weights (norms, embeddings, lm_head) stay in the compute dtype: finetty does
+    # not upcast them to fp32 the way PEFT's prepare_model_for_kbit_training does.
+    rest = d
     if four_bit:
         # bitsandbytes 4-bit: 0.5 B/weight + an fp32 absmax per 64 weights, or with double
         # quantization an 8-bit absmax per 64 and an fp32 constant per 256 blocks.
@@ -170,28 +171,23 @@ def memory(plan: Plan) -> Memory:
     # for a GPT block), adapted to llama blocks: no dropout masks; SDPA/flash keeps no s^2
     # scores, only q (after RoPE), k, v, the output and its contiguous copy for o_proj;
     # SwiGLU saves gate, up, silu(gate) and their product (4I); HF's RMSNorm saves an fp32 copy
-    # of its input (4h) and its output (a*h). LoRA on a 16-bit base: PEFT casts each adapted
-    # module's input to fp32 for the fp32 adapter (4 B per in_feature).
-    # QLoRA: prepare_model_for_kbit_training makes the residual stream fp32 and bitsandbytes
-    # casts each projection's output back to it, so activations are fp32 (a = 4), each 4-bit
-    # matmul saves a compute-dtype copy of its input, and fp32 GQA attention falls back to
-    # SDPA's math kernel, which keeps the s x s softmax (4 * heads * s per token).
-    # Checked on an H200 (HF + PEFT + bitsandbytes 0.50, 16 cases): peak allocated -6%..+11%.
-    qlora = plan.quant != "none" and plan.method != "full"
-    a = 4 if qlora else d
+    # of its input (4h) and its output (a*h). Adapters: each adapted module's input is saved
+    # once more in the compute dtype for the LoRA branch (autocast runs it in bf16/fp16).
+    a = d
     attention = a * (s.hidden_size + 3 * s.q_dim + 2 * s.kv_dim)
     mlp = a * (s.hidden_size + 4 * s.intermediate_size)
     layer = attention + mlp + s.norms_per_layer * 4 * s.hidden_size
-    if qlora:
-        layer += d * plan.lora_inputs + (
-            4 * s.num_attention_heads * plan.seq_len if plan.gpu else 0
-        )
-    elif plan.lora_params and d == 2:
-        layer += 4 * plan.lora_inputs
+    if plan.lora_params:
+        layer += d * plan.lora_inputs
     tokens = plan.micro_batch * plan.seq_len
     # Logits, the fp32 copy the loss takes, log-softmax's output and the logits' gradient:
-    # 12 B per vocabulary entry per token, measured for bf16 and for fp32 (QLoRA) logits.
-    logits = tokens * s.vocab_size * 12
+    # 12 B per vocabulary entry per token. engine.loss computes them CHUNK_ROWS tokens at a
+    # time for the architectures it knows, after gathering the trained positions' hidden states.
+    chunked = s.architecture.removesuffix("ForCausalLM").lower() in CHUNKABLE
+    logit_rows = min(tokens, CHUNK_ROWS) if chunked else tokens
+    logits = logit_rows * s.vocab_size * 12 + (
+        tokens * s.hidden_size * d if logit_rows < tokens else 0
+    )
     if plan.checkpointing:
         # Each layer's input is kept; in backward one layer at a time is recomputed, after the
         # loss buffers are gone, so the peak holds the larger of the two.

@@ -76,6 +76,9 @@ def _check_local_dir(path: Path, allow_pickle: bool) -> None:
 
 
 def select_device(use_cpu: bool) -> str:
+    # Set before the first CUDA allocation: variable-length batches fragment the default
+    # allocator's segments (reserved memory ran to 2x allocated on an H200).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
 
     if not use_cpu and torch.cuda.is_available():

@@ -201,6 +201,8 @@ class Run:
                 torch.float32,
                 torch.float16,
             )  # fp32 master weights, fp16 compute
+        elif device == "cuda" and dtype != torch.float32 and p.uses_adapter:
+            amp_dtype = dtype  # PEFT keeps adapters in fp32; autocast runs their matmuls in 16-bit
         self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
         loaded = models.load_model(
             source,

@@ -31,15 +31,19 @@ class FinettyApp(App[None]):
 
     def __init__(
         self,
-        preset: Preset | None = None,
+        preset: Preset | str | None = None,
         *,
+        overrides: list[str] | None = None,
         runs_root: Path | None = None,
         resume_dir: Path | None = None,
         watch_dir: Path | None = None,
         start_screen: str | None = None,
+        preset_path: str | None = None,
     ) -> None:
         super().__init__()
-        self.preset = preset
+        self.preset_path = preset_path
+        self.preset = preset  # a str (name or file) is loaded and validated on the worker
+        self.overrides = overrides or []
         self.runs_root = runs_root
         self.resume_dir = resume_dir
         self.watch_dir = watch_dir
@@ -53,15 +57,15 @@ class FinettyApp(App[None]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.on_sigterm)
         if self.watch_dir is not None:
             self.open_watch(self.watch_dir)
-        elif self.start_screen == "review" and self.preset is not None:
-            self._open_optional("tui.screens.review", "ReviewScreen", self.preset)
+        elif self.start_screen == "review":
+            self.open_review(self.preset_path or str(getattr(self.preset, "name", self.preset)))
         elif self.preset is not None or self.resume_dir is not None:
             self.launch_run(self.preset, resume_dir=self.resume_dir)
         else:
-            self._open_optional("tui.screens.home", "HomeScreen")
+            self._open_optional("tui.screens.home", "HomeScreen", self.runs_root)
 
     def _open_optional(self, module: str, name: str, *args: object) -> None:
-        """Screens built by the wizard's author, found by name; plain text if absent."""
+        """Screens of the home/wizard part, found by name; a plain line if they are absent."""
         try:
             screen_cls = getattr(__import__(module, fromlist=[name]), name)
         except (ImportError, AttributeError):
@@ -69,10 +73,42 @@ class FinettyApp(App[None]):
             return
         self.push_screen(screen_cls(*args))
 
+    def open_wizard(self, step: int, preset_ref: str | Path | None = None) -> None:
+        from tui.screens.wizard import step_screen
+        from tui.wizard_state import WizardState
+
+        state = WizardState.from_file(preset_ref) if preset_ref else WizardState()
+        self.push_screen(step_screen(step, state))
+
+    def open_review(self, preset_ref: str | Path) -> None:
+        from engine.errors import FinettyError
+
+        try:
+            self.open_wizard(4, preset_ref)
+        except FinettyError as error:
+            self._show_error(error.title, error.message, error.hint)
+
+    # Messages from the home and wizard screens (matched by name: no import until used).
+    def on_home_screen_new_run(self) -> None:
+        self.open_wizard(0)
+
+    def on_home_screen_open_preset(self, message: Any) -> None:
+        self.open_review(message.path)
+
+    def on_home_screen_open_run(self, message: Any) -> None:
+        self.open_watch(message.run_dir)  # replays a finished run; follows a live one
+
+    def on_review_screen_launch(self, message: Any) -> None:
+        self.launch_run(message.preset)
+
+    def on_review_screen_probe(self) -> None:
+        self.notify("Probing a preset is not available yet.", severity="warning")
+
     # -- modes ---------------------------------------------------------------------------------
-    def launch_run(self, preset: Preset | None, *, resume_dir: Path | None = None) -> None:
+    def launch_run(self, preset: Preset | str | None, *, resume_dir: Path | None = None) -> None:
         """Push a dashboard at once; import the engine and start the Run on a worker."""
-        name = preset.name if preset is not None else str(resume_dir)
+        name = str(getattr(preset, "name", preset) if preset is not None else resume_dir)
+        name = Path(name).stem if name.endswith((".yaml", ".yml")) else name
         bridge = UiBridge()
         dashboard = DashboardScreen(bridge, title=name)
         self.push_screen(dashboard)
@@ -81,7 +117,7 @@ class FinettyApp(App[None]):
     @work(thread=True, group="engine")
     def _start_run(
         self,
-        preset: Preset | None,
+        preset: Preset | str | None,
         resume_dir: Path | None,
         bridge: UiBridge,
         dashboard: DashboardScreen,
@@ -93,6 +129,10 @@ class FinettyApp(App[None]):
         from engine.run import Run
 
         try:
+            if isinstance(preset, str):
+                from engine.presets import load_preset
+
+                preset, _ = load_preset(preset, self.overrides)
             if preset is None and resume_dir is not None:
                 from engine.presets import read_yaml, validate
 
@@ -115,6 +155,8 @@ class FinettyApp(App[None]):
             bridge, control=RunDirControl(run_dir), run_dir=run_dir, watch=True, title=run_dir.name
         )
         self.push_screen(dashboard)
+        if self.tail is not None:
+            self.tail.stop()
         self.tail = JsonlTail(run_dir / "events.jsonl", bridge)
         self.tail.start()
 
@@ -153,22 +195,30 @@ class FinettyApp(App[None]):
 
 
 def run_tui(
-    preset: Preset | None = None,
+    preset: Preset | str | None = None,
     *,
+    overrides: list[str] | None = None,
     runs_root: Path | None,
     resume_dir: Path | None = None,
     watch_dir: Path | None = None,
     start_screen: str | None = None,
+    preset_path: str | None = None,
 ) -> int:
-    """Run the app; the exit code matches headless runs (0, 1, 2, 130, 143)."""
+    """Run the app; the exit code matches headless runs (0, 1, 2, 130, 143).
+
+    ``preset`` may be a validated Preset or a name/file (with ``overrides``) that the worker loads
+    after the first paint; a bad one then shows in a modal and exits with 2.
+    """
     from engine.errors import EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED
 
     app = FinettyApp(
         preset,
+        overrides=overrides,
         runs_root=runs_root,
         resume_dir=resume_dir,
         watch_dir=watch_dir,
         start_screen=start_screen,
+        preset_path=preset_path,
     )
     app.run()
     run = app.run_handle
@@ -176,7 +226,10 @@ def run_tui(
         return int(app.launch_error.exit_code)
     if run is None:
         return app.return_code or EXIT_OK
-    if run.alive:  # quit by ctrl+q or a lost terminal: never leave a run without a checkpoint
+    if run.alive and run.control.aborted.is_set():
+        run.join(timeout=5)  # loading or evaluating cannot be interrupted; nothing to save yet
+        return EXIT_TERMINATED if run.stop_signal == "sigterm" else EXIT_STOPPED
+    if run.alive:  # the terminal went away mid-run: never leave a run without a checkpoint
         print("finetty: stopping the run (writing a checkpoint)…", file=sys.stderr)
         run.control.stop()
         try:

@@ -111,6 +111,7 @@ class JsonlTail:
 
     def _loop(self) -> None:
         offset = 0
+        idle = 0
         while not self._stop.is_set():
             try:
                 with open(self.path, "rb") as handle:
@@ -119,6 +120,9 @@ class JsonlTail:
             except OSError:
                 chunk = b""
             complete, newline, _ = chunk.rpartition(b"\n")
+            idle = 0 if newline else idle + 1
+            if idle and idle % 20 == 0 and self._process_died():
+                return
             if newline:
                 offset += len(complete) + 1
                 for line in complete.decode("utf-8", errors="replace").splitlines():
@@ -130,6 +134,27 @@ class JsonlTail:
                         self.ended.set()
                         return
             self._stop.wait(self.poll)
+
+    def _process_died(self) -> bool:
+        """A run whose process is gone without a final event would otherwise look alive."""
+        from engine.rundir import pid_alive, read_status
+
+        status = read_status(self.path.parent)
+        pid = int(status.get("pid") or 0)
+        if status.get("state") in ("finished", "stopped", "failed") or not pid or pid_alive(pid):
+            return False
+        self.sink.emit(
+            Failed(
+                kind="died",
+                title="The run's process is gone",
+                message=f"Process {pid} ended without recording how the run finished.",
+                hint=f"Resume it from its last checkpoint: finetty train --resume {self.path.parent}",
+                step=int(status.get("step") or 0),
+                log_path=str(self.path.parent / "log.txt"),
+            )
+        )
+        self.ended.set()
+        return True
 
 
 def _parse(line: str) -> Event | None:

@@ -220,6 +220,7 @@ async def main(out: Path) -> None:
     make_run_dir(Path.cwd())
     scenes: list[tuple[str, SceneApp, Callable | None]] = [
         ("dashboard", dashboard_scene(), None),
+        ("dashboard-gpu", dashboard_scene(demo_events(gpus=1)), None),
         ("chat", chat_scene(), ask),
         ("export", export_scene(), None),
         ("help", dashboard_scene(), lambda pilot: pilot.press("question_mark")),

@@ -88,7 +88,7 @@ def plan_gguf(model_dir: Path) -> GgufPlan:
                     raise ExportError(f"No GGUF name for tensor '{name}' ({arch}).")
                 shape = tuple(handle.get_slice(name).get_shape())
                 plan.tensors.append((name, target, shape))
-    plan.pre = _vocab_kind(model_dir)
+    plan.pre = vocab_kind(model_dir)
     return plan
 
 
@@ -254,7 +254,7 @@ def _add_metadata(writer: Any, plan: GgufPlan, name: str, qtype: str) -> None:
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
 
-def _vocab_kind(model_dir: Path) -> str | None:
+def vocab_kind(model_dir: Path) -> str | None:
     """The llama.cpp pre-tokenizer name for a gpt2-style BPE vocabulary; None for SentencePiece-style."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():

@@ -70,7 +70,10 @@ def modelfile_text(
     parameters: dict[str, float | int] | None = None,
 ) -> str:
     family = detect_family(chat_template)
-    lines = [f"# Written by finetty. Chat format: {family or 'unknown (no TEMPLATE)'}.", f"FROM ./{gguf_name}"]
+    lines = [
+        f"# Written by finetty. Chat format: {family or 'unknown (no TEMPLATE)'}.",
+        f"FROM ./{gguf_name}",
+    ]
     if family is not None:
         _, template, stops = FAMILIES[family]
         lines.append(f'TEMPLATE """{template}"""')
@@ -90,7 +93,11 @@ def generation_parameters(model_dir: Path) -> dict[str, float | int]:
     path = model_dir / "generation_config.json"
     if path.is_file():
         config = json.loads(path.read_text(encoding="utf-8"))
-        for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
+        for ours, theirs in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+        ):
             if config.get(theirs) is not None and config.get("do_sample", True):
                 params[ours] = config[theirs]
         if config.get("repetition_penalty") not in (None, 1.0):

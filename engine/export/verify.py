@@ -65,7 +65,9 @@ def encode_prompts(tokenizer: Any) -> list[Any]:
     for prompt in PROMPTS:
         messages = [{"role": "user", "content": prompt}]
         if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
             ids = tokenizer(text, add_special_tokens=False).input_ids
         else:
             ids = tokenizer(prompt).input_ids
@@ -99,7 +101,9 @@ def build_reference(model: Any, tokenizer: Any) -> Reference:
     return ref
 
 
-def compare(model: Any, ref: Reference, what: str, key: str, strict_greedy: bool = True) -> LogitCheck:
+def compare(
+    model: Any, ref: Reference, what: str, key: str, strict_greedy: bool = True
+) -> LogitCheck:
     diffs, agree, total, greedy = [], 0, 0, True
     for ids, start, expected in zip(ref.ids, ref.prompt_lengths, ref.logits, strict=True):
         got = _logits(model, ids)
@@ -129,9 +133,13 @@ def verify_gguf_transformers(path: Path, ref: Reference, qtype: str) -> LogitChe
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     model.eval()
-    return compare(model, ref, f"GGUF {qtype} read back by transformers", f"gguf-{qtype}", qtype != "q8_0")
+    return compare(
+        model, ref, f"GGUF {qtype} read back by transformers", f"gguf-{qtype}", qtype != "q8_0"
+    )
 
 
 def llama_cpp_available() -> bool:

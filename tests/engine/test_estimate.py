@@ -219,26 +219,9 @@ def test_cpu_run_is_sized_in_ram() -> None:
     assert any("CPU" in note for note in e.notes) and "RAM" in format_estimate(e)
 
 
-# Peak torch.cuda.max_memory_allocated (GiB) of HF + PEFT training steps as engine/trainer.py runs
-# them (bf16, SDPA, AdamW; QLoRA: nf4 + double quant, prepare_model_for_kbit_training,
-# AdamW8bit), random weights, measured on an H200 with torch 2.11, transformers 5.17, peft 0.21.
-MEASURED = [  # model, method, micro-batch, seq, checkpointing, accumulation, GiB
-    ("embedded:smollm2-135m-instruct", "lora", 8, 512, False, 1, 6.90),
-    ("embedded:smollm2-135m-instruct", "full", 8, 512, False, 1, 5.91),
-    ("embedded:smollm2-135m-instruct", "lora", 8, 512, True, 1, 2.75),
-    ("Qwen/Qwen2.5-0.5B", "lora", 4, 1024, False, 1, 15.53),
-    ("Qwen/Qwen2.5-0.5B", "lora", 4, 1024, True, 1, 8.21),
-    ("Qwen/Qwen2.5-0.5B", "full", 4, 1024, False, 2, 15.99),
-    ("Qwen/Qwen2.5-0.5B", "qlora", 4, 1024, True, 1, 8.12),
-    ("meta-llama/Llama-3.2-1B", "lora", 4, 2048, False, 1, 33.55),
-    ("meta-llama/Llama-3.2-1B", "lora", 4, 2048, True, 1, 14.79),
-    ("meta-llama/Llama-3.2-1B", "full", 2, 2048, True, 1, 13.16),
-    ("meta-llama/Llama-3.2-1B", "qlora", 4, 2048, True, 1, 14.68),
-    ("meta-llama/Llama-3.2-1B", "qlora", 2, 2048, False, 2, 36.16),
-    ("meta-llama/Llama-3.1-8B", "lora", 4, 2048, True, 1, 29.35),
-    ("meta-llama/Llama-3.1-8B", "lora", 2, 2048, False, 2, 57.59),
-    ("meta-llama/Llama-3.1-8B", "qlora", 4, 2048, True, 1, 24.80),
-    ("meta-llama/Llama-3.1-8B", "qlora", 8, 2048, True, 2, 39.95),
+# Peak torch.cuda.max_memory_allocated (GiB) of finetty's engine (bench/gpu_throughput.py),
+# random weights; filled from the device session recorded in bench/RESULTS.md.
+MEASURED: list[tuple[str, str, int, int, bool, int, float]] = [  # model, method, micro, seq, gc, accum, GiB
 ]
 
 

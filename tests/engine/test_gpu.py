@@ -34,7 +34,8 @@ def _run(make_preset, tmp_path: Path, **changes):
 
 
 def test_qlora_4bit_nf4(make_preset, tmp_path: Path) -> None:
-    started, _ = _run(make_preset, tmp_path, method="qlora", model__load_in_4bit=True, model__dtype="auto",
+    # load_in_4bit first: assignment re-validates, and qlora needs a 4-bit base.
+    started, _ = _run(make_preset, tmp_path, model__load_in_4bit=True, method="qlora", model__dtype="auto",
                       training__optim="paged_adamw_8bit")  # fmt: skip
     assert started.model["quantization"].startswith("4-bit nf4") and started.device == "cuda"
     assert started.precision == "bfloat16"

@@ -55,7 +55,9 @@ async def test_gpu_rows_and_collapsed_samples() -> None:
 
 
 async def test_failure_opens_error_modal_with_hint_and_log() -> None:
-    failed = Failed("oom", "Out of memory", "CUDA ran out.", "Lower the batch size.", 3, "/r/log.txt")
+    failed = Failed(
+        "oom", "Out of memory", "CUDA ran out.", "Lower the batch size.", 3, "/r/log.txt"
+    )
     app = dashboard_scene([*demo_events(steps=3), failed])
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()

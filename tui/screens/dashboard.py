@@ -286,7 +286,10 @@ class DashboardScreen(Screen[None]):
         from tui.screens.confirm import ConfirmScreen
 
         if self.watch or self.control is None or self.terminal:
-            self.app.exit()
+            if len(self.app.screen_stack) > 2:  # opened from home: go back there
+                self.app.pop_screen()
+            else:
+                self.app.exit()
             return
         control = self.control
         if self.quitting:
@@ -298,6 +301,17 @@ class DashboardScreen(Screen[None]):
 
             question = "Still saving the checkpoint. Abort now, without a checkpoint?"
             self.app.push_screen(ConfirmScreen(question, yes="Abort"), abort)
+            return
+
+        if self.last_step is None:  # still loading or evaluating: nothing to checkpoint yet
+
+            def leave(yes: bool | None) -> None:
+                if yes:
+                    control.abort()
+                    self.app.exit()
+
+            question = "Training has not started yet, so there is nothing to save. Quit now?"
+            self.app.push_screen(ConfirmScreen(question, yes="Quit"), leave)
             return
 
         def stop(yes: bool | None) -> None:

@@ -48,7 +48,9 @@ class HelpScreen(ModalScreen[None]):
             yield Static("[b]finetty keys[/]  [$text-muted](esc closes)[/]", classes="title")
             with Horizontal(classes="body"):
                 yield Static(keys_markup(("Dashboard", DASHBOARD)), classes="column")
-                yield Static(keys_markup(("Chat", CHAT), ("Everywhere", EVERYWHERE)), classes="column")
+                yield Static(
+                    keys_markup(("Chat", CHAT), ("Everywhere", EVERYWHERE)), classes="column"
+                )
 
     def action_close(self) -> None:
         self.dismiss(None)

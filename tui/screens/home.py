@@ -28,6 +28,8 @@ STATE_STYLES = {
     "died": "bold $text-error", "stopped": "$foreground-muted",
 }  # fmt: skip
 MAX_RUNS = 50
+RUN_COLUMNS = (("started", 11), ("state", 8), ("step", 7), ("best loss", 9), ("time", 6))
+CHROME = 8  # body padding, the focus bar and the scrollbar
 
 
 def run_state(status: dict[str, Any]) -> str:
@@ -53,14 +55,18 @@ def duration(status: dict[str, Any]) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def run_row(run_dir: Path) -> tuple[str | Content, ...]:
+def run_row(run_dir: Path) -> tuple[str, str | Content, ...]:
     status = read_status(run_dir)
     state = run_state(status)
     best = status.get("best_loss")
     step, total = status.get("step"), status.get("total_steps")
-    steps = f"{step}/{total}" if step is not None and total else str(step if step is not None else "–")
+    steps = (
+        f"{step}/{total}" if step is not None and total else str(step if step is not None else "–")
+    )
     stamp = run_dir.name
-    started = f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if len(stamp) >= 13 else stamp
+    started = (
+        f"{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if len(stamp) >= 13 else stamp
+    )
     return (
         str(status.get("name") or run_dir.parent.name),
         started,
@@ -86,6 +92,7 @@ class HomeScreen(Screen):
     HomeScreen DataTable:focus { border-left: outer $accent; }
     HomeScreen DataTable { border-left: outer $panel; }
     HomeScreen #no-runs { color: $text-muted; }
+    HomeScreen #preset-detail { color: $text-muted; padding: 0 0 0 1; }
     """
     BINDINGS: ClassVar = [
         Binding("n", "new_run", "New run"),
@@ -121,13 +128,10 @@ class HomeScreen(Screen):
                 yield Static("enter opens · tab moves · n new run", id="home-hint")
             yield Static(f"Recent runs  ({self.root})", classes="home-heading", markup=False)
             yield Static("No runs yet: start one with New run or a preset.", id="no-runs")
-            runs = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-            runs.add_columns("run", "started", "state", "step", "best loss", "time")
-            yield runs
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static("Presets", classes="home-heading")
-            presets = DataTable(id="presets", cursor_type="row", zebra_stripes=True)
-            presets.add_columns("preset", "from", "description")
-            yield presets
+            yield DataTable(id="presets", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="preset-detail", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -137,17 +141,48 @@ class HomeScreen(Screen):
 
     def action_refresh(self) -> None:
         self.refresh_runs()
-        presets = self.query_one("#presets", DataTable)
-        presets.clear()
-        for info in list_presets():
-            presets.add_row(info.name, info.origin, info.description or "", key=str(info.path))
+        self.presets = list_presets()
+        self.fill_presets()
+
+    def on_resize(self) -> None:
+        self.refresh_runs()
+        self.fill_presets()
+
+    def fill_presets(self) -> None:
+        """Descriptions are cut to the width left; the highlighted one shows in full below."""
+        table = self.query_one("#presets", DataTable)
+        presets = getattr(self, "presets", [])
+        name_width = max([len(info.name) for info in presets] + [6])
+        room = max(10, self.size.width - name_width - 7 - 6 - CHROME)
+        table.clear(columns=True)
+        table.add_column("preset", width=name_width)
+        table.add_column("from", width=7)
+        table.add_column("description", width=room)
+        for info in presets:
+            text = info.description or ""
+            text = text if len(text) <= room else text[: room - 1] + "…"
+            table.add_row(info.name, info.origin, text, key=str(info.path))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "presets" and event.row_key.value is not None:
+            info = next((p for p in self.presets if str(p.path) == event.row_key.value), None)
+            detail = self.query_one("#preset-detail", Static)
+            detail.update(f"{info.description}\n{info.path}" if info else "")
 
     def refresh_runs(self) -> None:
         table = self.query_one("#runs", DataTable)
         cursor = table.cursor_row
-        table.clear()
+        table.clear(columns=True)
+        # Run names get the width the fixed columns leave (each column pads 2 cells).
+        fixed = sum(width + 2 for _, width in RUN_COLUMNS)
+        room = max(10, self.size.width - fixed - 2 - CHROME)
+        table.add_column("run", width=room)
+        for label, width in RUN_COLUMNS:
+            table.add_column(label, width=width)
         for run_dir in all_runs(self.root)[:MAX_RUNS]:
-            table.add_row(*run_row(run_dir), key=str(run_dir))
+            name, *rest = run_row(run_dir)
+            name = name if len(name) <= room else name[: room - 1] + "…"
+            table.add_row(name, *rest, key=str(run_dir))
         table.display = table.row_count > 0
         self.query_one("#no-runs").display = table.row_count == 0
         if table.row_count:

@@ -23,7 +23,7 @@ from engine.config import Preset
 from engine.errors import ConfigError, FinettyError
 from engine.presets import list_presets, to_yaml
 from tui.screens.wizard import WizardStep
-from tui.wizard_state import WizardState, save_path
+from tui.wizard_state import save_path
 
 
 class ConfirmOverwrite(ModalScreen[bool]):
@@ -94,8 +94,8 @@ class ReviewScreen(WizardStep):
 
     def compose_body(self) -> ComposeResult:
         yield from self.fields(self.KEYS)
-        for widget_id, title in (("review-problems", "Validation"), ("review-estimate",
-                                 "Memory and time estimate"), ("review-command", "Command"),
+        for widget_id, title in (("review-problems", "Validation"), ("review-command", "Command"),
+                                 ("review-estimate", "Memory and time estimate"),
                                  ("review-yaml", "Config (YAML)")):  # fmt: skip
             panel = Static("", id=widget_id, classes="review-text", markup=False)
             panel.border_title = title

@@ -17,6 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.css.query import NoMatches
+from textual.markup import escape
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Button, Footer, Static
@@ -26,6 +27,7 @@ from tui.widgets.form import FormField
 from tui.wizard_state import WizardState
 
 STEPS = ("Model", "Dataset", "Method", "Training", "Review")
+TITLE_WIDTH = 19
 
 
 class StepBar(Static):
@@ -33,12 +35,14 @@ class StepBar(Static):
     StepBar { height: 1; width: 1fr; background: $panel; color: $text-muted; padding: 0 1; }
     """
 
-    def __init__(self, current: int) -> None:
+    def __init__(self, current: int, title: str = "New run") -> None:
         parts = []
         for index, name in enumerate(STEPS):
             style = "bold $background on $accent" if index == current else ""
             parts.append(f"[{style}] {index + 1} {name} [/]" if style else f" {index + 1} {name} ")
-        super().__init__("New run  " + " ›".join(parts))
+        # 56 cells of steps + the title must fit 80 columns: long preset names are cut.
+        title = title if len(title) <= TITLE_WIDTH else title[: TITLE_WIDTH - 1] + "…"
+        super().__init__(f"[b]{escape(title)}[/b] " + "›".join(parts))
 
 
 class WizardStep(Screen):
@@ -71,7 +75,8 @@ class WizardStep(Screen):
         self.state = state or WizardState()
 
     def compose(self) -> ComposeResult:
-        yield StepBar(self.STEP)
+        source = self.state.source
+        yield StepBar(self.STEP, source.stem if source else "New run")
         with VerticalScroll(id="wizard-body"):
             yield Static(f"{self.STEP + 1}. {STEPS[self.STEP]}", classes="wizard-title")
             yield from self.compose_body()
@@ -109,6 +114,13 @@ class WizardStep(Screen):
 
     def field_changed(self, key: str) -> None:
         """Hook for live panels (parameter counts, previews)."""
+
+    def debounce(self, callback: Callable[[], object], delay: float = 0.3) -> None:
+        """Run ``callback`` once typing pauses, so each key press doesn't start a worker."""
+        pending = getattr(self, "_debounced", None)
+        if pending is not None:
+            pending.stop()
+        self._debounced = self.set_timer(delay, callback)
 
     def revalidate(self) -> dict[str, str]:
         errors = self.state.field_errors()

@@ -153,19 +153,15 @@ class DatasetStep(WizardStep):
 
     def on_mount(self) -> None:
         super().on_mount()
-        self._pending: Any = None
         self.refresh_preview()
 
     def field_changed(self, key: str) -> None:
         if key == "model.max_seq_length":
             self.update_lengths()
         if key in self.PREVIEW_KEYS or key == "model.max_seq_length":
-            if self._pending is not None:
-                self._pending.stop()
-            self._pending = self.set_timer(0.4, self.refresh_preview)  # debounce typing
+            self.debounce(self.refresh_preview, 0.4)
 
     def refresh_preview(self) -> None:
-        self._pending = None
         if any(key in self.state.field_errors() for key in self.PREVIEW_KEYS):
             self.query_one(TokenPreview).show_status("Fix the fields above to see a preview.")
             return

@@ -47,7 +47,11 @@ def trainable_summary(state: WizardState, shape: ModelShape) -> str:
     if isinstance(alpha, int | float) and not isinstance(alpha, bool):
         rs = bool(state.get("lora.use_rslora"))
         scale = alpha / (math.sqrt(r) if rs else r)
-        how = f"alpha / sqrt(r) = {alpha:g} / {math.sqrt(r):.2f}" if rs else f"alpha / r = {alpha:g} / {r}"
+        how = (
+            f"alpha / sqrt(r) = {alpha:g} / {math.sqrt(r):.2f}"
+            if rs
+            else f"alpha / r = {alpha:g} / {r}"
+        )
         lines.append(f"scale      {how} = {scale:.3g}")
     if method == "qlora":
         lines.append("base       4-bit NF4 (model.load_in_4bit: true), CUDA only")

@@ -104,7 +104,7 @@ class ModelStep(WizardStep):
         self.refresh_info()
 
     def field_changed(self, key: str) -> None:
-        self.refresh_info()
+        self.debounce(self.refresh_info)
 
     def refresh_info(self) -> None:
         self.show("model-info", "[$foreground-muted]reading the model's shape…[/]")

@@ -43,7 +43,7 @@ class ChatMessage(Static):
 class ChatLog(VerticalScroll):
     DEFAULT_CSS = """
     ChatLog { height: 1fr; border: round $panel; padding: 0 1; }
-    ChatLog:focus { border: round $accent; }
+    ChatLog:focus { border: heavy $accent; }
     """
 
     def add(self, role: str, text: str = "") -> ChatMessage:

@@ -15,7 +15,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.widgets import Input, Label, Select, Static, Checkbox
+from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from engine.config import Preset
 from tui.wizard_state import as_text

@@ -31,12 +31,12 @@ def _na(value: float | None, fmt: str) -> str:
 def gpu_text(gpu: GpuSample, width: int) -> str:
     """Two lines per GPU: the VRAM gauge, then util, temperature, power and peak."""
     fraction = gpu.memory_used_mib / gpu.memory_total_mib if gpu.memory_total_mib else 0.0
-    amount = f" {gib(gpu.memory_used_mib)}/{gib(gpu.memory_total_mib)} GiB"
-    gauge = bar(fraction, max(width - len(amount) - 5, 4))
-    peak = f"  peak {gib(gpu.memory_peak_mib)}" if gpu.memory_peak_mib is not None else ""
+    amount = f" {gib(gpu.memory_used_mib)}/{gib(gpu.memory_total_mib)}G"
+    gauge = bar(fraction, min(max(width - len(amount) - 6, 4), 40))
+    peak = f" pk {gib(gpu.memory_peak_mib)}" if gpu.memory_peak_mib is not None else ""
     details = (
-        f"util {_na(gpu.utilization_pct, '{:.0f}%')}  {_na(gpu.temperature_c, '{:.0f}°C')}  "
-        f"{_na(gpu.power_w, '{:.0f} W')}{peak}"
+        f"util {_na(gpu.utilization_pct, '{:.0f}%')} {_na(gpu.temperature_c, '{:.0f}°C')} "
+        f"{_na(gpu.power_w, '{:.0f}W')}{peak}"
     )
     name = f"  [$text-muted]{gpu.name}[/]" if width - len(details) > len(gpu.name) + 2 else ""
     return f"[b]GPU{gpu.index}[/]{gauge}{amount}\n{details}{name}"
@@ -71,7 +71,7 @@ class HardwarePanel(Vertical):
             return
         if len(sample.gpus) != self._gpu_count:
             self._rebuild(sample)
-        width = max(self.content_region.width, 10)
+        width = self.content_region.width or 28  # before the first layout: the 80-column width
         for gpu in sample.gpus:
             self.query_one(f"#gpu-{gpu.index}", Static).update(gpu_text(gpu, width))
             spark = self.query_one(f"#vram-{gpu.index}", Sparkline)
@@ -86,6 +86,9 @@ class HardwarePanel(Vertical):
             spark = self.query_one("#ram-spark", Sparkline)
             spark.display = len(self.ram) > 1  # one reading draws a meaningless full bar
             spark.data = self.ram
+
+    def on_resize(self) -> None:
+        self.show()
 
     def _rebuild(self, sample: HardwareSample) -> None:
         self._gpu_count = len(sample.gpus)

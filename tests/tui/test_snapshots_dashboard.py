@@ -1,0 +1,33 @@
+"""Snapshots at 80×24 of the screens this package owns, from the same scenes as screenshots/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tui.screenshots import ask, chat_scene, dashboard_scene, export_scene, make_run_dir
+
+
+def test_dashboard_mid_run(snap_compare) -> None:
+    assert snap_compare(dashboard_scene(), terminal_size=(80, 24))
+
+
+def test_dashboard_on_a_gpu(snap_compare) -> None:
+    from tui.screenshots import demo_events
+
+    assert snap_compare(dashboard_scene(demo_events(gpus=1)), terminal_size=(80, 24))
+
+
+def test_chat_side_by_side(snap_compare) -> None:
+    assert snap_compare(chat_scene(), terminal_size=(80, 24), run_before=ask)
+
+
+def test_export(snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the scene shows a relative run path, the same on every box
+    make_run_dir(tmp_path)
+    assert snap_compare(export_scene(), terminal_size=(80, 24))
+
+
+def test_help(snap_compare) -> None:
+    assert snap_compare(dashboard_scene(), terminal_size=(80, 24), press=["question_mark"])

@@ -1,0 +1,142 @@
+"""Scenes of the home screen and the wizard at 80x24, shared by the snapshot tests and this script.
+
+``python -m tui.screenshots_wizard`` writes screenshots/{home,wizard-*,review}.svg and .png.
+The scenes use a fixed runs folder with made-up runs and no user presets, so they never change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.app import App
+from textual.screen import Screen
+
+from tui.screens.home import HomeScreen
+from tui.screens.wizard import step_screen
+from tui.wizard_state import WizardState
+
+SIZE = (80, 24)
+SCENE_ROOT = Path(tempfile.gettempdir()) / "finetty-scenes"
+FAKE_RUNS = (  # name, stamp, status
+    ("smollm2-demo", "20261127-101500", {"state": "finished", "step": 60, "total_steps": 60,
+     "best_loss": 0.1832, "elapsed_s": 312.0}),
+    ("qwen2.5-0.5b-lora", "20261127-093000", {"state": "failed", "step": 12, "total_steps": 400,
+     "best_loss": 1.9021, "elapsed_s": 95.0, "error": "CUDA out of memory"}),
+    ("smollm2-demo", "20261126-180000", {"state": "running", "pid": 2**22 + 7, "step": 23,
+     "total_steps": 60, "best_loss": 0.6120, "started": 1000.0, "updated": 1191.0}),
+    ("llama-3.1-8b-qlora-finetome", "20261126-120000", {"state": "stopped", "step": 200,
+     "total_steps": 625, "best_loss": 0.8714, "elapsed_s": 7380.0}),
+)  # fmt: skip
+
+
+def make_fake_runs(root: Path) -> Path:
+    """A runs folder with one run of each state (the running one's process is gone: "died")."""
+    runs = root / "runs"
+    for age, (name, stamp, status) in enumerate(FAKE_RUNS):
+        run_dir = runs / name / stamp
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "events.jsonl").write_text("", encoding="utf-8")
+        (run_dir / "status.json").write_text(json.dumps({"name": name, **status}), encoding="utf-8")
+        stamp_time = 1_800_000_000 - age * 3600  # newest first, whatever the clock says
+        os.utime(run_dir / "events.jsonl", (stamp_time, stamp_time))
+    return runs
+
+
+class SceneApp(App):
+    """A bare host app that shows one screen, like the oterm modal tests."""
+
+    def __init__(self, make_screen: Callable[[], Screen]) -> None:
+        super().__init__()
+        self.make_screen = make_screen
+        self.posted: list[object] = []
+
+    def on_mount(self) -> None:
+        self.push_screen(self.make_screen())
+
+    def on_home_screen_new_run(self, message: HomeScreen.NewRun) -> None:
+        self.posted.append(message)
+        self.push_screen(step_screen(0, WizardState()))
+
+    def on_home_screen_open_preset(self, message: HomeScreen.OpenPreset) -> None:
+        self.posted.append(message)
+        self.push_screen(step_screen(4, WizardState.from_file(message.path)))
+
+    def on_home_screen_open_run(self, message: HomeScreen.OpenRun) -> None:
+        self.posted.append(message)
+
+    def on_review_screen_launch(self, message: object) -> None:
+        self.posted.append(message)
+
+    def on_review_screen_probe(self, message: object) -> None:
+        self.posted.append(message)
+
+
+def isolate() -> Path:
+    """Fixed runs and (empty) user presets folders and a fixed GPU (an L4), so scenes look the
+    same on every box: the fit and the estimate otherwise depend on this machine's RAM."""
+    from engine.gpus import GPUS
+    from tui.screens import wizard_model
+
+    os.environ["FINETTY_PRESETS"] = str(SCENE_ROOT / "user-presets")
+    wizard_model.device_spec = lambda: GPUS["l4"]  # type: ignore[assignment]
+    return make_fake_runs(SCENE_ROOT)
+
+
+def scenes() -> dict[str, Callable[[], App]]:
+    runs = isolate()
+    demo = lambda: WizardState.from_file("smollm2-demo")
+    return {
+        "home": lambda: SceneApp(lambda: HomeScreen(runs)),
+        "wizard-model": lambda: SceneApp(lambda: step_screen(0, demo())),
+        "wizard-dataset": lambda: SceneApp(lambda: step_screen(1, demo())),
+        "wizard-method": lambda: SceneApp(lambda: step_screen(2, demo())),
+        "wizard-training": lambda: SceneApp(lambda: step_screen(3, demo())),
+        "review": lambda: SceneApp(lambda: step_screen(4, demo())),
+    }
+
+
+async def settle(app: App) -> None:
+    """Wait for the screen's workers (shape, estimate, tokenizer) and the repaint after them."""
+    for _ in range(3):
+        await app.workers.wait_for_complete()
+        await asyncio.sleep(0.05)
+
+
+async def scroll_to(app: App, selector: str) -> None:
+    app.screen.query_one(selector).scroll_visible(animate=False, top=True)
+    await asyncio.sleep(0.05)
+
+
+SCROLL = {"wizard-dataset": "#dataset-preview"}
+
+
+async def capture(name: str, make: Callable[[], App], out: Path) -> None:
+    import cairosvg
+
+    app = make()
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app)
+        if name in SCROLL:
+            await scroll_to(app, SCROLL[name])
+        await pilot.pause()
+        svg = app.export_screenshot(title=f"finetty · {name}")
+    (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+    cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(out / f"{name}.png"))
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, make in scenes().items():
+        asyncio.run(capture(name, make, out))
+        print(out / f"{name}.svg")
+
+
+if __name__ == "__main__":
+    main()
