@@ -153,6 +153,17 @@ class StateChanged(Event):
 
 
 @dataclass(frozen=True)
+class Alarm(Event):
+    """A warning about the run's health (grad-norm spike, rising eval loss, throughput drop)."""
+
+    type: ClassVar[str] = "alarm"
+    kind: str
+    step: int
+    message: str
+    remedy: str
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     type: ClassVar[str] = "finished"
     status: str  # "finished" or "stopped"
@@ -185,6 +196,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         CheckpointSaved,
         LogLine,
         StateChanged,
+        Alarm,
         Finished,
         Failed,
     )

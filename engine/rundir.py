@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.errors import RunDirError
 from engine.events import (
+    Alarm,
     CheckpointSaved,
     Eval,
     Event,
@@ -165,6 +166,8 @@ def human_line(event: Event) -> str | None:
         return f"eval step {event.step} loss {event.loss:.4f} ppl {event.perplexity:.2f}"
     if isinstance(event, LogLine):
         return f"{event.level}: {event.text}" if event.level != "info" else event.text
+    if isinstance(event, Alarm):
+        return f"warning ({event.kind}): {event.message} Remedy: {event.remedy}"
     if isinstance(event, CheckpointSaved):
         return f"checkpoint ({event.reason}) step {event.step}: {event.path}"
     if isinstance(event, StateChanged):

@@ -20,6 +20,7 @@ from engine import checkpoint as ckpt
 from engine.control import RunControl
 from engine.errors import OutOfMemoryError, TrainingError
 from engine.events import CheckpointSaved, Eval, EventSink, LogLine, StateChanged, Step
+from engine.health import HealthMonitor
 from engine.loss import supports_chunked_loss
 
 IGNORE = -100
@@ -228,6 +229,7 @@ class Trainer:
             import torch
 
             self.scaler = torch.amp.GradScaler(settings.device)
+        self.health = HealthMonitor()
         self.state = ckpt.TrainerState(
             step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
         )
@@ -273,6 +275,9 @@ class Trainer:
                 status = "stopped"
                 break
             step_start = time.perf_counter()
+            if window_tokens == 0:
+                # Throughput counts training time only: not evals, checkpoints or pauses between steps.
+                window_start = step_start
             micro = self._take_step_batches(stream)
             n_trained = sum(trained_token_count(mb) for _, _, _, mb in micro)
             loss_sum = torch.zeros((), device=s.device)
@@ -333,6 +338,9 @@ class Trainer:
                         eta_s=mean_step * (self.total_steps - state.step),
                     )
                 )
+                throughput = window_tokens / max(elapsed_window, 1e-9)
+                for alarm in self.health.on_step(state.step, grad_norm, throughput):
+                    self.sink.emit(alarm)
                 window_loss, window_tokens, window_samples, window_start = (
                     0.0,
                     0,
@@ -391,6 +399,8 @@ class Trainer:
         self.sink.emit(StateChanged(state="evaluating"))
         loss = evaluate_loss(self.model, self.val, self.s)
         self.sink.emit(Eval(step=self.state.step, loss=loss, perplexity=math.exp(min(loss, 50.0))))
+        for alarm in self.health.on_eval(self.state.step, loss):
+            self.sink.emit(alarm)
         self.sink.emit(StateChanged(state="training"))
         return loss
 

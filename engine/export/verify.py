@@ -48,10 +48,13 @@ class LogitCheck:
     top1_agreement: float
     greedy_equal: bool
     passed: bool
+    near_tie_flips: int = 0  # continuation flips where the reference's top-2 margin <= 2 max|Δ|
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
         greedy = "same greedy continuation" if self.greedy_equal else "greedy continuation differs"
+        if self.near_tie_flips:
+            greedy += f" only at {self.near_tie_flips} near-tie(s)"
         return (
             f"{self.what}: {verdict}, max |Δlogit| {self.max_abs:.4f} (tolerance {self.tolerance}), "
             f"top-1 agreement {self.top1_agreement:.1%}, {greedy}"
@@ -104,19 +107,25 @@ def build_reference(model: Any, tokenizer: Any) -> Reference:
 def compare(
     model: Any, ref: Reference, what: str, key: str, strict_greedy: bool = True
 ) -> LogitCheck:
-    diffs, agree, total, greedy = [], 0, 0, True
+    diffs, agree, total, margins = [], 0, 0, []
     for ids, start, expected in zip(ref.ids, ref.prompt_lengths, ref.logits, strict=True):
         got = _logits(model, ids)
         diffs.append((got - expected).abs().max().item())
         agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
         total += got.shape[0]
         # Teacher-forced: position i predicts token i + 1 of the reference continuation.
-        predicted = got[start - 1 : ids.shape[1] - 1].argmax(-1)
-        greedy &= bool((predicted == ids[0, start:]).all())
+        window = slice(start - 1, ids.shape[1] - 1)
+        flipped = got[window].argmax(-1) != ids[0, start:]
+        top2 = expected[window].topk(2, dim=-1).values
+        margins += (top2[:, 0] - top2[:, 1])[flipped].tolist()
     tolerance = TOLERANCES[key]
     max_abs, share = max(diffs), agree / max(total, 1)
-    ok = max_abs <= tolerance and (greedy if strict_greedy else share >= Q8_0_MIN_AGREEMENT)
-    return LogitCheck(what, max_abs, tolerance, share, greedy, ok)
+    # Logits that each move by at most d can swap the top two only where they were within 2d:
+    # such near-ties (common in random test models) may flip; any other flip is a real error.
+    explained = all(margin <= 2 * max_abs for margin in margins)
+    greedy_ok = explained if strict_greedy else share >= Q8_0_MIN_AGREEMENT
+    ok = max_abs <= tolerance and greedy_ok
+    return LogitCheck(what, max_abs, tolerance, share, not margins, ok, len(margins) * explained)
 
 
 def require(check: LogitCheck) -> str:

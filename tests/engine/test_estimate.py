@@ -221,7 +221,9 @@ def test_cpu_run_is_sized_in_ram() -> None:
 
 # Peak torch.cuda.max_memory_allocated (GiB) of finetty's engine (bench/gpu_throughput.py),
 # random weights; filled from the device session recorded in bench/RESULTS.md.
-MEASURED: list[tuple[str, str, int, int, bool, int, float]] = [  # model, method, micro, seq, gc, accum, GiB
+MEASURED: list[
+    tuple[str, str, int, int, bool, int, float]
+] = [  # model, method, micro, seq, gc, accum, GiB
 ]
 
 

@@ -113,7 +113,7 @@ def test_modelfile_templates(template: str, family: str, marker: str) -> None:
     text = ollama.modelfile_text("m.gguf", template, parameters={"temperature": 0.2})
     assert "FROM ./m.gguf" in text and marker in text and "PARAMETER temperature 0.2" in text
     assert text.count('PARAMETER stop "') == 2
-    assert "TEMPLATE" not in ollama.modelfile_text("m.gguf", "{{ messages }}")
+    assert "\nTEMPLATE" not in ollama.modelfile_text("m.gguf", "{{ messages }}")
 
 
 @pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-python is not installed")

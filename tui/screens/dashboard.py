@@ -197,6 +197,8 @@ class DashboardScreen(Screen[None]):
             self.state = event.state
         elif isinstance(event, CheckpointSaved) and event.reason == "requested":
             self.notify(f"Checkpoint saved at step {event.step}.")
+        elif event.type == "alarm":  # run-health warnings (grad spikes, rising eval loss)
+            self.notify(getattr(event, "message", ""), title="run health", severity="warning")
         elif isinstance(event, Finished):
             self.state = event.status
             self.notify(f"Run {event.status} at step {event.step}.", timeout=6)

@@ -42,7 +42,7 @@ class StepBar(Static):
             parts.append(f"[{style}] {index + 1} {name} [/]" if style else f" {index + 1} {name} ")
         # 56 cells of steps + the title must fit 80 columns: long preset names are cut.
         title = title if len(title) <= TITLE_WIDTH else title[: TITLE_WIDTH - 1] + "…"
-        super().__init__(f"[b]{escape(title)}[/b] " + "›".join(parts))
+        super().__init__(f"[b]{escape(title)}[/b]  " + "›".join(parts))
 
 
 class WizardStep(Screen):

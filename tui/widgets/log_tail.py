@@ -35,5 +35,6 @@ class LogTail(RichLog):
         line = human_line(event)
         if line is None:
             return
-        level = getattr(event, "level", "error" if event.type == "failed" else "info")
+        level = getattr(event, "level", {"failed": "error", "alarm": "warning"}.get(event.type))
+        level = level or "info"
         self.write_line(line, level=level, at=event.time)
