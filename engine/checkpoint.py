@@ -24,7 +24,7 @@ PREFIX = "checkpoint-"
 class TrainerState:
     step: int
     epoch: int  # the epoch in progress
-    batches_done_in_epoch: int  # micro-batches consumed from that epoch's order
+    examples_done_in_epoch: int  # examples consumed from that epoch's order
     tokens_seen: int
     elapsed_s: float
     best_loss: float | None = None

@@ -282,10 +282,13 @@ class Run:
         )
         self.model = model
         total, trainable = models.count_parameters(model)
+        auto_batch = p.training.per_device_train_batch_size == "auto"
+        micro_batch = (
+            self._auto_micro_batch() if auto_batch else int(p.training.per_device_train_batch_size)
+        )
         settings = TrainSettings(
-            micro_batch=p.training.per_device_train_batch_size
-            if isinstance(p.training.per_device_train_batch_size, int)
-            else 8,
+            micro_batch=micro_batch,
+            auto_batch=auto_batch,
             grad_accum=p.training.gradient_accumulation_steps,
             learning_rate=p.training.learning_rate,
             scheduler=p.training.lr_scheduler_type,
@@ -357,8 +360,10 @@ class Run:
         heldout = (
             builtin_data.generate("heldout") if builtin and p.training.eval_exact_match else []
         )
+        self.control.check_abort()
         if heldout and not self.resuming:
             self._exact_match(model, heldout, "before")
+        self.control.check_abort()
         self.sink.emit(StateChanged(state="training"))
         outcome = trainer.run()
         paths = {"run_dir": str(self.run_dir)}
@@ -367,6 +372,21 @@ class Run:
             if heldout:
                 self._exact_match(model, heldout, "after")
         return outcome, paths
+
+    def _auto_micro_batch(self) -> int:
+        """The estimator's largest micro-batch that fits this GPU; out-of-memory halves it later."""
+        from engine.estimate import recommend_micro_batch
+        from engine.gpus import detect_gpus, spec_for
+
+        detected = detect_gpus()
+        if not detected or self.preset.training.use_cpu:
+            return 8
+        recommended = recommend_micro_batch(self.preset, spec_for(detected[0]))
+        micro = recommended[0] if recommended else 1
+        self.sink.emit(
+            LogLine(level="info", text=f"per_device_train_batch_size auto: starting at {micro}.")
+        )
+        return micro
 
     def _exact_match(self, model: Any, heldout: list, stage: str) -> None:
         from engine.evaluate import exact_match

@@ -51,6 +51,7 @@ class TrainSettings:
     amp_dtype: Any = None  # autocast dtype when weights stay in fp32 (fp16 on old GPUs)
     use_grad_scaler: bool = False
     pad_token_id: int = 0
+    auto_batch: bool = False  # halve the micro-batch on out-of-memory, keeping the global batch
     chunked_loss: bool = True  # never materialise the full logits (same function, less memory)
 
 
@@ -67,8 +68,7 @@ class TrainOutcome:
 
 
 def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int) -> int:
-    micro_batches = math.ceil(num_examples / micro_batch)
-    return max(1, math.ceil(micro_batches / grad_accum))
+    return max(1, math.ceil(num_examples / (micro_batch * grad_accum)))
 
 
 def total_steps(num_examples: int, settings: TrainSettings) -> int:
@@ -229,9 +229,10 @@ class Trainer:
             import torch
 
             self.scaler = torch.amp.GradScaler(settings.device)
+        self.micro_batch, self.grad_accum = settings.micro_batch, settings.grad_accum
         self.health = HealthMonitor()
         self.state = ckpt.TrainerState(
-            step=0, epoch=0, batches_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
+            step=0, epoch=0, examples_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
         )
 
     def resume_from(self, path: Path) -> None:
@@ -243,31 +244,70 @@ class Trainer:
             scaler=self.scaler,
         )
 
-    def _micro_batches(self):
-        """Yield (epoch, micro-batch examples) forever from the saved position onward."""
-        s, state = self.s, self.state
-        epoch, skip = state.epoch, state.batches_done_in_epoch
-        while True:
-            order = epoch_order(len(self.train), s.seed, epoch)
-            starts = list(range(0, len(order), s.micro_batch))
-            for index, start in enumerate(starts[skip:], start=skip):
-                yield (
-                    epoch,
-                    index + 1,
-                    len(starts),
-                    [self.train[i] for i in order[start : start + s.micro_batch]],
-                )
-            epoch, skip = epoch + 1, 0
+    def _step_examples(self) -> tuple[int, int, int, list[Any]]:
+        """The examples of the next optimizer step: (epoch, done in epoch, epoch size, examples).
 
-    def run(self) -> TrainOutcome:
+        Positions count examples, not micro-batches, so that a smaller micro-batch after an
+        out-of-memory retry, or on resume, sees exactly the same data order.
+        """
+        state, size = self.state, len(self.train)
+        if state.examples_done_in_epoch >= size:
+            state.epoch, state.examples_done_in_epoch = state.epoch + 1, 0
+        order = epoch_order(size, self.s.seed, state.epoch)
+        start = state.examples_done_in_epoch
+        indices = order[start : start + self.micro_batch * self.grad_accum]
+        return state.epoch, start + len(indices), size, [self.train[i] for i in indices]
+
+    def _forward_backward(self, examples: list[Any]) -> tuple[Any, int, float | None]:
+        """Loss sum, tokens and grad norm of one optimizer step over ``examples``.
+
+        With an automatic micro-batch, running out of memory halves the micro-batch and doubles
+        the accumulation, then retries the same step: the global batch and the data stay the same.
+        """
         import torch
 
+        while True:
+            try:
+                return self._try_step(examples)
+            except torch.OutOfMemoryError as exc:
+                self.optimizer.zero_grad(set_to_none=True)
+                if not self.s.auto_batch or self.micro_batch == 1:
+                    raise _oom_error(exc, self.s, self.micro_batch) from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.micro_batch //= 2
+                self.grad_accum *= 2
+                self.sink.emit(
+                    LogLine(
+                        level="warning",
+                        text=f"Out of memory at micro-batch {self.micro_batch * 2}: retrying the step with "
+                        f"micro-batch {self.micro_batch} x {self.grad_accum} accumulation (same global batch).",
+                    )
+                )
+
+    def _try_step(self, examples: list[Any]) -> tuple[Any, int, float | None]:
+        import torch
+
+        s = self.s
+        n_trained = trained_token_count(examples)
+        loss_sum = torch.zeros((), device=s.device)
+        for start in range(0, len(examples), self.micro_batch):
+            self.control.check_abort()
+            chunk = examples[start : start + self.micro_batch]
+            batch = collate(chunk, s.pad_token_id, s.device)
+            micro_loss = batch_loss_sum(self.model, batch, s.amp_dtype, s.device, self.chunked_loss)
+            scaled = micro_loss / max(n_trained, 1)
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += micro_loss.detach()
+        grad_norm = self._optimizer_step()
+        return loss_sum / max(n_trained, 1), n_trained, grad_norm
+
+    def run(self) -> TrainOutcome:
         s, state = self.s, self.state
         self.model.train()
-        stream = self._micro_batches()
         status = "finished"
         started = time.perf_counter() - state.elapsed_s
-        window_loss, window_tokens, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+        window = _Window()
         final_loss = eval_loss = None
         recent_step_times: list[float] = []
         while state.step < self.total_steps:
@@ -275,108 +315,67 @@ class Trainer:
                 status = "stopped"
                 break
             step_start = time.perf_counter()
-            if window_tokens == 0:
+            if window.tokens == 0:
                 # Throughput counts training time only: not evals, checkpoints or pauses between steps.
-                window_start = step_start
-            micro = self._take_step_batches(stream)
-            n_trained = sum(trained_token_count(mb) for _, _, _, mb in micro)
-            loss_sum = torch.zeros((), device=s.device)
-            tokens = samples = 0
-            try:
-                for _, _, _, examples in micro:
-                    self.control.check_abort()
-                    batch = collate(examples, s.pad_token_id, s.device)
-                    micro_loss = batch_loss_sum(
-                        self.model, batch, s.amp_dtype, s.device, self.chunked_loss
-                    )
-                    scaled = micro_loss / max(n_trained, 1)
-                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    loss_sum += micro_loss.detach()
-                    tokens += sum(len(ex.input_ids) for ex in examples)
-                    samples += len(examples)
-                grad_norm = self._optimizer_step()
-            except torch.OutOfMemoryError as exc:
-                raise _oom_error(exc, s) from None
-            epoch, done, per_epoch, _ = micro[-1]
+                window.start = step_start
+            epoch, done, size, examples = self._step_examples()
+            loss, n_trained, grad_norm = self._forward_backward(examples)
             state.step += 1
-            state.epoch, state.batches_done_in_epoch = (
-                (epoch + 1, 0) if done == per_epoch else (epoch, done)
-            )
+            state.epoch, state.examples_done_in_epoch = epoch, done
+            tokens = sum(len(ex.input_ids) for ex in examples)
             state.tokens_seen += tokens
-            window_loss += float(loss_sum) / max(n_trained, 1)
-            window_tokens += tokens
-            window_samples += samples
-            recent_step_times = ([*recent_step_times, time.perf_counter() - step_start])[-20:]
+            window.add(float(loss), tokens, len(examples))
+            recent_step_times = [*recent_step_times, time.perf_counter() - step_start][-20:]
             if state.step % s.logging_steps == 0 or state.step == self.total_steps:
-                logged_steps = (state.step - 1) % s.logging_steps + 1
-                final_loss = window_loss / logged_steps
-                if not math.isfinite(final_loss):
-                    raise TrainingError(
-                        f"The loss became {final_loss} at step {state.step}; the run was stopped.",
-                        hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
-                        "The last good checkpoint is kept.",
-                    )
+                final_loss = window.loss
+                self._check_finite(final_loss)
                 state.best_loss = (
                     final_loss if state.best_loss is None else min(state.best_loss, final_loss)
                 )
-                elapsed_window = time.perf_counter() - window_start
+                elapsed = time.perf_counter() - window.start
+                throughput = window.tokens / max(elapsed, 1e-9)
                 mean_step = sum(recent_step_times) / len(recent_step_times)
                 self.sink.emit(
                     Step(
                         step=state.step,
                         total_steps=self.total_steps,
-                        epoch=state.epoch + state.batches_done_in_epoch / max(per_epoch, 1),
+                        epoch=epoch + done / max(size, 1),
                         loss=final_loss,
                         learning_rate=self.scheduler.get_last_lr()[0],
                         grad_norm=grad_norm,
-                        tokens_per_s=window_tokens / max(elapsed_window, 1e-9),
-                        samples_per_s=window_samples / max(elapsed_window, 1e-9),
-                        step_time_s=elapsed_window / logged_steps,
-                        tokens=window_tokens,
+                        tokens_per_s=throughput,
+                        samples_per_s=window.samples / max(elapsed, 1e-9),
+                        step_time_s=elapsed / window.steps,
+                        tokens=window.tokens,
                         trained_tokens=n_trained,
                         elapsed_s=time.perf_counter() - started,
                         eta_s=mean_step * (self.total_steps - state.step),
                     )
                 )
-                throughput = window_tokens / max(elapsed_window, 1e-9)
                 for alarm in self.health.on_step(state.step, grad_norm, throughput):
                     self.sink.emit(alarm)
-                window_loss, window_tokens, window_samples, window_start = (
-                    0.0,
-                    0,
-                    0,
-                    time.perf_counter(),
-                )
+                window = _Window()
             state.elapsed_s = time.perf_counter() - started
-            if (
-                s.eval_steps
-                and self.val
-                and state.step % s.eval_steps == 0
-                and state.step < self.total_steps
-            ):
+            more = state.step < self.total_steps
+            if s.eval_steps and self.val and state.step % s.eval_steps == 0 and more:
                 eval_loss = self._evaluate()
-            if s.save_steps and state.step % s.save_steps == 0 and state.step < self.total_steps:
+            if s.save_steps and state.step % s.save_steps == 0 and more:
                 self.save("periodic")
         if self.val and state.step > 0:
             eval_loss = self._evaluate()
         state.elapsed_s = time.perf_counter() - started
         return TrainOutcome(
-            status,
-            state.step,
-            self.total_steps,
-            final_loss,
-            state.best_loss,
-            eval_loss,
-            state.elapsed_s,
+            status, state.step, self.total_steps, final_loss, state.best_loss, eval_loss, state.elapsed_s,
             state.tokens_seen,
-        )
+        )  # fmt: skip
 
-    def _take_step_batches(self, stream) -> list:
-        """The micro-batches of one optimizer step; an epoch's last step may have fewer."""
-        micro = [next(stream)]
-        while len(micro) < self.s.grad_accum and micro[-1][1] != micro[-1][2]:
-            micro.append(next(stream))
-        return micro
+    def _check_finite(self, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise TrainingError(
+                f"The loss became {loss} at step {self.state.step}; the run was stopped.",
+                hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
+                "The last good checkpoint is kept.",
+            )
 
     def _optimizer_step(self) -> float | None:
         import torch
@@ -397,7 +396,16 @@ class Trainer:
 
     def _evaluate(self) -> float:
         self.sink.emit(StateChanged(state="evaluating"))
-        loss = evaluate_loss(self.model, self.val, self.s)
+        import torch
+
+        try:
+            loss = evaluate_loss(self.model, self.val, self.s)
+        except torch.OutOfMemoryError as exc:
+            raise OutOfMemoryError(
+                f"Out of memory while evaluating (per_device_eval_batch_size {self.s.eval_batch}): "
+                f"{str(exc).splitlines()[0]}",
+                hint="Lower training.per_device_eval_batch_size, or model.max_seq_length.",
+            ) from None
         self.sink.emit(Eval(step=self.state.step, loss=loss, perplexity=math.exp(min(loss, 50.0))))
         for alarm in self.health.on_eval(self.state.step, loss):
             self.sink.emit(alarm)
@@ -457,11 +465,32 @@ class Trainer:
         return path
 
 
-def _oom_error(exc: Exception, settings: TrainSettings) -> OutOfMemoryError:
+@dataclass
+class _Window:
+    """Steps accumulated since the last Step event (logging_steps of them)."""
+
+    loss_sum: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    steps: int = 0
+    start: float = 0.0
+
+    def add(self, loss: float, tokens: int, samples: int) -> None:
+        self.loss_sum += loss
+        self.tokens += tokens
+        self.samples += samples
+        self.steps += 1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+
+def _oom_error(exc: Exception, settings: TrainSettings, micro_batch: int) -> OutOfMemoryError:
     first = str(exc).splitlines()[0] if str(exc) else "out of memory"
     return OutOfMemoryError(
         f"The {settings.device.upper()} ran out of memory during a training step "
-        f"(micro-batch {settings.micro_batch}): {first}",
+        f"(micro-batch {micro_batch}): {first}",
         hint="Lower training.per_device_train_batch_size (raise gradient_accumulation_steps to keep the global "
         "batch), turn on training.gradient_checkpointing, use method: qlora, or lower model.max_seq_length.",
     )

@@ -13,7 +13,10 @@ from pathlib import Path
 from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, FinettyError
 
 EPILOG = """examples:
+  finetty                                 the TUI: recent runs, presets, new-run wizard
+  finetty my.yaml                         the TUI, on the review screen of that preset
   finetty train smollm2-demo              fine-tune the embedded model on the built-in dataset (CPU)
+  finetty watch latest                    live dashboard of a run started elsewhere
   finetty train my.yaml --set training.learning_rate=1e-4
   finetty train --resume latest           continue the newest run from its last checkpoint
   finetty runs                            list runs with status, best loss and duration
@@ -58,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--run-dir", metavar="DIR", help="root folder for runs (default ./runs or $FINETTY_RUNS)"
     )
 
+    watch = sub.add_parser("watch", help="live dashboard of a run started elsewhere")
+    watch.add_argument("run", metavar="RUN_DIR|latest", help="a run directory, or `latest`")
+    watch.add_argument("--run-dir", metavar="DIR", help="root folder for runs (for `latest`)")
+
     sub.add_parser("presets", help="list bundled and user presets")
 
     runs = sub.add_parser("runs", help="list runs with status, best loss and duration")
@@ -96,8 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interactive() -> bool:
+    """The TUI needs a terminal on both ends; pipes, nohup and CI get the headless paths."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        # `finetty PRESET.yaml`: the TUI, straight to the review screen of that preset.
+        from tui.app import run_tui
+
+        return run_tui(runs_root=None, start_screen="review", preset_path=argv[0])
     args = parser.parse_args(argv)
     if args.version:
         from engine import __version__
@@ -105,11 +123,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetty {__version__}")
         return 0
     if args.command is None:
-        parser.print_help()
-        return 0
+        if not interactive():
+            parser.print_help()
+            return 0
+        from engine import rundir
+        from tui.app import run_tui
+
+        return run_tui(runs_root=rundir.runs_root())
     try:
         handler = {
             "train": cmd_train,
+            "watch": cmd_watch,
             "presets": cmd_presets,
             "runs": cmd_runs,
             "estimate": cmd_estimate,
@@ -165,7 +189,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
+    if not args.no_tui and not args.json and interactive():
+        from tui.app import run_tui
+
+        return run_tui(preset, runs_root=root, resume_dir=resume_dir)
     return run_headless(preset, root=root, resume_dir=resume_dir, json_mode=args.json)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from engine import rundir
+    from tui.app import run_tui
+
+    root = rundir.runs_root(args.run_dir)
+    return run_tui(runs_root=root, watch_dir=rundir.resolve_run(args.run, root))
 
 
 def quiet_libraries() -> None:

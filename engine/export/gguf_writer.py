@@ -269,7 +269,7 @@ def vocab_kind(model_dir: Path) -> str | None:
     kinds = [p.get("type") for p in parts]
     regexes = [p.get("pattern", {}).get("Regex", "") for p in parts if p.get("type") == "Split"]
     if kinds == ["ByteLevel"]:
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's spelling
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
         return "smollm"
     if any("\\p{N}{1,3}" in r for r in regexes):

@@ -51,7 +51,9 @@ class PoisonAfter(RecordingSink):
                         param.fill_(float("nan"))
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(make_preset, tmp_path: Path) -> None:
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    make_preset, tmp_path: Path
+) -> None:
     sink = PoisonAfter(3)
     run = Run(make_preset(save_steps=3, max_steps=6), sink, runs_root=tmp_path)
     sink.run = run
