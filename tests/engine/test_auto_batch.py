@@ -53,7 +53,7 @@ def test_oom_without_auto_fails_with_the_fixes(make_preset, tmp_path: Path, monk
     sink = RecordingSink()
     result = Run(make_preset(), sink, runs_root=tmp_path).execute()
     assert result.status == "failed" and result.exit_code == 1
-    failed = [e for e in sink.events if type(e).__name__ == "Failed"][0]
+    failed = next(e for e in sink.events if type(e).__name__ == "Failed")
     assert failed.kind == "out_of_memory" and "micro-batch 4" in failed.message
     for fix in ("per_device_train_batch_size", "gradient_checkpointing", "qlora", "max_seq_length"):
         assert fix in failed.hint
