@@ -174,7 +174,7 @@ def test_k_quant_without_llama_cpp_says_how_to_get_it(
         "find_spec",
         lambda name, *a: None if name == "llama_cpp" else real_find_spec(name, *a),
     )
-    with pytest.raises(ExportError, match="needs llama.cpp's quantizer") as caught:
+    with pytest.raises(ExportError, match=r"needs llama\.cpp's quantizer") as caught:
         export_run(tiny_run, ["gguf"], quants=["q8_0", "q4_k_m"], out=tmp_path / "out")
     assert "pip install llama-cpp-python" in (caught.value.hint or "")
     assert not (tmp_path / "out").exists()  # refused before any work

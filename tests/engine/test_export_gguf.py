@@ -81,9 +81,11 @@ def test_embedded_gguf_f16_and_q8_0_round_trip(embedded_export) -> None:
     f16, q8 = ggufs["smol-f16.gguf"], ggufs["smol-q8_0.gguf"]
     assert 250e6 < f16.size < 290e6 and 130e6 < q8.size < 160e6
     assert "same greedy continuation" in f16.checks[0] and "ok" in f16.checks[0]
-    assert "same greedy continuation" in q8.checks[0] and "ok" in q8.checks[0]
+    # Q8_0 moves logits by up to ~2 here, so a near-tie in the continuation may flip (stated rule).
+    assert ": ok," in q8.checks[0] and "greedy continuation" in q8.checks[0]
     if HAS_LLAMA_CPP:
         assert any(check.startswith("llama.cpp: loads") for check in f16.checks)
+    print("\n".join(check for item in embedded_export.items for check in item.checks))
     leftovers = [p for p in f16.path.parent.iterdir() if p.name.startswith(".")]
     assert leftovers == []
 

@@ -96,6 +96,7 @@ class DashboardScreen(Screen[None]):
         self.quitting = False
         self.chat_gate: threading.Event | None = None
         self.resume_after_chat = False
+        self._bindings_state: tuple[bool, bool] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -165,7 +166,11 @@ class DashboardScreen(Screen[None]):
         self._paint_results()
         if self.chat_gate is not None and self.state in MODEL_FREE:
             self.chat_gate.set()
-        self.refresh_bindings()
+        # The footer rebuilds all its keys on refresh_bindings: only when their state can change.
+        enabled = (self.control is not None, self.terminal)
+        if enabled != self._bindings_state:
+            self._bindings_state = enabled
+            self.refresh_bindings()
         if self.terminal and self.quitting:
             self.app.exit()
         elif self.failure is not None and any(isinstance(e, Failed) for e in events):

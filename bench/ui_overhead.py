@@ -1,0 +1,157 @@
+"""Does the dashboard slow training? tokens/s of the same run headless and with the dashboard open.
+
+    python bench/ui_overhead.py [--preset smollm2-demo] [--steps 12] [--rounds 1]
+
+Each round trains the same preset twice, with the same seed, in this process:
+- headless: a ``Run`` with the console reporter in plain mode (what ``--no-tui`` does off a TTY);
+- dashboard: ``FinettyApp`` driven by ``App.run_test()`` (headless driver, so no terminal is
+  needed; the screen is still laid out and rendered, only the terminal write is skipped).
+The order alternates between rounds. tokens/s is the median of the Step events after the first,
+read back from each run's events.jsonl. Prints one JSON line: tokens/s of each, the ratio
+(dashboard / headless, 1.0 = no cost) and the machine load, since other work on the same cores
+moves CPU figures far more than the UI does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def steps_of(run_dir: Path) -> list[dict]:
+    with open(run_dir / "events.jsonl", encoding="utf-8") as handle:
+        events = [json.loads(line) for line in handle if line.strip()]
+    return [event for event in events if event["type"] == "step"]
+
+
+def figures(run_dir: Path) -> dict:
+    steps = steps_of(run_dir)[1:]  # the first step pays for lazy initialisation
+    if not steps:
+        raise SystemExit(f"no steps recorded in {run_dir}")
+    return {
+        "tokens_per_s": statistics.median(s["tokens_per_s"] for s in steps),
+        "step_s": statistics.median(s["step_time_s"] for s in steps),
+        "steps": len(steps),
+    }
+
+
+def headless(preset, root: Path) -> Path:
+    """What `finetty train --no-tui` does with stderr off a TTY: plain lines, joined at 0.2 s."""
+    from engine.run import Run
+    from tui.console import ConsoleReporter
+
+    reporter = ConsoleReporter(live=False, stdout=io.StringIO())
+    reporter.err.file = io.StringIO()  # the plain lines are rendered, then thrown away
+    run = Run(preset, reporter, runs_root=root)
+    with reporter:
+        run.start()
+        while run.alive:
+            run.join(timeout=0.2)
+    if run.result is None or run.result.status != "finished":
+        raise SystemExit(f"headless run failed: {run.result and run.result.error}")
+    return run.run_dir
+
+
+async def dashboard(preset, root: Path) -> Path:
+    """The TUI's own path: FinettyApp pushes the dashboard and starts the Run on a worker."""
+    from tui.app import FinettyApp
+
+    app = FinettyApp(preset, runs_root=root)
+    async with app.run_test(size=(80, 24)) as pilot:
+        while app.run_handle is None and app.launch_error is None:
+            await pilot.pause(0.1)
+        run = app.run_handle
+        if run is None:
+            raise SystemExit(f"dashboard run failed to start: {app.launch_error}")
+        while run.alive:
+            await pilot.pause(0.2)
+        await pilot.pause(0.3)  # let the last drain paint
+    if run.result is None or run.result.status != "finished":
+        raise SystemExit(f"dashboard run failed: {run.result and run.result.error}")
+    return run.run_dir
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", default="smollm2-demo")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=1)
+    args = parser.parse_args()
+
+    from tui.cli import quiet_libraries
+
+    quiet_libraries()
+    from engine.presets import load_preset
+
+    overrides = [
+        f"training.max_steps={args.steps}",
+        "training.eval_exact_match=false",
+        "training.save_steps=0",
+    ]
+    preset, _ = load_preset(args.preset, overrides)
+    load_before = os.getloadavg()
+    started = time.time()
+    results: dict[str, list[dict]] = {"headless": [], "dashboard": []}
+    with tempfile.TemporaryDirectory(prefix="finetty-ui-overhead-") as tmp:
+        for round_ in range(args.rounds):
+            order = ("headless", "dashboard") if round_ % 2 == 0 else ("dashboard", "headless")
+            for mode in order:
+                root = Path(tmp) / f"{mode}-{round_}"
+                if mode == "headless":
+                    run_dir = headless(preset, root)
+                else:
+                    run_dir = asyncio.run(dashboard(preset, root))
+                results[mode].append(figures(run_dir))
+                gc.collect()
+    load_after = os.getloadavg()
+    head = statistics.median(r["tokens_per_s"] for r in results["headless"])
+    dash = statistics.median(r["tokens_per_s"] for r in results["dashboard"])
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+    ).stdout.strip()
+    print(
+        json.dumps(
+            {
+                "bench": "ui_overhead",
+                "preset": args.preset,
+                "steps": args.steps,
+                "rounds": args.rounds,
+                "headless_tokens_per_s": round(head, 1),
+                "dashboard_tokens_per_s": round(dash, 1),
+                "ratio": round(dash / head, 4),
+                "headless_runs": [round(r["tokens_per_s"], 1) for r in results["headless"]],
+                "dashboard_runs": [round(r["tokens_per_s"], 1) for r in results["dashboard"]],
+                "headless_step_s": round(
+                    statistics.median(r["step_s"] for r in results["headless"]), 3
+                ),
+                "dashboard_step_s": round(
+                    statistics.median(r["step_s"] for r in results["dashboard"]), 3
+                ),
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in load_after],
+                "cores": os.cpu_count(),
+                "wall_s": round(time.time() - started, 1),
+                "commit": commit,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
