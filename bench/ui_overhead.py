@@ -38,6 +38,14 @@ def steps_of(run_dir: Path) -> list[dict]:
     return [event for event in events if event["type"] == "step"]
 
 
+def steps_of_file(run_dir: Path) -> bool:
+    """Whether training has started (a first step is in events.jsonl)."""
+    try:
+        return '"type":"step"' in (run_dir / "events.jsonl").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
 def figures(run_dir: Path) -> dict:
     steps = steps_of(run_dir)[1:]  # the first step pays for lazy initialisation
     if not steps:
@@ -66,8 +74,12 @@ def headless(preset, root: Path) -> Path:
     return run.run_dir
 
 
-async def dashboard(preset, root: Path) -> Path:
-    """The TUI's own path: FinettyApp pushes the dashboard and starts the Run on a worker."""
+async def dashboard(preset, root: Path, cpu: dict) -> Path:
+    """The TUI's own path: FinettyApp pushes the dashboard and starts the Run on a worker.
+
+    ``cpu`` receives the CPU seconds of the UI's thread (this one: the event loop) and of the
+    whole process while the run trained: a load-independent view of what the UI costs.
+    """
     from tui.app import FinettyApp
 
     app = FinettyApp(preset, runs_root=root)
@@ -77,8 +89,13 @@ async def dashboard(preset, root: Path) -> Path:
         run = app.run_handle
         if run is None:
             raise SystemExit(f"dashboard run failed to start: {app.launch_error}")
+        while run.alive and not steps_of_file(run.run_dir):
+            await pilot.pause(0.2)
+        ui0, all0 = time.thread_time(), time.process_time()
         while run.alive:
             await pilot.pause(0.2)
+        cpu["ui_thread_s"] = time.thread_time() - ui0
+        cpu["process_s"] = time.process_time() - all0
         await pilot.pause(0.3)  # let the last drain paint
     if run.result is None or run.result.status != "finished":
         raise SystemExit(f"dashboard run failed: {run.result and run.result.error}")
@@ -108,6 +125,7 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.time()
     results: dict[str, list[dict]] = {"headless": [], "dashboard": []}
+    cpu: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="finetty-ui-overhead-") as tmp:
         for round_ in range(args.rounds):
             order = ("headless", "dashboard") if round_ % 2 == 0 else ("dashboard", "headless")
@@ -116,7 +134,7 @@ def main() -> None:
                 if mode == "headless":
                     run_dir = headless(preset, root)
                 else:
-                    run_dir = asyncio.run(dashboard(preset, root))
+                    run_dir = asyncio.run(dashboard(preset, root, cpu))
                 results[mode].append(figures(run_dir))
                 gc.collect()
     load_after = os.getloadavg()
@@ -142,6 +160,11 @@ def main() -> None:
                 ),
                 "dashboard_step_s": round(
                     statistics.median(r["step_s"] for r in results["dashboard"]), 3
+                ),
+                "ui_thread_cpu_s": round(cpu.get("ui_thread_s", 0.0), 3),
+                "process_cpu_s": round(cpu.get("process_s", 0.0), 1),
+                "ui_cpu_share": round(
+                    cpu.get("ui_thread_s", 0.0) / max(cpu.get("process_s", 0.0), 1e-9), 4
                 ),
                 "loadavg_before": [round(x, 2) for x in load_before],
                 "loadavg_after": [round(x, 2) for x in load_after],

@@ -101,8 +101,10 @@ class FinettyApp(App[None]):
     def on_review_screen_launch(self, message: Any) -> None:
         self.launch_run(message.preset)
 
-    def on_review_screen_probe(self) -> None:
-        self.notify("Probing a preset is not available yet.", severity="warning")
+    def on_review_screen_probe(self, message: Any) -> None:
+        screen = self.screen
+        if hasattr(screen, "start_probe"):  # the review screen runs it and shows the figures
+            screen.start_probe(message.preset, self.runs_root)
 
     # -- modes ---------------------------------------------------------------------------------
     def launch_run(self, preset: Preset | str | None, *, resume_dir: Path | None = None) -> None:

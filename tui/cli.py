@@ -20,7 +20,8 @@ EPILOG = """examples:
   finetty train my.yaml --set training.learning_rate=1e-4
   finetty train --resume latest           continue the newest run from its last checkpoint
   finetty runs                            list runs with status, best loss and duration
-  finetty chat runs/smollm2-demo/latest   talk to a trained run
+  finetty chat latest                     talk to the newest run
+  finetty export latest --format gguf --quant q8_0 --ollama
 """
 
 
@@ -59,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--run-dir", metavar="DIR", help="root folder for runs (default ./runs or $FINETTY_RUNS)"
+    )
+    train.add_argument(
+        "--probe",
+        action="store_true",
+        help="run a few real steps, then print measured vs estimated memory, speed and ETA",
+    )
+    train.add_argument(
+        "--probe-steps", type=int, default=4, metavar="N", help="steps the probe runs (default 4)"
+    )
+    train.add_argument(
+        "--price", type=float, metavar="USD", help="hourly price, for the probe's cost figure"
     )
 
     watch = sub.add_parser("watch", help="live dashboard of a run started elsewhere")
@@ -100,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--max-new-tokens", type=int, default=256)
     chat.add_argument("--run-dir", metavar="DIR", help="root folder for runs (for `latest`)")
+    from tui.export_cmd import add_export_parser  # light: argparse/json/time only
+
+    add_export_parser(sub)
     return parser
 
 
@@ -139,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             "estimate": cmd_estimate,
             "doctor": cmd_doctor,
             "chat": cmd_chat,
+            "export": cmd_export,
         }[args.command]
         return handler(args)
     except FinettyError as error:
@@ -188,6 +204,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
+        )
+    if args.probe:
+        if resume_dir is not None:
+            raise ConfigError("--probe cannot be combined with --resume.")
+        return run_probe(
+            preset, root=root, steps=args.probe_steps, price=args.price, json_mode=args.json
         )
     if not args.no_tui and not args.json and interactive():
         from tui.app import run_tui
@@ -254,6 +276,24 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
     if not json_mode:
         reporter.err.print(f"run directory: {result.run_dir}")
     return result.exit_code
+
+
+def run_probe(preset, *, root: Path, steps: int, price: float | None, json_mode: bool) -> int:
+    """`finetty train PRESET --probe`: progress on stderr, the comparison (or JSON) on stdout."""
+    quiet_libraries()
+    from dataclasses import asdict
+
+    from engine.probe import format_probe, probe
+
+    def progress(text: str) -> None:
+        print(f"probe: {text}", file=sys.stderr, flush=True)
+
+    result = probe(preset, steps, root, hourly_price=price, progress=progress)
+    if json_mode:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(format_probe(result))
+    return 0
 
 
 # -- listings ------------------------------------------------------------------------------------
@@ -352,6 +392,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from tui.repl import chat_repl
 
     return chat_repl(args)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tui.export_cmd import cmd_export as run_export
+
+    return run_export(args)
 
 
 def entry() -> None:

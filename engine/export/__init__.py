@@ -78,7 +78,15 @@ def export_run(
                           hint="Use --format merged or --format gguf for this run.")  # fmt: skip
     quantizer = None
     if quants:
-        gguf_writer.check_architecture(_model_config(info))
+        model_type = gguf_writer.check_architecture(_model_config(info))
+        if gguf_writer.ARCHITECTURES[model_type][0] not in verify.TRANSFORMERS_READS and not (
+            verify.llama_cpp_available()
+        ):
+            raise ExportError(
+                f"A {model_type} GGUF can only be verified in llama.cpp (transformers cannot read "
+                "it back), and llama-cpp-python is not installed.",
+                hint="pip install llama-cpp-python (builds llama.cpp, ~7 min on 2 cores).",
+            )
         gguf_writer.vocab_kind(info.final)
         if any(q in llama_cpp.LLAMA_QUANTS for q in quants):
             quantizer = llama_cpp.find_quantizer()
@@ -194,10 +202,11 @@ def _export_gguf(
             if quant in gguf_writer.GGUF_TYPES:
                 progress(f"GGUF {quant}: writing {target.name}", 0.0)
                 gguf_writer.write_gguf(plan, staging, quant, name=info.name, progress=progress)
-                progress(f"GGUF {quant}: verifying (transformers read-back)", None)
-                checks.append(
-                    verify.require(verify.verify_gguf_transformers(staging, reference, quant))
-                )
+                if plan.arch in verify.TRANSFORMERS_READS:
+                    progress(f"GGUF {quant}: verifying (transformers read-back)", None)
+                    checks.append(
+                        verify.require(verify.verify_gguf_transformers(staging, reference, quant))
+                    )
             else:
                 if f16_file is None:
                     f16_file = work / f"{info.name}-f16.gguf"

@@ -29,6 +29,8 @@ TOLERANCES = {
     "gguf-bf16": 1.5,
     "gguf-q8_0": 3.0,  # measured ~1.6 on SmolLM2-135M
 }
+# GGUF architectures transformers 5 can read back (it has no reader for gemma v1).
+TRANSFORMERS_READS = ("llama", "qwen2", "qwen3", "gemma2")
 # Q8_0 may flip near-ties, so it needs this share of top-1 agreement instead of exact greedy.
 Q8_0_MIN_AGREEMENT = 0.9
 

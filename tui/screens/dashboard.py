@@ -27,6 +27,7 @@ from engine.events import (
     Failed,
     Finished,
     HardwareSample,
+    LogLine,
     RunStarted,
     StateChanged,
     Step,
@@ -159,11 +160,19 @@ class DashboardScreen(Screen[None]):
         log = self.query_one(LogTail)
         for event in events:
             self.apply(event, chart, log)
-        chart.redraw()
-        self.query_one(ThroughputPanel).show(self.last_step)
-        self.query_one(HardwarePanel).show()
-        self._paint_header()
-        self._paint_results()
+        # Repaint only the panels these events touch: a hardware sample every 2 s must not
+        # re-plot the chart or re-lay out the header.
+        kinds = {type(event) for event in events}
+        if kinds & {Step, Eval}:
+            chart.redraw()
+        if Step in kinds:
+            self.query_one(ThroughputPanel).show(self.last_step)
+        if HardwareSample in kinds:
+            self.query_one(HardwarePanel).show()
+        if kinds - {HardwareSample, LogLine, Eval, CheckpointSaved}:
+            self._paint_header()
+        if ExactMatch in kinds:
+            self._paint_results()
         if self.chat_gate is not None and self.state in MODEL_FREE:
             self.chat_gate.set()
         # The footer rebuilds all its keys on refresh_bindings: only when their state can change.
@@ -229,7 +238,8 @@ class DashboardScreen(Screen[None]):
         parts.append(f"[{style}]● {self.state}[/]")
         if self.watch:
             parts.append("[$text-muted]watching[/]")
-        self.query_one("#title", Static).update(" · ".join(parts))
+        # Both lines are one row of fixed width (app.tcss): no relayout of the screen per step.
+        self.query_one("#title", Static).update(" · ".join(parts), layout=False)
         step = self.last_step
         total = step.total_steps if step else (s.total_steps if s else None)
         done = step.step if step else (s.resumed_from_step if s else 0)
@@ -237,7 +247,8 @@ class DashboardScreen(Screen[None]):
         epoch = f"epoch {step.epoch:.2f} · " if step else ""
         self.query_one("#progress-label", Static).update(
             f"step {done}/{total or '?'} · {epoch}ETA {clock(step.eta_s if step else None)}"
-            f" · elapsed {clock(step.elapsed_s if step else None)}"
+            f" · elapsed {clock(step.elapsed_s if step else None)}",
+            layout=False,
         )
 
     def _paint_results(self) -> None:

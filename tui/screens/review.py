@@ -7,6 +7,8 @@ the run. ``finetty PRESET.yaml`` opens this screen directly with ``WizardState.f
 
 from __future__ import annotations
 
+import re
+import textwrap
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +26,23 @@ from engine.errors import ConfigError, FinettyError
 from engine.presets import list_presets, to_yaml
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import save_path
+
+PANEL_WIDTH = 72  # text columns inside a review panel at 80 columns
+_LABEL = re.compile(r"^\s*(?:\S+:?\s+|- )")
+
+
+def hang(text: str, width: int = PANEL_WIDTH) -> str:
+    """Wrap long lines under their value column (``  model    long value...``), instead of
+    letting the panel wrap them back to column 0."""
+    out: list[str] = []
+    for line in text.splitlines():
+        if len(line) <= width:
+            out.append(line)
+            continue
+        label = _LABEL.match(line)
+        indent = min(len(label.group(0)) if label else 0, width // 3)
+        out += textwrap.wrap(line, width, subsequent_indent=" " * indent) or [line]
+    return "\n".join(out)
 
 
 class ConfirmOverwrite(ModalScreen[bool]):
@@ -92,6 +111,15 @@ class ReviewScreen(WizardStep):
             super().__init__()
             self.preset = preset
 
+    class ProbeUpdate(Message):
+        """From the probe's threads: a progress line, or the result (``done``)."""
+
+        def __init__(self, preset: Preset, text: str, *, done: bool = False, ok: bool = True):
+            super().__init__()
+            self.preset, self.text, self.done, self.ok = preset, text, done, ok
+
+    probing = False
+
     def compose_body(self) -> ComposeResult:
         yield from self.fields(self.KEYS)
         for widget_id, title in (("review-problems", "Validation"), ("review-command", "Command"),
@@ -128,7 +156,15 @@ class ReviewScreen(WizardStep):
             text = to_yaml(preset)
             self.show("review-estimate", "estimating…")
             self.estimate(preset)
-        self.query_one("#review-yaml", Static).update(text.rstrip())
+        self.query_one("#review-yaml", Static).update(hang(text.rstrip(), self.panel_width()))
+
+    def panel_width(self) -> int:
+        return self.query_one("#review-estimate").content_region.width or PANEL_WIDTH
+
+    def show(self, widget_id: str, content: str) -> None:
+        if widget_id == "review-estimate":
+            content = hang(content, self.panel_width())
+        super().show(widget_id, content)
 
     @work(thread=True, exclusive=True, group="review-estimate")
     def estimate(self, preset: Preset) -> None:
@@ -164,14 +200,67 @@ class ReviewScreen(WizardStep):
             return None
 
     def action_next(self) -> None:
+        if self.probing:
+            self.notify("Wait for the probe to finish: it holds the model.", severity="warning")
+            return
         preset = self.validated()
         if preset is not None:
             self.post_message(self.Launch(preset, self.state.source))
 
     def action_probe(self) -> None:
+        if self.probing:
+            self.notify("A probe is already running.")
+            return
         preset = self.validated()
         if preset is not None:
             self.post_message(self.Probe(preset))
+
+    # -- the probe (started by the app, which knows the runs folder) ---------------------------
+    def start_probe(self, preset: Preset, runs_root: Path | None) -> None:
+        """Run a few real steps on a worker; the estimate panel shows progress, then the result."""
+        from engine.probe import DEFAULT_STEPS
+
+        self.probing = True
+        self.query_one("#probe", Button).disabled = True
+        self.show("review-estimate", f"probing: {DEFAULT_STEPS} real steps, loading the engine…")
+        self.query_one("#review-estimate").scroll_visible(animate=False)
+        self._probe(preset, runs_root)
+
+    @work(thread=True, group="review-probe")
+    def _probe(self, preset: Preset, runs_root: Path | None) -> None:
+        from tui.cli import quiet_libraries
+
+        quiet_libraries()
+        from engine import probe as probing
+
+        def progress(text: str) -> None:  # called on the engine's thread: post, never block
+            self.post_message(self.ProbeUpdate(preset, f"probing: {text}…"))
+
+        try:
+            result = probing.probe(preset, probing.DEFAULT_STEPS, runs_root, progress=progress)
+        except FinettyError as exc:
+            hint = f"\n  {exc.hint}" if exc.hint else ""
+            text = f"✗ probe failed: {exc.message}{hint}"
+            self.post_message(self.ProbeUpdate(preset, text, done=True, ok=False))
+            return
+        text = probing.format_probe(result)
+        self.post_message(self.ProbeUpdate(preset, text, done=True, ok=result.fits))
+
+    def on_review_screen_probe_update(self, message: ProbeUpdate) -> None:
+        message.stop()
+        if message.done:
+            self.probing = False
+            self.query_one("#probe", Button).disabled = bool(self.state.problems())
+        current = None if self.state.problems() else self.state.preset()
+        if current != message.preset:  # edited since: the figures are for other settings
+            if message.done:
+                self.notify("The settings changed during the probe: probe again.")
+            return
+        self.show("review-estimate", message.text)
+        if message.done:
+            title = "Probe done" if message.ok else "Probe: does not fit or failed"
+            self.notify(message.text.splitlines()[0], title=title,
+                        severity="information" if message.ok else "error")  # fmt: skip
 
     def action_save(self) -> None:
         preset = self.validated()
