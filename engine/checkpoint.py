@@ -8,6 +8,7 @@ leaves either the old set of checkpoints or the new one, never a folder that loo
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from dataclasses import asdict, dataclass
@@ -42,19 +43,20 @@ def save_checkpoint(
     keep: int | None,
 ) -> Path:
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{state.step}"
     staging = directory / f".tmp-{PREFIX}{state.step}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    trainable = {
+        name: param.detach().contiguous().cpu()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
     try:
-        trainable = {
-            name: param.detach().contiguous().cpu()
-            for name, param in model.named_parameters()
-            if param.requires_grad
-        }
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         save_file(trainable, str(staging / "trainable.safetensors"))
         if is_adapter:
             model.save_pretrained(staging / "adapter")  # a PEFT adapter users can load as-is
@@ -64,18 +66,41 @@ def save_checkpoint(
             torch.save(scaler.state_dict(), staging / "scaler.pt")
         _save_rng_state(staging)
         (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+        _fsync_tree(staging)  # on power loss the marker must never outlive the data
         (staging / MARKER).write_text("ok\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-    except OSError as exc:
+        _fsync_tree(directory, files=False)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        # A full disk surfaces as OSError from Python, SafetensorError from safetensors and
+        # RuntimeError from torch.save's zip writer.
         shutil.rmtree(staging, ignore_errors=True)
         raise TrainingError(
-            f"Could not write the checkpoint for step {state.step} in {directory}: {exc.strerror or exc}.",
-            hint="Free disk space (df -h) and resume with --resume latest; earlier checkpoints are intact.",
+            f"Could not write the checkpoint for step {state.step} in {directory}: "
+            f"{_reason(exc)}. The checkpoints already there are intact.",
+            hint=f"Free disk space (check with `df -h {directory}`), then continue from the last "
+            "checkpoint with `finetty train --resume latest`.",
         ) from None
     prune_checkpoints(directory, keep)
     return final
+
+
+def _fsync_tree(folder: Path, *, files: bool = True) -> None:
+    paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
+    for path in [*paths, folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 def complete_checkpoints(directory: Path) -> list[Path]:

@@ -222,6 +222,9 @@ class Preset(Section):
         cleaned = value.strip()
         if not cleaned or any(ch in cleaned for ch in "/\\") or cleaned.startswith("."):
             raise ValueError("must be a plain name (no slashes, not starting with a dot)")
+        # It names a folder: control characters and over-long names fail only at mkdir.
+        if len(cleaned) > 100 or not cleaned.isprintable():
+            raise ValueError("must be a plain name of at most 100 printable characters")
         return cleaned
 
     @model_validator(mode="before")

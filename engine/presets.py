@@ -85,7 +85,8 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> tuple[
         for item in overrides:  # a problem with an overridden key points at --set, not the file
             keys = tuple(parse_override(item)[0])
             lines = {key: line for key, line in lines.items() if key[: len(keys)] != keys}
-            lines[keys] = SET_LINE
+            for end in range(1, len(keys) + 1):  # --set a.b.c adds a (and a.b) when new
+                lines.setdefault(keys[:end], SET_LINE)
     return validate(data, source=str(path), lines=lines), path
 
 
@@ -103,6 +104,10 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: not valid YAML (nested too deeply).", hint="Check brackets and indentation."
+        ) from None
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: an int literal past 4300 digits
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -120,18 +125,34 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
             hint="See presets/smollm2-demo.yaml for an example.",
         )
     lines: dict[tuple[str, ...], int] = {}
-    _collect_lines(node, (), lines)
+    duplicates: list[str] = []
+    _collect_lines(node, (), lines, duplicates)
+    if duplicates:
+        # YAML keeps the last of two equal keys silently: a second training: section would
+        # quietly replace the first.
+        raise ConfigError(
+            f"{path}: duplicate key{'s' if len(duplicates) > 1 else ''} "
+            + ", ".join(duplicates[:5])
+            + ".",
+            hint="Each key may appear once per section; merge the two into one.",
+        )
     return data, lines
 
 
 def _collect_lines(
-    node: yaml.Node | None, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]
+    node: yaml.Node | None,
+    prefix: tuple[str, ...],
+    out: dict[tuple[str, ...], int],
+    duplicates: list[str],
 ) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = (*prefix, str(key_node.value))
-            out[key] = key_node.start_mark.line + 1
-            _collect_lines(value_node, key, out)
+            line = key_node.start_mark.line + 1
+            if key in out and isinstance(key_node, yaml.ScalarNode):
+                duplicates.append(f"{'.'.join(key)} (lines {out[key]} and {line})")
+            out[key] = line
+            _collect_lines(value_node, key, out, duplicates)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -41,10 +41,17 @@ def new_run_dir(name: str, root: Path) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / name / stamp
     suffix = 1
-    while path.exists():
-        suffix += 1
-        path = root / name / f"{stamp}-{suffix}"
-    path.mkdir(parents=True)
+    try:
+        while path.exists():
+            suffix += 1
+            path = root / name / f"{stamp}-{suffix}"
+        path.mkdir(parents=True)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise RunDirError(
+            f"Cannot create the run directory under {root}: {reason}.",
+            hint="Pass a writable folder with --run-dir (or $FINETTY_RUNS).",
+        ) from None
     return path
 
 
@@ -105,16 +112,34 @@ class RunDirSink:
 
     def emit(self, event: Event) -> None:
         with self._lock:
-            self._events.write(event.to_json() + "\n")
-            self._events.flush()
-            line = human_line(event)
-            if line:
-                self._log.write(
-                    time.strftime("%H:%M:%S ", time.localtime(event.time)) + line + "\n"
-                )
-                self._log.flush()
-            if self._update_status(event):
-                self._write_status()
+            self._write(event)
+
+    def _write(self, event: Event) -> None:
+        self._events.write(event.to_json() + "\n")
+        self._events.flush()
+        line = human_line(event)
+        if line:
+            self._log.write(time.strftime("%H:%M:%S ", time.localtime(event.time)) + line + "\n")
+            self._log.flush()
+        if self._update_status(event):
+            self._write_status()
+
+    def abandon(self, text: str) -> None:
+        """Last words before ``os._exit`` (a second Ctrl+C): a log line and a final "stopped".
+
+        Runs in a signal handler, so it waits for the lock briefly rather than forever.
+        """
+        if not self._lock.acquire(timeout=2.0):
+            return
+        try:
+            if self._events.closed or self.status.get("state") in ("finished", "failed", "stopped"):
+                return
+            started = self.status.get("started") or time.time()
+            step = int(self.status.get("step") or 0)
+            self._write(LogLine(level="warning", text=text))
+            self._write(Finished("stopped", step, {}, {}, time.time() - started))
+        finally:
+            self._lock.release()
 
     def _update_status(self, event: Event) -> bool:
         status = self.status
@@ -195,9 +220,12 @@ class CommandReader:
     offset: int = 0
 
     def __post_init__(self) -> None:
-        # Only the owner may drive the run: the channel is created private.
+        # Only the owner may drive the run: the channel is private, also when a resume finds it.
         fd = os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         self.offset = self.path.stat().st_size
 
     def poll(self) -> list[str]:
@@ -207,20 +235,21 @@ class CommandReader:
             return []
         if size <= self.offset:
             return []
-        with open(self.path, encoding="utf-8", errors="replace") as handle:
+        with open(self.path, "rb") as handle:
             handle.seek(self.offset)
             chunk = handle.read()
-        complete, _, _rest = chunk.rpartition("\n")
-        if not complete and not chunk.endswith("\n"):
-            return []
-        self.offset += len((complete + "\n").encode("utf-8"))
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return []  # a line still being written
+        # Offsets count bytes: junk that is not UTF-8 must not shift where the next line starts.
+        self.offset += end + 1
         commands = []
-        for line in complete.splitlines():
+        for line in chunk[:end].splitlines():
             try:
-                command = json.loads(line).get("command")
-            except (json.JSONDecodeError, AttributeError):
+                command = json.loads(line.decode("utf-8")).get("command")
+            except (ValueError, AttributeError, RecursionError):
                 continue
-            if command in COMMANDS:
+            if isinstance(command, str) and command in COMMANDS:
                 commands.append(command)
         return commands
 

@@ -222,10 +222,17 @@ def run_tui(
         start_screen=start_screen,
         preset_path=preset_path,
     )
+    from tui.hangup import Hangup
+
+    hangup = Hangup(app)  # a dropped terminal closes the UI; the run goes on headless
+    hangup.install()
     app.run()
+    hangup.app_done = True
     run = app.run_handle
     if app.launch_error is not None:
         return int(app.launch_error.exit_code)
+    if hangup.happened.is_set():
+        return hangup.continue_headless(run)
     if run is None:
         return app.return_code or EXIT_OK
     if run.alive and run.control.aborted.is_set():

@@ -181,7 +181,7 @@ def report_error(error: FinettyError) -> None:
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import rundir
-    from engine.errors import ConfigError
+    from engine.errors import ConfigError, RunDirError
     from engine.presets import load_preset, read_yaml, validate
 
     root = rundir.runs_root(args.run_dir)
@@ -197,6 +197,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, _ = load_preset(args.preset)
             scope = root / preset.name
         resume_dir = rundir.resolve_run(args.resume, scope)
+        from engine.checkpoint import complete_checkpoints
+
+        if not complete_checkpoints(resume_dir / "checkpoints"):
+            # Refuse before opening its files: a finished run must not turn into a failed one.
+            raise RunDirError(
+                f"{resume_dir} has no complete checkpoint to resume from.",
+                hint="Start a new run instead (without --resume).",
+            )
         data, lines = read_yaml(resume_dir / "config.yaml")
         preset = validate(data, source=str(resume_dir / "config.yaml"), lines=lines)
     elif args.preset:
@@ -255,6 +263,10 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
             run.control.stop()
         else:
             run.control.abort()
+            # status.json must not go on saying "running" for a process that is gone.
+            run.dir_sink.abandon(
+                "Aborted by a second Ctrl+C: steps since the last checkpoint are lost."
+            )
             os._exit(EXIT_STOPPED)
 
     def on_sigterm(signum: int, frame: object) -> None:
@@ -327,6 +339,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "best_loss": status.get("best_loss"),
                 "duration_s": (updated - started) if started and updated else None,
                 "error": status.get("error"),
+                "last_checkpoint": status.get("last_checkpoint"),
             }
         )
     if args.json:
@@ -343,6 +356,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:
             print(f"          error: {row['error']}")
+        if row["last_checkpoint"] and row["state"] not in ("finished", "running", "paused"):
+            print(f"          last checkpoint: {row['last_checkpoint']}")
     return 0
 
 

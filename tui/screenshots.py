@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -203,14 +204,70 @@ def make_run_dir(root: Path) -> Path:
     return RUN_DIR
 
 
+def scripted_export(run: Path, formats: list[str], *, progress: Callable, **options: object):
+    """Stands in for export_run: the report a GGUF q8_0 + Modelfile export of the demo gives."""
+    from engine.export import Exported, ExportReport
+
+    out = Path(str(options["out"]))
+    progress("GGUF q8_0: writing smollm2-demo-q8_0.gguf", 0.5)
+    gguf = out / "smollm2-demo-q8_0.gguf"
+    modelfile = out / "smollm2-demo-q8_0.Modelfile"
+    checks = [
+        "GGUF q8_0 read back by transformers: ok, max |Δlogit| 1.6120 (tolerance 3.0), "
+        "top-1 agreement 99.2%, same greedy continuation",
+        "llama.cpp: loads, same prompt tokens, generated 8 tokens (8/8 equal to the HF greedy "
+        "continuation)",
+    ]
+    return ExportReport(run, out, [
+        Exported("gguf", gguf, 144_811_200, checks),
+        Exported("modelfile", modelfile, 612, ["chat format chatml"],
+                 f"ollama create smollm2-demo:q8_0 -f {modelfile}"),
+    ])  # fmt: skip
+
+
 def export_scene() -> SceneApp:
     from tui.screens.export import ExportScreen
 
-    return SceneApp(lambda: ExportScreen(RUN_DIR))
+    return SceneApp(lambda: ExportScreen(RUN_DIR, exporter=scripted_export))
+
+
+async def exported(pilot: Pilot) -> None:
+    """Tick GGUF and the Modelfile (q8_0 is the default type), then press Export."""
+    from textual.widgets import Checkbox
+
+    for widget_id in ("fmt-adapter", "fmt-gguf", "ollama"):
+        checkbox = pilot.app.screen.query_one(f"#{widget_id}", Checkbox)
+        checkbox.focus()
+        await pilot.press("space")
+    await pilot.press("ctrl+s")
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+
+
+_BRAILLE = re.compile("[\u2800-\u28ff]")
+
+
+def svg_to_png(svg: str, path: Path) -> None:
+    """PNG of a Textual SVG with the fonts this box has: the SVG asks for Fira Code (a web
+    font), and a proportional fallback would squeeze the cells; DejaVu Sans Mono keeps the grid,
+    and the plot's braille runs (which it lacks) take DejaVu Sans's."""
+    import cairosvg
+
+    svg = re.sub(
+        r'font-family:\s*(?:"Fira Code"|Fira Code, monospace)', "font-family: DejaVu Sans Mono", svg
+    )
+
+    def braille(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if not _BRAILLE.search(text):
+            return text
+        return text.replace("<text ", '<text style="font-family: DejaVu Sans" ', 1)
+
+    svg = re.sub(r"<text [^>]*>[^<]*</text>", braille, svg)
+    cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(path))
 
 
 async def main(out: Path) -> None:
-    import cairosvg
 
     os.environ["TZ"] = "UTC"
     time.tzset()
@@ -222,7 +279,7 @@ async def main(out: Path) -> None:
         ("dashboard", dashboard_scene(), None),
         ("dashboard-gpu", dashboard_scene(demo_events(gpus=1)), None),
         ("chat", chat_scene(), ask),
-        ("export", export_scene(), None),
+        ("export", export_scene(), exported),
         ("help", dashboard_scene(), lambda pilot: pilot.press("question_mark")),
     ]
     for name, app, before in scenes:
@@ -231,11 +288,9 @@ async def main(out: Path) -> None:
             if before is not None:
                 await before(pilot)
             await pilot.pause(0.2)
-            app.save_screenshot(f"{name}.svg", str(out))
-        # The SVG asks for Fira Code (a web font); name a monospace font the converter has.
-        svg = (out / f"{name}.svg").read_text(encoding="utf-8")
-        svg = svg.replace("Fira Code, monospace", "Fira Code, DejaVu Sans Mono, monospace")
-        cairosvg.svg2png(bytestring=svg.encode(), write_to=str(out / f"{name}.png"))
+            svg = app.export_screenshot(title=f"finetty · {name}")
+        (out / f"{name}.svg").write_text(svg, encoding="utf-8")
+        svg_to_png(svg, out / f"{name}.png")
         print(out / f"{name}.png")
 
 

@@ -117,7 +117,7 @@ SCROLL = {"wizard-dataset": "#dataset-preview"}
 
 
 async def capture(name: str, make: Callable[[], App], out: Path) -> None:
-    import cairosvg
+    from tui.screenshots import svg_to_png
 
     app = make()
     async with app.run_test(size=SIZE) as pilot:
@@ -127,7 +127,7 @@ async def capture(name: str, make: Callable[[], App], out: Path) -> None:
         await pilot.pause()
         svg = app.export_screenshot(title=f"finetty · {name}")
     (out / f"{name}.svg").write_text(svg, encoding="utf-8")
-    cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(out / f"{name}.png"))
+    svg_to_png(svg, out / f"{name}.png")
 
 
 def main() -> None:

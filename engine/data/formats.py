@@ -71,7 +71,7 @@ def detect_format(records: list[dict[str, Any]], source: str) -> str:
         return "alpaca"
     if "text" in keys:
         return "text"
-    seen = ", ".join(sorted(map(str, keys))[:12]) or "(none)"
+    seen = _keys(row)
     raise DatasetError(
         f"{display_name(source)}, row {row_number(records, 0)}: cannot tell the dataset format "
         f"from its keys ({seen}).",
@@ -122,10 +122,11 @@ def _string(row: dict[str, Any], key: str, *, optional: bool = False) -> str:
     if key not in row or row[key] is None:
         if optional:
             return ""
-        raise _RowProblem(f"missing field '{key}' (keys: {', '.join(sorted(map(str, row)))})")
+        raise _RowProblem(f"missing field '{key}' (keys: {_keys(row)})")
     value = row[key]
     if not isinstance(value, str):
         raise _RowProblem(f"field '{key}' must be text, got {type(value).__name__}")
+    _check_unicode(value, f"field '{key}'")
     if not optional and not value.strip():
         raise _RowProblem(f"field '{key}' is empty")
     return value
@@ -153,7 +154,7 @@ def _chat(row: dict[str, Any], fmt: str) -> Conversation:
     list_key = next((key for key in _LIST_KEYS if key in row), None)
     if list_key is None:
         wanted = "conversations" if fmt == "sharegpt" else "messages"
-        raise _RowProblem(f"missing field '{wanted}' (keys: {', '.join(sorted(map(str, row)))})")
+        raise _RowProblem(f"missing field '{wanted}' (keys: {_keys(row)})")
     items = _as_list(row[list_key])
     if items is None:
         raise _RowProblem(f"field '{list_key}' must be a list, got {type(row[list_key]).__name__}")
@@ -165,12 +166,14 @@ def _chat(row: dict[str, Any], fmt: str) -> Conversation:
         if role_key not in item or content_key not in item:
             raise _RowProblem(
                 f"{where} needs '{role_key}' and '{content_key}' "
-                f"(has {', '.join(sorted(map(str, item)))})"
+                f"(has {_keys(item)})"
             )
         role = _ROLES.get(str(item[role_key]).lower())
         if role is None:
             known = ", ".join(sorted(_ROLES))
-            raise _RowProblem(f"{where} has unknown {role_key} '{item[role_key]}' (known: {known})")
+            raise _RowProblem(
+                f"{where} has unknown {role_key} '{_short(item[role_key])}' (known: {known})"
+            )
         content = _content_text(item[content_key], where)
         messages.append({"role": role, "content": content})
     _check_order(messages, list_key)
@@ -188,7 +191,30 @@ def _content_text(value: Any, where: str) -> str:
         raise _RowProblem(f"{where} content must be text, got {type(value).__name__}")
     if not value.strip():
         raise _RowProblem(f"{where} has empty content")
+    _check_unicode(value, f"{where} content")
     return value
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """A value as shown in a message: one paragraph, however huge the row."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _keys(row: dict[str, Any], limit: int = 12) -> str:
+    keys = sorted(_short(key) for key in row)
+    more = f", ... ({len(keys)} keys)" if len(keys) > limit else ""
+    return (", ".join(keys[:limit]) or "(none)") + more
+
+
+def _check_unicode(value: str, where: str) -> None:
+    # JSON can carry lone surrogates (\ud800); tokenizers reject them with a TypeError.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _RowProblem(
+            f"{where} holds an unpaired surrogate ({value[exc.start]!a}) at character {exc.start}"
+        ) from None
 
 
 def _check_order(messages: list[Message], list_key: str) -> None:

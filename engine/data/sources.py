@@ -221,6 +221,8 @@ def _parse_jsonl(name: str, data: bytes, start: Any, stop: Any) -> Records:
             problem = f"row {number}: not valid UTF-8 (byte offset {offset + exc.start})"
         except json.JSONDecodeError as exc:
             problem = f"row {number}: not valid JSON ({exc.msg}: column {exc.colno})"
+        except (RecursionError, ValueError) as exc:  # nesting too deep; an int past 4300 digits
+            problem = f"row {number}: not valid JSON ({_json_limit(exc)})"
         if problem:
             bad += 1
             problems.append(problem)
@@ -242,6 +244,11 @@ def _parse_json(name: str, text: str) -> list[dict[str, Any]]:
             f"{name}, line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg}).",
             hint="A .json dataset is one JSON list of objects; for one object a line use .jsonl.",
         ) from exc
+    except (RecursionError, ValueError) as exc:
+        raise DatasetError(
+            f"{name}: not valid JSON ({_json_limit(exc)}).",
+            hint="A .json dataset is one JSON list of objects; for one object a line use .jsonl.",
+        ) from None
     if isinstance(value, dict):
         lists = [key for key, item in value.items() if isinstance(item, list)]
         if len(lists) != 1:
@@ -266,6 +273,12 @@ def _parse_json(name: str, text: str) -> list[dict[str, Any]]:
     if not value:
         raise DatasetError(f"{name} holds no rows.", hint="Add rows to the list.")
     return value
+
+
+def _json_limit(exc: Exception) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return "a number too long to read" if "digits" in str(exc) else str(exc).splitlines()[0]
 
 
 def _parse_csv(name: str, text: str) -> list[dict[str, Any]]:

@@ -217,6 +217,19 @@ def _rope_freqs(config: dict[str, Any]) -> np.ndarray | None:
     return np.array(factors, dtype=np.float32)
 
 
+def display_name(name: str, arch: str) -> str:
+    """``general.name`` for a run: its name, unless that would steer a reader to another model.
+
+    transformers reads a llama-arch GGUF named "mistral" as model_type mistral and then cannot
+    load it (no GGUF mistral reader); some readers match the substring. llama.cpp stores Mistral
+    as llama, so on that architecture a name mentioning "mistral" (any case) is replaced by a
+    neutral one; the run name stays in ``general.finetune``.
+    """
+    if arch == "llama" and "mistral" in name.lower():
+        return f"finetty fine-tune ({arch})"
+    return name
+
+
 def _add_metadata(writer: Any, plan: GgufPlan, name: str, qtype: str) -> None:
     import gguf
 
@@ -224,7 +237,8 @@ def _add_metadata(writer: Any, plan: GgufPlan, name: str, qtype: str) -> None:
     heads = c["num_attention_heads"]
     head_dim = c.get("head_dim") or c["hidden_size"] // heads
     writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
+    writer.add_name(display_name(name, plan.arch))
+    writer.add_finetune(name)  # the run name, always, where no reader looks for an architecture
     writer.add_context_length(c.get("max_position_embeddings", 4096))
     writer.add_embedding_length(c["hidden_size"])
     writer.add_block_count(c["num_hidden_layers"])

@@ -52,7 +52,7 @@ def test_family_writes_and_reads_back(family: str, tmp_path: Path, tiny_model_di
     folder = tiny_family(tmp_path / family, family, tiny_model_dir)
     plan = plan_gguf(folder)
     path = tmp_path / f"{family}.gguf"
-    write_gguf(plan, path, "f16", name="tiny")  # see note on "mistral" names
+    write_gguf(plan, path, "f16", name=family)  # "mistral" must not steer the reader (display_name)
     reader = gguf.GGUFReader(path)
     arch = reader.fields["general.architecture"].contents()
     assert arch == {"mistral": "llama"}.get(family, family)
@@ -128,3 +128,21 @@ def test_k_quant_through_llama_cpp_loads_and_generates(
     assert item.path.name == "tiny-q4_k_m.gguf" and item.size > 0
     assert any(check.startswith("llama.cpp: loads, same prompt tokens") for check in item.checks)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tiny-q4_k_m.gguf"]
+
+
+@pytest.mark.parametrize("name", ["mistral-demo", "mistral"])
+def test_run_named_mistral_on_a_llama_verifies(
+    name: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # transformers reads a llama GGUF whose general.name is "mistral" as a mistral model, then
+    # fails the read-back (bundled presets are named mistral-...); the name must not steer it.
+    import gguf
+
+    run = make_run(tmp_path / "runs", tiny_model_dir, name=name)
+    report = export_run(run, ["gguf"], quants=["f16"], out=tmp_path / "out")
+    (item,) = report.items
+    assert item.path.name == f"{name}-f16.gguf"
+    assert "same greedy continuation" in item.checks[0] and ": ok," in item.checks[0]
+    fields = gguf.GGUFReader(item.path).fields
+    assert fields["general.finetune"].contents() == name
+    assert "mistral" not in fields["general.name"].contents().lower()

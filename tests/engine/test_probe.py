@@ -93,7 +93,7 @@ def test_cli_probe_json(make_preset, tmp_path: Path, capsys: pytest.CaptureFixtu
     out, err = capsys.readouterr()
     assert code == 0
     data = json.loads(out)
-    assert JSON_KEYS <= data.keys()
+    assert data.keys() >= JSON_KEYS
     assert data["steps"] == 2 and data["device"] == "cpu" and data["total_steps"] == 6
     assert data["cost_usd"] is not None and data["hourly_price"] == 1.5
     assert "probe: step 2/2" in err

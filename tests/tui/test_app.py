@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import Static
+from textual.widgets import Checkbox, Static
 
 from engine.events import Finished
 from tui.app import FinettyApp
@@ -103,7 +103,7 @@ async def test_real_tiny_run_from_the_app(tmp_path: Path, make_preset, wait_for)
         assert screen.last_step is not None and screen.last_step.step == 2
         assert screen.control is app.run_handle.control
         await pilot.press("e")
-        assert "adapter_config.json" in str(app.screen.query_one("#files", Static).render())
+        assert app.screen.query_one("#fmt-adapter", Checkbox).value  # the run's adapter, ready
         await pilot.press("escape")
         await pilot.press("q")
     result = app.run_handle.join(timeout=30)

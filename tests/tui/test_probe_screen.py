@@ -73,7 +73,8 @@ async def test_probe_failure_is_shown_with_its_hint(
         await settle(app)
         app.screen.query_one("#probe", Button).press()
         await wait_for(pilot, lambda: "probe failed" in estimate_text(app))
-        assert "CUDA out of memory" in estimate_text(app) and "Lower the batch." in estimate_text(app)
+        shown = estimate_text(app)
+        assert "CUDA out of memory" in shown and "Lower the batch." in shown
 
 
 async def test_real_probe_of_the_tiny_model(make_preset, tmp_path: Path, wait_for) -> None:

@@ -1,17 +1,38 @@
-"""Export: for now only what exists, the trained adapter (final/), copied to a chosen folder."""
+"""Export dialog: adapter, merged 16-bit model, GGUF (+ Ollama Modelfile), as `finetty export` does.
+
+The form maps one to one onto ``engine.export.export_run``; the export runs on a thread worker and
+reports through ``progress`` messages, so the UI stays live. What was written is listed with its
+size, its round-trip checks and the ``ollama create`` command; an export error shows its message
+and hint here, and the form stays editable for another try.
+"""
 
 from __future__ import annotations
 
-import shutil
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.markup import escape
+from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Input, Static
+from textual.widgets import Button, Checkbox, Footer, Input, Label, ProgressBar, Select, Static
+
+Exporter = Callable[..., Any]  # engine.export.export_run's signature
+DTYPES = [(f"dtype {d}", d) for d in ("auto", "bf16", "fp16")]  # auto: as the CLI decides
+# The engine's hints name CLI flags; the dialog names its own fields instead.
+HINT_WORDS = (
+    ("Pass --force to replace it", "Tick 'force' to replace it"),
+    ("with --out DIR", "in 'target folder'"),
+    ("with --out", "in 'target folder'"),
+    ("Use --format merged or --format gguf", "Choose merged or GGUF"),
+    ("--format merged", "merged"),
+)
 
 
 def human_size(size: float) -> str:
@@ -22,85 +43,321 @@ def human_size(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
-def listing(folder: Path) -> str:
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    total = sum(p.stat().st_size for p in files)
-    rows = [
-        f"  {human_size(p.stat().st_size):>10}  {escape(str(p.relative_to(folder)))}" for p in files
-    ]
-    return "\n".join([*rows, f"  [b]{human_size(total):>10}  total[/]"])
+def parse_quants(text: str) -> list[str]:
+    """The CLI's reading of --quant: a comma list, case-insensitive, blanks dropped."""
+    return [q.strip().lower() for q in text.split(",") if q.strip()]
+
+
+def quant_problem(text: str) -> tuple[str, str | None] | None:
+    """The CLI's message (and hint) for a bad GGUF type list; None when it is valid."""
+    quants = parse_quants(text)
+    if not quants:
+        return "Enter at least one GGUF type, e.g. q8_0.", None
+    if "engine.export" not in sys.modules:
+        return None  # still loading off the UI thread; the form validates again once it is in
+    from engine.export import _check_choices
+    from engine.export.files import ExportError
+
+    try:
+        _check_choices(["gguf"], quants, None)
+    except ExportError as error:
+        return error.message, error.hint
+    return None
+
+
+def dialog_hint(hint: str) -> str:
+    for cli, dialog in HINT_WORDS:
+        hint = hint.replace(cli, dialog)
+    return hint
+
+
+class Tick(Checkbox):
+    """A compact checkbox whose mark is a character, so on and off differ without colour."""
+
+    def __init__(self, label: str, value: bool, *, id: str, disabled: bool = False) -> None:
+        super().__init__(label, value, id=id, disabled=disabled, compact=True)
+
+    @property
+    def _button(self) -> Any:
+        self.BUTTON_INNER = "X" if self.value else " "
+        return super()._button
 
 
 class ExportScreen(Screen[None]):
-    BINDINGS = [Binding("escape", "back", "back")]
+    BINDINGS = [
+        Binding("escape", "back", "back"),
+        Binding("ctrl+s", "export", "export"),
+    ]
+    DEFAULT_CSS = """
+    ExportScreen #export-body { padding: 0 1; }
+    ExportScreen #formats-row { height: 1; margin: 1 0; }
+    ExportScreen #formats-label { width: 9; color: $text-muted; }
+    ExportScreen .field-row { height: 3; }
+    ExportScreen Checkbox { margin-right: 2; background: $surface-lighten-1; }
+    ExportScreen .field-row Checkbox { margin-top: 1; }
+    ExportScreen Checkbox:focus { background: $accent 25%; text-style: bold; }
+    ExportScreen #dtype { width: 15; margin-right: 2; }
+    ExportScreen #quants { width: 32; margin-right: 1; }
+    ExportScreen #out { width: 1fr; margin-right: 1; }
+    ExportScreen #quant-error { height: auto; color: $text-error; padding: 0 1; }
+    ExportScreen #quant-error.-hidden, ExportScreen #progress.-hidden { display: none; }
+    ExportScreen #action-row { height: 1; margin-top: 1; }
+    ExportScreen #run-export { margin-right: 2; }
+    ExportScreen #status { width: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
+    ExportScreen #progress { margin-right: 2; }
+    ExportScreen #progress Bar { width: 20; }
+    ExportScreen #result { height: auto; margin-top: 1; }
+    ExportScreen #not-ready { margin-top: 1; height: auto; }
+    """
+    PROGRESS_INTERVAL = 0.1  # seconds between fraction updates: bounded redraws over SSH
 
-    def __init__(self, run_dir: Path | None) -> None:
+    class EngineLoaded(Message):
+        pass
+
+    class Progress(Message):
+        def __init__(self, text: str, fraction: float | None) -> None:
+            super().__init__()
+            self.text, self.fraction = text, fraction
+
+    class Finished(Message):
+        def __init__(self, report: Any = None, error: tuple[str, str | None] | None = None) -> None:
+            super().__init__()
+            self.report, self.error = report, error
+
+    def __init__(self, run_dir: Path | None, *, exporter: Exporter | None = None) -> None:
         super().__init__(id="export")
         self.run_dir = run_dir
         self.final = run_dir / "final" if run_dir else None
+        self.exporter = exporter
+        self.running = False
+        self.leave_asked = False
+        self.blocked_shown = False
+        self.started = 0.0
 
     @property
     def ready(self) -> bool:
         return self.final is not None and self.final.is_dir()
 
+    @property
+    def is_adapter(self) -> bool:
+        return self.final is not None and (self.final / "adapter_config.json").is_file()
+
     def compose(self) -> ComposeResult:
         yield Static("[b]export[/] · " + escape(str(self.run_dir or "no run")), id="export-title")
         with VerticalScroll(id="export-body"):
-            if self.ready and self.final is not None:
-                yield Static(f"[b]Adapter[/] in {escape(str(self.final))}", classes="section")
-                yield Static(listing(self.final), id="files")
-                with Horizontal(id="target-row"):
-                    target = (self.run_dir or Path(".")) / "exports" / "adapter"
-                    yield Input(str(target), id="target")
-                    yield Button("Copy adapter", id="copy", variant="primary")
-                yield Static(id="result")
-            else:
+            if not self.ready:
                 yield Static(
-                    "Nothing to export yet: the adapter is written to final/ when the run "
-                    "finishes. Come back then.",
+                    "Nothing can be exported yet: the trained model is written to final/ when "
+                    "the run finishes. Come back then.",
                     id="not-ready",
                 )
-            yield Static(
-                "[$text-muted]Merged and GGUF exports are not available yet.[/]", id="later"
-            )
+                return
+            adapter = self.is_adapter
+            with Horizontal(id="formats-row"):
+                yield Label("formats", id="formats-label")
+                yield Tick("adapter", adapter, id="fmt-adapter", disabled=not adapter)
+                yield Tick("merged 16-bit", not adapter, id="fmt-merged")
+                yield Select(DTYPES, value="auto", allow_blank=False, id="dtype", compact=True)
+                yield Tick("GGUF", False, id="fmt-gguf")
+            with Horizontal(classes="field-row"):
+                yield Input("q8_0", placeholder="q8_0, f16, q4_k_m…", id="quants")
+                yield Tick("Ollama Modelfile", False, id="ollama")
+            yield Static("", id="quant-error", classes="-hidden", markup=False)
+            with Horizontal(classes="field-row"):
+                target = self.run_dir / "exports" if self.run_dir else Path("exports")
+                yield Input(str(target), placeholder="folder", id="out")
+                yield Tick("force", False, id="force")
+            with Horizontal(id="action-row"):
+                yield Button("Export", id="run-export", variant="primary", compact=True)
+                yield ProgressBar(total=100, show_eta=False, id="progress", classes="-hidden")
+                yield Static("", id="status")
+            yield Static("", id="result")
         yield Footer()
 
     def on_mount(self) -> None:
         if self.ready:
-            self.query_one("#target").border_title = "copy to folder"
-            self.query_one("#target", Input).focus()
+            self.query_one("#quants").border_title = "GGUF types (comma list)"
+            self.query_one("#out").border_title = "target folder"
+            self.query_one("#fmt-adapter" if self.is_adapter else "#fmt-merged").focus()
+            self.refresh_form()
+            if "engine.export" not in sys.modules:
+                self.load_engine()
 
-    def on_input_submitted(self) -> None:
-        self.copy()
+    @work(thread=True, group="export-import")
+    def load_engine(self) -> None:
+        """engine.export (numpy, ~0.5 s cold) loads off the UI thread; then the form validates."""
+        import engine.export  # noqa: F401
+
+        self.post_message(self.EngineLoaded())  # dropped if the dialog was closed meanwhile
+
+    def on_export_screen_engine_loaded(self) -> None:
+        self.refresh_form()
+
+    # -- the form -------------------------------------------------------------------------------
+    def value(self, widget_id: str) -> Any:
+        return self.query_one(f"#{widget_id}").value  # type: ignore[attr-defined]
+
+    def formats(self) -> list[str]:
+        return [f for f in ("adapter", "merged", "gguf") if self.value(f"fmt-{f}")]
+
+    def form_problem(self) -> str | None:
+        """Why Export cannot run now (shown in the status line), or None."""
+        if not self.formats():
+            return "Choose at least one format."
+        if self.value("fmt-gguf") and quant_problem(self.value("quants")):
+            return "Fix the GGUF types first."
+        if not str(self.value("out")).strip():
+            return "Enter a target folder."
+        return None
+
+    def refresh_form(self) -> None:
+        gguf = bool(self.value("fmt-gguf"))
+        quants, ollama = self.query_one("#quants", Input), self.query_one("#ollama", Checkbox)
+        quants.disabled = ollama.disabled = not gguf
+        self.query_one("#dtype", Select).disabled = not (self.value("fmt-merged") or gguf)
+        problem = quant_problem(quants.value) if gguf else None
+        quants.set_class(problem is not None, "-invalid")
+        error = self.query_one("#quant-error", Static)
+        error.set_class(problem is None, "-hidden")
+        if problem is not None:
+            message, hint = problem
+            error.update(f"✗ {message}" + (f" {hint}" if hint else ""))
+        if not self.running:
+            blocked = self.form_problem()
+            self.query_one("#run-export", Button).disabled = blocked is not None
+            if blocked is not None:  # say why Export is greyed out
+                self.show_status(f"[$text-warning]{escape(blocked)}[/]")
+                self.blocked_shown = True
+            elif self.blocked_shown:
+                self.show_status("")
+                self.blocked_shown = False
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        self.refresh_form()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        self.refresh_form()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.refresh_form()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.action_export()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "copy":
-            self.copy()
+        if event.button.id == "run-export":
+            self.action_export()
 
-    def copy(self) -> None:
-        target = Path(self.query_one("#target", Input).value.strip()).expanduser()
-        if target.exists() and any(target.iterdir()):
-            self.query_one("#result", Static).update(
-                f"[$error]{escape(str(target))} exists and is not empty: choose another folder.[/]"
-            )
+    # -- exporting ------------------------------------------------------------------------------
+    def action_export(self) -> None:
+        if not self.ready or self.running:
             return
-        self.query_one("#copy", Button).disabled = True
-        self.query_one("#result", Static).update("copying…")
-        self.copy_worker(target)
+        problem = self.form_problem()
+        if problem is not None:
+            self.show_status(f"[$text-warning]{escape(problem)}[/]")
+            return
+        gguf = bool(self.value("fmt-gguf"))
+        dtype = self.value("dtype")
+        options = {
+            "quants": parse_quants(self.value("quants")) if gguf else ["q8_0"],
+            "out": Path(str(self.value("out")).strip()).expanduser(),
+            "ollama_files": gguf and bool(self.value("ollama")),
+            "force": bool(self.value("force")),
+            "dtype": None if dtype == "auto" else dtype,
+        }
+        self.running, self.leave_asked, self.started = True, False, time.monotonic()
+        self.query_one("#run-export", Button).disabled = True
+        bar = self.query_one("#progress", ProgressBar)
+        bar.remove_class("-hidden")
+        bar.update(progress=0)
+        self.query_one("#result", Static).update("")
+        self.show_status("starting…")
+        self.export_worker(self.formats(), options)
 
-    @work(thread=True, exclusive=True)
-    def copy_worker(self, target: Path) -> None:
-        assert self.final is not None  # noqa: S101 - the button exists only when final/ does
+    @work(thread=True, exclusive=True, group="export")
+    def export_worker(self, formats: list[str], options: dict[str, Any]) -> None:
+        from engine.errors import FinettyError
+
+        last = 0.0
+
+        def progress(text: str, fraction: float | None = None) -> None:
+            nonlocal last
+            now = time.monotonic()
+            partial = fraction is not None and 0 < fraction < 1
+            if partial and now - last < self.PROGRESS_INTERVAL:
+                return
+            last = now
+            self.post_message(self.Progress(text, fraction))
+
         try:
-            shutil.copytree(self.final, target, dirs_exist_ok=True)
-            text = f"[$success]✓ copied to {escape(str(target))}[/]\n{listing(target)}"
-        except OSError as error:
-            text = f"[$error]copy failed: {escape(str(error))}[/]"
-        self.app.call_from_thread(self._copied, text)
+            exporter = self.exporter
+            if exporter is None:
+                from tui.cli import quiet_libraries
 
-    def _copied(self, text: str) -> None:
-        self.query_one("#result", Static).update(text)
-        self.query_one("#copy", Button).disabled = False
+                quiet_libraries()
+                from engine.export import export_run as exporter
+            report = exporter(self.run_dir, formats, progress=progress, **options)
+        except FinettyError as error:
+            self.post_message(self.Finished(error=(error.message, error.hint)))
+        except Exception as error:  # noqa: BLE001 - shown in the dialog, never a traceback
+            self.post_message(self.Finished(error=(f"{type(error).__name__}: {error}", None)))
+        else:
+            self.post_message(self.Finished(report))
+
+    def on_export_screen_progress(self, message: Progress) -> None:
+        fraction = message.fraction
+        bar = self.query_one("#progress", ProgressBar)
+        if fraction is not None:  # a step without a fraction leaves the bar where it was
+            bar.update(progress=100 * max(0.0, min(1.0, fraction)))
+        self.show_status(escape(message.text))
+
+    def on_export_screen_finished(self, message: Finished) -> None:
+        self.running = False
+        result = self.query_one("#result", Static)
+        if message.error is not None:
+            text, hint = message.error
+            lines = [f"[$text-error]✗ {escape(text)}[/]"]
+            if hint:
+                lines.append(f"[$text-muted]{escape(dialog_hint(hint))}[/]")
+            result.update("\n".join(lines))
+            self.show_status("[$text-error]export failed[/]: change the settings and try again")
+        else:
+            self.query_one("#progress", ProgressBar).update(progress=100)
+            result.update(report_text(message.report))
+            count = len(message.report.items)
+            self.show_status(f"[$text-success]✓ {count} item{'s' * (count != 1)} written[/]")
+        self.blocked_shown = False
+        self.refresh_form()
+        body = self.query_one("#export-body", VerticalScroll)
+        self.call_after_refresh(body.scroll_end, animate=False)
+
+    def show_status(self, text: str) -> None:
+        elapsed = (
+            f"[$text-muted]{time.monotonic() - self.started:5.1f}s[/] " if self.running else ""
+        )
+        self.query_one("#status", Static).update(elapsed + text)
 
     def action_back(self) -> None:
+        if self.running and not self.leave_asked:
+            self.leave_asked = True
+            self.show_status(
+                "[$text-warning]the export goes on in the background if you leave; "
+                "escape again to leave[/]"
+            )
+            return
         self.dismiss(None)
+
+
+def report_text(report: Any) -> str:
+    """Each written item: kind, size, name (in the out folder), its checks and command, if any."""
+    rows = [f"[b]Written to {escape(str(report.out_dir))}:[/]"]
+    for item in report.items:
+        path = Path(item.path)
+        shown = path.name if path.parent == Path(report.out_dir) else str(path)
+        rows.append(
+            f"[$text-success]✓[/] [b]{item.kind:9}[/] {human_size(item.size):>10}  {escape(shown)}"
+        )
+        rows.extend(f"    [$text-muted]{escape(check)}[/]" for check in item.checks)
+        if item.command:
+            rows.append(f"    run: [b]{escape(item.command)}[/]")
+    return "\n".join(rows)
