@@ -29,7 +29,7 @@ from tui.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(
-    max_examples=400,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -410,7 +410,12 @@ DATASETS: list[tuple[str, str, bytes, str]] = [
     ("not utf-8 csv", ".csv", b"text\nab\xffcd\n", "line 2"),
     ("malformed json row", ".jsonl", json.dumps(GOOD).encode() + b"\n{not json\n", "row 2"),
     ("json not a list", ".json", b'"just a string"', "expected a list of rows"),
-    ("missing fields", ".jsonl", b'{"instruction": "hi", "output": "a"}\n{"instruction": "b"}\n', "row 2: missing field 'output'"),
+    (
+        "missing fields",
+        ".jsonl",
+        b'{"instruction": "hi", "output": "a"}\n{"instruction": "b"}\n',
+        "row 2: missing field 'output'",
+    ),
     (
         "wrong field type",
         ".jsonl",

@@ -32,8 +32,17 @@ def test_hf_tokens_never_reach_the_run_directory(make_preset, tmp_path: Path) ->
     preset.write_text(yaml.safe_dump(make_preset(max_steps=2).model_dump(mode="json")))
     env = {**os.environ, "HF_TOKEN": TOKEN, "HUGGING_FACE_HUB_TOKEN": TOKEN}
     result = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--json"]
-        + ["--run-dir", str(tmp_path / "runs")],
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset),
+            "--no-tui",
+            "--json",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
         capture_output=True,
         cwd=ROOT,
         env=env,

@@ -246,8 +246,17 @@ def test_second_ctrl_c_aborts_at_once_with_130_and_final_status(
 ) -> None:
     preset = write_preset(make_preset, tmp_path, max_steps=10_000, save_steps=0)
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SAVE, "train", str(preset), "--no-tui", "--json"]
-        + ["--run-dir", str(tmp_path / "runs")],
+        [
+            sys.executable,
+            "-c",
+            SLOW_SAVE,
+            "train",
+            str(preset),
+            "--no-tui",
+            "--json",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -325,8 +334,17 @@ def test_runs_tells_every_state_apart(tmp_path: Path, capsys) -> None:
 def test_sigkilled_run_shows_died_with_its_last_checkpoint(make_preset, tmp_path: Path) -> None:
     preset = write_preset(make_preset, tmp_path, max_steps=10_000, save_steps=2)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--json"]
-        + ["--run-dir", str(tmp_path / "runs")],
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset),
+            "--no-tui",
+            "--json",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -49,7 +49,9 @@ def make_fake_runs(root: Path) -> Path:
 
 
 class SceneApp(App):
-    """A bare host app that shows one screen, like the oterm modal tests."""
+    """A bare host app that shows one screen, like the oterm modal tests, styled like the real app."""
+
+    CSS_PATH = str(Path(__file__).parent / "app.tcss")
 
     def __init__(self, make_screen: Callable[[], Screen]) -> None:
         super().__init__()

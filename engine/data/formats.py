@@ -164,10 +164,7 @@ def _chat(row: dict[str, Any], fmt: str) -> Conversation:
         if not isinstance(item, dict):
             raise _RowProblem(f"{where} must be an object, got {type(item).__name__}")
         if role_key not in item or content_key not in item:
-            raise _RowProblem(
-                f"{where} needs '{role_key}' and '{content_key}' "
-                f"(has {_keys(item)})"
-            )
+            raise _RowProblem(f"{where} needs '{role_key}' and '{content_key}' (has {_keys(item)})")
         role = _ROLES.get(str(item[role_key]).lower())
         if role is None:
             known = ", ".join(sorted(_ROLES))

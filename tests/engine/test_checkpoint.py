@@ -132,6 +132,7 @@ def test_full_disk_mid_run_ends_with_exit_1_then_resumes(
     from tui.cli import main
 
     original = safetensors.torch.save_file
+
     def fills_up(tensors, filename, *args, **kwargs):
         if "checkpoint-4" in str(filename):  # the disk fills up during the second save
             raise OSError(errno.ENOSPC, "No space left on device")

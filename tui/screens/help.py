@@ -13,7 +13,7 @@ DASHBOARD = [
     ("s", "save a checkpoint now"),
     ("x", "stop (checkpoint first)"),
     ("c", "chat (pauses training)"),
-    ("e", "export the adapter"),
+    ("e", "export: adapter, merged, GGUF, Ollama"),
     ("m", "smooth the loss (EMA)"),
     ("tab", "focus the log; ↑ ↓ scroll"),
     ("q", "quit (asks if running)"),
