@@ -203,6 +203,16 @@ class Run:
             )  # fp32 master weights, fp16 compute
         elif device == "cuda" and dtype != torch.float32 and p.uses_adapter:
             amp_dtype = dtype  # PEFT keeps adapters in fp32; autocast runs their matmuls in 16-bit
+        # Read the dataset before the model: a wrong path or a bad row should not cost a model load.
+        builtin = p.dataset.path == BUILTIN_DATASET
+        self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
+        from engine.data import load_records
+
+        records = (
+            builtin_data.records("train")
+            if builtin
+            else load_records(p.dataset.path, p.dataset.split)
+        )
         self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
         loaded = models.load_model(
             source,
@@ -223,8 +233,7 @@ class Run:
             loaded.model, device=device, requested=p.training.use_liger_kernel
         )
         loaded.info["kernels"] = kernels
-        self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
-        builtin = p.dataset.path == BUILTIN_DATASET
+        self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
         prepared = prepare_dataset(
             loaded.tokenizer,
             path=p.dataset.path,
@@ -237,7 +246,7 @@ class Run:
             val_size=p.dataset.val_size,
             seed=p.training.seed,
             max_rows=p.dataset.max_rows,
-            records=builtin_data.records("train") if builtin else None,
+            records=records,
         )
         self.chat_template = prepared.chat_template
         stats = prepared.stats

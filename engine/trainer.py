@@ -361,7 +361,8 @@ class Trainer:
                 eval_loss = self._evaluate()
             if s.save_steps and state.step % s.save_steps == 0 and more:
                 self.save("periodic")
-        if self.val and state.step > 0:
+        # After a stop, checkpoint and go: a spot instance's grace period has no room for an eval.
+        if self.val and state.step > 0 and status == "finished":
             eval_loss = self._evaluate()
         state.elapsed_s = time.perf_counter() - started
         return TrainOutcome(
