@@ -68,3 +68,51 @@ def test_fast_path_matches_plain_path(
     print("fast", fast, "plain", plain, "kernels", started.model.get("kernels"))
     for a, b in zip(fast, plain, strict=True):
         assert abs(a - b) <= 0.02 * abs(b) + 1e-3
+
+
+def test_out_of_memory_halves_the_auto_micro_batch(
+    make_preset, tmp_path: Path, monkeypatch
+) -> None:
+    """A real CUDA OOM: auto starts far too large (full logits, 400-token rows) and must halve down."""
+    import json
+    import random
+
+    from engine.events import LogLine
+
+    rng = random.Random(0)
+    words = [
+        "red",
+        "blue",
+        "cat",
+        "dog",
+        "tree",
+        "river",
+        "house",
+        "lamp",
+        "book",
+        "ship",
+        "moon",
+        "star",
+        "rain",
+        "snow",
+        "wind",
+        "hill",
+    ]
+    data = tmp_path / "long.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"text": " ".join(rng.choice(words) for _ in range(400))})
+            for _ in range(2048)
+        )
+    )
+    preset = make_preset(max_steps=2, save_steps=0, per_device_train_batch_size="auto")
+    preset.dataset.path, preset.dataset.format, preset.dataset.train_on = str(data), "text", "all"
+    preset.dataset.val_size, preset.model.max_seq_length = 0, 512
+    monkeypatch.setattr("engine.run.Run._auto_micro_batch", lambda self: 2048)
+    monkeypatch.setattr("engine.trainer.supports_chunked_loss", lambda model: False)
+    sink = RecordingSink()
+    result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
+    retries = [e.text for e in sink.of_type(LogLine) if "Out of memory" in e.text]
+    print("retries", retries)
+    assert result.status == "finished", result.error
+    assert retries and all(math.isfinite(s.loss) for s in sink.of_type(Step))
