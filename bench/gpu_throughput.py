@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         ),
         "median_step_s": round(step_time, 3),
         "losses": [round(s.loss, 5) for s in steps],
+        "step_times_s": [round(s.step_time_s, 4) for s in steps],
         "kernels": kernels,
         "chunked_loss": not args.plain,
         **(predicted(args, folder) if cuda else {}),
