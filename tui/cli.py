@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a few real steps, then print measured vs estimated memory, speed and ETA",
     )
     train.add_argument(
-        "--probe-steps", type=int, default=4, metavar="N", help="steps the probe runs (default 4)"
+        "--probe-steps", type=int, default=5, metavar="N", help="steps the probe runs (default 5)"
     )
     train.add_argument(
         "--price", type=float, metavar="USD", help="hourly price, for the probe's cost figure"
