@@ -113,3 +113,21 @@ async def test_saving_under_a_bundled_name_asks(user_presets: Path) -> None:
         await pilot.pause()
         assert isinstance(app.screen, ConfirmOverwrite)
         assert not (user_presets / "smollm2-demo.yaml").exists()
+
+
+async def test_review_names_trust_remote_code_when_on() -> None:
+    from pathlib import Path
+
+    from textual.widgets import Static
+
+    from tui.screens.wizard import step_screen
+    from tui.screenshots_wizard import SceneApp
+    from tui.wizard_state import WizardState
+
+    state = WizardState.from_file(Path("presets/smollm2-demo.yaml"))
+    state.set("model.trust_remote_code", True)
+    app = SceneApp(lambda: step_screen(4, state))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = str(app.screen.query_one("#review-problems", Static).render())
+        assert "trust_remote_code is on" in text

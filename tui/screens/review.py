@@ -144,7 +144,15 @@ class ReviewScreen(WizardStep):
         problems = self.state.problems()
         panel = self.query_one("#review-problems", Static)
         panel.set_class(not problems, "-ok")
-        panel.update("\n".join(f"✗ {p}" for p in problems) or "✓ valid: ready to launch")
+        text = "\n".join(f"✗ {p}" for p in problems) or "✓ valid: ready to launch"
+        # Running a repository's own code is a trust decision: say so where the launch happens.
+        if self.state.get("model.trust_remote_code"):
+            text += (
+                "\n⚠ model.trust_remote_code is on: the model repository's Python code will run."
+            )
+        if self.state.get("model.allow_pickle_weights"):
+            text += "\n⚠ model.allow_pickle_weights is on: .bin weights can run code when loaded."
+        panel.update(text)
         self.query_one("#next", Button).disabled = bool(problems)
         self.query_one("#probe", Button).disabled = bool(problems)
         self.query_one("#review-command", Static).update(self.state.command())
