@@ -128,7 +128,10 @@ class Run:
         )
         monitor.start()
         try:
-            outcome, paths = self._execute()
+            try:
+                outcome, paths = self._execute()
+            finally:
+                monitor.stop()  # no hardware sample may follow the final event
             step = outcome.step
             stopped = outcome.status == "stopped"
             code = (

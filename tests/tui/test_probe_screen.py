@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Static
 
-from engine.probe import ProbeResult
+from engine.probe import DEFAULT_STEPS, ProbeResult
 from tui.app import FinettyApp
 from tui.screens.review import ReviewScreen
 from tui.screenshots_wizard import settle
@@ -52,7 +52,7 @@ async def test_probe_button_shows_measured_figures(
         assert "measured" in shown and "predicted" in shown
         assert "1.87 GiB" in shown and "1.62 GiB" in shown and "+15%" in shown
         assert "3.21 s" in shown and "ETA, 60 steps" in shown
-        assert calls == [("smollm2-demo", 4, tmp_path)]
+        assert calls == [("smollm2-demo", DEFAULT_STEPS, tmp_path)]
         assert not app.screen.probing
         assert not app.screen.query_one("#probe", Button).disabled
 
