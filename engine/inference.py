@@ -39,7 +39,7 @@ def load_chat_model(
 
 
 def _load_run(run_dir: Path) -> ChatModel:
-    from engine.presets import read_yaml, validate
+    from engine.presets import run_config
 
     final = run_dir / "final"
     if not final.is_dir():
@@ -47,8 +47,7 @@ def _load_run(run_dir: Path) -> ChatModel:
             f"{run_dir} has no final/ model yet (the run has not finished).",
             hint="Wait for the run to finish, or resume it with `finetty train --resume`.",
         )
-    data, lines = read_yaml(run_dir / "config.yaml")
-    preset = validate(data, source=str(run_dir / "config.yaml"), lines=lines)
+    preset = run_config(run_dir)
     device = models.select_device(preset.training.use_cpu)
     dtype = models.select_dtype(preset.model.dtype, device)
     attention = models.select_attention(preset.model.attn_implementation, device)

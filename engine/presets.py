@@ -90,6 +90,13 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> tuple[
     return validate(data, source=str(path), lines=lines), path
 
 
+def run_config(run_dir: Path) -> Preset:
+    """The resolved config a run saved (its config.yaml), validated like any preset."""
+    source = run_dir / "config.yaml"
+    data, lines = read_yaml(source)
+    return validate(data, source=str(source), lines=lines)
+
+
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The mapping in a YAML file, and the line of every key (for error messages)."""
     try:

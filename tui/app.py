@@ -136,10 +136,9 @@ class FinettyApp(App[None]):
 
                 preset, _ = load_preset(preset, self.overrides)
             if preset is None and resume_dir is not None:
-                from engine.presets import read_yaml, validate
+                from engine.presets import run_config
 
-                data, lines = read_yaml(resume_dir / "config.yaml")
-                preset = validate(data, source=str(resume_dir / "config.yaml"), lines=lines)
+                preset = run_config(resume_dir)
             if preset is None:
                 raise FinettyError("No preset to run.")
             run = Run(preset, bridge, runs_root=self.runs_root, resume_dir=resume_dir)

@@ -182,7 +182,7 @@ def report_error(error: FinettyError) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import rundir
     from engine.errors import ConfigError, RunDirError
-    from engine.presets import load_preset, read_yaml, validate
+    from engine.presets import load_preset, run_config
 
     root = rundir.runs_root(args.run_dir)
     resume_dir = None
@@ -205,8 +205,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{resume_dir} has no complete checkpoint to resume from.",
                 hint="Start a new run instead (without --resume).",
             )
-        data, lines = read_yaml(resume_dir / "config.yaml")
-        preset = validate(data, source=str(resume_dir / "config.yaml"), lines=lines)
+        preset = run_config(resume_dir)
     elif args.preset:
         preset, _ = load_preset(args.preset, args.overrides)
     else:

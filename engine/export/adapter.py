@@ -37,7 +37,7 @@ class RunInfo:
 
 def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
     """A finished run by path or ``latest``: its validated config and its ``final/`` folder."""
-    from engine.presets import read_yaml, validate
+    from engine.presets import run_config
 
     path = Path(ref).expanduser()
     if ref == "latest" or not (path / "config.yaml").is_file():
@@ -48,8 +48,7 @@ def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
             f"{path} has no final/ model (the run has not finished).",
             hint="Export a finished run, or resume this one with `finetty train --resume`.",
         )
-    data, lines = read_yaml(path / "config.yaml")
-    preset = validate(data, source=str(path / "config.yaml"), lines=lines)
+    preset = run_config(path)
     return RunInfo(path, final, preset, (final / "adapter_config.json").is_file())
 
 

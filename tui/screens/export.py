@@ -35,14 +35,6 @@ HINT_WORDS = (
 )
 
 
-def human_size(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
-
-
 def parse_quants(text: str) -> list[str]:
     """The CLI's reading of --quant: a comma list, case-insensitive, blanks dropped."""
     return [q.strip().lower() for q in text.split(",") if q.strip()]
@@ -350,6 +342,9 @@ class ExportScreen(Screen[None]):
 
 def report_text(report: Any) -> str:
     """Each written item: kind, size, name (in the out folder), its checks and command, if any."""
+    # engine.export is loaded by the time a report exists; its size format is the CLI's too.
+    from engine.export.files import human_size
+
     rows = [f"[b]Written to {escape(str(report.out_dir))}:[/]"]
     for item in report.items:
         path = Path(item.path)
