@@ -106,7 +106,7 @@ def flops_per_token(shape: str, seq: int) -> float:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from engine import models
+    from engine import distributed, models
     from engine.adapters import LoraSettings, prepare_for_training
     from engine.control import RunControl
     from engine.events import RecordingSink, Step
@@ -116,7 +116,18 @@ def run(args: argparse.Namespace) -> dict:
     cuda = args.device == "cuda"
     if cuda:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    folder = prepare_model(args.shape, Path(args.model_root), args.device)
+    # Under torchrun: DDP over every process, as `finetty train --gpus N` runs it.
+    dist = (
+        distributed.init_from_env(use_cpu=not cuda) if distributed.launched_distributed() else None
+    )
+    world = dist.world_size if dist else 1
+    if dist is None or dist.is_main:
+        folder = prepare_model(args.shape, Path(args.model_root), args.device)
+    if dist is not None:
+        import torch.distributed
+
+        torch.distributed.barrier()
+        folder = prepare_model(args.shape, Path(args.model_root), args.device)
     loaded = models.load_model(
         models.ModelSource("local", str(folder)),
         device=args.device,
@@ -140,7 +151,9 @@ def run(args: argparse.Namespace) -> dict:
         amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None,
     )  # fmt: skip
     sink = RecordingSink()
-    data = synthetic_examples(args.batch * args.steps, args.seq, SHAPES[args.shape]["vocab_size"])
+    data = synthetic_examples(
+        args.batch * args.steps * world, args.seq, SHAPES[args.shape]["vocab_size"]
+    )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
@@ -153,13 +166,17 @@ def run(args: argparse.Namespace) -> dict:
             control=RunControl(),
             checkpoint_dir=Path(tmp),
             is_adapter=False,
+            dist=dist,
         )
         trainer.run()
     steps = sink.of_type(Step)
     timed = [s.step_time_s for s in steps[args.warmup :]]
     step_time = statistics.median(timed)
-    tokens_per_s = args.batch * args.seq / step_time
+    tokens_per_s = args.batch * args.seq * world / step_time
+    if dist is not None and not dist.is_main:
+        return {"follower": True}
     return {
+        "gpus": world,
         "stack": "finetty_plain" if args.plain else "finetty",
         "mode": args.mode,
         "shape": args.shape,
@@ -169,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
         "peak_alloc_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2) if cuda else None,
         "mfu_4n": round(
-            tokens_per_s * flops_per_token(args.shape, args.seq) / (PEAK_TFLOPS * 1e12), 4
+            tokens_per_s / world * flops_per_token(args.shape, args.seq) / (PEAK_TFLOPS * 1e12), 4
         ),
         "median_step_s": round(step_time, 3),
         "losses": [round(s.loss, 5) for s in steps],
@@ -250,6 +267,8 @@ def main() -> None:
     ).stdout.strip()
     try:
         row = {"session": args.session, **run(args)}
+        if row.get("follower"):
+            return  # rank 0 prints the job's row
     except Exception as exc:  # noqa: BLE001 - a failed config is a row too (e.g. OOM), never a lost table
         row = {"session": args.session, "stack": "finetty", "mode": args.mode, "shape": args.shape,
                "batch": args.batch, "seq": args.seq, "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip

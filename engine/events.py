@@ -49,6 +49,7 @@ class RunStarted(Event):
     precision: str = "float32"
     device: str = "cpu"
     pid: int = 0
+    world_size: int = 1  # processes (GPUs) training together
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,15 @@ class HardwareMonitor:
         sink: EventSink,
         interval: float = 2.0,
         peak_mib: Callable[[int], float | None] | None = None,
+        devices: list[int] | None = None,
     ) -> None:
         self.sink = sink
         self.interval = interval
         self.peak_mib = peak_mib
+        self.devices = devices  # NVML indices to read; None reads every GPU
+        # Under torch.distributed the trainer gathers every rank's sample itself once training
+        # starts, and turns this off so that rank 0 does not publish two views of the job.
+        self.publish = True
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # prime: the first call always returns 0
         self._nvml = _nvml()
@@ -66,7 +71,7 @@ class HardwareMonitor:
             return []
         samples = []
         count = int(_maybe(nvml.nvmlDeviceGetCount) or 0)
-        for index in range(count):
+        for index in self.devices if self.devices is not None else range(count):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 name = nvml.nvmlDeviceGetName(handle)
@@ -95,7 +100,8 @@ class HardwareMonitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.sink.emit(self.sample())
+            if self.publish:
+                self.sink.emit(self.sample())
 
     def stop(self) -> None:
         self._stop.set()
@@ -110,3 +116,29 @@ def cuda_peak_mib(index: int) -> float | None:
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
         return None
     return torch.cuda.max_memory_allocated(index) / MIB
+
+
+def visible_gpu_index(local_rank: int) -> int:
+    """The NVML (physical) index of CUDA device ``local_rank`` under CUDA_VISIBLE_DEVICES."""
+    import os
+
+    visible = [part.strip() for part in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    if local_rank < len(visible) and visible[local_rank].isdigit():
+        return int(visible[local_rank])
+    return local_rank
+
+
+def merge_rank_samples(samples: list[HardwareSample]) -> HardwareSample:
+    """One view of a multi-process job: one GPU row per rank (numbered by rank, so rows stay
+    apart across nodes), the processes' RAM and CPU summed."""
+    from dataclasses import replace
+
+    gpus = [
+        replace(gpu, index=rank) for rank, sample in enumerate(samples) for gpu in sample.gpus[:1]
+    ]
+    return HardwareSample(
+        gpus=gpus,
+        process_rss_mib=sum(sample.process_rss_mib for sample in samples),
+        process_cpu_pct=sum(sample.process_cpu_pct for sample in samples),
+        system_memory_used_pct=max(sample.system_memory_used_pct for sample in samples),
+    )

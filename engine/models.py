@@ -172,7 +172,9 @@ def load_model(
         kwargs["use_safetensors"] = source.kind != "gguf"
     if quant_bits:
         kwargs["quantization_config"] = _bnb_config(quant_bits, quant_type, double_quant, dtype)
-        kwargs["device_map"] = {"": 0}
+        import torch
+
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **kwargs)
     except Exception as exc:  # noqa: BLE001

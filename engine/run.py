@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import builtin_data, rundir
+from engine import builtin_data, distributed, rundir
 from engine.config import BUILTIN_DATASET, Preset
 from engine.control import RunAborted, RunControl
 from engine.errors import (
@@ -69,9 +69,16 @@ class Run:
         *,
         runs_root: Path | None = None,
         resume_dir: Path | None = None,
+        new_run_dir: Path | None = None,
         hardware_interval: float = 2.0,
     ) -> None:
+        """``new_run_dir``: an empty run directory made beforehand (the multi-GPU launcher makes
+        one so that it can watch it before the ranks start)."""
         self.preset = preset
+        # Under torchrun only rank 0 owns the run directory; the other ranks follow its commands
+        # and report a failure through torch.distributed's store (see engine.distributed).
+        self.rank = distributed.rank_from_env() if distributed.launched_distributed() else 0
+        self.dist: distributed.DistContext | None = None
         self.hardware_interval = hardware_interval
         self._accuracy: dict[str, float] = {}
         self.stop_signal: str = "user"  # "user" (Ctrl+C, stop command) or "sigterm"
@@ -79,6 +86,13 @@ class Run:
         self._thread: threading.Thread | None = None
         if resume_dir is not None:
             self.run_dir = resume_dir
+        elif self.rank != 0:
+            self.run_dir = new_run_dir or Path(os.devnull)  # never written by this rank
+        elif new_run_dir is not None:
+            self.run_dir = new_run_dir
+            from engine.presets import to_yaml
+
+            (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
         else:
             self.run_dir = rundir.new_run_dir(
                 preset.name, rundir.runs_root(str(runs_root) if runs_root else None)
@@ -87,10 +101,15 @@ class Run:
 
             (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
         self.resuming = resume_dir is not None
-        self.dir_sink = rundir.RunDirSink(self.run_dir)
-        self.sink = FanoutSink(self.dir_sink, sink)
-        self._reader = rundir.CommandReader(self.run_dir / "commands.jsonl")
-        self.control = RunControl(external=self._reader.poll)
+        self.dir_sink: rundir.RunDirSink | None = None
+        if self.rank == 0:
+            self.dir_sink = rundir.RunDirSink(self.run_dir)
+            self.sink = FanoutSink(self.dir_sink, sink)
+            reader = rundir.CommandReader(self.run_dir / "commands.jsonl")
+            self.control = RunControl(external=reader.poll)
+        else:
+            self.sink = FanoutSink(sink)
+            self.control = RunControl()
         self.model: Any = None
         self.tokenizer: Any = None
         self.chat_template: str | None = None
@@ -119,14 +138,11 @@ class Run:
         return self.result
 
     def _execute_safely(self) -> None:
-        from engine.hardware import HardwareMonitor, cuda_peak_mib
-
         started = time.time()
         step = 0
-        monitor = HardwareMonitor(
-            self.sink, interval=self.hardware_interval, peak_mib=cuda_peak_mib
-        )
-        monitor.start()
+        monitor = self._monitor = self._hardware_monitor()
+        if self.rank == 0:
+            monitor.start()
         try:
             try:
                 outcome, paths = self._execute()
@@ -162,8 +178,31 @@ class Run:
             self._fail(error.kind, error.title, error.message, error.hint)
             self.result = RunResult("failed", error.exit_code, self.run_dir, error)
         except Exception as exc:  # noqa: BLE001 - any crash becomes a failed event, with the trace in log.txt
-            with open(self.run_dir / "log.txt", "a", encoding="utf-8") as log:
-                log.write(traceback.format_exc())
+            peer = self.peer_failure()
+            if peer is not None and self.dir_sink is not None:
+                # A collective broke because another rank died: its error is the one to show.
+                self.fail_from_peer(peer)
+                self.result = RunResult(
+                    "failed", EXIT_FAILED, self.run_dir, FinettyError(peer["message"])
+                )
+                return
+            if self.dir_sink is not None:
+                with open(self.run_dir / "log.txt", "a", encoding="utf-8") as log:
+                    log.write(traceback.format_exc())
+            else:
+                traceback.print_exc()  # torchrun prefixes it with this rank's number
+            if self.dist is not None and distributed.lost_peer(exc):
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self._fail(
+                    "distributed",
+                    "A process of the job died",
+                    f"Rank {self.rank} lost contact with another rank of the job: {first}",
+                    "The job's output names the rank that ended first and why (torchrun's "
+                    "summary); a rank killed by the kernel for lack of host memory leaves no "
+                    "message of its own. Continue with --resume latest.",
+                )
+                self.result = RunResult("failed", EXIT_FAILED, self.run_dir, FinettyError(first))
+                return
             message = f"{type(exc).__name__}: {exc}"
             self._fail(
                 "internal",
@@ -174,11 +213,52 @@ class Run:
             self.result = RunResult("failed", EXIT_FAILED, self.run_dir, FinettyError(message))
         finally:
             monitor.stop()
-            self.dir_sink.close()
+            if self.dir_sink is not None:
+                self.dir_sink.close()
+            if self.dist is not None:
+                distributed.shutdown()
+
+    def fail_from_peer(self, record: dict[str, Any]) -> None:
+        """Report another rank's error as this run's failure, naming the rank."""
+        self._fail(
+            record.get("kind") or "internal",
+            f"Rank {record.get('rank')} failed: {record.get('title') or 'error'}",
+            f"rank {record.get('rank')}: {record.get('message')}",
+            record.get("hint"),
+        )
 
     def _fail(self, kind: str, title: str, message: str, hint: str | None) -> None:
+        if self.dir_sink is None:
+            # Not rank 0: rank 0 reads this from the store and reports it with the rank number.
+            if self.dist is not None:
+                distributed.report_failure(self.dist, kind, title, message, hint)
+            self.sink.emit(Failed(kind, title, message, hint, 0, ""))
+            return
         step = int(self.dir_sink.status.get("step") or 0)
         self.sink.emit(Failed(kind, title, message, hint, step, str(self.run_dir / "log.txt")))
+
+    def _hardware_monitor(self) -> Any:
+        from engine.hardware import HardwareMonitor, cuda_peak_mib, visible_gpu_index
+
+        if not distributed.launched_distributed():
+            return HardwareMonitor(
+                self.sink, interval=self.hardware_interval, peak_mib=cuda_peak_mib
+            )
+        # Each rank reads its own GPU; the trainer gathers them into one sample on rank 0.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return HardwareMonitor(
+            self.sink,
+            interval=self.hardware_interval,
+            peak_mib=lambda _index: cuda_peak_mib(local_rank),
+            devices=[visible_gpu_index(local_rank)],
+        )
+
+    def peer_failure(self) -> dict[str, Any] | None:
+        """The first error another rank reported, if any (multi-GPU runs)."""
+        if self.dist is None:
+            return None
+        failures = distributed.peer_failures(self.dist)
+        return failures[0] if failures else None
 
     # -- the run itself ------------------------------------------------------------------------
     def _execute(self) -> tuple[Any, dict[str, str]]:
@@ -191,6 +271,9 @@ class Run:
 
         p = self.preset
         device = models.select_device(p.training.use_cpu)
+        if distributed.launched_distributed():
+            self.sink.emit(StateChanged(state="loading", detail="joining the other processes"))
+            self.dist = distributed.init_from_env(use_cpu=device != "cuda")
         quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
         models.check_hardware(device=device, quant_bits=quant_bits, optim=p.training.optim)
         source = models.resolve_source(
@@ -333,6 +416,9 @@ class Run:
             control=self.control,
             checkpoint_dir=self.run_dir / "checkpoints",
             is_adapter=p.uses_adapter,
+            dist=self.dist,
+            hardware=self._monitor.sample if self.dist is not None else None,
+            hardware_interval=self.hardware_interval,
         )
         if self.resuming:
             checkpoint = find_resume_checkpoint(self.run_dir, self.sink)
@@ -362,24 +448,30 @@ class Run:
                 trainable_percent=100.0 * trainable / max(total, 1),
                 total_steps=trainer.total_steps,
                 num_epochs=p.training.num_train_epochs,
-                global_batch_size=settings.micro_batch * settings.grad_accum,
+                global_batch_size=settings.micro_batch * settings.grad_accum * trainer.world,
                 resumed_from_step=trainer.state.step,
                 precision=precision,
                 device=device,
                 pid=os.getpid(),
+                world_size=trainer.world,
             )
         )
+        main = self.dist is None or self.dist.is_main
         heldout = (
-            builtin_data.generate("heldout") if builtin and p.training.eval_exact_match else []
+            builtin_data.generate("heldout")
+            if builtin and p.training.eval_exact_match and main
+            else []
         )
         self.control.check_abort()
         if heldout and not self.resuming:
             self._exact_match(model, heldout, "before")
         self.control.check_abort()
         self.sink.emit(StateChanged(state="training"))
+        if self.dist is not None:
+            self._monitor.publish = False  # the trainer gathers every rank's sample from here on
         outcome = trainer.run()
         paths = {"run_dir": str(self.run_dir)}
-        if outcome.status == "finished":
+        if outcome.status == "finished" and main:
             paths["final"] = str(self._save_final(model))
             if heldout:
                 self._exact_match(model, heldout, "after")

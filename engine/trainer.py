@@ -11,15 +11,25 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine import checkpoint as ckpt
+from engine import distributed
 from engine.control import RunControl
+from engine.distributed import DistContext
 from engine.errors import OutOfMemoryError, TrainingError
-from engine.events import CheckpointSaved, Eval, EventSink, LogLine, StateChanged, Step
+from engine.events import (
+    CheckpointSaved,
+    Eval,
+    EventSink,
+    HardwareSample,
+    LogLine,
+    StateChanged,
+    Step,
+)
 from engine.health import HealthMonitor
 from engine.loss import supports_chunked_loss
 
@@ -67,18 +77,18 @@ class TrainOutcome:
     tokens_seen: int
 
 
-def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int) -> int:
-    return max(1, math.ceil(num_examples / (micro_batch * grad_accum)))
+def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int, world: int = 1) -> int:
+    return max(1, math.ceil(num_examples / (micro_batch * grad_accum * world)))
 
 
-def total_steps(num_examples: int, settings: TrainSettings) -> int:
+def total_steps(num_examples: int, settings: TrainSettings, world: int = 1) -> int:
     if settings.max_steps > 0:
         return settings.max_steps
     return max(
         1,
         math.ceil(
             settings.epochs
-            * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum)
+            * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum, world)
         ),
     )
 
@@ -181,6 +191,14 @@ def build_scheduler(optimizer: Any, settings: TrainSettings, steps: int):
 
 
 def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) -> float:
+    total, count = evaluate_sums(model, examples, settings)
+    return total / max(count, 1)
+
+
+def evaluate_sums(
+    model: Any, examples: Sequence[Any], settings: TrainSettings
+) -> tuple[float, int]:
+    """Summed loss and trained-token count over ``examples`` (ranks add theirs together)."""
     import torch
 
     was_training = model.training
@@ -197,7 +215,7 @@ def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) 
             )
             count += trained_token_count(chunk)
     model.train(was_training)
-    return total / max(count, 1)
+    return total, count
 
 
 class Trainer:
@@ -212,6 +230,9 @@ class Trainer:
         control: RunControl,
         checkpoint_dir: Path,
         is_adapter: bool,
+        dist: DistContext | None = None,
+        hardware: Callable[[], HardwareSample] | None = None,
+        hardware_interval: float = 2.0,
     ) -> None:
         self.model, self.train, self.val, self.s = model, train, val, settings
         self.sink, self.control, self.checkpoint_dir, self.is_adapter = (
@@ -220,8 +241,19 @@ class Trainer:
             checkpoint_dir,
             is_adapter,
         )
-        self.total_steps = total_steps(len(train), settings)
+        self.dist, self.hardware, self.hardware_interval = dist, hardware, hardware_interval
+        self.world = dist.world_size if dist else 1
+        self.total_steps = total_steps(len(train), settings, self.world)
         self.chunked_loss = settings.chunked_loss and supports_chunked_loss(model)
+        self._last_hardware = 0.0
+        self.ddp = None
+        if dist is not None:
+            import torch
+
+            self.ddp = distributed.wrap_model(model, dist, settings.device, self._loss)
+            if not dist.is_main:
+                # Same LoRA initialisation everywhere (seeded before), different dropout masks.
+                torch.manual_seed(settings.seed + dist.rank)
         self.optimizer = build_optimizer(model, settings)
         self.scheduler = build_scheduler(self.optimizer, settings, self.total_steps)
         self.scaler = None
@@ -243,6 +275,14 @@ class Trainer:
             scheduler=self.scheduler,
             scaler=self.scaler,
         )
+        if self.dist is not None and not self.dist.is_main:
+            import torch
+
+            # The checkpoint holds rank 0's random state; the other ranks keep their own streams.
+            torch.manual_seed(self.s.seed + self.dist.rank + 7919 * self.state.step)
+
+    def _loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        return batch_loss_sum(model, batch, self.s.amp_dtype, self.s.device, self.chunked_loss)
 
     def _step_examples(self) -> tuple[int, int, int, list[Any]]:
         """The examples of the next optimizer step: (epoch, done in epoch, epoch size, examples).
@@ -255,7 +295,7 @@ class Trainer:
             state.epoch, state.examples_done_in_epoch = state.epoch + 1, 0
         order = epoch_order(size, self.s.seed, state.epoch)
         start = state.examples_done_in_epoch
-        indices = order[start : start + self.micro_batch * self.grad_accum]
+        indices = order[start : start + self.micro_batch * self.grad_accum * self.world]
         return state.epoch, start + len(indices), size, [self.train[i] for i in indices]
 
     def _forward_backward(self, examples: list[Any]) -> tuple[Any, int, float | None]:
@@ -271,7 +311,9 @@ class Trainer:
                 return self._try_step(examples)
             except torch.OutOfMemoryError as exc:
                 self.optimizer.zero_grad(set_to_none=True)
-                if not self.s.auto_batch or self.micro_batch == 1:
+                # Ranks cannot agree on a smaller micro-batch without another collective in the
+                # failure path, so a multi-GPU run reports the OOM instead of retrying.
+                if not self.s.auto_batch or self.micro_batch == 1 or self.dist is not None:
                     raise _oom_error(exc, self.s, self.micro_batch) from None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -289,18 +331,39 @@ class Trainer:
         import torch
 
         s = self.s
-        n_trained = trained_token_count(examples)
+        n_trained = trained_token_count(examples)  # of the global batch: the same on every rank
+        local, weight = distributed.shard(examples, self.dist), 1.0
+        if not local:
+            # Fewer examples than ranks at the end of an epoch: a zero-weighted pass keeps this
+            # rank in DDP's gradient all-reduce without changing the update.
+            local, weight = examples[:1], 0.0
+        # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
+        scale = weight * self.world / max(n_trained, 1)
         loss_sum = torch.zeros((), device=s.device)
-        for start in range(0, len(examples), self.micro_batch):
+        starts = range(0, len(local), self.micro_batch)
+        for start in starts:
             self.control.check_abort()
-            chunk = examples[start : start + self.micro_batch]
-            batch = collate(chunk, s.pad_token_id, s.device)
-            micro_loss = batch_loss_sum(self.model, batch, s.amp_dtype, s.device, self.chunked_loss)
-            scaled = micro_loss / max(n_trained, 1)
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            loss_sum += micro_loss.detach()
+            batch = collate(local[start : start + self.micro_batch], s.pad_token_id, s.device)
+            with self._gradient_sync(start == starts[-1]):
+                micro_loss = (
+                    self.ddp(batch) if self.ddp is not None else self._loss(self.model, batch)
+                )
+                scaled = micro_loss * scale
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += micro_loss.detach() * weight
         grad_norm = self._optimizer_step()
+        if self.dist is not None:
+            (total,) = distributed.sum_floats([float(loss_sum)], self.dist)
+            return total / max(n_trained, 1), n_trained, grad_norm
         return loss_sum / max(n_trained, 1), n_trained, grad_norm
+
+    def _gradient_sync(self, last_micro_batch: bool) -> Any:
+        """DDP all-reduces gradients on the last micro-batch of a step only."""
+        import contextlib
+
+        if self.ddp is None or last_micro_batch:
+            return contextlib.nullcontext()
+        return self.ddp.no_sync()
 
     def run(self) -> TrainOutcome:
         s, state = self.s, self.state
@@ -400,7 +463,10 @@ class Trainer:
         import torch
 
         try:
-            loss = evaluate_loss(self.model, self.val, self.s)
+            total, count = evaluate_sums(self.model, distributed.shard(self.val, self.dist), self.s)
+            if self.dist is not None:
+                total, count = distributed.sum_floats([total, count], self.dist)
+            loss = total / max(count, 1)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
                 f"Out of memory while evaluating (per_device_eval_batch_size {self.s.eval_batch}): "
@@ -417,7 +483,17 @@ class Trainer:
         """Apply queued commands; blocks while paused. Returns "stop" when the loop must end."""
         paused = False
         while True:
-            commands = self.control.wait(0.5) if paused else self.control.drain()
+            commands: list[str] = []
+            if self.dist is None or self.dist.is_main:
+                commands = self.control.wait(0.5) if paused else self.control.drain()
+            if self.dist is not None:
+                # Rank 0 decides for everyone, every step; while paused this is also the
+                # heartbeat that keeps the other ranks' collectives from timing out.
+                commands, hardware_due = distributed.broadcast(
+                    (commands, self._hardware_due()), self.dist
+                )
+                if hardware_due:
+                    self._publish_hardware()
             for command in commands:
                 if command == "abort":
                     self.control.check_abort()
@@ -436,7 +512,28 @@ class Trainer:
             if not paused:
                 return None
 
+    def _hardware_due(self) -> bool:
+        if self.hardware is None or not (self.dist is None or self.dist.is_main):
+            return False
+        now = time.monotonic()
+        if now - self._last_hardware < self.hardware_interval:
+            return False
+        self._last_hardware = now
+        return True
+
+    def _publish_hardware(self) -> None:
+        """Every rank's GPU in one sample, gathered between steps (multi-GPU runs only)."""
+        from engine.hardware import merge_rank_samples
+
+        if self.dist is None:
+            return
+        samples = distributed.gather(self.hardware() if self.hardware else None, self.dist)
+        if samples is not None:
+            self.sink.emit(merge_rank_samples([sample for sample in samples if sample]))
+
     def save(self, reason: str) -> Path | None:
+        if self.dist is not None and not self.dist.is_main:
+            return None  # DDP keeps identical weights and optimizer state: rank 0 writes them
         if self.state.step == 0:
             self.sink.emit(
                 LogLine(level="info", text="No step has run yet; nothing to checkpoint.")

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--price", type=float, metavar="USD", help="hourly price, for the probe's cost figure"
     )
+    from tui.launch import add_launch_arguments  # light: argparse/subprocess only
+
+    add_launch_arguments(train)
 
     watch = sub.add_parser("watch", help="live dashboard of a run started elsewhere")
     watch.add_argument("run", metavar="RUN_DIR|latest", help="a run directory, or `latest`")
@@ -99,13 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check GPU, CUDA, bitsandbytes, disk and hub access")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
 
-    chat = sub.add_parser("chat", help="chat with a finished run or a model (plain REPL headless)")
+    chat = sub.add_parser(
+        "chat", help="chat with a finished run or a model (the chat pane; a plain REPL headless)"
+    )
     chat.add_argument(
         "target", help="run directory, `latest`, a model folder, hub id or embedded:..."
     )
     chat.add_argument("--adapter", help="a PEFT adapter folder to load on top of the model")
     chat.add_argument(
-        "--no-tui", action="store_true", help="plain REPL (the only chat mode so far)"
+        "--no-tui",
+        action="store_true",
+        help="plain REPL instead of the chat pane (the default when not on a terminal)",
     )
     chat.add_argument("--system", help="system prompt")
     chat.add_argument("--temperature", type=float, default=0.0)
@@ -212,17 +219,65 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
+    from engine.distributed import launched_distributed
+    from tui.launch import plan_launch, visible_gpu_count
+
+    if launched_distributed() and args.gpus is not None:
+        raise ConfigError(
+            "--gpus was given inside a torchrun/accelerate job, which already started one "
+            "process per GPU.",
+            hint="Drop --gpus when you launch with torchrun yourself.",
+        )
+    plan = None
+    if not launched_distributed():
+        plan = plan_launch(args, use_cpu=preset.training.use_cpu, visible_gpus=visible_gpu_count())
     if args.probe:
-        if resume_dir is not None:
-            raise ConfigError("--probe cannot be combined with --resume.")
+        if resume_dir is not None or plan is not None:
+            raise ConfigError(
+                "--probe runs on one GPU; it cannot be combined with --resume or --gpus."
+            )
         return run_probe(
             preset, root=root, steps=args.probe_steps, price=args.price, json_mode=args.json
         )
-    if not args.no_tui and not args.json and interactive():
+    if plan is not None:
+        return launch_job(args, plan, preset.name, root=root, resume_dir=resume_dir)
+    new_run_dir = None
+    if args.into:
+        if resume_dir is not None:
+            raise ConfigError("--into cannot be combined with --resume.")
+        new_run_dir = Path(args.into)
+    if not args.no_tui and not args.json and interactive() and not launched_distributed():
         from tui.app import run_tui
 
         return run_tui(preset, runs_root=root, resume_dir=resume_dir)
-    return run_headless(preset, root=root, resume_dir=resume_dir, json_mode=args.json)
+    return run_headless(
+        preset, root=root, resume_dir=resume_dir, json_mode=args.json, new_run_dir=new_run_dir
+    )
+
+
+def launch_job(args, plan, name: str, *, root: Path, resume_dir: Path | None) -> int:
+    """Several processes under torchrun; this process watches (TUI) or follows (headless)."""
+    from engine import rundir
+    from tui.launch import follow_job, start_job, torchrun_command, worker_arguments
+
+    run_dir = resume_dir
+    if run_dir is None and plan.node_rank == 0:
+        run_dir = rundir.new_run_dir(name, root)  # only node 0 writes a run directory
+    command = torchrun_command(plan, worker_arguments(args, run_dir))
+    print(
+        f"finetty: {plan.world_size} processes ({plan.nproc_per_node} per node x {plan.nnodes} "
+        f"node(s)) under torchrun" + (f"; run directory {run_dir}" if run_dir else ""),
+        file=sys.stderr,
+    )
+    if not args.no_tui and not args.json and interactive() and run_dir is not None:
+        from tui.app import run_tui
+
+        log = run_dir / "launcher.log"
+        process = start_job(command, log)
+        print(f"finetty: job pid {process.pid}, its output in {log}", file=sys.stderr)
+        # The dashboard watches the run directory; leaving it leaves the job running.
+        return run_tui(runs_root=root, watch_dir=run_dir)
+    return follow_job(start_job(command, None), run_dir)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -244,18 +299,33 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch)\b.*")
 
 
-def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool) -> int:
+def run_headless(
+    preset,
+    *,
+    root: Path,
+    resume_dir: Path | None,
+    json_mode: bool,
+    new_run_dir: Path | None = None,
+) -> int:
     quiet_libraries()
+    from engine.distributed import launched_distributed, rank_from_env
     from engine.run import Run
     from tui.console import ConsoleReporter
 
+    if launched_distributed() and rank_from_env() != 0:
+        return run_follower_rank(preset, resume_dir=resume_dir, new_run_dir=new_run_dir)
     reporter = ConsoleReporter(json_mode=json_mode)
-    run = Run(preset, reporter, runs_root=root, resume_dir=resume_dir)
-    interrupts = {"count": 0}
+    run = Run(preset, reporter, runs_root=root, resume_dir=resume_dir, new_run_dir=new_run_dir)
+    interrupts = {"count": 0, "first": 0.0}
 
     def on_sigint(signum: int, frame: object) -> None:
+        # Under a torchrun started in the foreground, one Ctrl+C reaches rank 0 twice: from the
+        # terminal and forwarded by torchrun. Only a press a second later means "abort".
+        if run.dist is not None and time.monotonic() - interrupts["first"] < 2.0:
+            return
         interrupts["count"] += 1
         if interrupts["count"] == 1:
+            interrupts["first"] = time.monotonic()
             reporter.err.print(
                 "Stopping: writing a checkpoint first (Ctrl+C again to abort at once)."
             )
@@ -274,10 +344,22 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
 
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
+    peer = None
     with reporter:
         run.start()
         while run.alive:
-            run.join(timeout=0.2)
+            run.join(timeout=0.5)
+            peer = run.peer_failure() if run.alive else None
+            if peer is not None:
+                run.fail_from_peer(peer)
+                break
+    if peer is not None and run.dir_sink is not None:
+        # Another rank died; this one may be stuck in a collective that will never finish.
+        run.dir_sink.close()
+        reporter.err.print(f"Rank {peer.get('rank')} failed: {peer.get('message')}")
+        reporter.err.print(f"run directory: {run.run_dir}")
+        sys.stderr.flush()
+        os._exit(EXIT_FAILED)
     result = run.result
     reporter.print_result()
     if result is None:
@@ -286,7 +368,39 @@ def run_headless(preset, *, root: Path, resume_dir: Path | None, json_mode: bool
         report_error(result.error)
     if not json_mode:
         reporter.err.print(f"run directory: {result.run_dir}")
-    return result.exit_code
+    return worker_exit_code(run, result.exit_code)
+
+
+def worker_exit_code(run, code: int) -> int:
+    """Under torchrun a clean stop exits 0: torchrun reports any other code as a crash with a
+    page of "ChildFailedError". `finetty train --gpus` reads the real outcome from status.json."""
+    if run.dist is not None and run.result is not None and run.result.status == "stopped":
+        return 0
+    return code
+
+
+def run_follower_rank(preset, *, resume_dir: Path | None, new_run_dir: Path | None) -> int:
+    """A rank other than 0: trains its share, writes nothing, follows rank 0's decisions.
+
+    Signals are rank 0's business (torchrun forwards them to every rank); this rank ends when
+    rank 0 broadcasts a stop, or when the job is torn down.
+    """
+    from engine.events import Event, Failed
+    from engine.run import Run
+
+    class FailurePrinter:
+        def emit(self, event: Event) -> None:
+            if isinstance(event, Failed):
+                print(f"rank {run.rank}: {event.title}: {event.message}", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    run = Run(preset, FailurePrinter(), resume_dir=resume_dir, new_run_dir=new_run_dir)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        run.stop_signal = "sigterm"
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return worker_exit_code(run, run.execute().exit_code)
 
 
 def run_probe(preset, *, root: Path, steps: int, price: float | None, json_mode: bool) -> int:
@@ -403,9 +517,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from tui.repl import chat_repl
+    from engine.inference import resolve_chat_target
 
-    return chat_repl(args)
+    # Checked before either front-end starts: a bad target reads the same in both (exit 2).
+    target = resolve_chat_target(
+        args.target, adapter=args.adapter, runs_root=Path(args.run_dir) if args.run_dir else None
+    )
+    if args.no_tui or not interactive():
+        from tui.repl import chat_repl
+
+        return chat_repl(args, target)
+    quiet_libraries()
+    from tui.chat_app import run_chat_app
+    from tui.screens.chat import GenerationSettings
+
+    settings = GenerationSettings(
+        system=args.system or "",
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+    )
+    return run_chat_app(target, settings)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -1,0 +1,299 @@
+"""Several processes on the CPU (gloo): the launch logic CI can test without a GPU.
+
+`finetty train --gpus 2` with training.use_cpu starts torchrun with two CPU processes; with the
+same global batch and seed, its per-step losses must equal one process's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from engine.errors import ConfigError
+from tui.launch import LaunchPlan, job_exit_code, plan_launch, torchrun_command, worker_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_preset(tmp_path: Path, model_dir: Path, dataset: Path, **training: object) -> Path:
+    data = {
+        "name": "ddp",
+        "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_seq_length": 64},
+        "dataset": {"path": str(dataset), "format": "auto", "val_size": 4},
+        "method": "lora",
+        # No dropout: with it, ranks draw different masks and only the curves' trend can match.
+        "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
+        "training": {
+            "learning_rate": 5e-3,
+            "per_device_train_batch_size": 2,
+            "gradient_accumulation_steps": 2,
+            "max_steps": 4,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "seed": 0,
+            "use_cpu": True,
+            **training,
+        },
+    }
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _finetty(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "tui.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _events(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _only_run(root: Path) -> Path:
+    runs = [path for path in root.glob("*/*") if path.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_two_cpu_processes_match_one(
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+) -> None:
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl)
+    single = _finetty("train", str(preset), "--no-tui", "--run-dir", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    # Same global batch: 2 processes x micro-batch 2 x accumulation 1 = 1 x 2 x 2.
+    double = _finetty(
+        "train", str(preset), "--no-tui", "--gpus", "2",
+        "--set", "training.gradient_accumulation_steps=1",
+        "--run-dir", str(tmp_path / "two"),
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr[-3000:]
+    one_dir, two_dir = _only_run(tmp_path / "one"), _only_run(tmp_path / "two")
+    one, two = _events(one_dir), _events(two_dir)
+
+    started = next(e for e in two if e["type"] == "run_started")
+    assert started["world_size"] == 2
+    assert started["global_batch_size"] == 4
+    steps_one = [e for e in one if e["type"] == "step"]
+    steps_two = [e for e in two if e["type"] == "step"]
+    assert [e["step"] for e in steps_two] == [1, 2, 3, 4]
+    for a, b in zip(steps_one, steps_two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-5)
+        assert b["tokens"] == a["tokens"]  # the global batch's tokens, not one rank's
+    evals_one = [e["loss"] for e in one if e["type"] == "eval"]
+    evals_two = [e["loss"] for e in two if e["type"] == "eval"]
+    assert evals_two == pytest.approx(evals_one, rel=1e-4)
+    # Rank 0 alone wrote the run directory: one started event, one finished, one final model.
+    assert sum(e["type"] == "run_started" for e in two) == 1
+    assert [e["status"] for e in two if e["type"] == "finished"] == ["finished"]
+    assert (two_dir / "final" / "adapter_config.json").exists()
+    assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_stop_command_checkpoints_every_rank_and_resume_continues(
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+) -> None:
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, max_steps=400, save_steps=1000)
+    root = tmp_path / "runs"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--gpus", "2",
+         "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        run_dir = _wait_for_steps(root, job, steps=3)
+        from engine.rundir import send_command
+
+        send_command(run_dir, "stop")
+        _, stderr = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 130, stderr[-3000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "stopped"
+    stopped_at = max(e["step"] for e in _events(run_dir) if e["type"] == "step")
+    from engine.checkpoint import complete_checkpoints
+
+    assert complete_checkpoints(run_dir / "checkpoints")
+    # Resume on two processes, two more steps (a resumed run keeps its config.yaml).
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["training"]["max_steps"] = stopped_at + 2
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = _finetty("train", "--resume", str(run_dir), "--no-tui", "--gpus", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = _events(run_dir)
+    resumed_started = [e for e in events if e["type"] == "run_started"][-1]
+    assert resumed_started["resumed_from_step"] == stopped_at
+    assert resumed_started["world_size"] == 2
+    assert max(e["step"] for e in events if e["type"] == "step") == stopped_at + 2
+
+
+def test_a_killed_rank_ends_the_job_instead_of_hanging(
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+) -> None:
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, max_steps=100000, save_steps=0)
+    root = tmp_path / "runs"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--gpus", "2",
+         "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
+        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        run_dir = _wait_for_steps(root, job, steps=2)
+        rank0_pid = json.loads((run_dir / "status.json").read_text())["pid"]
+        follower = _sibling_worker(rank0_pid)
+        os.kill(follower, signal.SIGKILL)
+        started = time.monotonic()
+        job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert time.monotonic() - started < 90
+    assert job.returncode != 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "failed"
+    assert status["kind"] == "distributed"
+    assert "lost contact with another rank" in status["error"]
+    assert not _alive(rank0_pid)
+
+
+def _sibling_worker(rank0_pid: int) -> int:
+    """The other worker process: same parent (torchrun's agent) as rank 0."""
+    parent = int(Path(f"/proc/{rank0_pid}/stat").read_text().split()[3])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != rank0_pid:
+            try:
+                fields = (entry / "stat").read_text().split()
+            except OSError:
+                continue
+            if int(fields[3]) == parent:
+                return int(entry.name)
+    raise AssertionError("no second worker found")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait_for_steps(root: Path, job: subprocess.Popen, steps: int) -> Path:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert job.poll() is None, job.communicate()[1][-3000:]
+        for events in root.glob("*/*/events.jsonl"):
+            done = [e for e in _events(events.parent) if e["type"] == "step"]
+            if len(done) >= steps:
+                return events.parent
+        time.sleep(0.3)
+    raise AssertionError("the job did not reach its steps")
+
+
+# -- the launch plan (no processes) --------------------------------------------------------------
+def _args(**values: object) -> argparse.Namespace:
+    base = dict(
+        gpus=None, nnodes=1, node_rank=0, master_addr=None, master_port=29500,
+        preset="p.yaml", overrides=[], run_dir=None, resume=None, json=False,
+    )  # fmt: skip
+    return argparse.Namespace(**{**base, **values})
+
+
+def test_plan_needs_gpus_it_can_see() -> None:
+    assert plan_launch(_args(), use_cpu=False, visible_gpus=8) is None
+    assert plan_launch(_args(gpus="1"), use_cpu=False, visible_gpus=8) is None
+    plan = plan_launch(_args(gpus="all"), use_cpu=False, visible_gpus=4)
+    assert plan == LaunchPlan(4, 1, 0, None, 29500)
+    with pytest.raises(ConfigError, match="shows 2 CUDA GPU"):
+        plan_launch(_args(gpus="4"), use_cpu=False, visible_gpus=2)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        plan_launch(_args(gpus="all"), use_cpu=False, visible_gpus=0)
+    with pytest.raises(ConfigError, match="not a number"):
+        plan_launch(_args(gpus="two"), use_cpu=False, visible_gpus=2)
+    with pytest.raises(ConfigError, match="--master-addr"):
+        plan_launch(_args(gpus="8", nnodes=2), use_cpu=False, visible_gpus=8)
+    with pytest.raises(ConfigError, match="need --gpus"):
+        plan_launch(_args(nnodes=2, master_addr="10.0.0.1"), use_cpu=False, visible_gpus=8)
+    with pytest.raises(ConfigError, match="--node-rank 2"):
+        plan_launch(_args(gpus="8", nnodes=2, node_rank=2, master_addr="h"), False, 8)  # type: ignore[misc]
+
+
+def test_two_node_command_names_the_master() -> None:
+    plan = plan_launch(
+        _args(gpus="8", nnodes=2, node_rank=1, master_addr="10.0.0.1"),
+        use_cpu=False,
+        visible_gpus=8,
+    )
+    assert plan is not None and plan.world_size == 16
+    command = torchrun_command(plan, worker_arguments(_args(overrides=["a.b=1"]), None))
+    joined = " ".join(command)
+    assert "--nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29500" in joined
+    assert "--standalone" not in joined
+    assert command[-6:] == ["tui.cli", "train", "p.yaml", "--set", "a.b=1", "--no-tui"]
+    single_node = torchrun_command(LaunchPlan(2, 1, 0, None, 29500), ["p.yaml", "--into", "d"])
+    assert "--standalone" in single_node
+
+
+def test_exit_code_follows_rank_zero_status(tmp_path: Path) -> None:
+    (tmp_path / "status.json").write_text(json.dumps({"state": "stopped"}))
+    assert job_exit_code(1, tmp_path, signal.SIGINT) == 130
+    assert job_exit_code(1, tmp_path, signal.SIGTERM) == 143
+    (tmp_path / "status.json").write_text(json.dumps({"state": "finished"}))
+    assert job_exit_code(0, tmp_path, None) == 0
+    (tmp_path / "status.json").write_text(json.dumps({"state": "failed"}))
+    assert job_exit_code(1, tmp_path, None) == 1
+    assert job_exit_code(1, None, None) == 1
+
+
+def test_a_rank_error_reaches_rank_zero_with_its_number(tmp_path: Path, make_preset) -> None:
+    """Through the store torchrun gives every rank; one process stands in for both ranks."""
+    import socket
+
+    import torch.distributed as dist
+
+    from engine import distributed
+    from engine.distributed import DistContext
+    from engine.events import RecordingSink
+    from engine.run import Run
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        rank0, rank1 = DistContext(0, 0, 2, 2), DistContext(1, 1, 2, 2)
+        assert distributed.peer_failures(rank0) == []
+        distributed.report_failure(rank1, "oom", "Out of memory", "CUDA ran out", "Lower it")
+        (record,) = distributed.peer_failures(rank0)
+        assert record["rank"] == 1 and record["message"] == "CUDA ran out"
+        sink = RecordingSink()
+        run = Run(make_preset(), sink, runs_root=tmp_path)
+        run.fail_from_peer(record)
+        run.dir_sink.close()
+    finally:
+        dist.destroy_process_group()
+    (failed,) = [e for e in sink.events if e.type == "failed"]
+    assert failed.title == "Rank 1 failed: Out of memory"
+    assert failed.message == "rank 1: CUDA ran out" and failed.hint == "Lower it"
+    assert json.loads((run.run_dir / "status.json").read_text())["state"] == "failed"
