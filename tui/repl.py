@@ -1,20 +1,22 @@
-"""`finetty chat --no-tui`: a plain REPL that streams the reply as it is generated."""
+"""`finetty chat --no-tui`, or chat through a pipe: a plain REPL that streams each reply."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.inference import ChatTarget
 
 
-def chat_repl(args: argparse.Namespace) -> int:
+def chat_repl(args: argparse.Namespace, target: ChatTarget) -> int:
+    """``target`` comes checked from cmd_chat; ``args`` carries the generation flags."""
     from engine.generate import stream_reply
     from engine.inference import load_chat_model
 
     print("loading model...", file=sys.stderr)
-    chat = load_chat_model(
-        args.target, adapter=args.adapter, runs_root=Path(args.run_dir) if args.run_dir else None
-    )
+    chat = load_chat_model(target)
     print(
         f"chatting with {chat.description}; an empty line or Ctrl+D quits, /reset clears.",
         file=sys.stderr,

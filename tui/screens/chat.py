@@ -12,18 +12,22 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.markup import escape
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from tui.messages import ReplyDelta, ReplyDone
 from tui.widgets.chat_log import ChatLog
+
+if TYPE_CHECKING:
+    from engine.inference import ChatTarget
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,21 @@ def model_reply_stream(model: Any, tokenizer: Any, chat_template: str | None) ->
     return reply
 
 
-def run_dir_loader(run_dir: Path) -> Loader:
+def chat_loader(target: str | ChatTarget) -> Loader:
+    """Loads what `finetty chat TARGET` names; only a PEFT model has a base to compare."""
+
     def load() -> tuple[ReplyStream, bool]:
         from engine.inference import load_chat_model
 
-        chat = load_chat_model(str(run_dir))
+        chat = load_chat_model(target)
         stream = model_reply_stream(chat.model, chat.tokenizer, chat.chat_template)
         return stream, hasattr(chat.model, "disable_adapter")
 
     return load
+
+
+def run_dir_loader(run_dir: Path) -> Loader:
+    return chat_loader(str(run_dir))
 
 
 class ChatScreen(Screen[None]):
@@ -81,6 +91,13 @@ class ChatScreen(Screen[None]):
         Binding("f1", "help", "help"),
     ]
 
+    class Loaded(Message):
+        """The loader finished; ``error`` is its message if it failed."""
+
+        def __init__(self, error: str | None) -> None:
+            super().__init__()
+            self.error = error
+
     def __init__(
         self,
         reply_stream: ReplyStream | None = None,
@@ -89,8 +106,10 @@ class ChatScreen(Screen[None]):
         description: str = "",
         can_compare: bool = False,
         gate: threading.Event | None = None,
+        settings: GenerationSettings | None = None,
     ) -> None:
         super().__init__(id="chat")
+        self.initial = settings or GenerationSettings()  # what the settings inputs start with
         self.reply_stream = reply_stream
         self.loader = loader
         self.description = description
@@ -104,10 +123,10 @@ class ChatScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] · {escape(self.description)}", id="chat-title")
         with Horizontal(id="settings"):
-            yield Input(placeholder="(model default)", id="system")
-            yield Input("0.0", type="number", id="temperature")
-            yield Input("1.0", type="number", id="top-p")
-            yield Input("256", type="integer", id="max-tokens")
+            yield Input(self.initial.system, placeholder="(model default)", id="system")
+            yield Input(str(self.initial.temperature), type="number", id="temperature")
+            yield Input(str(self.initial.top_p), type="number", id="top-p")
+            yield Input(str(self.initial.max_new_tokens), type="integer", id="max-tokens")
         with Horizontal(id="columns"):
             yield ChatLog(id="tuned")
             yield ChatLog(id="base")
@@ -151,6 +170,9 @@ class ChatScreen(Screen[None]):
         self.can_compare = can_compare
         log = self.query_one("#tuned", ChatLog)
         log.add("error" if error else "note", error or "model ready")
+        self.post_message(self.Loaded(error))
+        if self.leave_when_done:  # escape was pressed while the model loaded
+            self.dismiss(None)
 
     # -- asking --------------------------------------------------------------------------------
     def settings(self) -> GenerationSettings | None:
