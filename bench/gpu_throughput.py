@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> dict:
     )
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    profiler = _profiler(args) if args.profile else None
+    if profiler is not None:
+        sink = _StepProfilingSink(sink, profiler)
+        profiler.start()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
             model,
@@ -169,6 +173,10 @@ def run(args: argparse.Namespace) -> dict:
             dist=dist,
         )
         trainer.run()
+    if profiler is not None:
+        profiler.stop()
+        sink = sink.inner
+        Path(args.profile).write_text(profile_report(profiler), encoding="utf-8")
     steps = sink.of_type(Step)
     timed = [s.step_time_s for s in steps[args.warmup :]]
     step_time = statistics.median(timed)
@@ -195,6 +203,64 @@ def run(args: argparse.Namespace) -> dict:
         "chunked_loss": not args.plain,
         **(predicted(args, folder) if cuda else {}),
     }
+
+
+class _StepProfilingSink:
+    """Advances the profiler's schedule at every optimizer step (the Trainer emits a Step each)."""
+
+    def __init__(self, inner, profiler) -> None:
+        self.inner, self.profiler = inner, profiler
+
+    def emit(self, event) -> None:
+        self.inner.emit(event)
+        if event.type == "step":
+            self.profiler.step()
+
+
+def _profiler(args: argparse.Namespace):
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    return profile(
+        activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+        schedule=schedule(wait=args.warmup, warmup=1, active=2, repeat=1),
+    )
+
+
+# Kernel-name patterns, first match wins: where a step's GPU time goes.
+CATEGORIES = [
+    ("nccl (gradient all-reduce)", ("nccl",)),
+    ("4-bit dequantize (bitsandbytes)", ("dequant", "kdequant", "kgemm_4bit")),
+    ("attention (SDPA / flash)", ("flash", "fmha", "attention", "sdpa", "efficient_attention")),
+    ("matmul (cuBLAS / cutlass)", ("gemm", "cutlass", "sm90_xmma", "nvjet", "matmul", "cublas")),
+    ("loss (chunked cross-entropy)", ("cross_entropy", "log_softmax", "softmax", "nll")),
+    ("norm / rope / swiglu (Liger, Triton)", ("rms", "rope", "swiglu", "liger", "triton")),
+    ("optimizer (8-bit Adam)", ("optimizer", "adam", "8bit")),
+    ("copies / casts", ("copy", "cast", "convert", "to_copy", "cat")),
+    ("elementwise / reductions", ("elementwise", "vectorized", "reduce", "unrolled")),
+]
+
+
+def profile_report(profiler) -> str:
+    """Top kernels by GPU time over the profiled steps, and a share per category."""
+    events = [e for e in profiler.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    total = sum(e.self_device_time_total for e in events) or 1.0
+    shares: dict[str, float] = {}
+    for event in events:
+        name = event.key.lower()
+        label = next(
+            (label for label, signs in CATEGORIES if any(sign in name for sign in signs)), "other"
+        )
+        shares[label] = shares.get(label, 0.0) + event.self_device_time_total
+    lines = [f"GPU time over the profiled steps: {total / 1e3:.1f} ms", "", "share  category"]
+    for label, value in sorted(shares.items(), key=lambda item: -item[1]):
+        lines.append(f"{100 * value / total:5.1f}%  {label}")
+    lines += ["", "share  ms      calls  kernel"]
+    for event in sorted(events, key=lambda e: -e.self_device_time_total)[:25]:
+        lines.append(
+            f"{100 * event.self_device_time_total / total:5.1f}%  "
+            f"{event.self_device_time_total / 1e3:7.1f} {event.count:6d}  {event.key[:100]}"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def predicted(args: argparse.Namespace, folder: Path) -> dict:
@@ -260,6 +326,9 @@ def main() -> None:
         "--model-root", default=os.environ.get("FINETTY_BENCH_MODELS", "/tmp/finetty_models")
     )
     parser.add_argument("--session", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument(
+        "--profile", metavar="FILE", help="profile two steps after warm-up; write the report here"
+    )
     parser.add_argument("--out", help="append the row to this JSONL file")
     args = parser.parse_args()
     commit = subprocess.run(
