@@ -242,7 +242,14 @@ CATEGORIES = [
 
 def profile_report(profiler) -> str:
     """Top kernels by GPU time over the profiled steps, and a share per category."""
-    events = [e for e in profiler.key_averages() if getattr(e, "self_device_time_total", 0) > 0]
+    from torch.autograd import DeviceType
+
+    # Kernels only: CPU-side ops (aten::mm, ProfilerStep*) would count their kernels twice.
+    events = [
+        e
+        for e in profiler.key_averages()
+        if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+    ]
     total = sum(e.self_device_time_total for e in events) or 1.0
     shares: dict[str, float] = {}
     for event in events:

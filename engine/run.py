@@ -7,6 +7,7 @@ front-ends watch it through events and drive it through ``run.control``.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -469,6 +470,9 @@ class Run:
         self.sink.emit(StateChanged(state="training"))
         if self.dist is not None:
             self._monitor.publish = False  # the trainer gathers every rank's sample from here on
+        # The model, the tokenised data and (in the TUI) the widgets live until the end: out of
+        # the collector's full passes, which the training thread would otherwise pay for.
+        gc.freeze()
         outcome = trainer.run()
         paths = {"run_dir": str(self.run_dir)}
         if outcome.status == "finished" and main:

@@ -20,10 +20,21 @@ from tui.messages import EventsReady
 
 
 class UiBridge:
-    """EventSink for the TUI. ``min_interval`` bounds how often the receiver redraws."""
+    """EventSink for the TUI. ``min_interval`` bounds how often the receiver redraws.
 
-    def __init__(self, min_interval: float = 0.25) -> None:
-        self.min_interval = min_interval
+    The engine trains in this process, so every millisecond the UI thread holds the GIL is a
+    millisecond a launch-bound training step waits. The interval therefore adapts: when the UI
+    thread's CPU time since the last drain exceeds ``cpu_budget`` of the wall time, redraws
+    space out (up to ``max_interval``); when it falls well under, they speed up again.
+    Keys are handled as they come either way; only the panels' refresh rate changes.
+    """
+
+    def __init__(
+        self, min_interval: float = 0.25, max_interval: float = 2.0, cpu_budget: float = 0.01
+    ) -> None:
+        self.base_interval = self.min_interval = min_interval
+        self.max_interval, self.cpu_budget = max_interval, cpu_budget
+        self._mark: tuple[float, float] | None = None  # (wall, UI-thread CPU) at the last drain
         self._lock = threading.Lock()
         self._series: list[Event] = []
         self._gauges: dict[str, Event] = {}
@@ -62,7 +73,19 @@ class UiBridge:
             self._gauges = {}
             self._notified = False
             self._last_drain = time.monotonic()
+        self._adapt()
         return events
+
+    def _adapt(self) -> None:
+        """Called on the UI thread: thread_time() is that thread's CPU time."""
+        wall, cpu = time.monotonic(), time.thread_time()
+        if self._mark is not None and wall > self._mark[0]:
+            share = (cpu - self._mark[1]) / (wall - self._mark[0])
+            if share > self.cpu_budget:
+                self.min_interval = min(self.max_interval, self.min_interval * 1.5)
+            elif share < self.cpu_budget / 2:
+                self.min_interval = max(self.base_interval, self.min_interval / 1.25)
+        self._mark = (wall, cpu)
 
 
 class RunDirControl:

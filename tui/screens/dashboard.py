@@ -7,6 +7,7 @@ Events arrive through a UiBridge and are drained in batches at a bounded rate (t
 
 from __future__ import annotations
 
+import gc
 import threading
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.markup import escape
 from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar, Static
+from textual.widgets import Footer, Static
 
 from engine.events import (
     CheckpointSaved,
@@ -59,6 +60,13 @@ def clock(seconds: float | None) -> str:
     minutes, secs = divmod(int(max(seconds, 0)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def progress_bar(total: int | None, done: int, width: int = 17) -> str:
+    """A text bar. Textual's ProgressBar animates on a timer of its own, which costs the
+    training thread GIL time on every frame; this one changes only when a step lands."""
+    filled = round(width * min(done / total, 1.0)) if total else 0
+    return f"[$accent]{'━' * filled}[/][$text-muted]{'─' * (width - filled)}[/]"
 
 
 class DashboardScreen(Screen[None]):
@@ -106,7 +114,7 @@ class DashboardScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         with Horizontal(id="progress-row"):
-            yield ProgressBar(total=None, show_eta=False, id="progress")
+            yield Static(progress_bar(None, 0), id="progress")
             yield Static(id="progress-label")
         with Horizontal(id="main"):
             yield LossChart(id="loss", classes="panel")
@@ -129,6 +137,9 @@ class DashboardScreen(Screen[None]):
         self.query_one("#results").display = False
         self._paint_header()
         self.bridge.connect(self)
+        # Thousands of long-lived widget objects: keep them out of the garbage collector's full
+        # passes, which a training thread in this process would otherwise pay for.
+        self.call_after_refresh(gc.freeze)
 
     def on_resize(self) -> None:
         self.set_class(self.size.width >= 120, "-wide")
@@ -243,7 +254,7 @@ class DashboardScreen(Screen[None]):
         step = self.last_step
         total = step.total_steps if step else (s.total_steps if s else None)
         done = step.step if step else (s.resumed_from_step if s else 0)
-        self.query_one(ProgressBar).update(total=total, progress=done)
+        self.query_one("#progress", Static).update(progress_bar(total, done), layout=False)
         epoch = f"epoch {step.epoch:.2f} · " if step else ""
         self.query_one("#progress-label", Static).update(
             f"step {done}/{total or '?'} · {epoch}ETA {clock(step.eta_s if step else None)}"

@@ -45,7 +45,7 @@ def gpu_text(gpu: GpuSample, width: int) -> str:
 class HardwarePanel(Vertical):
     DEFAULT_CSS = """
     HardwarePanel { height: auto; }
-    HardwarePanel Static { height: auto; }
+    HardwarePanel Static { height: 2; }
     HardwarePanel Sparkline { height: 1; }
     """
 
@@ -73,14 +73,16 @@ class HardwarePanel(Vertical):
             self._rebuild(sample)
         width = self.content_region.width or 28  # before the first layout: the 80-column width
         for gpu in sample.gpus:
-            self.query_one(f"#gpu-{gpu.index}", Static).update(gpu_text(gpu, width))
+            # Fixed heights (two lines a GPU): a new reading repaints, it never re-lays out.
+            self.query_one(f"#gpu-{gpu.index}", Static).update(gpu_text(gpu, width), layout=False)
             spark = self.query_one(f"#vram-{gpu.index}", Sparkline)
             spark.display = len(self.vram[gpu.index]) > 1
             spark.data = self.vram[gpu.index]
         where = f"[b]CPU run[/] · system RAM {sample.system_memory_used_pct:.0f}%\n"
         self.query_one("#process", Static).update(
             f"{'' if sample.gpus else where}"
-            f"RAM {gib(sample.process_rss_mib)} GiB · CPU {sample.process_cpu_pct:.0f}%"
+            f"RAM {gib(sample.process_rss_mib)} GiB · CPU {sample.process_cpu_pct:.0f}%",
+            layout=False,
         )
         if not sample.gpus:
             spark = self.query_one("#ram-spark", Sparkline)
@@ -92,6 +94,7 @@ class HardwarePanel(Vertical):
 
     def _rebuild(self, sample: HardwareSample) -> None:
         self._gpu_count = len(sample.gpus)
+        self.query_one("#process", Static).styles.height = 1 if sample.gpus else 2
         for child in list(self.children):
             if child.id != "process":
                 child.remove()

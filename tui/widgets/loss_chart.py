@@ -36,7 +36,7 @@ class LossChart(Vertical):
     LossChart { height: 1fr; }
     LossChart > PlotextPlot { height: 1fr; min-height: 5; }
     LossChart > Horizontal { height: 1; }
-    LossChart #lr-label { width: auto; padding-right: 1; color: $text-muted; }
+    LossChart #lr-label { width: 12; padding-right: 1; color: $text-muted; }
     LossChart #lr-spark { width: 1fr; }
     """
 
@@ -98,5 +98,5 @@ class LossChart(Vertical):
             plt.title("waiting for the first step")
         plot.refresh()
         if self.lrs:
-            self.query_one("#lr-label", Static).update(f"lr {self.lrs[-1]:.2e}")
+            self.query_one("#lr-label", Static).update(f"lr {self.lrs[-1]:.2e}", layout=False)
             self.query_one("#lr-spark", Sparkline).data = thin(self.steps, self.lrs, 200)[1]

@@ -12,7 +12,7 @@ from engine.events import Step
 class ThroughputPanel(Vertical):
     DEFAULT_CSS = """
     ThroughputPanel { height: auto; }
-    ThroughputPanel > Static { height: auto; }
+    ThroughputPanel > Static { height: 2; }
     ThroughputPanel > Sparkline { height: 1; }
     """
 
@@ -33,6 +33,7 @@ class ThroughputPanel(Vertical):
             return
         self.query_one("#rates", Static).update(
             f"[b]{step.tokens_per_s:,.0f}[/] tok/s  [b]{step.samples_per_s:,.1f}[/] samples/s\n"
-            f"[b]{step.step_time_s:.2f}[/] s/step"
+            f"[b]{step.step_time_s:.2f}[/] s/step",
+            layout=False,  # two lines, fixed height: no relayout per step
         )
         self.query_one(Sparkline).data = list(self.history)
