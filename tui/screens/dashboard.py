@@ -62,11 +62,13 @@ def clock(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def progress_bar(total: int | None, done: int, width: int = 17) -> str:
-    """A text bar. Textual's ProgressBar animates on a timer of its own, which costs the
-    training thread GIL time on every frame; this one changes only when a step lands."""
-    filled = round(width * min(done / total, 1.0)) if total else 0
-    return f"[$accent]{'━' * filled}[/][$text-muted]{'─' * (width - filled)}[/]"
+def progress_bar(total: int | None, done: int, width: int = 12) -> str:
+    """A text bar and percentage. Textual's ProgressBar animates on a timer of its own, which
+    costs the training thread GIL time on every frame; this one changes only when a step lands."""
+    fraction = min(done / total, 1.0) if total else 0.0
+    filled = round(width * fraction)
+    percent = f"{fraction:4.0%}" if total else "   ?"
+    return f"[$accent]{'━' * filled}[/][$text-muted]{'─' * (width - filled)}[/]{percent}"
 
 
 class DashboardScreen(Screen[None]):
@@ -244,7 +246,8 @@ class DashboardScreen(Screen[None]):
         name = s.name if s else self.name_hint
         parts = [f"[b]finetty[/] {escape(name)}"]
         if s:
-            parts.append(f"{escape(str(s.model.get('name', '')))} on {s.device}")
+            gpus = f" x{s.world_size}" if getattr(s, "world_size", 1) > 1 else ""
+            parts.append(f"{escape(str(s.model.get('name', '')))} on {s.device}{gpus}")
         style = STATE_STYLE.get(self.state, "$text-muted")
         parts.append(f"[{style}]● {self.state}[/]")
         if self.watch:
