@@ -113,6 +113,12 @@ def run(args: argparse.Namespace) -> dict:
     from engine.kernels import apply_fused_kernels
     from engine.trainer import Trainer, TrainSettings
 
+    if args.peft_casts:
+        import contextlib
+
+        import engine.adapters
+
+        engine.adapters.adapter_input_casts_off = lambda model, amp: contextlib.nullcontext()
     cuda = args.device == "cuda"
     if cuda:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -186,6 +192,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "gpus": world,
         "stack": "finetty_plain" if args.plain else "finetty",
+        "peft_input_casts": args.peft_casts,
         "mode": args.mode,
         "shape": args.shape,
         "batch": args.batch,
@@ -333,6 +340,11 @@ def main() -> None:
         "--model-root", default=os.environ.get("FINETTY_BENCH_MODELS", "/tmp/finetty_models")
     )
     parser.add_argument("--session", default=time.strftime("%Y%m%d-%H%M%S"))
+    parser.add_argument(
+        "--peft-casts",
+        action="store_true",
+        help="keep PEFT's per-adapter input casts (the behaviour before finetty turned them off)",
+    )
     parser.add_argument(
         "--profile", metavar="FILE", help="profile two steps after warm-up; write the report here"
     )

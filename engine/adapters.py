@@ -61,3 +61,20 @@ def prepare_for_training(
             f"lora.target_modules: {exc}",
             hint=f"Use all-linear, or module names of this model, e.g. {', '.join(names[:12])}.",
         ) from None
+
+
+def adapter_input_casts_off(model: Any, amp_dtype: Any) -> Any:
+    """Under autocast, stop PEFT from casting each adapter's input to the adapter's fp32.
+
+    PEFT casts x (bf16) to fp32 before every LoRA matmul, and autocast casts it straight back
+    to bf16: two activation-sized copies per adapted projection, forward and recompute, for a
+    bit-identical result (bf16 -> fp32 -> bf16 is exact). The context must cover the backward
+    pass too, so that gradient checkpointing recomputes the same graph it saved.
+    """
+    import contextlib
+
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)

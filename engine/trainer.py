@@ -201,10 +201,12 @@ def evaluate_sums(
     """Summed loss and trained-token count over ``examples`` (ranks add theirs together)."""
     import torch
 
+    from engine.adapters import adapter_input_casts_off
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), adapter_input_casts_off(model, settings.amp_dtype):
         for start in range(0, len(examples), settings.eval_batch):
             chunk = examples[start : start + settings.eval_batch]
             batch = collate(chunk, settings.pad_token_id, settings.device)
@@ -306,9 +308,12 @@ class Trainer:
         """
         import torch
 
+        from engine.adapters import adapter_input_casts_off
+
         while True:
             try:
-                return self._try_step(examples)
+                with adapter_input_casts_off(self.model, self.s.amp_dtype):
+                    return self._try_step(examples)
             except torch.OutOfMemoryError as exc:
                 self.optimizer.zero_grad(set_to_none=True)
                 # Ranks cannot agree on a smaller micro-batch without another collective in the
