@@ -236,7 +236,9 @@ def test_plan_needs_gpus_it_can_see() -> None:
     with pytest.raises(ConfigError, match="need --gpus"):
         plan_launch(_args(nnodes=2, master_addr="10.0.0.1"), use_cpu=False, visible_gpus=8)
     with pytest.raises(ConfigError, match="--node-rank 2"):
-        plan_launch(_args(gpus="8", nnodes=2, node_rank=2, master_addr="h"), False, 8)  # type: ignore[misc]
+        plan_launch(
+            _args(gpus="8", nnodes=2, node_rank=2, master_addr="h"), use_cpu=False, visible_gpus=8
+        )
 
 
 def test_two_node_command_names_the_master() -> None:
