@@ -24,12 +24,14 @@ from tui.launch import LaunchPlan, job_exit_code, plan_launch, torchrun_command,
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write_preset(tmp_path: Path, model_dir: Path, dataset: Path, **training: object) -> Path:
+def _write_preset(
+    tmp_path: Path, model_dir: Path, dataset: Path, method: str = "lora", **training: object
+) -> Path:
     data = {
         "name": "ddp",
         "model": {"name_or_path": str(model_dir), "dtype": "float32", "max_seq_length": 64},
         "dataset": {"path": str(dataset), "format": "auto", "val_size": 4},
-        "method": "lora",
+        "method": method,
         # No dropout: with it, ranks draw different masks and only the curves' trend can match.
         "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0},
         "training": {
@@ -72,10 +74,11 @@ def _only_run(root: Path) -> Path:
     return runs[0]
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
 def test_two_cpu_processes_match_one(
-    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path, method: str
 ) -> None:
-    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl)
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, method=method)
     single = _finetty("train", str(preset), "--no-tui", "--run-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     # Same global batch: 2 processes x micro-batch 2 x accumulation 1 = 1 x 2 x 2.
@@ -104,7 +107,8 @@ def test_two_cpu_processes_match_one(
     # Rank 0 alone wrote the run directory: one started event, one finished, one final model.
     assert sum(e["type"] == "run_started" for e in two) == 1
     assert [e["status"] for e in two if e["type"] == "finished"] == ["finished"]
-    assert (two_dir / "final" / "adapter_config.json").exists()
+    final = "adapter_config.json" if method == "lora" else "config.json"
+    assert (two_dir / "final" / final).exists()
     assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
 
 
