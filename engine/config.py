@@ -181,6 +181,8 @@ class TrainingSection(Section):
     """Fused Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA; unset: on when liger-kernel is installed."""
     use_cpu: bool = False
     """Train on the CPU even when a GPU is present."""
+    fsdp: bool | None = None
+    """Several GPUs, method full: shard weights, gradients and optimizer states (FSDP2); unset: on. LoRA/QLoRA use DDP."""
     eval_exact_match: bool = True
     """For datasets with checkable answers (the built-in one), report exact-match before and after."""
 

@@ -275,6 +275,8 @@ class Run:
         if distributed.launched_distributed():
             self.sink.emit(StateChanged(state="loading", detail="joining the other processes"))
             self.dist = distributed.init_from_env(use_cpu=device != "cuda")
+            # Rank 0 made (or was given) the run directory; a sharded checkpoint needs it on all.
+            self.run_dir = Path(distributed.broadcast(str(self.run_dir), self.dist))
         quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
         models.check_hardware(device=device, quant_bits=quant_bits, optim=p.training.optim)
         source = models.resolve_source(
@@ -407,6 +409,7 @@ class Run:
             amp_dtype=amp_dtype,
             use_grad_scaler=device == "cuda" and dtype == torch.float16,
             pad_token_id=loaded.tokenizer.pad_token_id,
+            sharded=self.dist is not None and p.method == "full" and p.training.fsdp is not False,
         )
         trainer = Trainer(
             model,
@@ -458,9 +461,10 @@ class Run:
             )
         )
         main = self.dist is None or self.dist.is_main
+        # Generation on rank 0 alone cannot run over weights sharded across the ranks.
         heldout = (
             builtin_data.generate("heldout")
-            if builtin and p.training.eval_exact_match and main
+            if builtin and p.training.eval_exact_match and main and not settings.sharded
             else []
         )
         self.control.check_abort()
@@ -475,7 +479,11 @@ class Run:
         gc.freeze()
         outcome = trainer.run()
         paths = {"run_dir": str(self.run_dir)}
-        if outcome.status == "finished" and main:
+        if outcome.status == "finished" and settings.sharded:
+            final = self._save_final_sharded(model)  # a collective: every rank takes part
+            if main:
+                paths["final"] = str(final)
+        elif outcome.status == "finished" and main:
             paths["final"] = str(self._save_final(model))
             if heldout:
                 self._exact_match(model, heldout, "after")
@@ -505,6 +513,22 @@ class Run:
         )
         self._accuracy[f"exact_match_{stage}"] = event.accuracy
         self.sink.emit(event)
+
+    def _save_final_sharded(self, model: Any) -> Path:
+        """Gather the sharded weights into ordinary safetensors on rank 0."""
+        from engine.sharded import full_state_dict
+
+        state = full_state_dict(model)
+        target = self.run_dir / "final"
+        if self.dist is not None and not self.dist.is_main:
+            return target
+        staging = self.run_dir / ".tmp-final"
+        self.sink.emit(StateChanged(state="saving", detail="final model"))
+        model.save_pretrained(staging, state_dict=state)
+        self.tokenizer.chat_template = self.chat_template
+        self.tokenizer.save_pretrained(staging)
+        os.replace(staging, target)
+        return target
 
     def _save_final(self, model: Any) -> Path:
         target = self.run_dir / "final"

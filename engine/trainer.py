@@ -63,6 +63,7 @@ class TrainSettings:
     pad_token_id: int = 0
     auto_batch: bool = False  # halve the micro-batch on out-of-memory, keeping the global batch
     chunked_loss: bool = True  # never materialise the full logits (same function, less memory)
+    sharded: bool = False  # FSDP2 over the ranks (full fine-tuning on several GPUs)
 
 
 @dataclass
@@ -196,26 +197,38 @@ def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) 
 
 
 def evaluate_sums(
-    model: Any, examples: Sequence[Any], settings: TrainSettings
+    model: Any,
+    examples: Sequence[Any],
+    settings: TrainSettings,
+    batches: int | None = None,
+    filler: Sequence[Any] = (),
 ) -> tuple[float, int]:
-    """Summed loss and trained-token count over ``examples`` (ranks add theirs together)."""
+    """Summed loss and trained-token count over ``examples`` (ranks add theirs together).
+
+    ``batches``: run exactly this many forward passes, the missing ones on ``filler`` and not
+    counted. Sharded (FSDP) ranks all-gather weights in every forward, so all must run as many.
+    """
     import torch
 
     from engine.adapters import adapter_input_casts_off
 
+    size = settings.eval_batch
+    chunks = [(examples[i : i + size], True) for i in range(0, len(examples), size)]
+    if batches is not None:
+        chunks += [(list(filler[:1]), False)] * (batches - len(chunks))
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    chunked = supports_chunked_loss(model) and not settings.sharded
     with torch.no_grad(), adapter_input_casts_off(model, settings.amp_dtype):
-        for start in range(0, len(examples), settings.eval_batch):
-            chunk = examples[start : start + settings.eval_batch]
+        for chunk, counted in chunks:
+            if not chunk:
+                continue
             batch = collate(chunk, settings.pad_token_id, settings.device)
-            total += float(
-                batch_loss_sum(
-                    model, batch, settings.amp_dtype, settings.device, supports_chunked_loss(model)
-                )
-            )
-            count += trained_token_count(chunk)
+            loss = batch_loss_sum(model, batch, settings.amp_dtype, settings.device, chunked)
+            if counted:
+                total += float(loss)
+                count += trained_token_count(chunk)
     model.train(was_training)
     return total, count
 
@@ -246,13 +259,24 @@ class Trainer:
         self.dist, self.hardware, self.hardware_interval = dist, hardware, hardware_interval
         self.world = dist.world_size if dist else 1
         self.total_steps = total_steps(len(train), settings, self.world)
-        self.chunked_loss = settings.chunked_loss and supports_chunked_loss(model)
+        # The chunked loss calls the decoder and the head apart; FSDP gathers the embeddings,
+        # final norm and head in the root module's forward, so sharded runs take the plain path.
+        self.sharded = settings.sharded and dist is not None
+        self.chunked_loss = (
+            settings.chunked_loss and supports_chunked_loss(model) and not self.sharded
+        )
         self._last_hardware = 0.0
         self.ddp = None
         if dist is not None:
             import torch
 
-            self.ddp = distributed.wrap_model(model, dist, settings.device, self._loss)
+            if self.sharded:
+                from engine import sharded
+
+                sharded.check_optimizer(settings.optim)
+                sharded.shard_model(model)  # before the optimizer: it must hold the shards
+            else:
+                self.ddp = distributed.wrap_model(model, dist, settings.device, self._loss)
             if not dist.is_main:
                 # Same LoRA initialisation everywhere (seeded before), different dropout masks.
                 torch.manual_seed(settings.seed + dist.rank)
@@ -270,13 +294,20 @@ class Trainer:
         )
 
     def resume_from(self, path: Path) -> None:
-        self.state = ckpt.load_checkpoint(
-            path,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-        )
+        if self.sharded:
+            from engine import sharded
+
+            self.state = sharded.load_checkpoint(
+                path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
+        else:
+            self.state = ckpt.load_checkpoint(
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+            )
         if self.dist is not None and not self.dist.is_main:
             import torch
 
@@ -337,23 +368,25 @@ class Trainer:
 
         s = self.s
         n_trained = trained_token_count(examples)  # of the global batch: the same on every rank
-        local, weight = distributed.shard(examples, self.dist), 1.0
-        if not local:
-            # Fewer examples than ranks at the end of an epoch: a zero-weighted pass keeps this
-            # rank in DDP's gradient all-reduce without changing the update.
-            local, weight = examples[:1], 0.0
-        # DDP averages gradients over ranks; scaling by the world size turns that into the sum.
-        scale = weight * self.world / max(n_trained, 1)
+        local = distributed.shard(examples, self.dist)
+        # Every rank runs as many micro-batches (ceil(global / world / micro) of them): DDP's
+        # all-reduce and FSDP's gathers are collectives. A rank short of examples at the end of
+        # an epoch runs zero-weighted passes, which leave the update unchanged.
+        count = math.ceil(math.ceil(len(examples) / self.world) / self.micro_batch)
+        chunks = [
+            (local[i * self.micro_batch : (i + 1) * self.micro_batch], 1.0) for i in range(count)
+        ]
+        chunks = [(chunk, 1.0) if chunk else (examples[:1], 0.0) for chunk, _ in chunks]
+        # DDP and FSDP average gradients over ranks; scaling by the world size makes the sum.
         loss_sum = torch.zeros((), device=s.device)
-        starts = range(0, len(local), self.micro_batch)
-        for start in starts:
+        for index, (chunk, weight) in enumerate(chunks):
             self.control.check_abort()
-            batch = collate(local[start : start + self.micro_batch], s.pad_token_id, s.device)
-            with self._gradient_sync(start == starts[-1]):
+            batch = collate(chunk, s.pad_token_id, s.device)
+            with self._gradient_sync(index == len(chunks) - 1):
                 micro_loss = (
                     self.ddp(batch) if self.ddp is not None else self._loss(self.model, batch)
                 )
-                scaled = micro_loss * scale
+                scaled = micro_loss * (weight * self.world / max(n_trained, 1))
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += micro_loss.detach() * weight
         grad_norm = self._optimizer_step()
@@ -363,9 +396,14 @@ class Trainer:
         return loss_sum / max(n_trained, 1), n_trained, grad_norm
 
     def _gradient_sync(self, last_micro_batch: bool) -> Any:
-        """DDP all-reduces gradients on the last micro-batch of a step only."""
+        """DDP and FSDP reduce gradients on the last micro-batch of a step only."""
         import contextlib
 
+        if self.sharded:
+            from engine import sharded
+
+            sharded.set_gradient_sync(self.model, last_micro_batch)
+            return contextlib.nullcontext()
         if self.ddp is None or last_micro_batch:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
@@ -461,6 +499,10 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.sharded:
+            from engine import sharded
+
+            return sharded.total_norm(norm)
         return float(norm)
 
     def _evaluate(self) -> float:
@@ -468,7 +510,14 @@ class Trainer:
         import torch
 
         try:
-            total, count = evaluate_sums(self.model, distributed.shard(self.val, self.dist), self.s)
+            batches = math.ceil(math.ceil(len(self.val) / self.world) / self.s.eval_batch)
+            total, count = evaluate_sums(
+                self.model,
+                distributed.shard(self.val, self.dist),
+                self.s,
+                batches=batches if self.sharded else None,
+                filler=self.val,
+            )
             if self.dist is not None:
                 total, count = distributed.sum_floats([total, count], self.dist)
             loss = total / max(count, 1)
@@ -517,6 +566,35 @@ class Trainer:
             if not paused:
                 return None
 
+    def _save_sharded(self, reason: str) -> Path:
+        """Every rank writes its shard; rank 0 the rest and the marker (engine.sharded)."""
+        from engine import sharded
+
+        main = self.dist is None or self.dist.is_main
+        if main:
+            self.sink.emit(StateChanged(state="saving", detail=reason))
+        start = time.perf_counter()
+        path = sharded.save_checkpoint(
+            self.checkpoint_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            keep=self.s.save_total_limit,
+            is_main=main,
+        )
+        if main:
+            self.sink.emit(
+                CheckpointSaved(
+                    step=self.state.step,
+                    path=str(path),
+                    reason=reason,
+                    seconds=time.perf_counter() - start,
+                )
+            )
+            self.sink.emit(StateChanged(state="training"))
+        return path
+
     def _hardware_due(self) -> bool:
         if self.hardware is None or not (self.dist is None or self.dist.is_main):
             return False
@@ -537,6 +615,8 @@ class Trainer:
             self.sink.emit(merge_rank_samples([sample for sample in samples if sample]))
 
     def save(self, reason: str) -> Path | None:
+        if self.sharded and self.state.step > 0:
+            return self._save_sharded(reason)
         if self.dist is not None and not self.dist.is_main:
             return None  # DDP keeps identical weights and optimizer state: rank 0 writes them
         if self.state.step == 0:

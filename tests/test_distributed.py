@@ -109,13 +109,23 @@ def test_two_cpu_processes_match_one(
     assert [e["status"] for e in two if e["type"] == "finished"] == ["finished"]
     final = "adapter_config.json" if method == "lora" else "config.json"
     assert (two_dir / "final" / final).exists()
+    if method == "full":
+        # FSDP2: sharded checkpoints (one file per rank), an ordinary final model.
+        from engine.checkpoint import complete_checkpoints
+
+        last = complete_checkpoints(two_dir / "checkpoints")[-1]
+        assert len(list((last / "sharded").glob("*.distcp"))) == 2
+        _assert_same_weights(one_dir / "final", two_dir / "final")
     assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
 def test_stop_command_checkpoints_every_rank_and_resume_continues(
-    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path, method: str
 ) -> None:
-    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, max_steps=400, save_steps=1000)
+    preset = _write_preset(
+        tmp_path, tiny_model_dir, chat_jsonl, method=method, max_steps=400, save_steps=1000
+    )
     root = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
@@ -179,6 +189,17 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(
     assert status["kind"] == "distributed"
     assert "lost contact with another rank" in status["error"]
     assert not _alive(rank0_pid)
+
+
+def _assert_same_weights(one: Path, two: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(one).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(two).state_dict()
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        torch.testing.assert_close(b[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
 
 
 def _sibling_worker(rank0_pid: int) -> int:
@@ -303,3 +324,16 @@ def test_a_rank_error_reaches_rank_zero_with_its_number(tmp_path: Path, make_pre
     assert failed.title == "Rank 1 failed: Out of memory"
     assert failed.message == "rank 1: CUDA ran out" and failed.hint == "Lower it"
     assert json.loads((run.run_dir / "status.json").read_text())["state"] == "failed"
+
+
+def test_fsdp_refuses_an_8bit_optimizer_before_starting(
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+) -> None:
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, method="full")
+    result = _finetty(
+        "train", str(preset), "--no-tui", "--gpus", "2", "--set", "training.optim=adamw_8bit",
+        "--run-dir", str(tmp_path / "runs"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "adamw_torch" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made

@@ -240,6 +240,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, root=root, steps=args.probe_steps, price=args.price, json_mode=args.json
         )
     if plan is not None:
+        if preset.method == "full" and preset.training.fsdp is not False:
+            from engine.sharded import check_optimizer
+
+            check_optimizer(preset.training.optim)  # before any process starts
         return launch_job(args, plan, preset.name, root=root, resume_dir=resume_dir)
     new_run_dir = None
     if args.into:

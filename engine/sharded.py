@@ -1,0 +1,141 @@
+"""Full fine-tuning over several GPUs with FSDP2: parameters, gradients and optimizer states are
+sharded across ranks (torch.distributed.fsdp.fully_shard), so a model that does not fit one card
+trains on several.
+
+Checkpoints are sharded too (torch.distributed.checkpoint: one file per rank plus metadata), in
+the same checkpoint-N folders with the same COMPLETE marker, so `--resume` and pruning work as for
+one GPU. The final model is gathered into ordinary safetensors on rank 0, so export and chat need
+nothing special. Every function here is a collective: all ranks call it, in the same order.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engine import checkpoint as ckpt
+from engine.errors import ConfigError, TrainingError
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks to shard one by one (each is all-gathered just before it runs)."""
+    decoder = model.get_decoder() if callable(getattr(model, "get_decoder", None)) else None
+    layers = getattr(decoder, "layers", None)
+    if layers is None:
+        raise ConfigError(
+            f"{type(model).__name__} has no decoder layers that FSDP can shard one by one.",
+            hint="Train it on one GPU, or with method: lora (DDP).",
+        )
+    return list(layers)
+
+
+def shard_model(model: Any) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)  # the rest: embeddings, final norm, head
+
+
+def check_optimizer(optim: str) -> None:
+    if "8bit" in optim or optim.startswith("paged_"):
+        raise ConfigError(
+            f"optim {optim} cannot hold FSDP's sharded parameters (bitsandbytes works on whole "
+            "tensors).",
+            hint="Use optim: adamw_torch (sharded across the GPUs, so its states already take "
+            "1/N of the memory each), or train with method: lora.",
+        )
+
+
+def set_gradient_sync(model: Any, enabled: bool) -> None:
+    """Reduce-scatter gradients only on the last micro-batch of a step."""
+    model.set_requires_gradient_sync(enabled)
+
+
+def total_norm(norm: Any) -> float:
+    """clip_grad_norm_ over sharded parameters returns a DTensor; its value is global."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    state: ckpt.TrainerState,
+    keep: int | None,
+    is_main: bool,
+) -> Path:
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    final = directory / f"{ckpt.PREFIX}{state.step}"
+    staging = directory / f".tmp-{ckpt.PREFIX}{state.step}"
+    if is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    dist.barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    try:
+        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=staging / "sharded")
+    except (OSError, RuntimeError) as exc:
+        raise TrainingError(
+            f"Could not write the sharded checkpoint for step {state.step} in {directory}: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. The checkpoints "
+            "already there are intact.",
+            hint=f"Free disk space (check with `df -h {directory}`), then continue with "
+            "`finetty train --resume latest`.",
+        ) from None
+    dist.barrier()  # every rank's shard is on disk before the marker says so
+    if is_main:
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        ckpt._save_rng_state(staging)
+        (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
+        ckpt._fsync_tree(staging)
+        (staging / ckpt.MARKER).write_text("ok\n")
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        ckpt._fsync_tree(directory, files=False)
+        ckpt.prune_checkpoints(directory, keep)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -> ckpt.TrainerState:
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from engine.errors import RunDirError
+
+    if not (path / "sharded").is_dir():
+        raise RunDirError(
+            f"{path} was written by a run that was not sharded over GPUs (FSDP).",
+            hint="Resume it the way it was started (same --gpus and the same method).",
+        )
+    model_state, optim_state = get_state_dict(model, optimizer)
+    loaded = {"model": model_state, "optim": optim_state}
+    dcp.load(loaded, checkpoint_id=path / "sharded")
+    set_state_dict(
+        model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
+    )
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    ckpt._load_rng_state(path)
+    return ckpt.TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+
+
+def full_state_dict(model: Any) -> dict[str, Any]:
+    """The whole model's weights on rank 0's CPU (empty elsewhere), for save_pretrained."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
