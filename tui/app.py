@@ -49,6 +49,7 @@ class FinettyApp(App[None]):
         self.watch_dir = watch_dir
         self.start_screen = start_screen
         self.run_handle: Any = None  # engine.run.Run once launched
+        self.job: Any = None  # subprocess.Popen of a multi-GPU job started from here
         self.launch_error: Any = None  # a FinettyError raised before the run started
         self.tail: JsonlTail | None = None
 
@@ -99,7 +100,37 @@ class FinettyApp(App[None]):
         self.open_watch(message.run_dir)  # replays a finished run; follows a live one
 
     def on_review_screen_launch(self, message: Any) -> None:
-        self.launch_run(message.preset)
+        if getattr(message, "gpus", 1) > 1:
+            self.launch_job(message.preset, message.gpus)
+        else:
+            self.launch_run(message.preset)
+
+    def launch_job(self, preset: Preset, gpus: int) -> None:
+        """Several GPUs: torchrun in a session of its own, watched through its run directory.
+        Leaving the TUI leaves the job running (`finetty watch latest` comes back to it)."""
+        from engine import rundir
+        from engine.errors import FinettyError
+        from engine.presets import to_yaml
+        from tui.launch import LaunchPlan, start_job, torchrun_command
+
+        try:
+            if preset.method == "full" and preset.training.fsdp is not False:
+                from engine.sharded import check_optimizer
+
+                check_optimizer(preset.training.optim)
+            run_dir = rundir.new_run_dir(preset.name, self.runs_root or rundir.runs_root())
+        except FinettyError as error:
+            self._show_error(error.title, error.message, error.hint)
+            return
+        config = run_dir / "config.yaml"
+        config.write_text(to_yaml(preset), encoding="utf-8")
+        plan = LaunchPlan(gpus, 1, 0, None, 29500)
+        self.job = start_job(
+            torchrun_command(plan, [str(config), "--into", str(run_dir)]),
+            run_dir / "launcher.log",
+        )
+        self.notify(f"{gpus} processes under torchrun; output in {run_dir / 'launcher.log'}")
+        self.open_watch(run_dir)
 
     def on_review_screen_probe(self, message: Any) -> None:
         screen = self.screen

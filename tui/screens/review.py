@@ -19,7 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, Select, Static
 
 from engine.config import Preset
 from engine.errors import ConfigError, FinettyError
@@ -88,6 +88,8 @@ class ReviewScreen(WizardStep):
     ReviewScreen .review-text { height: auto; border: round $primary; padding: 0 1; margin: 0 0 1 0; }
     ReviewScreen #review-problems { border: round $error; color: $text-error; }
     ReviewScreen #review-problems.-ok { border: round $success; color: $text-success; }
+    ReviewScreen #gpus-label { padding: 0 2; }
+    ReviewScreen #gpus { margin: 0 2 1 2; width: 24; }
     """
     BINDINGS: ClassVar = [
         Binding("ctrl+n", "next", "Launch"),
@@ -100,9 +102,9 @@ class ReviewScreen(WizardStep):
     class Launch(Message):
         """Start a run with this validated preset (``path``: its file, if saved or loaded)."""
 
-        def __init__(self, preset: Preset, path: Path | None) -> None:
+        def __init__(self, preset: Preset, path: Path | None, gpus: int = 1) -> None:
             super().__init__()
-            self.preset, self.path = preset, path
+            self.preset, self.path, self.gpus = preset, path, gpus
 
     class Probe(Message):
         """Run a short probe of this preset (a few steps) to measure memory and speed."""
@@ -122,6 +124,21 @@ class ReviewScreen(WizardStep):
 
     def compose_body(self) -> ComposeResult:
         yield from self.fields(self.KEYS)
+        from tui.launch import visible_gpu_count
+
+        count = visible_gpu_count()
+        if count > 1:  # one process per GPU under torchrun; the dashboard then watches the job
+            yield Label(
+                "[b]GPUs[/]\n[$text-muted]One process each under torchrun (DDP; FSDP for method full).[/]",
+                id="gpus-label",
+            )
+            yield Select(
+                [(f"{n} GPU{'s' if n > 1 else ''}", n) for n in range(1, count + 1)],
+                value=1,
+                allow_blank=False,
+                id="gpus",
+                compact=True,
+            )
         for widget_id, title in (("review-problems", "Validation"), ("review-command", "Command"),
                                  ("review-estimate", "Memory and time estimate"),
                                  ("review-yaml", "Config (YAML)")):  # fmt: skip
@@ -155,7 +172,9 @@ class ReviewScreen(WizardStep):
         panel.update(text)
         self.query_one("#next", Button).disabled = bool(problems)
         self.query_one("#probe", Button).disabled = bool(problems)
-        self.query_one("#review-command", Static).update(self.state.command())
+        gpus = self.gpus()
+        command = self.state.command() + (f" --gpus {gpus}" if gpus > 1 else "")
+        self.query_one("#review-command", Static).update(command)
         if problems:
             text = yaml.safe_dump(self.state.data, sort_keys=False, allow_unicode=True)
             self.show("review-estimate", "(fix the problems above to estimate)")
@@ -165,6 +184,14 @@ class ReviewScreen(WizardStep):
             self.show("review-estimate", "estimating…")
             self.estimate(preset)
         self.query_one("#review-yaml", Static).update(hang(text.rstrip(), self.panel_width()))
+
+    def gpus(self) -> int:
+        found = self.query("#gpus")
+        return int(found.first(Select).value) if found else 1  # type: ignore[arg-type]
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "gpus":
+            self.refresh_review()
 
     def panel_width(self) -> int:
         return self.query_one("#review-estimate").content_region.width or PANEL_WIDTH
@@ -213,7 +240,7 @@ class ReviewScreen(WizardStep):
             return
         preset = self.validated()
         if preset is not None:
-            self.post_message(self.Launch(preset, self.state.source))
+            self.post_message(self.Launch(preset, self.state.source, self.gpus()))
 
     def action_probe(self) -> None:
         if self.probing:
