@@ -30,11 +30,12 @@ class UiBridge:
     """
 
     def __init__(
-        self, min_interval: float = 0.25, max_interval: float = 2.0, cpu_budget: float = 0.01
+        self, min_interval: float = 0.25, max_interval: float = 3.0, cpu_budget: float = 0.01
     ) -> None:
         self.base_interval = self.min_interval = min_interval
         self.max_interval, self.cpu_budget = max_interval, cpu_budget
         self._mark: tuple[float, float] | None = None  # (wall, UI-thread CPU) at the last drain
+        self.clocks = (time.monotonic, time.thread_time)  # wall, this thread's CPU
         self._lock = threading.Lock()
         self._series: list[Event] = []
         self._gauges: dict[str, Event] = {}
@@ -78,13 +79,14 @@ class UiBridge:
 
     def _adapt(self) -> None:
         """Called on the UI thread: thread_time() is that thread's CPU time."""
-        wall, cpu = time.monotonic(), time.thread_time()
+        wall, cpu = self.clocks[0](), self.clocks[1]()
         if self._mark is not None and wall > self._mark[0]:
-            share = (cpu - self._mark[1]) / (wall - self._mark[0])
-            if share > self.cpu_budget:
-                self.min_interval = min(self.max_interval, self.min_interval * 1.5)
-            elif share < self.cpu_budget / 2:
-                self.min_interval = max(self.base_interval, self.min_interval / 1.25)
+            # The UI's CPU time since the last drain is about one drain and its repaint: the
+            # interval that keeps that within the budget follows at once, no slow ramp.
+            needed = (cpu - self._mark[1]) / self.cpu_budget
+            if needed < self.min_interval:  # come down gently: one cheap drain is not a trend
+                needed = max(needed, self.min_interval * 0.8)
+            self.min_interval = min(self.max_interval, max(self.base_interval, needed))
         self._mark = (wall, cpu)
 
 

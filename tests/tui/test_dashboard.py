@@ -172,3 +172,28 @@ def test_bridge_collapses_gauges_and_posts_once() -> None:
     assert [e.process_rss_mib for e in events if e.type == "hardware"] == [50.0]
     bridge.emit(step(51))
     assert target.posted == 2
+
+
+def test_redraw_interval_follows_the_ui_cpu_budget() -> None:
+    """30 ms of UI work per drain at a 1% budget means one drain every 3 s; cheap drains bring
+    the interval back down to the base rate, gradually."""
+    from tui.bridge import UiBridge
+
+    clock = {"wall": 100.0, "cpu": 5.0}
+    bridge = UiBridge(min_interval=0.25, max_interval=3.0, cpu_budget=0.01)
+    bridge.clocks = (lambda: clock["wall"], lambda: clock["cpu"])
+    bridge.drain()
+    assert bridge.min_interval == 0.25
+    clock["wall"] += 0.25
+    clock["cpu"] += 0.030
+    bridge.drain()
+    assert bridge.min_interval == pytest.approx(3.0)
+    for _ in range(30):
+        clock["wall"] += bridge.min_interval
+        clock["cpu"] += 0.0005
+        bridge.drain()
+    assert bridge.min_interval == 0.25
+    clock["wall"] += 0.25
+    clock["cpu"] += 0.010  # 10 ms a drain: 1 s between drains keeps the UI at 1%
+    bridge.drain()
+    assert bridge.min_interval == pytest.approx(1.0)
