@@ -116,3 +116,44 @@ def test_out_of_memory_halves_the_auto_micro_batch(
     print("retries", retries)
     assert result.status == "finished", result.error
     assert retries and all(math.isfinite(s.loss) for s in sink.of_type(Step))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+def test_two_gpus_match_one(make_preset, tmp_path: Path, method: str) -> None:
+    """`finetty train --gpus 2` (DDP; FSDP2 for full) against one GPU, same global batch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from engine.presets import to_yaml
+
+    preset = make_preset(max_steps=6, save_steps=3, per_device_train_batch_size=4)
+    preset.model.dtype = "bfloat16"
+    if method == "qlora":
+        preset.model.load_in_4bit = True
+    preset.method = method
+    preset.lora.lora_dropout = 0.0
+    preset.training.gradient_accumulation_steps = 2
+    file = tmp_path / "p.yaml"
+    file.write_text(to_yaml(preset))
+    root = Path(__file__).resolve().parents[2]
+
+    def train(*extra: str, runs: str, gpus: str | None = None) -> list[float]:
+        env = dict(os.environ)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
+        cmd = [sys.executable, "-m", "tui.cli", "train", str(file), "--no-tui",
+               "--run-dir", str(tmp_path / runs), *extra]  # fmt: skip
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (events,) = (tmp_path / runs).glob("*/*/events.jsonl")
+        rows = [json.loads(line) for line in events.read_text().splitlines() if line.strip()]
+        return [row["loss"] for row in rows if row["type"] == "step"]
+
+    one = train(runs="one", gpus="0")
+    two = train("--gpus", "2", "--set", "training.gradient_accumulation_steps=1", runs="two")
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        assert b == pytest.approx(a, rel=2e-2)  # bf16 noise, different reduction order
