@@ -151,10 +151,13 @@ def run(args: argparse.Namespace) -> dict:
         lora=LoraSettings(r=16, lora_alpha=16, target_modules=targets),
         gradient_checkpointing=True,
     )
+    # Several processes + full fine-tuning: FSDP2, as `finetty train --gpus N` runs it (its
+    # sharded parameters need torch's AdamW; bitsandbytes works on whole tensors).
+    sharded = dist is not None and args.mode == "full"
     settings = TrainSettings(
-        micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda else "adamw_torch",
+        micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
         learning_rate=2e-4, save_steps=0, device=args.device, pad_token_id=0, chunked_loss=not args.plain, seed=0,
-        amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None,
+        amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None, sharded=sharded,
     )  # fmt: skip
     sink = RecordingSink()
     data = synthetic_examples(
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> dict:
         return {"follower": True}
     return {
         "gpus": world,
+        "fsdp": sharded,
         "stack": "finetty_plain" if args.plain else "finetty",
         "peft_input_casts": args.peft_casts,
         "mode": args.mode,
