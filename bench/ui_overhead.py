@@ -57,7 +57,42 @@ def figures(run_dir: Path) -> dict:
     }
 
 
-def headless(preset, root: Path) -> Path:
+def engine_cpu_s() -> float | None:
+    """CPU seconds of the engine's training thread so far: unlike wall time, steal time and
+    other tenants of the machine do not move it, so it shows whether the dashboard makes the
+    training thread itself do more work."""
+    import threading
+
+    import psutil
+
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    for thread in psutil.Process().threads():
+        if names.get(thread.id) == "finetty-engine":
+            return thread.user_time + thread.system_time
+    return None
+
+
+class EngineCpu:
+    """Engine-thread CPU from the first recorded step to the end of the run."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.last: float | None = None
+
+    def poll(self, run_dir: Path) -> None:
+        reading = engine_cpu_s()
+        if reading is None:
+            return
+        if self.start is None and steps_of_file(run_dir):
+            self.start = reading
+        self.last = reading
+
+    @property
+    def seconds(self) -> float:
+        return (self.last or 0.0) - (self.start or 0.0)
+
+
+def headless(preset, root: Path, engine: EngineCpu) -> Path:
     """What `finetty train --no-tui` does with stderr off a TTY: plain lines, joined at 0.2 s."""
     from engine.run import Run
     from tui.console import ConsoleReporter
@@ -69,12 +104,13 @@ def headless(preset, root: Path) -> Path:
         run.start()
         while run.alive:
             run.join(timeout=0.2)
+            engine.poll(run.run_dir)
     if run.result is None or run.result.status != "finished":
         raise SystemExit(f"headless run failed: {run.result and run.result.error}")
     return run.run_dir
 
 
-async def dashboard(preset, root: Path, cpu: dict) -> Path:
+async def dashboard(preset, root: Path, cpu: dict, engine: EngineCpu | None = None) -> Path:
     """The TUI's own path: FinettyApp pushes the dashboard and starts the Run on a worker.
 
     ``cpu`` receives the CPU seconds of the UI's thread (this one: the event loop) and of the
@@ -89,13 +125,16 @@ async def dashboard(preset, root: Path, cpu: dict) -> Path:
         run = app.run_handle
         if run is None:
             raise SystemExit(f"dashboard run failed to start: {app.launch_error}")
+        engine = engine or EngineCpu()
         while run.alive and not steps_of_file(run.run_dir):
             await pilot.pause(0.2)
+            engine.poll(run.run_dir)
         ui0, all0 = time.thread_time(), time.process_time()
         while run.alive:
             # A plain sleep, not pilot.pause(): that forces a screen update and walks every
             # widget's queue on each call, a cost of the harness and not of the app.
             await asyncio.sleep(0.5)
+            engine.poll(run.run_dir)
         cpu["ui_thread_s"] = time.thread_time() - ui0
         cpu["process_s"] = time.process_time() - all0
         await pilot.pause(0.3)  # let the last drain paint
@@ -133,11 +172,15 @@ def main() -> None:
             order = ("headless", "dashboard") if round_ % 2 == 0 else ("dashboard", "headless")
             for mode in order:
                 root = Path(tmp) / f"{mode}-{round_}"
+                engine = EngineCpu()
                 if mode == "headless":
-                    run_dir = headless(preset, root)
+                    run_dir = headless(preset, root, engine)
                 else:
-                    run_dir = asyncio.run(dashboard(preset, root, cpu))
-                results[mode].append(figures(run_dir))
+                    run_dir = asyncio.run(dashboard(preset, root, cpu, engine))
+                steps = len(steps_of(run_dir))
+                results[mode].append(
+                    {**figures(run_dir), "engine_cpu_per_step": engine.seconds / max(steps - 1, 1)}
+                )
                 gc.collect()
     load_after = os.getloadavg()
     head = statistics.median(r["tokens_per_s"] for r in results["headless"])
@@ -162,6 +205,16 @@ def main() -> None:
                 ),
                 "dashboard_step_s": round(
                     statistics.median(r["step_s"] for r in results["dashboard"]), 3
+                ),
+                # Engine-thread CPU per step, headless / dashboard: 1.0 = the dashboard adds no
+                # work to the training thread (robust to a noisy machine, unlike tokens/s).
+                "engine_cpu_ratio": round(
+                    statistics.median(r["engine_cpu_per_step"] for r in results["headless"])
+                    / max(
+                        statistics.median(r["engine_cpu_per_step"] for r in results["dashboard"]),
+                        1e-9,
+                    ),
+                    4,
                 ),
                 "ui_thread_cpu_s": round(cpu.get("ui_thread_s", 0.0), 3),
                 "process_cpu_s": round(cpu.get("process_s", 0.0), 1),
