@@ -139,3 +139,47 @@ def full_state_dict(model: Any) -> dict[str, Any]:
     return get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+
+
+def consolidate(checkpoint: Path, preset: Any, target: Path) -> Path:
+    """An ordinary HF folder (safetensors, tokenizer, chat template) from a sharded checkpoint,
+    in one process, for a full fine-tune that stopped before writing final/ (a preempted spot
+    instance, a Ctrl+C). Written under a temporary name first; reused when already there."""
+    import os
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from transformers import AutoModelForCausalLM
+
+    from engine import models
+    from engine.data.templates import resolve_chat_template
+
+    if (target / "config.json").is_file():
+        return target
+    shards = checkpoint / "sharded"
+    saved = FileSystemReader(shards).read_metadata().state_dict_metadata
+    dtype = next(
+        meta.properties.dtype for key, meta in saved.items() if key.startswith("model.")
+    )  # the dtype the run trained in
+    source = models.resolve_source(
+        preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights
+    )
+    location, kwargs = models._from_pretrained_args(
+        source, preset.model.revision, preset.model.trust_remote_code
+    )
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
+    wanted = {"model": model.state_dict()}
+    # Tied weights are saved under one name; the tie fills the other.
+    dcp.load(
+        wanted, checkpoint_id=shards, planner=DefaultLoadPlanner(allow_partial_load=True),
+        no_dist=True,
+    )  # fmt: skip
+    model.load_state_dict(wanted["model"])
+    tokenizer = models.load_tokenizer(source)
+    tokenizer.chat_template = resolve_chat_template(tokenizer, preset.dataset.chat_template)
+    staging = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    os.replace(staging, target)
+    return target

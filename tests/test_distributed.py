@@ -116,6 +116,7 @@ def test_two_cpu_processes_match_one(
         last = complete_checkpoints(two_dir / "checkpoints")[-1]
         assert len(list((last / "sharded").glob("*.distcp"))) == 2
         _assert_same_weights(one_dir / "final", two_dir / "final")
+        _export_merges_a_sharded_checkpoint(tmp_path, one_dir, two_dir)
     assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
 
 
@@ -189,6 +190,35 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(
     assert status["kind"] == "distributed"
     assert "lost contact with another rank" in status["error"]
     assert not _alive(rank0_pid)
+
+
+def _export_merges_a_sharded_checkpoint(tmp_path: Path, one_dir: Path, two_dir: Path) -> None:
+    """A run stopped before final/: export merges its newest sharded checkpoint (step 2 here)
+    into ordinary safetensors, equal to the one-process run's step-2 weights."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    stopped = tmp_path / "stopped" / "ddp" / two_dir.name
+    shutil.copytree(two_dir, stopped)
+    shutil.rmtree(stopped / "final")
+    out = tmp_path / "exported"
+    result = _finetty("export", str(stopped), "--format", "merged", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    reference = load_file(str(one_dir / "checkpoints" / "checkpoint-2" / "trainable.safetensors"))
+    assert reference
+    # The merged copy in the run's own dtype (float32 here), next to the checkpoint...
+    consolidated = stopped / "checkpoints" / "checkpoint-2" / "consolidated"
+    weights = AutoModelForCausalLM.from_pretrained(consolidated).state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(weights[name], tensor, rtol=1e-3, atol=1e-5, msg=name)
+    # ... and the export made from it, in bf16.
+    (folder,) = [path for path in out.iterdir() if (path / "config.json").is_file()]
+    merged = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=1e-2, atol=1e-3, msg=name)
 
 
 def _assert_same_weights(one: Path, two: Path) -> None:

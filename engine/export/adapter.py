@@ -43,13 +43,26 @@ def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
     if ref == "latest" or not (path / "config.yaml").is_file():
         path = rundir.resolve_run(ref, runs_root or rundir.runs_root())
     final = path / "final"
+    preset = run_config(path)
     if not final.is_dir():
+        final = _from_sharded_checkpoint(path, preset)
+    return RunInfo(path, final, preset, (final / "adapter_config.json").is_file())
+
+
+def _from_sharded_checkpoint(path: Path, preset: Any) -> Path:
+    """A multi-GPU (FSDP) full fine-tune stopped before final/: merge its newest sharded
+    checkpoint into ordinary safetensors beside it, and export that."""
+    from engine.checkpoint import complete_checkpoints
+
+    checkpoints = complete_checkpoints(path / "checkpoints")
+    if not checkpoints or not (checkpoints[-1] / "sharded").is_dir():
         raise ExportError(
             f"{path} has no final/ model (the run has not finished).",
             hint="Export a finished run, or resume this one with `finetty train --resume`.",
         )
-    preset = run_config(path)
-    return RunInfo(path, final, preset, (final / "adapter_config.json").is_file())
+    from engine.sharded import consolidate
+
+    return consolidate(checkpoints[-1], preset, checkpoints[-1] / "consolidated")
 
 
 def load_base(info: RunInfo, dtype: Any) -> tuple[Any, Any]:
