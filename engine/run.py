@@ -37,6 +37,7 @@ from engine.events import (
     RunStarted,
     StateChanged,
 )
+from engine.sharded import uses_fsdp
 
 
 @dataclass
@@ -89,17 +90,12 @@ class Run:
             self.run_dir = resume_dir
         elif self.rank != 0:
             self.run_dir = new_run_dir or Path(os.devnull)  # never written by this rank
-        elif new_run_dir is not None:
-            self.run_dir = new_run_dir
+        else:
             from engine.presets import to_yaml
 
-            (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
-        else:
-            self.run_dir = rundir.new_run_dir(
+            self.run_dir = new_run_dir or rundir.new_run_dir(
                 preset.name, rundir.runs_root(str(runs_root) if runs_root else None)
             )
-            from engine.presets import to_yaml
-
             (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
         self.resuming = resume_dir is not None
         self.dir_sink: rundir.RunDirSink | None = None
@@ -409,7 +405,7 @@ class Run:
             amp_dtype=amp_dtype,
             use_grad_scaler=device == "cuda" and dtype == torch.float16,
             pad_token_id=loaded.tokenizer.pad_token_id,
-            sharded=self.dist is not None and p.method == "full" and p.training.fsdp is not False,
+            sharded=self.dist is not None and uses_fsdp(p),
         )
         trainer = Trainer(
             model,
@@ -480,9 +476,11 @@ class Run:
         outcome = trainer.run()
         paths = {"run_dir": str(self.run_dir)}
         if outcome.status == "finished" and settings.sharded:
-            final = self._save_final_sharded(model)  # a collective: every rank takes part
+            from engine.sharded import full_state_dict
+
+            state = full_state_dict(model)  # a collective: every rank takes part
             if main:
-                paths["final"] = str(final)
+                paths["final"] = str(self._save_final(model, state))
         elif outcome.status == "finished" and main:
             paths["final"] = str(self._save_final(model))
             if heldout:
@@ -514,27 +512,12 @@ class Run:
         self._accuracy[f"exact_match_{stage}"] = event.accuracy
         self.sink.emit(event)
 
-    def _save_final_sharded(self, model: Any) -> Path:
-        """Gather the sharded weights into ordinary safetensors on rank 0."""
-        from engine.sharded import full_state_dict
-
-        state = full_state_dict(model)
-        target = self.run_dir / "final"
-        if self.dist is not None and not self.dist.is_main:
-            return target
-        staging = self.run_dir / ".tmp-final"
-        self.sink.emit(StateChanged(state="saving", detail="final model"))
-        model.save_pretrained(staging, state_dict=state)
-        self.tokenizer.chat_template = self.chat_template
-        self.tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
-        return target
-
-    def _save_final(self, model: Any) -> Path:
+    def _save_final(self, model: Any, state_dict: dict[str, Any] | None = None) -> Path:
+        """``state_dict``: the whole model gathered from the ranks (FSDP), when sharded."""
         target = self.run_dir / "final"
         staging = self.run_dir / ".tmp-final"
         self.sink.emit(StateChanged(state="saving", detail="final model"))
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=state_dict)
         self.tokenizer.chat_template = self.chat_template
         self.tokenizer.save_pretrained(staging)
         os.replace(staging, target)

@@ -40,6 +40,17 @@ def shard_model(model: Any) -> None:
     fully_shard(model)  # the rest: embeddings, final norm, head
 
 
+def uses_fsdp(preset: Any) -> bool:
+    """Whether a run of this preset on several processes shards its weights (FSDP2)."""
+    return preset.method == "full" and preset.training.fsdp is not False
+
+
+def check_launch(preset: Any) -> None:
+    """What FSDP refuses, checked before any process starts."""
+    if uses_fsdp(preset):
+        check_optimizer(preset.training.optim)
+
+
 def check_optimizer(optim: str) -> None:
     if "8bit" in optim or optim.startswith("paged_"):
         raise ConfigError(

@@ -94,6 +94,12 @@ def total_steps(num_examples: int, settings: TrainSettings, world: int = 1) -> i
     )
 
 
+def batches_per_rank(examples: int, world: int, batch: int) -> int:
+    """Forward passes each rank runs over ``examples`` split across ``world`` ranks: the same on
+    every rank, since DDP's all-reduce and FSDP's gathers are collectives."""
+    return math.ceil(math.ceil(examples / world) / batch)
+
+
 def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The shuffled example order of one epoch; a pure function of (seed, epoch) so resume can rebuild it."""
     order = list(range(num_examples))
@@ -189,11 +195,6 @@ def build_scheduler(optimizer: Any, settings: TrainSettings, steps: int):
     return get_scheduler(
         settings.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps
     )
-
-
-def evaluate_loss(model: Any, examples: Sequence[Any], settings: TrainSettings) -> float:
-    total, count = evaluate_sums(model, examples, settings)
-    return total / max(count, 1)
 
 
 def evaluate_sums(
@@ -368,18 +369,16 @@ class Trainer:
 
         s = self.s
         n_trained = trained_token_count(examples)  # of the global batch: the same on every rank
-        local = distributed.shard(examples, self.dist)
-        # Every rank runs as many micro-batches (ceil(global / world / micro) of them): DDP's
-        # all-reduce and FSDP's gathers are collectives. A rank short of examples at the end of
-        # an epoch runs zero-weighted passes, which leave the update unchanged.
-        count = math.ceil(math.ceil(len(examples) / self.world) / self.micro_batch)
-        chunks = [
-            (local[i * self.micro_batch : (i + 1) * self.micro_batch], 1.0) for i in range(count)
-        ]
-        chunks = [(chunk, 1.0) if chunk else (examples[:1], 0.0) for chunk, _ in chunks]
+        local, size = distributed.shard(examples, self.dist), self.micro_batch
+        # Every rank runs as many micro-batches. A rank short of examples at the end of an epoch
+        # runs zero-weighted passes, which leave the update unchanged.
+        count = batches_per_rank(len(examples), self.world, size)
+        chunks = [local[i * size : (i + 1) * size] for i in range(count)]
         # DDP and FSDP average gradients over ranks; scaling by the world size makes the sum.
         loss_sum = torch.zeros((), device=s.device)
-        for index, (chunk, weight) in enumerate(chunks):
+        for index, chunk in enumerate(chunks):
+            weight = 1.0 if chunk else 0.0
+            chunk = chunk or examples[:1]
             self.control.check_abort()
             batch = collate(chunk, s.pad_token_id, s.device)
             with self._gradient_sync(index == len(chunks) - 1):
@@ -510,7 +509,7 @@ class Trainer:
         import torch
 
         try:
-            batches = math.ceil(math.ceil(len(self.val) / self.world) / self.s.eval_batch)
+            batches = batches_per_rank(len(self.val), self.world, self.s.eval_batch)
             total, count = evaluate_sums(
                 self.model,
                 distributed.shard(self.val, self.dist),
@@ -538,7 +537,7 @@ class Trainer:
         paused = False
         while True:
             commands: list[str] = []
-            if self.dist is None or self.dist.is_main:
+            if self.is_main:
                 commands = self.control.wait(0.5) if paused else self.control.drain()
             if self.dist is not None:
                 # Rank 0 decides for everyone, every step; while paused this is also the
@@ -566,37 +565,8 @@ class Trainer:
             if not paused:
                 return None
 
-    def _save_sharded(self, reason: str) -> Path:
-        """Every rank writes its shard; rank 0 the rest and the marker (engine.sharded)."""
-        from engine import sharded
-
-        main = self.dist is None or self.dist.is_main
-        if main:
-            self.sink.emit(StateChanged(state="saving", detail=reason))
-        start = time.perf_counter()
-        path = sharded.save_checkpoint(
-            self.checkpoint_dir,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            state=self.state,
-            keep=self.s.save_total_limit,
-            is_main=main,
-        )
-        if main:
-            self.sink.emit(
-                CheckpointSaved(
-                    step=self.state.step,
-                    path=str(path),
-                    reason=reason,
-                    seconds=time.perf_counter() - start,
-                )
-            )
-            self.sink.emit(StateChanged(state="training"))
-        return path
-
     def _hardware_due(self) -> bool:
-        if self.hardware is None or not (self.dist is None or self.dist.is_main):
+        if self.hardware is None or not self.is_main:
             return False
         now = time.monotonic()
         if now - self._last_hardware < self.hardware_interval:
@@ -614,37 +584,57 @@ class Trainer:
         if samples is not None:
             self.sink.emit(merge_rank_samples([sample for sample in samples if sample]))
 
+    @property
+    def is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
+
     def save(self, reason: str) -> Path | None:
-        if self.sharded and self.state.step > 0:
-            return self._save_sharded(reason)
-        if self.dist is not None and not self.dist.is_main:
-            return None  # DDP keeps identical weights and optimizer state: rank 0 writes them
-        if self.state.step == 0:
-            self.sink.emit(
-                LogLine(level="info", text="No step has run yet; nothing to checkpoint.")
-            )
+        """A checkpoint. DDP keeps identical weights and optimizer state, so rank 0 alone
+        writes them; FSDP's are sharded, so every rank writes its shard (engine.sharded)."""
+        if not (self.is_main or self.sharded):
             return None
-        self.sink.emit(StateChanged(state="saving", detail=reason))
+        if self.state.step == 0:
+            if self.is_main:
+                self.sink.emit(
+                    LogLine(level="info", text="No step has run yet; nothing to checkpoint.")
+                )
+            return None
+        if self.is_main:
+            self.sink.emit(StateChanged(state="saving", detail=reason))
         start = time.perf_counter()
-        path = ckpt.save_checkpoint(
-            self.checkpoint_dir,
-            model=self.model,
-            optimizer=self.optimizer,
-            scheduler=self.scheduler,
-            scaler=self.scaler,
-            state=self.state,
-            is_adapter=self.is_adapter,
-            keep=self.s.save_total_limit,
-        )
-        self.sink.emit(
-            CheckpointSaved(
-                step=self.state.step,
-                path=str(path),
-                reason=reason,
-                seconds=time.perf_counter() - start,
+        if self.sharded:
+            from engine import sharded
+
+            path = sharded.save_checkpoint(
+                self.checkpoint_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=self.state,
+                keep=self.s.save_total_limit,
+                is_main=self.is_main,
             )
-        )
-        self.sink.emit(StateChanged(state="training"))
+        else:
+            path = ckpt.save_checkpoint(
+                self.checkpoint_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                scaler=self.scaler,
+                state=self.state,
+                is_adapter=self.is_adapter,
+                keep=self.s.save_total_limit,
+            )
+        if self.is_main:
+            self.sink.emit(
+                CheckpointSaved(
+                    step=self.state.step,
+                    path=str(path),
+                    reason=reason,
+                    seconds=time.perf_counter() - start,
+                )
+            )
+            self.sink.emit(StateChanged(state="training"))
         return path
 
 

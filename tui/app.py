@@ -114,10 +114,9 @@ class FinettyApp(App[None]):
         from tui.launch import LaunchPlan, start_job, torchrun_command
 
         try:
-            if preset.method == "full" and preset.training.fsdp is not False:
-                from engine.sharded import check_optimizer
+            from engine.sharded import check_launch
 
-                check_optimizer(preset.training.optim)
+            check_launch(preset)
             run_dir = rundir.new_run_dir(preset.name, self.runs_root or rundir.runs_root())
         except FinettyError as error:
             self._show_error(error.title, error.message, error.hint)

@@ -240,10 +240,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, root=root, steps=args.probe_steps, price=args.price, json_mode=args.json
         )
     if plan is not None:
-        if preset.method == "full" and preset.training.fsdp is not False:
-            from engine.sharded import check_optimizer
+        from engine.sharded import check_launch
 
-            check_optimizer(preset.training.optim)  # before any process starts
+        check_launch(preset)
         return launch_job(args, plan, preset.name, root=root, resume_dir=resume_dir)
     new_run_dir = None
     if args.into:
