@@ -7,6 +7,7 @@ same global batch and seed, its per-step losses must equal one process's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -118,6 +119,114 @@ def test_two_cpu_processes_match_one(
         _assert_same_weights(one_dir / "final", two_dir / "final")
         _export_merges_a_sharded_checkpoint(tmp_path, one_dir, two_dir)
     assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_two_nodes_on_one_machine_match_one_process(
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path
+) -> None:
+    """`--nnodes 2` on CPU: two `finetty train` commands, one per "node", meet at 127.0.0.1.
+
+    Each node runs one process (`--gpus 1`), so neither can finish without the other: the job is
+    the world of 2 that torchrun's static rendezvous builds from the two commands. Node 0 alone
+    makes and writes the run directory; node 1 (LoRA, so DDP: no sharded checkpoint) writes
+    nothing, not even into the --run-dir it was given.
+    """
+    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl)
+    port = _free_port()
+    roots = [tmp_path / "node0", tmp_path / "node1"]
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    nodes = [_start_node(preset, rank, port, roots[rank], logs[rank]) for rank in (0, 1)]
+    try:
+        deadline = time.monotonic() + 180
+        for rank, node in enumerate(nodes):
+            try:
+                node.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise AssertionError(
+                    f"node {rank} did not finish (did the other node join?):\n"
+                    + "\n".join(f"--- node {r}:\n{_tail(log)}" for r, log in enumerate(logs))
+                ) from None
+    finally:
+        for node in nodes:
+            _end_job(node)
+    for rank, node in enumerate(nodes):
+        assert node.returncode == 0, f"node {rank}:\n{_tail(logs[rank])}"
+    announced = [log.read_text() for log in logs]
+    assert "2 processes (1 per node x 2 node(s))" in announced[0]
+    assert "2 processes (1 per node x 2 node(s))" in announced[1]
+    assert "run directory" not in announced[1]  # node 1 neither made nor named one
+    assert not roots[1].exists(), list(roots[1].rglob("*"))
+
+    # The same global batch on one process: 1 x micro-batch 2 x accumulation 2.
+    single = _finetty("train", str(preset), "--no-tui", "--run-dir", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr[-3000:]
+    one_dir, two_dir = _only_run(tmp_path / "one"), _only_run(roots[0])
+    one, two = _events(one_dir), _events(two_dir)
+    (started,) = [e for e in two if e["type"] == "run_started"]
+    assert started["world_size"] == 2
+    assert started["global_batch_size"] == 4
+    steps_one = [e for e in one if e["type"] == "step"]
+    steps_two = [e for e in two if e["type"] == "step"]
+    assert [e["step"] for e in steps_two] == [1, 2, 3, 4]
+    for a, b in zip(steps_one, steps_two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-5)
+        assert b["tokens"] == a["tokens"]
+    evals_one = [e["loss"] for e in one if e["type"] == "eval"]
+    evals_two = [e["loss"] for e in two if e["type"] == "eval"]
+    assert evals_two and evals_two == pytest.approx(evals_one, rel=1e-4)
+    assert [e["status"] for e in two if e["type"] == "finished"] == ["finished"]
+    assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"
+    assert (two_dir / "final" / "adapter_config.json").exists()
+    # Nothing from node 1 in node 0's run directory: the same files as a one-process run's.
+    assert _listing(two_dir) == _listing(one_dir)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start_node(preset: Path, rank: int, port: int, root: Path, log: Path) -> subprocess.Popen:
+    with open(log, "wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui",
+             "--gpus", "1", "--nnodes", "2", "--node-rank", str(rank),
+             "--master-addr", "127.0.0.1", "--master-port", str(port),
+             "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
+            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"},
+            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _end_job(launcher: subprocess.Popen) -> None:
+    """Kill a launcher that is still running, and the torchrun job it started in a session of
+    its own (which killing the launcher alone would leave behind)."""
+    if launcher.poll() is not None:
+        return
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == launcher.pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(entry.name), signal.SIGKILL)  # torchrun and its ranks
+    launcher.kill()
+    launcher.wait(timeout=30)
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no output)"
+
+
+def _listing(run_dir: Path) -> list[str]:
+    return sorted(str(path.relative_to(run_dir)) for path in run_dir.rglob("*"))
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
