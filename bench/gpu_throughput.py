@@ -7,7 +7,9 @@ Same set-up as the anchors (shared/bench/anchor_bench.py): random weights built 
 config, fixed-length synthetic token blocks (every token real and trained), LoRA r=16 on the 7
 projections, gradient checkpointing, adamw_8bit, SDPA. It drives finetty's own pieces (model
 loading, kernels, adapters, the Trainer and its chunked loss), not a copy of them. ``--plain``
-turns off the fused kernels and the chunked loss: the reference for the exactness check.
+turns off the fused kernels, fused LoRA, per-layer checkpointing and the chunked loss (plain
+transformers + PEFT with transformers' checkpointing): the reference for the exactness check.
+``--no-fused-lora`` and ``--no-offload`` take one piece out each, for A/B rows.
 Each row also carries the estimator's prediction for the same config (issue: estimate).
 """
 
@@ -145,15 +147,23 @@ def run(args: argparse.Namespace) -> dict:
         [] if args.plain else apply_fused_kernels(loaded.model, device=args.device, requested=None)
     )
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    # Several processes + full fine-tuning: FSDP2, as `finetty train --gpus N` runs it (its
+    # sharded parameters need torch's AdamW; bitsandbytes works on whole tensors).
+    sharded = dist is not None and args.mode == "full"
     model = prepare_for_training(
         loaded.model,
         method="full" if args.mode == "full" else "lora",
         lora=LoraSettings(r=16, lora_alpha=16, target_modules=targets),
-        gradient_checkpointing=True,
+        gradient_checkpointing=args.plain,  # the plain reference: transformers' checkpointing
     )
-    # Several processes + full fine-tuning: FSDP2, as `finetty train --gpus N` runs it (its
-    # sharded parameters need torch's AdamW; bitsandbytes works on whole tensors).
-    sharded = dist is not None and args.mode == "full"
+    if not args.plain:
+        from engine.fast_path import apply_fast_path
+
+        kernels += apply_fast_path(
+            model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
+            fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
+            sharded=sharded,
+        )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
         learning_rate=2e-4, save_steps=0, device=args.device, pad_token_id=0, chunked_loss=not args.plain, seed=0,
@@ -196,6 +206,12 @@ def run(args: argparse.Namespace) -> dict:
         "gpus": world,
         "fsdp": sharded,
         "stack": "finetty_plain" if args.plain else "finetty",
+        "variant": "+".join(
+            name
+            for name, on in (("no-fused-lora", args.no_fused_lora), ("no-offload", args.no_offload))
+            if on
+        )
+        or None,
         "peft_input_casts": args.peft_casts,
         "mode": args.mode,
         "shape": args.shape,
@@ -338,7 +354,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
-        "--plain", action="store_true", help="no fused kernels, full logits (the reference)"
+        "--plain",
+        action="store_true",
+        help="no fused kernels or LoRA, transformers' checkpointing, full logits (the reference)",
+    )
+    parser.add_argument("--no-fused-lora", action="store_true", help="PEFT's own LoRA forward")
+    parser.add_argument(
+        "--no-offload", action="store_true", help="keep checkpointed layer inputs on the GPU"
     )
     parser.add_argument(
         "--model-root", default=os.environ.get("FINETTY_BENCH_MODELS", "/tmp/finetty_models")

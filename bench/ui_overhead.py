@@ -187,7 +187,7 @@ def main() -> None:
     dash = statistics.median(r["tokens_per_s"] for r in results["dashboard"])
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
+    ).stdout.strip() or os.environ.get("FINETTY_COMMIT", "")
     print(
         json.dumps(
             {

@@ -29,8 +29,7 @@ def prepare_for_training(
 ) -> Any:
     """Return the model to train: the base itself (full) or a PeftModel (lora/qlora)."""
     if gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs, so no input-grad hook is needed.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_transformers_checkpointing(model)
     if method == "full":
         model.requires_grad_(True)
         return model
@@ -61,6 +60,11 @@ def prepare_for_training(
             f"lora.target_modules: {exc}",
             hint=f"Use all-linear, or module names of this model, e.g. {', '.join(names[:12])}.",
         ) from None
+
+
+def enable_transformers_checkpointing(model: Any) -> None:
+    # Non-reentrant checkpointing works with frozen inputs, so no input-grad hook is needed.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def adapter_input_casts_off(model: Any, amp_dtype: Any) -> Any:

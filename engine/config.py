@@ -179,6 +179,11 @@ class TrainingSection(Section):
     """Accepted for TrainingArguments compatibility; must agree with model.dtype."""
     use_liger_kernel: bool | None = None
     """Fused Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA; unset: on when liger-kernel is installed."""
+    fused_lora: bool = True
+    """Run each plain LoRA projection as one fused function (same result, fewer GPU passes)."""
+    activation_offloading: bool | None = None
+    """With gradient_checkpointing: keep each layer's saved input in host memory until its
+    backward; unset: on with a CUDA GPU."""
     use_cpu: bool = False
     """Train on the CPU even when a GPU is present."""
     fsdp: bool | None = None

@@ -15,8 +15,10 @@ import psutil
 
 from engine.config import Preset
 from engine.gpus import GpuSpec, training_flops
-from engine.loss import CHUNK_ROWS, CHUNKABLE
+from engine.loss import CHUNKABLE
 from engine.shapes import ModelShape, shape_for
+
+LOGIT_ROWS = 4096
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's allocator
@@ -181,10 +183,12 @@ def memory(plan: Plan) -> Memory:
         layer += d * plan.lora_inputs
     tokens = plan.micro_batch * plan.seq_len
     # Logits, the fp32 copy the loss takes, log-softmax's output and the logits' gradient:
-    # 12 B per vocabulary entry per token. engine.loss computes them CHUNK_ROWS tokens at a
-    # time for the architectures it knows, after gathering the trained positions' hidden states.
+    # 12 B per vocabulary entry per token. engine.loss computes them a chunk of rows at a time
+    # for the architectures it knows, after gathering the trained positions' hidden states.
+    # LOGIT_ROWS is the chunk of the measurements this model is pinned to (devC, 4096 rows);
+    # engine.loss now takes smaller chunks, so this errs high until it is measured again.
     chunked = s.architecture.removesuffix("ForCausalLM").lower() in CHUNKABLE
-    logit_rows = min(tokens, CHUNK_ROWS) if chunked else tokens
+    logit_rows = min(tokens, LOGIT_ROWS) if chunked else tokens
     logits = logit_rows * s.vocab_size * 12 + (
         tokens * s.hidden_size * d if logit_rows < tokens else 0
     )

@@ -5,10 +5,16 @@ that is a small share of the tokens), and the output head plus cross-entropy run
 under activation checkpointing, so at most one chunk of logits exists at a time, in the forward
 and in the backward. It computes the same function as ``CrossEntropy(model(...).logits)``;
 tests/engine/test_loss.py checks loss and gradients against the plain path.
+
+With a frozen head (LoRA, QLoRA), each chunk's gradient is computed in the forward itself
+(softmax minus one-hot, times the head) and the chunk's logits are dropped at once: the head's
+matmul runs twice instead of three times (no recompute), and no chunk of logits outlives its
+own loop turn. Chunks are sized so that one chunk's fp32 logits stay near LOGITS_BUDGET.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 IGNORE = -100
@@ -25,7 +31,11 @@ CHUNKABLE = {
     "smollm3",
     "olmo2",
 }
-CHUNK_ROWS = 4096
+LOGITS_BUDGET = 64 * 2**20  # elements of one chunk's logits (256 MiB in fp32)
+
+
+def chunk_rows(vocab: int) -> int:
+    return max(128, min(4096, LOGITS_BUDGET // max(vocab, 1)))
 
 
 def supports_chunked_loss(model: Any) -> bool:
@@ -54,7 +64,7 @@ def full_logits_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> Any
 
 
 def chunked_loss_sum(
-    model: Any, inputs: dict[str, Any], labels: Any, chunk_rows: int = CHUNK_ROWS
+    model: Any, inputs: dict[str, Any], labels: Any, rows: int | None = None
 ) -> Any:
     import torch
     from torch.utils.checkpoint import checkpoint
@@ -66,12 +76,68 @@ def chunked_loss_sum(
     hidden, targets = hidden[keep], targets[keep]
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
+    rows = rows or chunk_rows(head.weight.shape[0])
+    if _frozen_plain_head(head):
+        return _frozen_head_loss().apply(hidden, targets, head.weight, head.bias, cap, rows)
     total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.size(0), chunk_rows):
+    for start in range(0, hidden.size(0), rows):
         total = total + checkpoint(
-            _head_loss, head, hidden[start : start + chunk_rows], targets[start : start + chunk_rows], cap,
+            _head_loss, head, hidden[start : start + rows], targets[start : start + rows], cap,
             use_reentrant=False,
         )  # fmt: skip
+    return total
+
+
+def _frozen_plain_head(head: Any) -> bool:
+    import torch
+
+    params = list(head.parameters())
+    return (
+        type(head) is torch.nn.Linear
+        and not any(param.requires_grad for param in params)
+        and head.weight.dtype.is_floating_point
+    )
+
+
+def _chunk_logits(hidden: Any, weight: Any, bias: Any) -> Any:
+    """One chunk's logits in fp32, from a matmul in the hidden states' dtype (as the head's
+    own forward, under autocast or not, computes them)."""
+    import torch
+
+    dtype = hidden.dtype
+    if torch.is_autocast_enabled(hidden.device.type):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h, w = hidden.to(dtype), weight.to(dtype)
+        logits = torch.addmm(bias.to(dtype), h, w.t()) if bias is not None else h @ w.t()
+    return logits.float(), dtype
+
+
+def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any,
+                         cap: float | None, rows: int) -> Any:  # fmt: skip
+    import torch
+
+    want_grad = ctx.needs_input_grad[0]
+    total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad = torch.empty_like(hidden) if want_grad else None
+    for start in range(0, hidden.size(0), rows):
+        chunk, target = hidden[start : start + rows], targets[start : start + rows]
+        logits, dtype = _chunk_logits(chunk, weight, bias)
+        if cap:
+            tanh = torch.tanh(logits / cap)
+            logits = tanh * cap
+        lse = torch.logsumexp(logits, dim=-1)
+        total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+        if not want_grad:
+            continue
+        # d(lse - logit[target]) / d logits = softmax - one_hot, computed in place.
+        probs = logits.sub_(lse[:, None]).exp_()
+        probs[torch.arange(target.numel(), device=probs.device), target] -= 1.0
+        if cap:
+            probs.mul_(1.0 - tanh.square_())
+        with torch.autocast(hidden.device.type, enabled=False):
+            grad[start : start + rows] = (probs.to(dtype) @ weight.to(dtype)).to(grad.dtype)
+    ctx.save_for_backward(grad if want_grad else None)
     return total
 
 
@@ -83,3 +149,30 @@ def _head_loss(head: Any, hidden: Any, targets: Any, cap: float | None) -> Any:
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return F.cross_entropy(logits, targets, reduction="sum")
+
+
+@functools.cache
+def _frozen_head_loss() -> Any:
+    """The autograd Function, built on first use: importing this module must not import torch
+    (``finetty estimate`` reads CHUNKABLE without it)."""
+    import torch
+
+    class FrozenHeadLoss(torch.autograd.Function):
+        """Summed cross-entropy of ``hidden @ weight^T`` against ``targets`` for a frozen head,
+        the input gradient computed chunk by chunk during the forward."""
+
+        @staticmethod
+        def forward(ctx, hidden, targets, weight, bias, cap, rows):  # type: ignore[override]
+            return _frozen_head_forward(ctx, hidden, targets, weight, bias, cap, rows)
+
+        @staticmethod
+        def backward(ctx, grad_total):  # type: ignore[override]
+            (grad,) = ctx.saved_tensors
+            if grad is not None:
+                # The scale (1 / trained tokens) in fp32, a chunk at a time: rounding it to
+                # bf16 first would bias every gradient by up to 0.4%; float() would sync.
+                for part in grad.split(4096):
+                    part.copy_(part.float() * grad_total)
+            return grad, None, None, None, None, None
+
+    return FrozenHeadLoss

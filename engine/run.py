@@ -372,7 +372,18 @@ class Run:
             loaded.model,
             method=p.method,
             lora=LoraSettings(**p.lora.model_dump()),
+            gradient_checkpointing=False,  # engine.fast_path chooses how
+        )
+        from engine.fast_path import apply_fast_path
+
+        loaded.info["kernels"] = kernels + apply_fast_path(
+            model,
+            device=device,
+            uses_adapter=p.uses_adapter,
             gradient_checkpointing=p.training.gradient_checkpointing,
+            fused_lora=p.training.fused_lora,
+            activation_offloading=p.training.activation_offloading,
+            sharded=self.dist is not None and uses_fsdp(p),
         )
         self.model = model
         total, trainable = models.count_parameters(model)

@@ -75,11 +75,17 @@ def _only_run(root: Path) -> Path:
     return runs[0]
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.parametrize(
+    ("method", "checkpointing"), [("lora", False), ("lora", True), ("full", False), ("full", True)]
+)
 def test_two_cpu_processes_match_one(
-    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path, method: str
+    tmp_path: Path, tiny_model_dir: Path, chat_jsonl: Path, method: str, checkpointing: bool
 ) -> None:
-    preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, method=method)
+    """With checkpointing, one process runs finetty's per-layer checkpointing; two run it
+    under DDP (LoRA) or run transformers' under FSDP (full): every pair must agree."""
+    preset = _write_preset(
+        tmp_path, tiny_model_dir, chat_jsonl, method=method, gradient_checkpointing=checkpointing
+    )
     single = _finetty("train", str(preset), "--no-tui", "--run-dir", str(tmp_path / "one"))
     assert single.returncode == 0, single.stderr
     # Same global batch: 2 processes x micro-batch 2 x accumulation 1 = 1 x 2 x 2.

@@ -60,7 +60,7 @@ def test_chunked_loss_matches_full_logits(kind: str, packed: bool, lora: bool) -
     assert supports_chunked_loss(model)
     inputs, labels = _batch(packed)
     ref_loss, ref_grads = _loss_and_grads(model, full_logits_loss_sum, inputs, labels)
-    loss, grads = _loss_and_grads(model, chunked_loss_sum, inputs, labels, chunk_rows=7)
+    loss, grads = _loss_and_grads(model, chunked_loss_sum, inputs, labels, rows=7)
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys() and grads
     for name, grad in grads.items():

@@ -148,7 +148,7 @@ async def test_home_opens_a_run_in_watch_mode(tmp_path: Path, wait_for) -> None:
 
 
 async def test_real_run_quit_stops_with_checkpoint(tmp_path: Path, make_preset, wait_for) -> None:
-    app = FinettyApp(make_preset(max_steps=200, save_steps=1000), runs_root=tmp_path)
+    app = FinettyApp(make_preset(max_steps=5000, save_steps=10000), runs_root=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await wait_for(pilot, lambda: screen.last_step is not None, timeout=240)

@@ -1,0 +1,49 @@
+"""The exact speed-ups of finetty's training path, applied to a model prepared for training.
+
+- fused LoRA projections (engine.fast_lora);
+- gradient checkpointing per decoder layer, without down_proj's recompute and, on a GPU, with
+  the saved layer inputs in host memory (engine.layer_checkpoint).
+
+Each computes the same function as the plain path; what was applied is named in the
+run_started event beside the Liger kernels. FSDP runs keep transformers' checkpointing: its
+recompute must run inside the module call that gathers the shards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def apply_fast_path(
+    model: Any,
+    *,
+    device: str,
+    uses_adapter: bool,
+    gradient_checkpointing: bool,
+    fused_lora: bool = True,
+    activation_offloading: bool | None = None,
+    sharded: bool = False,
+) -> list[str]:
+    """Patch ``model`` in place (after engine.adapters.prepare_for_training with
+    gradient_checkpointing=False); returns the names of what was applied."""
+    applied: list[str] = []
+    if uses_adapter and fused_lora:
+        from engine.fast_lora import apply_fused_lora
+
+        patched, fallbacks = apply_fused_lora(model)
+        if patched:
+            applied.append(f"fused-lora({patched}/{patched + sum(fallbacks.values())})")
+    if not gradient_checkpointing:
+        return applied
+    installed = None
+    if not sharded:
+        from engine import layer_checkpoint
+
+        offload = device == "cuda" if activation_offloading is None else activation_offloading
+        installed = layer_checkpoint.install(model, offload=offload and device == "cuda")
+    if installed is None:
+        from engine.adapters import enable_transformers_checkpointing
+
+        enable_transformers_checkpointing(model)
+        installed = ["checkpoint:transformers"]
+    return applied + installed
