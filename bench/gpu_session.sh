@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# One device session for bench/RESULTS.md: the exactness tests, finetty's rows, the Unsloth
-# anchors on the same card in the same session, an A/B of each speed-up, a profile and the UI
-# overhead. It runs in the background, so it may outlast one device command (10 minutes):
+# One device session for bench/RESULTS.md: the GPU exactness tests, the UI overhead, finetty's
+# rows with the Unsloth anchors on the same card in the same session, and an A/B row. It runs in the background, so it may outlast one device command (10 minutes):
 #
 #   bash bench/gpu_session.sh start SESSION_ID   # starts it, then follows its log
 #   bash bench/gpu_session.sh follow             # in the next call: follows it to its end
@@ -27,40 +26,38 @@ rows() {  # finetty's harness, one JSON row per run into finetty.jsonl
 body() {
   log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
-  for shape in llama8b qwen05b; do
-    python3 .anc/anchor_bench.py --prepare "$shape" --model-root "$M" >> "$W/session.log" 2>&1
-  done
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   log "exactness tests"
   timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k fast_path > "$W/pytest.log" 2>&1
   tail -2 "$W/pytest.log" >> "$W/session.log"
-  log "finetty rows"
-  rows --shape llama8b --mode qlora
-  rows --shape llama8b --mode lora
-  rows --shape qwen05b --mode lora
-  log "anchors"
-  timeout 480 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_out" \
-    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora,qwen05b:unsloth:lora --deadline-s 470 \
-    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
-  cp "$W/anchor_out/results.jsonl" "$W/anchors.jsonl" 2>/dev/null
-  log "A/B rows, full fine-tuning, the plain reference, a profile"
-  rows --shape llama8b --mode qlora --no-offload
-  rows --shape llama8b --mode lora --no-fused-lora
-  rows --shape qwen05b --mode full
-  rows --shape llama8b --mode lora --plain --steps 8
-  T=120 rows --shape llama8b --mode qlora --steps 7 --warmup 4 --profile "$W/profile-qlora.txt"
   log "UI overhead"
   python3 bench/random_model.py --tokenizer .anc/tokenizer --out "$M/ui235m" >> "$W/session.log" 2>&1
-  cat > "$W/ui.yaml" <<EOF
-name: ui-overhead
-model: {name_or_path: $M/ui235m, dtype: bfloat16, max_seq_length: 256}
-dataset: {path: "builtin:finetty-skills", format: messages, chat_template: chatml, train_on: responses, val_size: 0}
-method: lora
-lora: {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}
-training: {learning_rate: 1.0e-4, per_device_train_batch_size: 16, max_steps: 80, optim: adamw_torch_fused, logging_steps: 1, save_steps: 0, seed: 0}
-EOF
-  timeout 400 python3 bench/ui_overhead.py --preset "$W/ui.yaml" --steps 80 --rounds 3 \
+  {
+    echo "name: ui-overhead"
+    echo "model: {name_or_path: $M/ui235m, dtype: bfloat16, max_seq_length: 256}"
+    echo 'dataset: {path: "builtin:finetty-skills", format: messages, chat_template: chatml, train_on: responses, val_size: 0}'
+    echo "method: lora"
+    echo "lora: {r: 16, lora_alpha: 32, lora_dropout: 0.0, target_modules: all-linear}"
+    echo "training: {learning_rate: 1.0e-4, per_device_train_batch_size: 16, max_steps: 80, optim: adamw_torch_fused, logging_steps: 1, save_steps: 0, seed: 0}"
+  } > "$W/ui.yaml"
+  timeout 300 python3 bench/ui_overhead.py --preset "$W/ui.yaml" --steps 80 --rounds 3 \
     > "$W/ui.jsonl" 2>>"$W/stderr.log"
-  cut -c1-600 "$W/ui.jsonl" >> "$W/session.log"
+  cut -c1-900 "$W/ui.jsonl" >> "$W/session.log"
+  log "0.5B: finetty, Unsloth, finetty, A/B"
+  rows --shape qwen05b --mode lora --steps 23
+  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
+    --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  rows --shape qwen05b --mode lora --steps 23
+  rows --shape qwen05b --mode lora --steps 23 --no-liger-loss
+  log "8B: finetty, Unsloth"
+  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
+    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
+    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
   log "done"
 }
 

@@ -115,6 +115,10 @@ def run(args: argparse.Namespace) -> dict:
     from engine.kernels import apply_fused_kernels
     from engine.trainer import Trainer, TrainSettings
 
+    if args.no_liger_loss:
+        import engine.loss
+
+        engine.loss.USE_LIGER_LOSS = False
     if args.peft_casts:
         import contextlib
 
@@ -208,7 +212,11 @@ def run(args: argparse.Namespace) -> dict:
         "stack": "finetty_plain" if args.plain else "finetty",
         "variant": "+".join(
             name
-            for name, on in (("no-fused-lora", args.no_fused_lora), ("no-offload", args.no_offload))
+            for name, on in (
+                ("no-fused-lora", args.no_fused_lora),
+                ("no-offload", args.no_offload),
+                ("no-liger-loss", args.no_liger_loss),
+            )
             if on
         )
         or None,
@@ -272,10 +280,14 @@ def profile_report(profiler) -> str:
     from torch.autograd import DeviceType
 
     # Kernels only: CPU-side ops (aten::mm, ProfilerStep*) would count their kernels twice.
+    # ProfilerStep* and Optimizer.step#... are annotations whose GPU span covers their kernels.
     events = [
         e
         for e in profiler.key_averages()
-        if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+        if e.device_type == DeviceType.CUDA
+        and e.self_device_time_total > 0
+        and not e.key.startswith("ProfilerStep")
+        and "#" not in e.key
     ]
     total = sum(e.self_device_time_total for e in events) or 1.0
     shares: dict[str, float] = {}
@@ -359,6 +371,9 @@ def main() -> None:
         help="no fused kernels or LoRA, transformers' checkpointing, full logits (the reference)",
     )
     parser.add_argument("--no-fused-lora", action="store_true", help="PEFT's own LoRA forward")
+    parser.add_argument(
+        "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"
+    )
     parser.add_argument(
         "--no-offload", action="store_true", help="keep checkpointed layer inputs on the GPU"
     )

@@ -106,7 +106,9 @@ def headless(preset, root: Path, engine: EngineCpu) -> Path:
             run.join(timeout=0.2)
             engine.poll(run.run_dir)
     if run.result is None or run.result.status != "finished":
-        raise SystemExit(f"headless run failed: {run.result and run.result.error}")
+        log = run.run_dir / "log.txt"
+        trace = log.read_text(encoding="utf-8")[-4000:] if log.is_file() else ""
+        raise SystemExit(f"headless run failed: {run.result and run.result.error}\n{trace}")
     return run.run_dir
 
 
@@ -125,6 +127,8 @@ async def dashboard(preset, root: Path, cpu: dict, engine: EngineCpu | None = No
         run = app.run_handle
         if run is None:
             raise SystemExit(f"dashboard run failed to start: {app.launch_error}")
+        while not run.alive and run.result is None:
+            await pilot.pause(0.1)
         engine = engine or EngineCpu()
         while run.alive and not steps_of_file(run.run_dir):
             await pilot.pause(0.2)
@@ -139,7 +143,9 @@ async def dashboard(preset, root: Path, cpu: dict, engine: EngineCpu | None = No
         cpu["process_s"] = time.process_time() - all0
         await pilot.pause(0.3)  # let the last drain paint
     if run.result is None or run.result.status != "finished":
-        raise SystemExit(f"dashboard run failed: {run.result and run.result.error}")
+        log = run.run_dir / "log.txt"
+        trace = log.read_text(encoding="utf-8")[-4000:] if log.is_file() else ""
+        raise SystemExit(f"dashboard run failed: {run.result and run.result.error}\n{trace}")
     return run.run_dir
 
 

@@ -10,6 +10,9 @@ With a frozen head (LoRA, QLoRA), each chunk's gradient is computed in the forwa
 (softmax minus one-hot, times the head) and the chunk's logits are dropped at once: the head's
 matmul runs twice instead of three times (no recompute), and no chunk of logits outlives its
 own loop turn. Chunks are sized so that one chunk's fp32 logits stay near LOGITS_BUDGET.
+On a GPU with liger-kernel the same is done by Liger's fused linear cross-entropy, whose
+Triton kernel computes softmax, loss and gradient of a chunk in one pass over its logits
+instead of PyTorch's six (the same function: tests/engine/test_gpu.py compares losses).
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ CHUNKABLE = {
     "olmo2",
 }
 LOGITS_BUDGET = 64 * 2**20  # elements of one chunk's logits (256 MiB in fp32)
+
+
+# Liger's kernel for the frozen-head loss on a GPU (bench/gpu_throughput.py --no-liger-loss
+# turns it off for an A/B against FrozenHeadLoss).
+USE_LIGER_LOSS = True
 
 
 def chunk_rows(vocab: int) -> int:
@@ -78,6 +86,12 @@ def chunked_loss_sum(
     cap = getattr(model.config, "final_logit_softcapping", None)
     rows = rows or chunk_rows(head.weight.shape[0])
     if _frozen_plain_head(head):
+        if USE_LIGER_LOSS and _liger_fits(hidden, head):
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+            return liger_fused_linear_cross_entropy(
+                hidden, head.weight, targets, bias=head.bias, reduction="sum", softcap=cap
+            )
         return _frozen_head_loss().apply(hidden, targets, head.weight, head.bias, cap, rows)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.size(0), rows):
@@ -86,6 +100,21 @@ def chunked_loss_sum(
             use_reentrant=False,
         )  # fmt: skip
     return total
+
+
+def _liger_fits(hidden: Any, head: Any) -> bool:
+    """Liger's fused linear cross-entropy (one Triton pass per chunk for softmax, loss and
+    gradient) on a GPU, where hidden states and head share a 16-bit dtype."""
+    import importlib.util
+
+    import torch
+
+    return (
+        hidden.is_cuda
+        and hidden.dtype in (torch.bfloat16, torch.float16)
+        and head.weight.dtype == hidden.dtype
+        and importlib.util.find_spec("liger_kernel") is not None
+    )
 
 
 def _frozen_plain_head(head: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import time
 import traceback
@@ -135,6 +136,25 @@ class Run:
         return self.result
 
     def _execute_safely(self) -> None:
+        try:
+            self._execute_reporting()
+        except Exception:  # noqa: BLE001 - the engine thread must never end without a result
+            # Reporting the failure failed too (a sink that raised): the thread must still end
+            # with a result and leave the trace where the user is told to look.
+            trace = traceback.format_exc()
+            if self.dir_sink is not None:
+                with open(self.run_dir / "log.txt", "a", encoding="utf-8") as log:
+                    log.write(trace)
+            print(trace, file=sys.stderr, flush=True)
+            if self.result is None:
+                self.result = RunResult(
+                    "failed",
+                    EXIT_FAILED,
+                    self.run_dir,
+                    FinettyError(trace.strip().splitlines()[-1]),
+                )
+
+    def _execute_reporting(self) -> None:
         started = time.time()
         step = 0
         monitor = self._monitor = self._hardware_monitor()

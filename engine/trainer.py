@@ -64,6 +64,7 @@ class TrainSettings:
     auto_batch: bool = False  # halve the micro-batch on out-of-memory, keeping the global batch
     chunked_loss: bool = True  # never materialise the full logits (same function, less memory)
     sharded: bool = False  # FSDP2 over the ranks (full fine-tuning on several GPUs)
+    defer_metrics: bool | None = None  # read each step's loss a step late; unset: on one GPU
 
 
 @dataclass
@@ -290,6 +291,18 @@ class Trainer:
             self.scaler = torch.amp.GradScaler(settings.device)
         self.micro_batch, self.grad_accum = settings.micro_batch, settings.grad_accum
         self.health = HealthMonitor()
+        # On one GPU the step's loss and grad norm are read one step late (engine._flush), so
+        # the host never waits for the GPU between steps; elsewhere they are read at once.
+        self._defer = (
+            settings.defer_metrics
+            if settings.defer_metrics is not None
+            else settings.device == "cuda" and dist is None
+        )
+        self._pending: _StepFigures | None = None
+        self._window = _Window()
+        self._recent_step_times: list[float] = []
+        self._final_loss: float | None = None
+        self._clock = self._started = time.perf_counter()
         self.state = ckpt.TrainerState(
             step=0, epoch=0, examples_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
         )
@@ -388,6 +401,9 @@ class Trainer:
                 scaled = micro_loss * (weight * self.world / max(n_trained, 1))
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += micro_loss.detach() * weight
+        # The previous step's figures are read here, with this step's work already queued,
+        # so that reading them never leaves the GPU waiting for the host.
+        self._flush()
         grad_norm = self._optimizer_step()
         if self.dist is not None:
             (total,) = distributed.sum_floats([float(loss_sum)], self.dist)
@@ -411,74 +427,93 @@ class Trainer:
         s, state = self.s, self.state
         self.model.train()
         status = "finished"
-        started = time.perf_counter() - state.elapsed_s
-        window = _Window()
-        final_loss = eval_loss = None
-        recent_step_times: list[float] = []
+        self._started = time.perf_counter() - state.elapsed_s
+        eval_loss = None
         while state.step < self.total_steps:
             if self._handle_commands() == "stop":
                 status = "stopped"
                 break
             step_start = time.perf_counter()
-            if window.tokens == 0:
-                # Throughput counts training time only: not evals, checkpoints or pauses between steps.
-                window.start = step_start
+            if self._pending is None:
+                # Throughput counts training time only: not evals, checkpoints or pauses.
+                self._clock = step_start
             epoch, done, size, examples = self._step_examples()
             loss, n_trained, grad_norm = self._forward_backward(examples)
             state.step += 1
             state.epoch, state.examples_done_in_epoch = epoch, done
             tokens = sum(len(ex.input_ids) for ex in examples)
             state.tokens_seen += tokens
-            window.add(float(loss), tokens, len(examples))
-            recent_step_times = [*recent_step_times, time.perf_counter() - step_start][-20:]
-            if state.step % s.logging_steps == 0 or state.step == self.total_steps:
-                final_loss = window.loss
-                self._check_finite(final_loss)
-                state.best_loss = (
-                    final_loss if state.best_loss is None else min(state.best_loss, final_loss)
-                )
-                elapsed = time.perf_counter() - window.start
-                throughput = window.tokens / max(elapsed, 1e-9)
-                mean_step = sum(recent_step_times) / len(recent_step_times)
-                self.sink.emit(
-                    Step(
-                        step=state.step,
-                        total_steps=self.total_steps,
-                        epoch=epoch + done / max(size, 1),
-                        loss=final_loss,
-                        learning_rate=self.scheduler.get_last_lr()[0],
-                        grad_norm=grad_norm,
-                        tokens_per_s=throughput,
-                        samples_per_s=window.samples / max(elapsed, 1e-9),
-                        step_time_s=elapsed / window.steps,
-                        tokens=window.tokens,
-                        trained_tokens=n_trained,
-                        elapsed_s=time.perf_counter() - started,
-                        eta_s=mean_step * (self.total_steps - state.step),
-                    )
-                )
-                for alarm in self.health.on_step(state.step, grad_norm, throughput):
-                    self.sink.emit(alarm)
-                window = _Window()
-            state.elapsed_s = time.perf_counter() - started
+            self._pending = _StepFigures.capture(
+                state.step, epoch + done / max(size, 1), loss, grad_norm, n_trained, tokens,
+                len(examples), self.scheduler.get_last_lr()[0],
+            )  # fmt: skip
             more = state.step < self.total_steps
-            if s.eval_steps and self.val and state.step % s.eval_steps == 0 and more:
+            evaluate = bool(s.eval_steps and self.val and state.step % s.eval_steps == 0 and more)
+            save = bool(s.save_steps and state.step % s.save_steps == 0 and more)
+            if evaluate or save or not more or not self._defer:
+                self._flush()  # a checkpoint or an eval must follow a step already checked
+            state.elapsed_s = time.perf_counter() - self._started
+            if evaluate:
                 eval_loss = self._evaluate()
-            if s.save_steps and state.step % s.save_steps == 0 and more:
+            if save:
                 self.save("periodic")
+        self._flush()
         # After a stop, checkpoint and go: a spot instance's grace period has no room for an eval.
         if self.val and state.step > 0 and status == "finished":
             eval_loss = self._evaluate()
-        state.elapsed_s = time.perf_counter() - started
+        state.elapsed_s = time.perf_counter() - self._started
         return TrainOutcome(
-            status, state.step, self.total_steps, final_loss, state.best_loss, eval_loss, state.elapsed_s,
-            state.tokens_seen,
+            status, state.step, self.total_steps, self._final_loss, state.best_loss, eval_loss,
+            state.elapsed_s, state.tokens_seen,
         )  # fmt: skip
 
-    def _check_finite(self, loss: float) -> None:
+    def _flush(self) -> None:
+        """Read the pending step's loss and grad norm (waiting for that step alone), check them,
+        and emit its Step event when a logging step is due."""
+        figures, self._pending = self._pending, None
+        if figures is None:
+            return
+        loss, grad_norm = figures.read()
+        now = time.perf_counter()
+        # Between two deferred steps this is the time from one step's end to the next's.
+        step_time, self._clock = now - self._clock, now
+        s, state, window = self.s, self.state, self._window
+        window.add(loss, figures.tokens, figures.samples, step_time)
+        self._recent_step_times = [*self._recent_step_times, step_time][-20:]
+        if figures.step % s.logging_steps != 0 and figures.step != self.total_steps:
+            return
+        self._final_loss = window.loss
+        self._check_finite(window.loss, figures.step)
+        state.best_loss = (
+            window.loss if state.best_loss is None else min(state.best_loss, window.loss)
+        )
+        throughput = window.tokens / max(window.seconds, 1e-9)
+        mean_step = sum(self._recent_step_times) / len(self._recent_step_times)
+        self.sink.emit(
+            Step(
+                step=figures.step,
+                total_steps=self.total_steps,
+                epoch=figures.epoch,
+                loss=window.loss,
+                learning_rate=figures.learning_rate,
+                grad_norm=grad_norm,
+                tokens_per_s=throughput,
+                samples_per_s=window.samples / max(window.seconds, 1e-9),
+                step_time_s=window.seconds / window.steps,
+                tokens=window.tokens,
+                trained_tokens=figures.trained_tokens,
+                elapsed_s=now - self._started,
+                eta_s=mean_step * (self.total_steps - figures.step),
+            )
+        )
+        for alarm in self.health.on_step(figures.step, grad_norm, throughput):
+            self.sink.emit(alarm)
+        self._window = _Window()
+
+    def _check_finite(self, loss: float, step: int) -> None:
         if not math.isfinite(loss):
             raise TrainingError(
-                f"The loss became {loss} at step {self.state.step}; the run was stopped.",
+                f"The loss became {loss} at step {step}; the run was stopped.",
                 hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
                 "The last good checkpoint is kept.",
             )
@@ -502,7 +537,7 @@ class Trainer:
             from engine import sharded
 
             return sharded.total_norm(norm)
-        return float(norm)
+        return norm if self._defer else float(norm)
 
     def _evaluate(self) -> float:
         self.sink.emit(StateChanged(state="evaluating"))
@@ -547,6 +582,8 @@ class Trainer:
                 )
                 if hardware_due:
                     self._publish_hardware()
+            if commands:
+                self._flush()  # the last step's figures come before anything a command does
             for command in commands:
                 if command == "abort":
                     self.control.check_abort()
@@ -646,17 +683,61 @@ class _Window:
     tokens: int = 0
     samples: int = 0
     steps: int = 0
-    start: float = 0.0
+    seconds: float = 0.0
 
-    def add(self, loss: float, tokens: int, samples: int) -> None:
+    def add(self, loss: float, tokens: int, samples: int, seconds: float) -> None:
         self.loss_sum += loss
         self.tokens += tokens
         self.samples += samples
         self.steps += 1
+        self.seconds += seconds
 
     @property
     def loss(self) -> float:
         return self.loss_sum / max(self.steps, 1)
+
+
+@dataclass
+class _StepFigures:
+    """One step's loss and grad norm, copied to host memory without waiting for the GPU."""
+
+    step: int
+    epoch: float
+    loss: Any
+    grad_norm: Any
+    trained_tokens: int
+    tokens: int
+    samples: int
+    learning_rate: float
+    ready: Any = None  # CUDA event: the copies are done
+
+    @classmethod
+    def capture(cls, step: int, epoch: float, loss: Any, grad_norm: Any, trained_tokens: int,
+                tokens: int, samples: int, learning_rate: float = 0.0) -> _StepFigures:  # fmt: skip
+        figures = cls(step, epoch, loss, grad_norm, trained_tokens, tokens, samples, learning_rate)
+        if getattr(loss, "is_cuda", False):
+            import torch
+
+            figures.loss = _to_host(loss)
+            if isinstance(grad_norm, torch.Tensor):
+                figures.grad_norm = _to_host(grad_norm)
+            figures.ready = torch.cuda.Event()
+            figures.ready.record()
+        return figures
+
+    def read(self) -> tuple[float, float | None]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        norm = None if self.grad_norm is None else float(self.grad_norm)
+        return float(self.loss), norm
+
+
+def _to_host(tensor: Any) -> Any:
+    import torch
+
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor.detach(), non_blocking=True)
+    return host
 
 
 def _oom_error(exc: Exception, settings: TrainSettings, micro_batch: int) -> OutOfMemoryError:

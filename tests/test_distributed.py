@@ -69,6 +69,20 @@ def _events(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def _assert_same_steps(one: list[dict], two: list[dict]) -> tuple[list[float], list[float]]:
+    """Same per-step figures for one process and for the job; returns both runs' eval losses."""
+    steps_one = [e for e in one if e["type"] == "step"]
+    steps_two = [e for e in two if e["type"] == "step"]
+    assert [e["step"] for e in steps_two] == [1, 2, 3, 4]
+    for a, b in zip(steps_one, steps_two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-5)
+        assert b["tokens"] == a["tokens"]  # the global batch's tokens, not one rank's
+    evals_one = [e["loss"] for e in one if e["type"] == "eval"]
+    evals_two = [e["loss"] for e in two if e["type"] == "eval"]
+    return evals_one, evals_two
+
+
 def _only_run(root: Path) -> Path:
     runs = [path for path in root.glob("*/*") if path.is_dir()]
     assert len(runs) == 1, runs
@@ -101,15 +115,7 @@ def test_two_cpu_processes_match_one(
     started = next(e for e in two if e["type"] == "run_started")
     assert started["world_size"] == 2
     assert started["global_batch_size"] == 4
-    steps_one = [e for e in one if e["type"] == "step"]
-    steps_two = [e for e in two if e["type"] == "step"]
-    assert [e["step"] for e in steps_two] == [1, 2, 3, 4]
-    for a, b in zip(steps_one, steps_two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-5)
-        assert b["tokens"] == a["tokens"]  # the global batch's tokens, not one rank's
-    evals_one = [e["loss"] for e in one if e["type"] == "eval"]
-    evals_two = [e["loss"] for e in two if e["type"] == "eval"]
+    evals_one, evals_two = _assert_same_steps(one, two)
     assert evals_two == pytest.approx(evals_one, rel=1e-4)
     # Rank 0 alone wrote the run directory: one started event, one finished, one final model.
     assert sum(e["type"] == "run_started" for e in two) == 1
@@ -171,15 +177,7 @@ def test_two_nodes_on_one_machine_match_one_process(
     (started,) = [e for e in two if e["type"] == "run_started"]
     assert started["world_size"] == 2
     assert started["global_batch_size"] == 4
-    steps_one = [e for e in one if e["type"] == "step"]
-    steps_two = [e for e in two if e["type"] == "step"]
-    assert [e["step"] for e in steps_two] == [1, 2, 3, 4]
-    for a, b in zip(steps_one, steps_two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-5)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3, abs=1e-5)
-        assert b["tokens"] == a["tokens"]
-    evals_one = [e["loss"] for e in one if e["type"] == "eval"]
-    evals_two = [e["loss"] for e in two if e["type"] == "eval"]
+    evals_one, evals_two = _assert_same_steps(one, two)
     assert evals_two and evals_two == pytest.approx(evals_one, rel=1e-4)
     assert [e["status"] for e in two if e["type"] == "finished"] == ["finished"]
     assert json.loads((two_dir / "status.json").read_text())["state"] == "finished"

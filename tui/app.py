@@ -176,8 +176,8 @@ class FinettyApp(App[None]):
             self.launch_error = error
             self.call_from_thread(self._show_error, error.title, error.message, error.hint)
             return
-        self.run_handle = run
         run.start()
+        self.run_handle = run  # published once started: a watcher never sees a run not yet alive
         dashboard.post_message(RunAttached(run))
 
     def open_watch(self, run_dir: Path) -> None:
