@@ -403,7 +403,8 @@ def main() -> None:
                "batch": args.batch, "seq": args.seq, "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
     row.update(
         card=versions()["gpu"],
-        commit=commit or os.environ.get("FINETTY_COMMIT", ""),
+        # The device's copy of the tree carries a stale .git: the caller names the commit sent.
+        commit=os.environ.get("FINETTY_COMMIT") or commit,
         versions=versions(),
     )
     line = json.dumps(row)

@@ -193,7 +193,8 @@ def main() -> None:
     dash = statistics.median(r["tokens_per_s"] for r in results["dashboard"])
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip() or os.environ.get("FINETTY_COMMIT", "")
+    ).stdout.strip()
+    commit = os.environ.get("FINETTY_COMMIT") or commit  # the device's .git copy is stale
     print(
         json.dumps(
             {

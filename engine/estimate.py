@@ -7,6 +7,7 @@ they come from, are documented where they are computed. No torch, transformers o
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import textwrap
 from dataclasses import dataclass, replace
@@ -15,10 +16,8 @@ import psutil
 
 from engine.config import Preset
 from engine.gpus import GpuSpec, training_flops
-from engine.loss import CHUNKABLE
+from engine.loss import CHUNKABLE, chunk_rows
 from engine.shapes import ModelShape, shape_for
-
-LOGIT_ROWS = 4096
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's allocator
@@ -67,6 +66,9 @@ class Plan:
     lora_params: int
     lora_inputs: int  # summed in_features of the adapted modules in one layer
     gpu: GpuSpec | None
+    offload: bool = False  # checkpointed layer inputs in host memory (engine.layer_checkpoint)
+    fused_lora: bool = False  # engine.fast_lora, without dropout: no extra copy of the inputs
+    liger: bool = False  # Liger kernels, and its fused loss for a frozen head (engine.loss)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,12 @@ class Estimate:
     notes: tuple[str, ...]
 
 
-def make_plan(preset: Preset, gpu: GpuSpec | None, micro_batch: int | None = None) -> Plan:
+def make_plan(
+    preset: Preset,
+    gpu: GpuSpec | None,
+    micro_batch: int | None = None,
+    liger_installed: bool | None = None,
+) -> Plan:
     shape = shape_for(preset.model.name_or_path)
     model, training, lora = preset.model, preset.training, preset.lora
     dtype = model.dtype
@@ -122,6 +129,14 @@ def make_plan(preset: Preset, gpu: GpuSpec | None, micro_batch: int | None = Non
         lora_params = shape.lora_param_count(lora.r, lora.target_modules)
         lora_inputs = _adapted_inputs(shape, lora.target_modules)
     micro = micro_batch or training.per_device_train_batch_size
+    offload = bool(
+        gpu is not None
+        and training.gradient_checkpointing
+        and training.activation_offloading is not False
+    )
+    if liger_installed is None:
+        liger_installed = importlib.util.find_spec("liger_kernel") is not None
+    liger = bool(gpu is not None and training.use_liger_kernel is not False and liger_installed)
     return Plan(
         shape,
         preset.method,
@@ -136,6 +151,9 @@ def make_plan(preset: Preset, gpu: GpuSpec | None, micro_batch: int | None = Non
         lora_params,
         lora_inputs,
         gpu,
+        offload,
+        bool(training.fused_lora and lora.lora_dropout == 0 and not lora.use_dora),
+        liger,
     )
 
 
@@ -175,40 +193,57 @@ def memory(plan: Plan) -> Memory:
     # SwiGLU saves gate, up, silu(gate) and their product (4I); HF's RMSNorm saves an fp32 copy
     # of its input (4h) and its output (a*h). Adapters: each adapted module's input is saved
     # once more in the compute dtype for the LoRA branch (autocast runs it in bf16/fp16).
+    # With Liger, SwiGLU keeps gate and up and recomputes their product (down_proj's input is
+    # kept by down_proj), and RMSNorm keeps no fp32 copy; the fused LoRA path reads the
+    # projection's own saved input, so without dropout the adapters add no copy.
     a = d
     attention = a * (s.hidden_size + 3 * s.q_dim + 2 * s.kv_dim)
-    mlp = a * (s.hidden_size + 4 * s.intermediate_size)
-    layer = attention + mlp + s.norms_per_layer * 4 * s.hidden_size
-    if plan.lora_params:
+    mlp = a * (s.hidden_size + (3 if plan.liger else 4) * s.intermediate_size)
+    layer = attention + mlp + (0 if plan.liger else s.norms_per_layer * 4 * s.hidden_size)
+    if plan.lora_params and not plan.fused_lora:
         layer += d * plan.lora_inputs
     tokens = plan.micro_batch * plan.seq_len
-    # Logits, the fp32 copy the loss takes, log-softmax's output and the logits' gradient:
-    # 12 B per vocabulary entry per token. engine.loss computes them a chunk of rows at a time
-    # for the architectures it knows, after gathering the trained positions' hidden states.
-    # LOGIT_ROWS is the chunk of the measurements this model is pinned to (devC, 4096 rows);
-    # engine.loss now takes smaller chunks, so this errs high until it is measured again.
-    chunked = s.architecture.removesuffix("ForCausalLM").lower() in CHUNKABLE
-    logit_rows = min(tokens, LOGIT_ROWS) if chunked else tokens
-    logits = logit_rows * s.vocab_size * 12 + (
-        tokens * s.hidden_size * d if logit_rows < tokens else 0
-    )
+    logits = _loss_bytes(plan, tokens, d)
     if plan.checkpointing:
-        # Each layer's input is kept; in backward one layer at a time is recomputed, after the
-        # loss buffers are gone, so the peak holds the larger of the two.
-        stored = tokens * s.num_hidden_layers * a * s.hidden_size
-        activations, transient = stored + tokens * layer, max(logits, tokens * layer)
+        # Each layer's input is kept (with offloading, in host memory: about two layers' worth
+        # is on the GPU, in flight); in backward one layer at a time is recomputed, after the
+        # loss buffers are gone.
+        kept = 2 if plan.offload else s.num_hidden_layers
+        stored = tokens * kept * a * s.hidden_size
+        activations = in_backward = stored + tokens * layer
     else:
-        activations = stored = tokens * s.num_hidden_layers * layer
-        transient = logits
-
-    # Gradients and activations only coexist while accumulating; at accumulation 1 the grads
-    # are freed after each optimizer step, and the optimizer's states persist.
+        activations = stored = in_backward = tokens * s.num_hidden_layers * layer
+    # Gradients of earlier micro-batches persist while accumulating; at accumulation 1 they are
+    # freed after each optimizer step. Full fine-tuning fills them during the backward, while
+    # the last layers' working set still exists.
     live_grads = grads if plan.grad_accum > 1 else 0.0
-    peak = weights + trainable + optim + max(stored + transient + live_grads, grads)
+    in_backward += grads if plan.method == "full" else live_grads
+    peak = weights + trainable + optim + max(stored + logits + live_grads, in_backward, grads)
     base = CUDA_CONTEXT_GIB if plan.gpu else CPU_BASELINE_GIB
     overhead = base + SLACK * peak / GIB
     g = [x / GIB for x in (weights, trainable, grads, optim, activations, logits)]
     return Memory(*(round(x, 3) for x in (*g, overhead, peak / GIB + overhead)))
+
+
+def _loss_bytes(plan: Plan, tokens: int, d: int) -> float:
+    """The loss's buffers, following engine.loss: the plain path materialises the logits with
+    their fp32 copy, log-softmax and gradient (12 B per vocabulary entry per token); the
+    chunked paths hold one chunk of them, plus the gathered hidden states (and, for a frozen
+    head, their gradient, computed in the forward)."""
+    s = plan.shape
+    if s.architecture.removesuffix("ForCausalLM").lower() not in CHUNKABLE:
+        return tokens * s.vocab_size * 12.0
+    hidden = tokens * s.hidden_size * d
+    if plan.method == "full":  # the head trains: checkpointed chunks
+        return min(tokens, chunk_rows(s.vocab_size)) * s.vocab_size * 12.0 + hidden
+    if plan.liger:
+        # Liger's chunk: the next power of two of tokens / ceil(V / h) rows, 16-bit logits that
+        # its kernel overwrites with their gradient.
+        ratio = -(-s.vocab_size // s.hidden_size)
+        rows = min(tokens, 2 ** math.ceil(math.log2(max(1, -(-tokens // ratio)))))
+        return rows * s.vocab_size * 2.0 + 2 * hidden
+    # FrozenHeadLoss: 16-bit logits, their fp32 copy and softmax in place, tanh for a soft cap.
+    return min(tokens, chunk_rows(s.vocab_size)) * s.vocab_size * 10.0 + 2 * hidden
 
 
 def step_flops(plan: Plan, seq_len: int | None = None) -> float:

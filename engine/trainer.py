@@ -302,7 +302,7 @@ class Trainer:
         self._window = _Window()
         self._recent_step_times: list[float] = []
         self._final_loss: float | None = None
-        self._clock = self._started = time.perf_counter()
+        self._started = time.perf_counter()
         self.state = ckpt.TrainerState(
             step=0, epoch=0, examples_done_in_epoch=0, tokens_seen=0, elapsed_s=0.0
         )
@@ -433,10 +433,14 @@ class Trainer:
             if self._handle_commands() == "stop":
                 status = "stopped"
                 break
-            step_start = time.perf_counter()
-            if self._pending is None:
-                # Throughput counts training time only: not evals, checkpoints or pauses.
-                self._clock = step_start
+            # A step is timed from the previous step's end on the GPU when they ran back to
+            # back, else from now: throughput counts training only, not evals, saves or pauses.
+            previous = self._pending
+            began = (
+                (previous.ready, time.perf_counter())
+                if previous is not None and previous.ready is not None
+                else _mark(self.s.device)
+            )
             epoch, done, size, examples = self._step_examples()
             loss, n_trained, grad_norm = self._forward_backward(examples)
             state.step += 1
@@ -445,7 +449,7 @@ class Trainer:
             state.tokens_seen += tokens
             self._pending = _StepFigures.capture(
                 state.step, epoch + done / max(size, 1), loss, grad_norm, n_trained, tokens,
-                len(examples), self.scheduler.get_last_lr()[0],
+                len(examples), self.scheduler.get_last_lr()[0], began,
             )  # fmt: skip
             more = state.step < self.total_steps
             evaluate = bool(s.eval_steps and self.val and state.step % s.eval_steps == 0 and more)
@@ -475,8 +479,7 @@ class Trainer:
             return
         loss, grad_norm = figures.read()
         now = time.perf_counter()
-        # Between two deferred steps this is the time from one step's end to the next's.
-        step_time, self._clock = now - self._clock, now
+        step_time = figures.seconds(now)
         s, state, window = self.s, self.state, self._window
         window.add(loss, figures.tokens, figures.samples, step_time)
         self._recent_step_times = [*self._recent_step_times, step_time][-20:]
@@ -709,27 +712,50 @@ class _StepFigures:
     tokens: int
     samples: int
     learning_rate: float
-    ready: Any = None  # CUDA event: the copies are done
+    began: tuple[Any, float]  # (timing CUDA event or None, perf_counter()): the step's start
+    ready: Any = None  # timing CUDA event: the step's work and the copies are done
 
     @classmethod
     def capture(cls, step: int, epoch: float, loss: Any, grad_norm: Any, trained_tokens: int,
-                tokens: int, samples: int, learning_rate: float = 0.0) -> _StepFigures:  # fmt: skip
-        figures = cls(step, epoch, loss, grad_norm, trained_tokens, tokens, samples, learning_rate)
+                tokens: int, samples: int, learning_rate: float, began: Any) -> _StepFigures:  # fmt: skip
+        figures = cls(
+            step, epoch, loss, grad_norm, trained_tokens, tokens, samples, learning_rate, began
+        )
         if getattr(loss, "is_cuda", False):
             import torch
 
             figures.loss = _to_host(loss)
             if isinstance(grad_norm, torch.Tensor):
                 figures.grad_norm = _to_host(grad_norm)
-            figures.ready = torch.cuda.Event()
+            figures.ready = torch.cuda.Event(enable_timing=True)
             figures.ready.record()
         return figures
+
+    def seconds(self, now: float) -> float:
+        """The step's duration: on the GPU's own clock where both ends are CUDA events (the host
+        reads a deferred step late, so its clock would misplace the step's end)."""
+        event, wall = self.began
+        if event is None or self.ready is None:
+            return now - wall
+        return event.elapsed_time(self.ready) / 1000.0
 
     def read(self) -> tuple[float, float | None]:
         if self.ready is not None:
             self.ready.synchronize()
         norm = None if self.grad_norm is None else float(self.grad_norm)
         return float(self.loss), norm
+
+
+def _mark(device: str) -> tuple[Any, float]:
+    """Where a step starts: the host clock, and on a GPU also a timing CUDA event on the
+    current stream, to compare with the step's end event."""
+    event = None
+    if device == "cuda":
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+    return event, time.perf_counter()
 
 
 def _to_host(tensor: Any) -> Any:
