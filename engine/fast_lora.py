@@ -21,12 +21,14 @@ computed, for lora_B's gradient. The backward is the same either way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 _SKIP_BASE_ATTR = "_finetty_skip_base"
 FUSED_ATTR = "_finetty_fused"
+_RESOLVED_ATTR = "_finetty_resolved"
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -50,14 +52,38 @@ def dense_or_4bit(base: Any) -> bool:
     return type(base) is torch.nn.Linear and base.weight.dtype.is_floating_point
 
 
-def base_weight(base: Any, dtype: torch.dtype) -> torch.Tensor:
+def base_weight(base: Any, dtype: torch.dtype, four_bit: bool | None = None) -> torch.Tensor:
     """The base layer's weight as a dense [out, in] matrix in ``dtype`` (4-bit: dequantized)."""
     weight = base.weight
-    if is_4bit(base):
+    if is_4bit(base) if four_bit is None else four_bit:
         import bitsandbytes.functional as bnbf
 
         weight = bnbf.dequantize_4bit(weight.data, weight.quant_state)
-    return weight.to(dtype)
+    return _cast(weight, dtype)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # A no-op .to() still costs microseconds of host time, hundreds of times a step.
+    return tensor if tensor.dtype is dtype else tensor.to(dtype)
+
+
+class _NoAutocast:
+    """Autocast off inside the function (its dtypes are explicit); entered only when on."""
+
+    def __init__(self, device_type: str) -> None:
+        self.context = (
+            torch.autocast(device_type, enabled=False)
+            if torch.is_autocast_enabled(device_type)
+            else None
+        )
+
+    def __enter__(self) -> None:
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.context is not None:
+            self.context.__exit__(*exc)
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -73,28 +99,29 @@ class LoraLinearFunction(torch.autograd.Function):
         scaling: float,
         base: Any,
         skip_base: bool,
+        four_bit: bool,
     ) -> torch.Tensor:
         dtype = compute_dtype(x)
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(dtype)
-        d2 = x2 if dropped is None else dropped.reshape(-1, shape[-1]).to(dtype)
-        a, b = lora_a.to(dtype), lora_b.to(dtype)
-        with torch.autocast(x.device.type, enabled=False):
+        x2 = _cast(x.reshape(-1, shape[-1]), dtype)
+        d2 = x2 if dropped is None else _cast(dropped.reshape(-1, shape[-1]), dtype)
+        a, b = _cast(lora_a, dtype), _cast(lora_b, dtype)
+        with _NoAutocast(x.device.type):
             t = d2 @ a.t()  # [N, r]
             if skip_base:  # nothing reads this output: only t is needed, for lora_B's gradient
                 out = x2.new_zeros((), dtype=dtype).expand(x2.shape[0], b.shape[0])
             else:
-                weight = base_weight(base, dtype)
+                weight = base_weight(base, dtype, four_bit)
                 bias = base.bias
                 out = (
-                    torch.addmm(bias.to(dtype), x2, weight.t())
+                    torch.addmm(_cast(bias, dtype), x2, weight.t())
                     if bias is not None
                     else torch.mm(x2, weight.t())
                 )
                 out.addmm_(t, b.t(), alpha=scaling)
         ctx.save_for_backward(d2, t, a, b)
         ctx.base, ctx.scaling, ctx.separate_dropout = base, scaling, dropped is not None
-        ctx.x_shape, ctx.dtype = shape, dtype
+        ctx.x_shape, ctx.dtype, ctx.four_bit = shape, dtype, four_bit
         ctx.a_dtype, ctx.b_dtype = lora_a.dtype, lora_b.dtype
         return out.view(*shape[:-1], out.shape[-1])
 
@@ -102,22 +129,22 @@ class LoraLinearFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         d2, t, a, b = ctx.saved_tensors
         scaling, dtype = ctx.scaling, ctx.dtype
-        g = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
+        g = _cast(grad_out.reshape(-1, grad_out.shape[-1]), dtype)
         need_x, need_dropped, need_a, need_b = ctx.needs_input_grad[:4]
         grad_x = grad_dropped = grad_a = grad_b = None
         gb = g @ b  # [N, r]
         if need_b:
-            grad_b = (g.t() @ t).mul_(scaling).to(ctx.b_dtype)
+            grad_b = _cast((g.t() @ t).mul_(scaling), ctx.b_dtype)
         if need_a:
-            grad_a = (gb.t() @ d2).mul_(scaling).to(ctx.a_dtype)
+            grad_a = _cast((gb.t() @ d2).mul_(scaling), ctx.a_dtype)
         if need_x:
-            grad_x = g @ base_weight(ctx.base, dtype)
+            grad_x = g @ base_weight(ctx.base, dtype, ctx.four_bit)
             if not ctx.separate_dropout:
                 grad_x.addmm_(gb, a, alpha=scaling)
             grad_x = grad_x.view(ctx.x_shape)
         if ctx.separate_dropout and need_dropped:
             grad_dropped = torch.mm(gb, a).mul_(scaling).view(ctx.x_shape)
-        return grad_x, grad_dropped, grad_a, grad_b, None, None, None
+        return grad_x, grad_dropped, grad_a, grad_b, None, None, None, None
 
 
 class FrozenLinearFunction(torch.autograd.Function):
@@ -157,29 +184,60 @@ def fast_path_reason(module: Any) -> str | None:
     return None
 
 
-def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """Replacement for a PEFT LoRA module's forward; falls back to PEFT's own where it must."""
-    if (
-        args
-        or kwargs
-        or module.disable_adapters
-        or module.merged
-        or len(module.active_adapters) != 1
-    ):
-        return type(module).forward(module, x, *args, **kwargs)
+@dataclass(frozen=True)
+class _Resolved:
+    """A module's adapter, looked up once: PEFT's properties and nn.Module attribute lookups
+    cost more host time than the small adapter matmuls themselves on a small model."""
+
+    active: Any  # the module's _active_adapter when resolved: a change means look again
+    lora_a: torch.Tensor
+    lora_b: torch.Tensor
+    scaling: float
+    dropout: Any  # an nn.Dropout with p > 0, else None
+    base: Any
+    four_bit: bool
+
+
+def _resolve(module: Any) -> _Resolved | None:
+    if fast_path_reason(module) is not None:
+        return None
     name = module.active_adapters[0]
-    if name not in module.lora_A:
-        return type(module).forward(module, x, *args, **kwargs)
     dropout = module.lora_dropout[name]
-    active_dropout = isinstance(dropout, torch.nn.Dropout) and dropout.p > 0 and dropout.training
-    return LoraLinearFunction.apply(
-        x,
-        dropout(x) if active_dropout else None,
+    base = module.get_base_layer()
+    resolved = _Resolved(
+        module._active_adapter,
         module.lora_A[name].weight,
         module.lora_B[name].weight,
         float(module.scaling[name]),
-        module.get_base_layer(),
-        getattr(module, _SKIP_BASE_ATTR, False),
+        dropout if isinstance(dropout, torch.nn.Dropout) and dropout.p > 0 else None,
+        base,
+        is_4bit(base),
+    )
+    module.__dict__[_RESOLVED_ATTR] = resolved
+    return resolved
+
+
+def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Replacement for a PEFT LoRA module's forward; falls back to PEFT's own where it must."""
+    # Plain attributes (instance or class defaults), not PEFT's properties: cheaper per call.
+    if args or kwargs or module._disable_adapters or module.merged_adapters:
+        return type(module).forward(module, x, *args, **kwargs)
+    state = module.__dict__
+    resolved = state.get(_RESOLVED_ATTR)
+    if resolved is None or resolved.active is not module._active_adapter:
+        resolved = _resolve(module)
+        if resolved is None:
+            return type(module).forward(module, x, *args, **kwargs)
+    dropout = resolved.dropout
+    return LoraLinearFunction.apply(
+        x,
+        dropout(x) if dropout is not None and dropout.training else None,
+        resolved.lora_a,
+        resolved.lora_b,
+        resolved.scaling,
+        resolved.base,
+        state.get(_SKIP_BASE_ATTR, False),
+        resolved.four_bit,
     )
 
 

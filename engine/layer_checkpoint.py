@@ -18,6 +18,7 @@ does, so the recomputed layer is the same function as the first forward.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,7 @@ class _LayerCall:
     index: int
     store: ActivationStore
     skip_down: bool
+    random: bool  # the layer draws random numbers (dropout): the recompute must replay them
     args: tuple
     kwargs: dict
 
@@ -143,7 +145,7 @@ class _CheckpointedLayer(torch.autograd.Function):
             torch.get_autocast_dtype(device_type),
             torch.is_autocast_cache_enabled(),
         )
-        ctx.rng = _rng_state(hidden.device)
+        ctx.rng = _rng_state(hidden.device) if call.random else None
         with torch.no_grad():
             out = call.forward(hidden, *call.args, **call.kwargs)
         ctx.saved = call.store.put(call.index, hidden.detach())
@@ -155,12 +157,18 @@ class _CheckpointedLayer(torch.autograd.Function):
         hidden = call.store.take(ctx.saved).detach().requires_grad_(ctx.needs_input_grad[0])
         enabled, dtype, cache = ctx.autocast
         device = hidden.device
+        replay = (
+            torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+            if ctx.rng is not None
+            else contextlib.nullcontext()
+        )
         with (
-            torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []),
+            replay,
             torch.enable_grad(),
             torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=cache),
         ):  # fmt: skip
-            _set_rng_state(device, ctx.rng)
+            if ctx.rng is not None:
+                _set_rng_state(device, ctx.rng)
             with _DownForwardSkipped(call.layer, call.skip_down):
                 out = call.forward(hidden, *call.args, **call.kwargs)
         if out.requires_grad:  # False when nothing in this layer trains and its input is frozen
@@ -212,11 +220,11 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 def _checkpointed_forward(
     layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    hidden: torch.Tensor, *args: Any, **kwargs: Any,
+    random: bool, hidden: torch.Tensor, *args: Any, **kwargs: Any,
 ) -> torch.Tensor:  # fmt: skip
     if not (layer.training and torch.is_grad_enabled()):
         return original(hidden, *args, **kwargs)
-    call = _LayerCall(layer, original, index, store, skip_down, args, kwargs)
+    call = _LayerCall(layer, original, index, store, skip_down, random, args, kwargs)
     return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
 
 
@@ -241,6 +249,17 @@ def down_skippable(model_type: str, layer: Any) -> bool:
     return frozen and supported
 
 
+def draws_random(layer: Any) -> bool:
+    """Dropout anywhere in the layer (LoRA's, or attention's): saving and restoring the random
+    state costs host time per layer, so layers without it skip that."""
+    for module in layer.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            return True
+        if float(getattr(module, "attention_dropout", 0.0) or 0.0) > 0:
+            return True
+    return False
+
+
 def install(model: Any, *, offload: bool) -> list[str] | None:
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing)."""
@@ -255,7 +274,7 @@ def install(model: Any, *, offload: bool) -> list[str] | None:
         skipped_down += skip
         original = layer.forward
         layer.forward = functools.partial(
-            _checkpointed_forward, layer, original, index, store, skip
+            _checkpointed_forward, layer, original, index, store, skip, draws_random(layer)
         )
     applied = ["checkpoint:per-layer"]
     if offload:

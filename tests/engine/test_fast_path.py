@@ -176,3 +176,26 @@ def test_checkpointing_keeps_no_layer_activations() -> None:
     shallow, deep = saved_shapes(2), saved_shapes(4)
     assert len(shallow) == len(deep)
     assert not any(shape[-1] == COMMON["intermediate_size"] for shape in deep)
+
+
+def test_fused_lora_follows_the_active_adapter() -> None:
+    """Adapters resolved once per module are looked up again after set_adapter."""
+    from peft import LoraConfig
+
+    model = with_lora(tiny("llama"))
+    model.add_adapter(
+        "other", LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+    )
+    inputs, _ = batch()
+    model.eval()
+    want = {}
+    with torch.no_grad():
+        for name in ("default", "other"):
+            model.set_adapter(name)
+            want[name] = model(**inputs).logits
+    apply_fused_lora(model)
+    with torch.no_grad():
+        for name in ("default", "other", "default"):
+            model.set_adapter(name)
+            torch.testing.assert_close(model(**inputs).logits, want[name])
+    assert not torch.allclose(want["default"], want["other"])
