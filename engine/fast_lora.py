@@ -11,7 +11,7 @@ It computes the same function as PEFT's forward, for the case it takes over: one
 LoRA adapter (no DoRA or other variant, no LoRA bias, not merged), on a frozen ``nn.Linear`` or
 a frozen bitsandbytes 4-bit base. Anything else runs PEFT's own forward. The base weight never
 gets a gradient (it is frozen); the adapter's do, in the adapter's dtype.
-tests/engine/test_fast_lora.py checks outputs and gradients against PEFT's path.
+tests/engine/test_fast_path.py checks outputs and gradients against PEFT's path.
 
 ``skip_base``: while gradient checkpointing recomputes a decoder layer, the output of its last
 projection (down_proj) is never read, only its backward is needed, so engine.layer_checkpoint
@@ -158,7 +158,7 @@ class FrozenLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        g = grad_out.reshape(-1, grad_out.shape[-1]).to(ctx.dtype)
+        g = _cast(grad_out.reshape(-1, grad_out.shape[-1]), ctx.dtype)
         grad_x = g @ base_weight(ctx.base, ctx.dtype)
         return grad_x.view(ctx.x_shape), None, None
 

@@ -39,8 +39,9 @@ def apply_fast_path(
     if not sharded:
         from engine import layer_checkpoint
 
-        offload = device == "cuda" if activation_offloading is None else activation_offloading
-        installed = layer_checkpoint.install(model, offload=offload and device == "cuda")
+        # Host memory is only "elsewhere" for a GPU; unset means on there.
+        offload = device == "cuda" and activation_offloading is not False
+        installed = layer_checkpoint.install(model, offload=offload)
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing
 

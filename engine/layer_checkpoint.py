@@ -9,7 +9,7 @@ The recompute skips work that plain checkpointing repeats for nothing. A decoder
 ``residual + down_proj(act)``, and its backward never reads that sum, so the recompute runs
 the layer with down_proj's base matmul left out (engine.fast_lora, ``skip_base``): with a
 frozen base that is a third of the MLP's recompute. This holds for the layer classes listed in
-SKIP_DOWN_FORWARD, whose forward ends exactly so; tests/engine/test_layer_checkpoint.py checks
+SKIP_DOWN_FORWARD, whose forward ends exactly so; tests/engine/test_fast_path.py checks
 loss and every gradient against the model without checkpointing, for each of them.
 
 Random state (dropout) and autocast are restored for the recompute as torch.utils.checkpoint

@@ -128,30 +128,24 @@ def _frozen_plain_head(head: Any) -> bool:
     )
 
 
-def _chunk_logits(hidden: Any, weight: Any, bias: Any) -> Any:
-    """One chunk's logits in fp32, from a matmul in the hidden states' dtype (as the head's
-    own forward, under autocast or not, computes them)."""
-    import torch
-
-    dtype = hidden.dtype
-    if torch.is_autocast_enabled(hidden.device.type):
-        dtype = torch.get_autocast_dtype(hidden.device.type)
-    with torch.autocast(hidden.device.type, enabled=False):
-        h, w = hidden.to(dtype), weight.to(dtype)
-        logits = torch.addmm(bias.to(dtype), h, w.t()) if bias is not None else h @ w.t()
-    return logits.float(), dtype
-
-
 def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any,
                          cap: float | None, rows: int) -> Any:  # fmt: skip
     import torch
 
+    from engine.fast_lora import _cast, _NoAutocast, compute_dtype
+
     want_grad = ctx.needs_input_grad[0]
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
     grad = torch.empty_like(hidden) if want_grad else None
+    # The matmuls run in the dtype the head's own forward would use (autocast's, if on); the
+    # head is cast once, not once per chunk.
+    dtype = compute_dtype(hidden)
+    h, w = _cast(hidden, dtype), _cast(weight, dtype)
+    b = None if bias is None else _cast(bias, dtype)
     for start in range(0, hidden.size(0), rows):
-        chunk, target = hidden[start : start + rows], targets[start : start + rows]
-        logits, dtype = _chunk_logits(chunk, weight, bias)
+        chunk, target = h[start : start + rows], targets[start : start + rows]
+        with _NoAutocast(hidden.device.type):
+            logits = (torch.addmm(b, chunk, w.t()) if b is not None else chunk @ w.t()).float()
         if cap:
             tanh = torch.tanh(logits / cap)
             logits = tanh * cap
@@ -164,8 +158,8 @@ def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias:
         probs[torch.arange(target.numel(), device=probs.device), target] -= 1.0
         if cap:
             probs.mul_(1.0 - tanh.square_())
-        with torch.autocast(hidden.device.type, enabled=False):
-            grad[start : start + rows] = (probs.to(dtype) @ weight.to(dtype)).to(grad.dtype)
+        with _NoAutocast(hidden.device.type):
+            grad[start : start + rows] = _cast(probs.to(dtype) @ w, grad.dtype)
     ctx.save_for_backward(grad if want_grad else None)
     return total
 

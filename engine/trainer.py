@@ -291,7 +291,7 @@ class Trainer:
             self.scaler = torch.amp.GradScaler(settings.device)
         self.micro_batch, self.grad_accum = settings.micro_batch, settings.grad_accum
         self.health = HealthMonitor()
-        # On one GPU the step's loss and grad norm are read one step late (engine._flush), so
+        # On one GPU the step's loss and grad norm are read one step late (Trainer._flush), so
         # the host never waits for the GPU between steps; elsewhere they are read at once.
         self._defer = (
             settings.defer_metrics
