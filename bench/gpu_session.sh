@@ -61,9 +61,28 @@ body() {
   log "done"
 }
 
+probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
+  log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  log "0.5B"
+  rows --shape qwen05b --mode lora --steps 23
+  rows --shape qwen05b --mode lora --steps 23 --stock-optimizer
+  rows --shape qwen05b --mode lora --steps 23 --no-liger-loss
+  rows --shape qwen05b --mode lora --steps 8 --sync-check "$W/sync-05b.txt"
+  rows --shape qwen05b --mode lora --steps 8 --profile "$W/profile-05b.txt"
+  log "8B"
+  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode qlora --stock-optimizer
+  rows --shape llama8b --mode lora --steps 7 --profile "$W/profile-8b-lora.txt"
+  rows --shape llama8b --mode lora
+  log "done"
+}
+
 collect() {
   mkdir -p "$OUT"
-  for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt; do
+  for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt \
+    profile-05b.txt profile-8b-lora.txt sync-05b.txt; do
     [ -f "$W/$f" ] && cp "$W/$f" "$OUT/"
   done
   tail -c 20000 "$W/stderr.log" > "$OUT/stderr-tail.log" 2>/dev/null
@@ -81,11 +100,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
+    WHAT=${3:-body}  # body: the full session; probe: diagnosis rows only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows body); W=$W M=$M S=$S; body" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows body probe); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|probe] | follow" >&2; exit 2 ;;
 esac

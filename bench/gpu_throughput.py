@@ -115,6 +115,12 @@ def run(args: argparse.Namespace) -> dict:
     from engine.kernels import apply_fused_kernels
     from engine.trainer import Trainer, TrainSettings
 
+    if args.stock_optimizer:
+        import bitsandbytes as bnb
+
+        import engine.optim8bit
+
+        engine.optim8bit.sync_free_adamw8bit = lambda: bnb.optim.AdamW8bit
     if args.no_liger_loss:
         import engine.loss
 
@@ -183,6 +189,9 @@ def run(args: argparse.Namespace) -> dict:
     if profiler is not None:
         sink = _StepProfilingSink(sink, profiler)
         profiler.start()
+    watch = _SyncWatch(sink, args.warmup) if args.sync_check and cuda else None
+    if watch is not None:
+        sink = watch
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(
             model,
@@ -196,6 +205,10 @@ def run(args: argparse.Namespace) -> dict:
             dist=dist,
         )
         trainer.run()
+    if watch is not None:
+        watch.stop()
+        sink = watch.inner
+        Path(args.sync_check).write_text(watch.report(), encoding="utf-8")
     if profiler is not None:
         profiler.stop()
         sink = sink.inner
@@ -213,6 +226,7 @@ def run(args: argparse.Namespace) -> dict:
         "variant": "+".join(
             name
             for name, on in (
+                ("stock-optimizer", args.stock_optimizer),
                 ("no-fused-lora", args.no_fused_lora),
                 ("no-offload", args.no_offload),
                 ("no-liger-loss", args.no_liger_loss),
@@ -250,6 +264,79 @@ class _StepProfilingSink:
         self.inner.emit(event)
         if event.type == "step":
             self.profiler.step()
+
+
+class _SyncWatch:
+    """Counts the host-device waits of two steps after warm-up, with where they come from:
+    CUDA's sync-debug warnings (.item(), blocking copies) and explicit synchronize() calls."""
+
+    def __init__(self, inner, warmup: int) -> None:
+        self.inner, self.warmup = inner, warmup
+        self.sites: dict[str, int] = {}
+        self.active = False
+        self._restore: list = []
+
+    def emit(self, event) -> None:
+        self.inner.emit(event)
+        if event.type != "step":
+            return
+        if event.step == self.warmup:
+            self.start()
+        elif event.step == self.warmup + 2:
+            self.stop()
+
+    def _record(self, kind: str) -> None:
+        import traceback
+
+        frames = [
+            f"{Path(f.filename).name}:{f.lineno} {f.name}"
+            for f in traceback.extract_stack()[:-2]
+            if "/torch/" not in f.filename and "warnings" not in f.filename
+        ][-4:]
+        key = f"{kind}: " + " < ".join(reversed(frames))
+        self.sites[key] = self.sites.get(key, 0) + 1
+
+    def start(self) -> None:
+        import warnings
+
+        import torch
+
+        if self.active:
+            return
+        self.active = True
+        original_sync, original_show = torch.cuda.synchronize, warnings.showwarning
+
+        def synchronize(*a, **k):
+            self._record("torch.cuda.synchronize")
+            return original_sync(*a, **k)
+
+        def show(message, category, *rest, **k):
+            if "synchroniz" in str(message):
+                self._record("sync-debug")
+                return None
+            return original_show(message, category, *rest, **k)
+
+        torch.cuda.synchronize, warnings.showwarning = synchronize, show
+        self._restore = [original_sync, original_show]
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        import warnings
+
+        import torch
+
+        if not self.active:
+            return
+        self.active = False
+        torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize, warnings.showwarning = self._restore
+
+    def report(self) -> str:
+        lines = ["host-device waits over two steps after warm-up (count, site: innermost first)"]
+        for site, count in sorted(self.sites.items(), key=lambda item: -item[1]):
+            lines.append(f"{count:6d}  {site}")
+        return "\n".join(lines) + "\n"
 
 
 def _profiler(args: argparse.Namespace):
@@ -306,7 +393,50 @@ def profile_report(profiler) -> str:
             f"{100 * event.self_device_time_total / total:5.1f}%  "
             f"{event.self_device_time_total / 1e3:7.1f} {event.count:6d}  {event.key[:100]}"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *host_report(profiler)]) + "\n"
+
+
+def host_report(profiler) -> list[str]:
+    """Whether the GPU waited for the host: the profiled window's wall time against the union
+    of its kernels' busy intervals, the kernel launches, and the host ops costing most."""
+    from torch.autograd import DeviceType
+
+    raw = profiler.events()
+    steps = [e for e in raw if e.name.startswith("ProfilerStep")]
+    kernels = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in raw
+        if e.device_type == DeviceType.CUDA
+        and not e.name.startswith(("Memcpy", "Memset"))
+        and not e.name.startswith("ProfilerStep")
+        and "#" not in e.name
+    )
+    busy, end = 0.0, float("-inf")
+    for start, stop in kernels:
+        if stop > end:
+            busy += stop - max(start, end)
+            end = stop
+    wall = sum(e.time_range.end - e.time_range.start for e in steps) or 1.0
+    launches = sum(
+        1
+        for e in raw
+        if e.name
+        in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+    )
+    per_step = max(len(steps), 1)
+    lines = [
+        f"host: {len(steps)} profiled steps, {wall / 1e3 / per_step:.1f} ms wall a step on the host's clock",
+        f"GPU busy (union of compute kernels): {busy / 1e3 / per_step:.1f} ms a step",
+        f"kernel launches: {launches / per_step:.0f} a step",
+        "",
+        "host ms a step (self CPU)  calls  op",
+    ]
+    cpu = [e for e in profiler.key_averages() if e.device_type == DeviceType.CPU]
+    for event in sorted(cpu, key=lambda e: -e.self_cpu_time_total)[:30]:
+        lines.append(
+            f"{event.self_cpu_time_total / 1e3 / per_step:8.2f} {event.count // per_step:8d}  {event.key[:90]}"
+        )
+    return lines
 
 
 def predicted(args: argparse.Namespace, folder: Path) -> dict:
@@ -388,6 +518,14 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", metavar="FILE", help="profile two steps after warm-up; write the report here"
+    )
+    parser.add_argument(
+        "--stock-optimizer",
+        action="store_true",
+        help="bitsandbytes' AdamW8bit as shipped (a device-wide wait after each parameter)",
+    )
+    parser.add_argument(
+        "--sync-check", metavar="FILE", help="list the host-device waits of two steps here"
     )
     parser.add_argument("--out", help="append the row to this JSONL file")
     args = parser.parse_args()

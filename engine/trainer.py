@@ -127,14 +127,17 @@ def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str
             else list(range(len(ex.input_ids)))
         )
         positions.append(base + list(range(pad)))  # padding forms its own (unlabelled) document
-    batch = {
-        "input_ids": torch.tensor(ids, device=device),
-        "labels": torch.tensor(labels, device=device),
-    }
-    if packed:
-        batch["position_ids"] = torch.tensor(positions, device=device)
+    rows = [ids, labels, positions if packed else mask]
+    # One host tensor, one copy. On a GPU it goes through pinned memory without blocking:
+    # a plain copy from pageable memory would wait for every step already queued.
+    stacked = torch.tensor(rows, dtype=torch.long)
+    if torch.device(device).type == "cuda":
+        stacked = stacked.pin_memory().to(device, non_blocking=True)
     else:
-        batch["attention_mask"] = torch.tensor(mask, device=device)
+        stacked = stacked.to(device)
+    input_ids, label_ids, third = stacked.unbind(0)
+    batch = {"input_ids": input_ids, "labels": label_ids}
+    batch["position_ids" if packed else "attention_mask"] = third
     return batch
 
 
@@ -178,8 +181,10 @@ def build_optimizer(model: Any, settings: TrainSettings):
     if settings.optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
         import bitsandbytes as bnb
 
+        from engine.optim8bit import sync_free_adamw8bit
+
         cls = {
-            "adamw_8bit": bnb.optim.AdamW8bit,
+            "adamw_8bit": sync_free_adamw8bit(),
             "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
             "paged_adamw_32bit": bnb.optim.PagedAdamW32bit,
         }[settings.optim]
