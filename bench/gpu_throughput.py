@@ -92,6 +92,26 @@ def synthetic_examples(rows: int, seq: int, vocab: int, seed: int = 1234) -> lis
     return [EncodedExample(row, [-100, *row[1:]], num_trained=seq - 1) for row in ids]
 
 
+def realistic_examples(rows: int, seq: int, vocab: int, seed: int = 1234) -> list:
+    """Chat-like documents: lognormal lengths (median 400 tokens, clipped to 32..seq), the first
+    30% of each a prompt without labels. Enough documents to fill ``rows`` rows of ``seq``."""
+    import numpy as np
+
+    from engine.data.encode import EncodedExample
+
+    rng = np.random.default_rng(seed)
+    docs, tokens = [], 0
+    while tokens < rows * seq * 1.05:
+        length = int(np.clip(rng.lognormal(np.log(400), 0.8), 32, seq))
+        ids = rng.integers(0, min(vocab, 120_000), size=length).tolist()
+        prompt = max(1, int(0.3 * length))
+        docs.append(
+            EncodedExample(ids, [-100] * prompt + ids[prompt:], num_trained=length - prompt)
+        )
+        tokens += length
+    return docs
+
+
 def flops_per_token(shape: str, seq: int) -> float:
     c = SHAPES[shape]
     h, i, layers, vocab = (
@@ -180,9 +200,19 @@ def run(args: argparse.Namespace) -> dict:
         amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None, sharded=sharded,
     )  # fmt: skip
     sink = RecordingSink()
-    data = synthetic_examples(
-        args.batch * args.steps * world, args.seq, SHAPES[args.shape]["vocab_size"]
-    )
+    vocab = SHAPES[args.shape]["vocab_size"]
+    if args.batching == "fixed":
+        data = synthetic_examples(args.batch * args.steps * world, args.seq, vocab)
+    else:
+        from engine.data.prepare import pack_examples
+
+        docs = realistic_examples(args.batch * args.steps * world, args.seq, vocab)
+        data = docs if args.batching == "pad" else pack_examples(docs, args.seq)
+        if args.batching == "pack-varlen":
+            from engine import varlen
+
+            varlen.use_for(model)
+            kernels.append("varlen attention (packed documents)")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     profiler = _profiler(args) if args.profile else None
@@ -217,12 +247,15 @@ def run(args: argparse.Namespace) -> dict:
     timed = [s.step_time_s for s in steps[args.warmup :]]
     step_time = statistics.median(timed)
     tokens_per_s = args.batch * args.seq * world / step_time
+    if args.batching != "fixed":  # steps differ in tokens: real (unpadded) tokens over time
+        tokens_per_s = sum(s.tokens for s in steps[args.warmup :]) / sum(timed)
     if dist is not None and not dist.is_main:
         return {"follower": True}
     return {
         "gpus": world,
         "fsdp": sharded,
         "stack": "finetty_plain" if args.plain else "finetty",
+        "batching": args.batching,
         "variant": "+".join(
             name
             for name, on in (
@@ -526,6 +559,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--sync-check", metavar="FILE", help="list the host-device waits of two steps here"
+    )
+    parser.add_argument(
+        "--batching",
+        choices=["fixed", "pad", "pack-mask", "pack-varlen"],
+        default="fixed",
+        help="fixed: the anchors' full-length blocks; else chat-like lengths, padded per batch, "
+        "or packed with transformers' per-document SDPA mask, or with varlen attention",
     )
     parser.add_argument("--out", help="append the row to this JSONL file")
     args = parser.parse_args()

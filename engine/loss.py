@@ -72,16 +72,23 @@ def full_logits_loss_sum(model: Any, inputs: dict[str, Any], labels: Any) -> Any
 
 
 def chunked_loss_sum(
-    model: Any, inputs: dict[str, Any], labels: Any, rows: int | None = None
+    model: Any,
+    inputs: dict[str, Any],
+    labels: Any,
+    rows: int | None = None,
+    trained_index: Any = None,
 ) -> Any:
+    """``trained_index``: the flat positions of ``labels[:, 1:]`` that are trained, when the
+    caller knows them (engine.trainer.collate does, on the host); else found here."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
     hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:].reshape(-1)
     hidden = hidden[:, :-1, :].reshape(-1, hidden.size(-1))
-    keep = targets != IGNORE
-    hidden, targets = hidden[keep], targets[keep]
+    if trained_index is None:
+        trained_index = (targets != IGNORE).nonzero().squeeze(1)
+    hidden, targets = hidden.index_select(0, trained_index), targets.index_select(0, trained_index)
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
     rows = rows or chunk_rows(head.weight.shape[0])

@@ -405,6 +405,17 @@ class Run:
             activation_offloading=p.training.activation_offloading,
             sharded=self.dist is not None and uses_fsdp(p),
         )
+        if (
+            p.dataset.packing
+            and device == "cuda"
+            and p.model.attn_implementation == "auto"
+            and loaded.info.get("attention") == "sdpa"
+        ):
+            from engine import varlen
+
+            varlen.use_for(model)  # packed documents: flash varlen instead of SDPA + a mask
+            loaded.info["attention"] = varlen.NAME
+            loaded.info["kernels"].append("varlen attention (packed documents)")
         self.model = model
         total, trainable = models.count_parameters(model)
         auto_batch = p.training.per_device_train_batch_size == "auto"

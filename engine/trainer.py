@@ -110,11 +110,15 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
 
 def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
     """Right-pad to the longest example. Packed rows carry position_ids and no attention_mask,
-    which makes transformers build a per-document causal mask."""
+    which makes transformers build a per-document causal mask; rows of equal length carry no
+    mask at all (an all-ones mask is the same function, and checking one would wait for the
+    GPU). ``trained_index`` lists the predicted positions that carry a label, so the loss
+    gathers them without a data-dependent (GPU-waiting) boolean mask."""
     import torch
 
     width = max(len(ex.input_ids) for ex in examples)
     packed = any(getattr(ex, "position_ids", None) for ex in examples)
+    padded = any(len(ex.input_ids) != width for ex in examples)
     ids, labels, mask, positions = [], [], [], []
     for ex in examples:
         pad = width - len(ex.input_ids)
@@ -128,17 +132,55 @@ def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str
         )
         positions.append(base + list(range(pad)))  # padding forms its own (unlabelled) document
     rows = [ids, labels, positions if packed else mask]
-    # One host tensor, one copy. On a GPU it goes through pinned memory without blocking:
-    # a plain copy from pageable memory would wait for every step already queued.
     stacked = torch.tensor(rows, dtype=torch.long)
-    if torch.device(device).type == "cuda":
-        stacked = stacked.pin_memory().to(device, non_blocking=True)
-    else:
-        stacked = stacked.to(device)
-    input_ids, label_ids, third = stacked.unbind(0)
+    trained_index = (stacked[1, :, 1:] != IGNORE).reshape(-1).nonzero().squeeze(1)
+    input_ids, label_ids, third = _to_device(stacked, device).unbind(0)
     batch = {"input_ids": input_ids, "labels": label_ids}
-    batch["position_ids" if packed else "attention_mask"] = third
+    if packed:
+        batch["position_ids"] = third
+        batch.update(_document_kwargs(examples, width, device))
+    elif padded:
+        batch["attention_mask"] = third
+    batch["trained_index"] = _to_device(trained_index, device)
     return batch
+
+
+def _document_kwargs(examples: Sequence[Any], width: int, device: str) -> dict[str, Any]:
+    """Where each packed document starts in the batch laid end to end: the variable-length
+    attention's arguments, under transformers' names (engine.varlen)."""
+    import torch
+
+    from engine.varlen import document_bounds
+
+    lengths = [
+        list(ex.seq_lengths)
+        if getattr(ex, "seq_lengths", None)
+        else _lengths_from_positions(ex.position_ids or list(range(len(ex.input_ids))))
+        for ex in examples
+    ]
+    bounds, longest = document_bounds(lengths, width)
+    cu = _to_device(torch.tensor(bounds, dtype=torch.int32), device)
+    return {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
+def _lengths_from_positions(positions: Sequence[int]) -> list[int]:
+    starts = [i for i, p in enumerate(positions) if p == 0] or [0]
+    return [end - start for start, end in zip(starts, [*starts[1:], len(positions)], strict=True)]
+
+
+def _to_device(tensor: Any, device: str) -> Any:
+    """On a GPU through pinned memory without blocking: a plain copy from pageable memory
+    would wait for every step already queued."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def trained_token_count(examples: Sequence[Any]) -> int:
@@ -154,10 +196,12 @@ def batch_loss_sum(
 
     from engine.loss import chunked_loss_sum, full_logits_loss_sum
 
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "trained_index")}
     with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
         if chunked:
-            return chunked_loss_sum(model, inputs, batch["labels"])
+            return chunked_loss_sum(
+                model, inputs, batch["labels"], trained_index=batch.get("trained_index")
+            )
         return full_logits_loss_sum(model, inputs, batch["labels"])
 
 

@@ -171,3 +171,15 @@ def test_two_gpus_match_one(make_preset, tmp_path: Path, method: str) -> None:
     assert len(one) == len(two) == 6
     for a, b in zip(one, two, strict=True):
         assert b == pytest.approx(a, rel=2e-2)  # bf16 noise, different reduction order
+
+
+def test_packed_varlen_attention_matches_the_masked_path(make_preset, tmp_path: Path) -> None:
+    """Packed documents through PyTorch's varlen flash attention give the per-step losses of
+    transformers' SDPA with a block-diagonal mask (bf16 noise)."""
+    common = dict(model__dtype="bfloat16", lora__lora_dropout=0.0, dataset__packing=True)
+    started, varlen = _run(make_preset, tmp_path / "varlen", **common)
+    assert "varlen attention (packed documents)" in started.model.get("kernels")
+    _, masked = _run(make_preset, tmp_path / "masked", model__attn_implementation="sdpa", **common)
+    print("varlen", varlen, "masked", masked)
+    for a, b in zip(varlen, masked, strict=True):
+        assert abs(a - b) <= 0.01 * abs(b) + 1e-3
