@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> dict:
         kernels += apply_fast_path(
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
-            sharded=sharded,
+            sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -262,6 +262,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("stock-optimizer", args.stock_optimizer),
                 ("no-fused-lora", args.no_fused_lora),
                 ("no-offload", args.no_offload),
+                ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
             )
             if on
@@ -551,6 +552,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--profile", metavar="FILE", help="profile two steps after warm-up; write the report here"
+    )
+    parser.add_argument(
+        "--no-save-middle",
+        action="store_true",
+        help="do not keep the post-attention residual (o_proj is recomputed)",
     )
     parser.add_argument(
         "--stock-optimizer",

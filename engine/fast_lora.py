@@ -21,6 +21,9 @@ computed, for lora_B's gradient. The backward is the same either way.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +32,22 @@ import torch
 _SKIP_BASE_ATTR = "_finetty_skip_base"
 FUSED_ATTR = "_finetty_fused"
 _RESOLVED_ATTR = "_finetty_resolved"
+
+
+_recompute = threading.local()
+
+
+@contextlib.contextmanager
+def keeping_dequantized_weights() -> Iterator[None]:
+    """While a checkpointed layer is recomputed just before its backward: 4-bit projections
+    keep the weight they dequantize for the forward and reuse it in the backward (one layer's
+    weights at a time), instead of dequantizing it twice."""
+    previous = getattr(_recompute, "keep", False)
+    _recompute.keep = True
+    try:
+        yield
+    finally:
+        _recompute.keep = previous
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -106,6 +125,7 @@ class LoraLinearFunction(torch.autograd.Function):
         x2 = _cast(x.reshape(-1, shape[-1]), dtype)
         d2 = x2 if dropped is None else _cast(dropped.reshape(-1, shape[-1]), dtype)
         a, b = _cast(lora_a, dtype), _cast(lora_b, dtype)
+        ctx.weight = None
         with _NoAutocast(x.device.type):
             t = d2 @ a.t()  # [N, r]
             if skip_base:  # nothing reads this output: only t is needed, for lora_B's gradient
@@ -119,6 +139,8 @@ class LoraLinearFunction(torch.autograd.Function):
                     else torch.mm(x2, weight.t())
                 )
                 out.addmm_(t, b.t(), alpha=scaling)
+                if four_bit and ctx.needs_input_grad[0] and getattr(_recompute, "keep", False):
+                    ctx.weight = weight
         ctx.save_for_backward(d2, t, a, b)
         ctx.base, ctx.scaling, ctx.separate_dropout = base, scaling, dropped is not None
         ctx.x_shape, ctx.dtype, ctx.four_bit = shape, dtype, four_bit
@@ -138,7 +160,11 @@ class LoraLinearFunction(torch.autograd.Function):
         if need_a:
             grad_a = _cast((gb.t() @ d2).mul_(scaling), ctx.a_dtype)
         if need_x:
-            grad_x = g @ base_weight(ctx.base, dtype, ctx.four_bit)
+            weight = (
+                ctx.weight if ctx.weight is not None else base_weight(ctx.base, dtype, ctx.four_bit)
+            )
+            ctx.weight = None
+            grad_x = g @ weight
             if not ctx.separate_dropout:
                 grad_x.addmm_(gb, a, alpha=scaling)
             grad_x = grad_x.view(ctx.x_shape)

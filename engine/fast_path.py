@@ -2,7 +2,8 @@
 
 - fused LoRA projections (engine.fast_lora);
 - gradient checkpointing per decoder layer, without down_proj's recompute and, on a GPU, with
-  the saved layer inputs in host memory (engine.layer_checkpoint).
+  the saved layer inputs in host memory, and beside them each layer's post-attention residual
+  so that o_proj is not recomputed either (engine.layer_checkpoint).
 
 Each computes the same function as the plain path; what was applied is named in the
 run_started event beside the Liger kernels. FSDP runs keep transformers' checkpointing: its
@@ -23,6 +24,7 @@ def apply_fast_path(
     fused_lora: bool = True,
     activation_offloading: bool | None = None,
     sharded: bool = False,
+    save_layer_middle: bool | None = None,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied."""
@@ -41,7 +43,7 @@ def apply_fast_path(
 
         # Host memory is only "elsewhere" for a GPU; unset means on there.
         offload = device == "cuda" and activation_offloading is not False
-        installed = layer_checkpoint.install(model, offload=offload)
+        installed = layer_checkpoint.install(model, offload=offload, save_middle=save_layer_middle)
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing
 

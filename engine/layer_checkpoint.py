@@ -8,7 +8,10 @@ compute, and comes back (prefetched one layer ahead) during the backward. On the
 The recompute skips work that plain checkpointing repeats for nothing. A decoder layer ends in
 ``residual + down_proj(act)``, and its backward never reads that sum, so the recompute runs
 the layer with down_proj's base matmul left out (engine.fast_lora, ``skip_base``): with a
-frozen base that is a third of the MLP's recompute. This holds for the layer classes listed in
+frozen base that is a third of the MLP's recompute. With offloading, each layer also keeps its
+post-attention residual (the MLP norm's input) in host memory, and the recompute hands that
+saved value to the MLP, so o_proj's base matmul (whose output only made that residual) is
+skipped as well. This holds for the layer classes listed in
 SKIP_DOWN_FORWARD, whose forward ends exactly so; tests/engine/test_fast_path.py checks
 loss and every gradient against the model without checkpointing, for each of them.
 
@@ -25,7 +28,13 @@ from typing import Any
 
 import torch
 
-from engine.fast_lora import _SKIP_BASE_ATTR, FUSED_ATTR, dense_or_4bit, skip_base_forward
+from engine.fast_lora import (
+    _SKIP_BASE_ATTR,
+    FUSED_ATTR,
+    dense_or_4bit,
+    keeping_dequantized_weights,
+    skip_base_forward,
+)
 
 # model_type -> decoder layers whose forward is `h = x + attn(norm(x)); out = h + mlp(norm(h))`
 # with mlp ending in down_proj: the layer output is never needed by its own backward.
@@ -38,46 +47,49 @@ _GRAD_ANCHOR = torch.empty(0, requires_grad=True)
 
 @dataclass
 class _Saved:
-    """One layer input, on the GPU or in flight to/from pinned host memory."""
+    """One layer's saved tensors, on the GPU or in flight to/from pinned host memory."""
 
-    shape: torch.Size
-    dtype: torch.dtype
+    shapes: list[torch.Size]
+    dtypes: list[torch.dtype]
     device: torch.device
-    gpu: torch.Tensor | None = None
-    host: torch.Tensor | None = None
-    ready: Any = None  # CUDA event: the host copy (or the copy back) is done
+    gpu: list[torch.Tensor] | None = None
+    host: list[torch.Tensor] | None = None
+    ready: Any = None  # CUDA event: the host copies (or the copies back) are done
 
 
 @dataclass
 class ActivationStore:
-    """Holds the checkpointed layer inputs of the forward in flight, in layer order."""
+    """Holds the checkpointed layers' saved tensors of the forward in flight, in layer order."""
 
     offload: bool
     _stream: Any = None
-    _host: dict[int, torch.Tensor] = field(default_factory=dict)
+    _host: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
     _order: list[tuple[int, _Saved]] = field(default_factory=list)
 
-    def put(self, index: int, tensor: torch.Tensor) -> _Saved:
+    def put(self, index: int, tensors: list[torch.Tensor]) -> _Saved:
         if index == 0:
             self._order.clear()  # a new forward: anything left belongs to a pass with no backward
-        saved = _Saved(tensor.shape, tensor.dtype, tensor.device)
-        if not (self.offload and tensor.is_cuda):
-            saved.gpu = tensor
+        device = tensors[0].device
+        saved = _Saved([t.shape for t in tensors], [t.dtype for t in tensors], device)
+        if not (self.offload and device.type == "cuda"):
+            saved.gpu = list(tensors)
         else:
             stream = self._copy_stream()
-            host = self._host_buffer(index, tensor)
+            hosts = [self._host_buffer((index, i), t) for i, t in enumerate(tensors)]
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                host.copy_(tensor.reshape(-1), non_blocking=True)
+                for host, tensor in zip(hosts, tensors, strict=True):
+                    host.copy_(tensor.reshape(-1), non_blocking=True)
                 saved.ready = torch.cuda.Event()
                 saved.ready.record(stream)
-            tensor.record_stream(stream)  # its memory is not reused before the copy ends
-            saved.host = host
+            for tensor in tensors:
+                tensor.record_stream(stream)  # its memory is not reused before the copy ends
+            saved.host = hosts
         self._order.append((index, saved))
         return saved
 
-    def take(self, saved: _Saved) -> torch.Tensor:
-        """The tensor back on its device; starts bringing back the layer before it as well."""
+    def take(self, saved: _Saved) -> list[torch.Tensor]:
+        """The tensors back on their device; starts bringing back the layer before as well."""
         self._fetch(saved)
         position = next((i for i, (_, s) in enumerate(self._order) if s is saved), None)
         if position is not None:
@@ -86,39 +98,77 @@ class ActivationStore:
                 self._fetch(self._order[position - 1][1])
         if saved.ready is not None:
             torch.cuda.current_stream().wait_event(saved.ready)
-        tensor = saved.gpu
+        tensors = saved.gpu
         saved.gpu = saved.host = saved.ready = None
-        if tensor is None:  # each backward takes its own input once
+        if tensors is None:  # each backward takes its own tensors once
             raise RuntimeError("a checkpointed layer input was taken twice")
-        return tensor
+        return tensors
 
     def _fetch(self, saved: _Saved) -> None:
         if saved.gpu is not None or saved.host is None:
             return
         stream = self._copy_stream()
-        # The fresh block may have just been freed by work still queued on the compute stream.
+        # The fresh blocks may have just been freed by work still queued on the compute stream.
         stream.wait_stream(torch.cuda.current_stream())
-        gpu = torch.empty(saved.shape, dtype=saved.dtype, device=saved.device)
+        gpus = [
+            torch.empty(shape, dtype=dtype, device=saved.device)
+            for shape, dtype in zip(saved.shapes, saved.dtypes, strict=True)
+        ]
         with torch.cuda.stream(stream):
-            gpu.view(-1).copy_(saved.host, non_blocking=True)
+            for gpu, host in zip(gpus, saved.host, strict=True):
+                gpu.view(-1).copy_(host, non_blocking=True)
             saved.ready = torch.cuda.Event()
             saved.ready.record(stream)
-        saved.gpu = gpu
+        saved.gpu = gpus
 
     def _copy_stream(self) -> Any:
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         return self._stream
 
-    def _host_buffer(self, index: int, tensor: torch.Tensor) -> torch.Tensor:
-        """A pinned buffer per layer, reused across steps (pinning memory is slow); the copies
-        into and out of it run in order on one stream, so reuse never overtakes a copy."""
-        buffer = self._host.get(index)
+    def _host_buffer(self, key: tuple[int, int], tensor: torch.Tensor) -> torch.Tensor:
+        """A pinned buffer per saved tensor, reused across steps (pinning memory is slow); the
+        copies into and out of it run in order on one stream, so reuse never overtakes a copy."""
+        buffer = self._host.get(key)
         numel = tensor.numel()
         if buffer is None or buffer.dtype != tensor.dtype or buffer.numel() < numel:
             buffer = torch.empty(numel, dtype=tensor.dtype, pin_memory=True)
-            self._host[index] = buffer
+            self._host[key] = buffer
         return buffer[:numel]
+
+
+class _Middle:
+    """The layer's residual stream after attention (``h = x + attn(norm(x))``), as the MLP's
+    norm receives it. The first forward stashes it; the recompute hands the same value to the
+    MLP, so o_proj's output (only ever read to make ``h``) need not be computed again."""
+
+    def __init__(self, norm: Any) -> None:
+        self.norm = norm
+        self.original = norm.forward
+        self.mode = "off"  # "stash" (first forward), "replay" (recompute) or "off"
+        self.value: torch.Tensor | None = None
+        norm.forward = self.forward
+
+    def forward(self, hidden: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.mode == "stash":
+            self.value = hidden.detach()
+        elif self.mode == "replay":
+            hidden = _SameGradient.apply(hidden, self.value)
+        return self.original(hidden, *args, **kwargs)
+
+
+class _SameGradient(torch.autograd.Function):
+    """The saved value in place of the recomputed one (whose o_proj term was left out), with
+    the recomputed one's gradient: h = x + o, so dh flows to x and to o_proj as before."""
+
+    @staticmethod
+    def forward(ctx: Any, recomputed: torch.Tensor, saved: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        del ctx, recomputed
+        return saved.view_as(saved)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
 
 
 @dataclass
@@ -128,6 +178,7 @@ class _LayerCall:
     index: int
     store: ActivationStore
     skip_down: bool
+    middle: _Middle | None  # set: the MLP's input is saved and o_proj's recompute skipped
     random: bool  # the layer draws random numbers (dropout): the recompute must replay them
     args: tuple
     kwargs: dict
@@ -147,15 +198,33 @@ class _CheckpointedLayer(torch.autograd.Function):
             torch.is_autocast_cache_enabled(),
         )
         ctx.rng = _rng_state(hidden.device) if call.random else None
+        middle = call.middle
         with torch.no_grad():
-            out = call.forward(hidden, *call.args, **call.kwargs)
-        ctx.saved = call.store.put(call.index, hidden.detach())
+            if middle is None:
+                out = call.forward(hidden, *call.args, **call.kwargs)
+            else:
+                middle.mode = "stash"
+                try:
+                    out = call.forward(hidden, *call.args, **call.kwargs)
+                finally:
+                    middle.mode = "off"
+        saved = [hidden.detach()]
+        if middle is not None:
+            if middle.value is None:
+                raise RuntimeError("the layer's MLP norm was not called in its forward")
+            saved.append(middle.value)
+            middle.value = None
+        ctx.saved = call.store.put(call.index, saved)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         call: _LayerCall = ctx.call
-        hidden = call.store.take(ctx.saved).detach().requires_grad_(ctx.needs_input_grad[0])
+        saved = call.store.take(ctx.saved)
+        hidden = saved[0].detach().requires_grad_(ctx.needs_input_grad[0])
+        middle = call.middle
+        if middle is not None:
+            middle.mode, middle.value = "replay", saved[1]
         enabled, dtype, cache = ctx.autocast
         device = hidden.device
         replay = (
@@ -170,41 +239,46 @@ class _CheckpointedLayer(torch.autograd.Function):
         ):  # fmt: skip
             if ctx.rng is not None:
                 _set_rng_state(device, ctx.rng)
-            with _DownForwardSkipped(call.layer, call.skip_down):
-                out = call.forward(hidden, *call.args, **call.kwargs)
+            skipped = [call.layer.mlp.down_proj] if call.skip_down else []
+            if middle is not None:
+                skipped.append(call.layer.self_attn.o_proj)
+            try:
+                with _ForwardsSkipped(skipped), keeping_dequantized_weights():
+                    out = call.forward(hidden, *call.args, **call.kwargs)
+            finally:
+                if middle is not None:
+                    middle.mode, middle.value = "off", None
         if out.requires_grad:  # False when nothing in this layer trains and its input is frozen
             torch.autograd.backward(out, grad_out)
         ctx.call = ctx.saved = None
         return (hidden.grad if ctx.needs_input_grad[0] else None), None, None
 
 
-class _DownForwardSkipped:
-    """For the recompute: down_proj contributes its backward but runs no base matmul."""
+class _ForwardsSkipped:
+    """For the recompute: these projections contribute their backward but run no base matmul
+    (their outputs are never read there)."""
 
-    def __init__(self, layer: Any, active: bool) -> None:
-        self.down = layer.mlp.down_proj if active else None
-        self.previous: Any = None
+    def __init__(self, modules: list[Any]) -> None:
+        self.modules = modules
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
-        down = self.down
-        if down is None:
-            return
-        if getattr(down, FUSED_ATTR, False):
-            setattr(down, _SKIP_BASE_ATTR, True)
-        else:
-            self.previous = down.__dict__.get("forward")
-            down.forward = functools.partial(skip_base_forward, down)
+        for module in self.modules:
+            if getattr(module, FUSED_ATTR, False):
+                setattr(module, _SKIP_BASE_ATTR, True)
+            else:
+                self.previous[id(module)] = module.__dict__.get("forward")
+                module.forward = functools.partial(skip_base_forward, module)
 
     def __exit__(self, *exc: object) -> None:
-        down = self.down
-        if down is None:
-            return
-        if getattr(down, _SKIP_BASE_ATTR, False):
-            setattr(down, _SKIP_BASE_ATTR, False)
-        elif self.previous is not None:
-            down.forward = self.previous
-        else:
-            del down.forward
+        for module in self.modules:
+            if getattr(module, _SKIP_BASE_ATTR, False):
+                setattr(module, _SKIP_BASE_ATTR, False)
+            elif self.previous.get(id(module)) is not None:
+                module.forward = self.previous[id(module)]
+            else:
+                del module.forward
+        self.previous.clear()
 
 
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -221,11 +295,11 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 def _checkpointed_forward(
     layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    random: bool, hidden: torch.Tensor, *args: Any, **kwargs: Any,
+    middle: _Middle | None, random: bool, hidden: torch.Tensor, *args: Any, **kwargs: Any,
 ) -> torch.Tensor:  # fmt: skip
     if not (layer.training and torch.is_grad_enabled()):
         return original(hidden, *args, **kwargs)
-    call = _LayerCall(layer, original, index, store, skip_down, random, args, kwargs)
+    call = _LayerCall(layer, original, index, store, skip_down, middle, random, args, kwargs)
     return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
 
 
@@ -240,13 +314,28 @@ def decoder_layers(model: Any) -> list[Any] | None:
 def down_skippable(model_type: str, layer: Any) -> bool:
     mlp = getattr(layer, "mlp", None)
     down = getattr(mlp, "down_proj", None)
-    if model_type not in SKIP_DOWN_FORWARD or down is None:
+    return model_type in SKIP_DOWN_FORWARD and _frozen_and_fusable(down)
+
+
+def o_skippable(model_type: str, layer: Any) -> bool:
+    """o_proj's output only makes the MLP's input, ``x + o``, which the MLP norm receives."""
+    attention = getattr(layer, "self_attn", None)
+    norm = getattr(layer, "post_attention_layernorm", None)
+    return (
+        down_skippable(model_type, layer)
+        and isinstance(norm, torch.nn.Module)
+        and _frozen_and_fusable(getattr(attention, "o_proj", None))
+    )
+
+
+def _frozen_and_fusable(projection: Any) -> bool:
+    if projection is None:
         return False
-    base = down.get_base_layer() if hasattr(down, "get_base_layer") else down
+    base = projection.get_base_layer() if hasattr(projection, "get_base_layer") else projection
     frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
     supported = dense_or_4bit(base)
-    if hasattr(down, "get_base_layer"):  # a LoRA module: the fused path must hold it
-        supported = supported and getattr(down, FUSED_ATTR, False)
+    if hasattr(projection, "get_base_layer"):  # a LoRA module: the fused path must hold it
+        supported = supported and getattr(projection, FUSED_ATTR, False)
     return frozen and supported
 
 
@@ -261,25 +350,39 @@ def draws_random(layer: Any) -> bool:
     return False
 
 
-def install(model: Any, *, offload: bool) -> list[str] | None:
+def install(model: Any, *, offload: bool, save_middle: bool | None = None) -> list[str] | None:
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
-    model's layers were not found (the caller then uses transformers' checkpointing)."""
+    model's layers were not found (the caller then uses transformers' checkpointing).
+
+    ``save_middle`` (default: with ``offload``) also keeps each layer's post-attention residual,
+    so the recompute skips o_proj: a second tensor per layer, which only host memory has room
+    for."""
     layers = decoder_layers(model)
     if layers is None:
         return None
     model_type = getattr(getattr(model, "config", None), "model_type", "")
     store = ActivationStore(offload=offload)
-    skipped_down = 0
+    save_middle = offload if save_middle is None else save_middle
+    skipped_down = skipped_o = 0
     for index, layer in enumerate(layers):
         skip = down_skippable(model_type, layer)
+        middle = (
+            _Middle(layer.post_attention_layernorm)
+            if save_middle and o_skippable(model_type, layer)
+            else None
+        )
         skipped_down += skip
+        skipped_o += middle is not None
         original = layer.forward
         layer.forward = functools.partial(
-            _checkpointed_forward, layer, original, index, store, skip, draws_random(layer)
-        )
+            _checkpointed_forward, layer, original, index, store, skip, middle,
+            draws_random(layer),
+        )  # fmt: skip
     applied = ["checkpoint:per-layer"]
     if offload:
         applied.append("checkpoint:offload-to-host")
     if skipped_down:
         applied.append(f"checkpoint:no-down-proj-recompute({skipped_down}/{len(layers)})")
+    if skipped_o:
+        applied.append(f"checkpoint:no-o-proj-recompute({skipped_o}/{len(layers)})")
     return applied

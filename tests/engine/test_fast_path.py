@@ -121,29 +121,68 @@ def test_dora_falls_back_to_peft() -> None:
 
 @pytest.mark.parametrize("model_type", [*sorted(SKIP_DOWN_FORWARD), "gemma2"])
 @pytest.mark.parametrize("packed", [False, True])
-def test_layer_checkpointing_matches_no_checkpointing(model_type: str, packed: bool) -> None:
+@pytest.mark.parametrize("middle", [False, True])
+def test_layer_checkpointing_matches_no_checkpointing(
+    model_type: str, packed: bool, middle: bool
+) -> None:
     model = with_lora(tiny(model_type))
     want = loss_and_grads(model, packed)
-    applied = apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=True)
+    applied = apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        save_layer_middle=middle,
+    )  # fmt: skip
     assert "checkpoint:per-layer" in applied
     skipped = any(name.startswith("checkpoint:no-down-proj-recompute") for name in applied)
     assert skipped == (model_type in SKIP_DOWN_FORWARD)  # gemma2 normalises the MLP output
+    skipped_o = any(name.startswith("checkpoint:no-o-proj-recompute") for name in applied)
+    assert skipped_o == (middle and model_type in SKIP_DOWN_FORWARD)
     assert_same(loss_and_grads(model, packed), want)
 
 
-def test_layer_checkpointing_replays_dropout() -> None:
+@pytest.mark.parametrize("middle", [False, True])
+def test_layer_checkpointing_replays_dropout(middle: bool) -> None:
     model = with_lora(tiny("llama"), dropout=0.3)
     want = loss_and_grads(model, seed=3)
-    apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=True)
+    apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        save_layer_middle=middle,
+    )  # fmt: skip
     assert_same(loss_and_grads(model, seed=3), want)
 
 
-def test_down_proj_without_an_adapter_still_passes_its_gradient() -> None:
+@pytest.mark.parametrize("middle", [False, True])
+def test_projections_without_an_adapter_still_pass_their_gradient(middle: bool) -> None:
+    """down_proj and o_proj without adapters: their recompute skipped, gradients intact."""
     model = with_lora(tiny("llama"), targets=["q_proj", "v_proj", "gate_proj"])
     want = loss_and_grads(model)
-    applied = apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=True)
+    applied = apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        save_layer_middle=middle,
+    )  # fmt: skip
     assert "checkpoint:no-down-proj-recompute(3/3)" in applied
+    assert ("checkpoint:no-o-proj-recompute(3/3)" in applied) == middle
     assert_same(loss_and_grads(model), want)
+
+
+def test_saved_middle_is_what_the_recompute_uses() -> None:
+    """The check above can fail: a wrong saved residual changes the gradients."""
+    from engine import layer_checkpoint
+
+    model = with_lora(tiny("llama"))
+    want = loss_and_grads(model)
+    apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        save_layer_middle=True,
+    )  # fmt: skip
+    real = layer_checkpoint._SameGradient.forward
+    layer_checkpoint._SameGradient.forward = staticmethod(
+        lambda ctx, recomputed, saved: saved * 1.01
+    )
+    try:
+        _, grads = loss_and_grads(model)
+    finally:
+        layer_checkpoint._SameGradient.forward = staticmethod(real)
+    assert any(not torch.allclose(grads[name], want[1][name]) for name in grads)
 
 
 def test_full_fine_tuning_recomputes_the_whole_layer() -> None:
