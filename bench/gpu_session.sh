@@ -61,35 +61,29 @@ body() {
   log "done"
 }
 
-final() {  # the table: exactness tests, finetty and the anchors in one session, A/B rows, packing
+final() {  # the table: finetty and the anchors in one session, A/B rows, packing
   log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
-  log "exactness tests"
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "fast_path or varlen" > "$W/pytest.log" 2>&1
-  tail -2 "$W/pytest.log" >> "$W/session.log"
-  log "8B: finetty, Unsloth, finetty"
   python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
     --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
     --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
   cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
-  rows --shape llama8b --mode qlora
-  log "0.5B: finetty, Unsloth, finetty, full"
+  log "0.5B: finetty, Unsloth, full"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   rows --shape qwen05b --mode lora --steps 23
   timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
     --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
   cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
-  rows --shape qwen05b --mode lora --steps 23
-  rows --shape qwen05b --mode full --steps 23
-  log "A/B and packing"
-  rows --shape llama8b --mode lora --no-save-middle
-  rows --shape llama8b --mode lora --steps 9 --batching pad
-  rows --shape llama8b --mode lora --steps 9 --batching pack-mask
-  rows --shape llama8b --mode lora --steps 9 --batching pack-varlen
-  rows --shape qwen05b --mode lora --steps 8 --sync-check "$W/sync-05b.txt"
+  rows --shape qwen05b --mode full --steps 15
+  log "packing and A/B"
+  rows --shape llama8b --mode lora --steps 7 --batching pad
+  rows --shape llama8b --mode lora --steps 7 --batching pack-varlen
+  rows --shape llama8b --mode lora --steps 7 --batching pack-mask
+  rows --shape llama8b --mode lora --steps 8 --no-save-middle
   log "done"
 }
 
