@@ -23,6 +23,19 @@ rows() {  # finetty's harness, one JSON row per run into finetty.jsonl
     | cut -c1-400 >> "$W/session.log"
 }
 
+anchors_8b() {  # Unsloth's QLoRA and LoRA rows at 8B, into anchors.jsonl
+  timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
+    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
+    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+}
+
+anchors_05b() {  # Unsloth's LoRA row at 0.5B, into anchors.jsonl
+  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
+    --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+}
+
 body() {
   log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
@@ -45,19 +58,14 @@ body() {
   cut -c1-900 "$W/ui.jsonl" >> "$W/session.log"
   log "0.5B: finetty, Unsloth, finetty, A/B"
   rows --shape qwen05b --mode lora --steps 23
-  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
-    --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
-  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  anchors_05b
   rows --shape qwen05b --mode lora --steps 23
   rows --shape qwen05b --mode lora --steps 23 --no-liger-loss
   log "8B: finetty, Unsloth"
   python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
-  timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
-    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
-    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
-  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  anchors_8b
   log "done"
 }
 
@@ -68,16 +76,11 @@ final() {  # the table: finetty and the anchors in one session, A/B rows, packin
   log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
-  timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
-    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
-    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
-  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  anchors_8b
   log "0.5B: finetty, Unsloth, full"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   rows --shape qwen05b --mode lora --steps 23
-  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
-    --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
-  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  anchors_05b
   rows --shape qwen05b --mode full --steps 15
   log "packing and A/B"
   rows --shape llama8b --mode lora --steps 7 --batching pad
@@ -129,7 +132,7 @@ case ${1:-} in
     WHAT=${3:-body}  # body: with the UI overhead; final: with packing; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows body probe final); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;

@@ -436,7 +436,11 @@ def host_report(profiler) -> list[str]:
     from torch.autograd import DeviceType
 
     raw = profiler.events()
-    steps = [e for e in raw if e.name.startswith("ProfilerStep")]
+    # ProfilerStep* shows up more than once a step (CPU and GPU sides): count optimizer steps.
+    steps = [
+        e for e in raw if e.name.startswith("ProfilerStep") and e.device_type == DeviceType.CPU
+    ]
+    optimizer_steps = sum(1 for e in raw if e.name.startswith("Optimizer.step#"))
     kernels = sorted(
         (e.time_range.start, e.time_range.end)
         for e in raw
@@ -457,9 +461,9 @@ def host_report(profiler) -> list[str]:
         if e.name
         in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
     )
-    per_step = max(len(steps), 1)
+    per_step = max(optimizer_steps, 1)
     lines = [
-        f"host: {len(steps)} profiled steps, {wall / 1e3 / per_step:.1f} ms wall a step on the host's clock",
+        f"host: {per_step} profiled steps, {wall / 1e3 / max(len(steps), 1):.1f} ms wall a step on the host's clock",
         f"GPU busy (union of compute kernels): {busy / 1e3 / per_step:.1f} ms a step",
         f"kernel launches: {launches / per_step:.0f} a step",
         "",

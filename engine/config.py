@@ -44,7 +44,8 @@ class ModelSection(Section):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = (
         "auto"
     )
-    """Attention kernel: auto picks flash_attention_2 when installed on a capable GPU, else sdpa."""
+    """Attention kernel: auto picks flash_attention_2 when installed on a capable GPU, else sdpa;
+    packed batches on a GPU then use PyTorch's variable-length flash attention."""
     trust_remote_code: bool = False
     """Run Python code shipped with a hub model. Off unless you trust the repository."""
     allow_pickle_weights: bool = False

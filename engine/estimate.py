@@ -69,6 +69,9 @@ class Plan:
     offload: bool = False  # checkpointed layer inputs in host memory (engine.layer_checkpoint)
     fused_lora: bool = False  # engine.fast_lora, without dropout: no extra copy of the inputs
     liger: bool = False  # Liger kernels, and its fused loss for a frozen head (engine.loss)
+    # LoRA with offloading also keeps each layer's post-attention residual (host memory), and a
+    # 4-bit layer's recompute keeps its dequantized weights for its backward.
+    save_middle: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ def make_plan(
         offload,
         bool(training.fused_lora and lora.lora_dropout == 0 and not lora.use_dora),
         liger,
+        save_middle=offload and preset.uses_adapter,
     )
 
 
@@ -208,9 +212,12 @@ def memory(plan: Plan) -> Memory:
         # Each layer's input is kept (with offloading, in host memory: about two layers' worth
         # is on the GPU, in flight); in backward one layer at a time is recomputed, after the
         # loss buffers are gone.
-        kept = 2 if plan.offload else s.num_hidden_layers
+        # With the post-attention residual saved too, two tensors a layer are in flight.
+        kept = (4 if plan.save_middle else 2) if plan.offload else s.num_hidden_layers
         stored = tokens * kept * a * s.hidden_size
         activations = in_backward = stored + tokens * layer
+        if four_bit and plan.save_middle:
+            in_backward += n_lin / s.num_hidden_layers * d  # one layer's dequantized weights
     else:
         activations = stored = in_backward = tokens * s.num_hidden_layers * layer
     # Gradients of earlier micro-batches persist while accumulating; at accumulation 1 they are

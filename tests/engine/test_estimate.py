@@ -12,7 +12,14 @@ import pytest
 
 from engine.config import Preset
 from engine.errors import ConfigError, ModelLoadError
-from engine.estimate import estimate, format_estimate, make_plan, memory, recommend_micro_batch
+from engine.estimate import (
+    CUDA_CONTEXT_GIB,
+    estimate,
+    format_estimate,
+    make_plan,
+    memory,
+    recommend_micro_batch,
+)
 from engine.gpus import GPUS, gpu_spec, match_gpu
 from engine.shapes import shape_for, shape_from_config
 
@@ -222,15 +229,16 @@ def test_cpu_run_is_sized_in_ram() -> None:
 # Peak torch.cuda.max_memory_allocated and max_memory_reserved (GiB) of finetty's engine
 # (bench/gpu_throughput.py: gradient checkpointing, adamw_8bit, Liger, fused LoRA, per-layer
 # checkpointing, the frozen-head loss), random weights, batch 8 x 2048; NVIDIA H200, sessions
-# devK-20261201 (commit b3d0c9c) and devL-20261201 (commit b675419), bench/RESULTS.md. The
-# rows at 4 x 1024 of devC (an older path) were not measured again and are gone.
+# devN-20261201 (commit a3fbef4: the post-attention residual saved too) for the offloaded LoRA
+# and QLoRA rows, devK-20261201 (commit b3d0c9c) for the paths it did not change (no offload,
+# full fine-tuning), bench/RESULTS.md.
 MEASURED: list[
     tuple[str, str, bool, float, float]
 ] = [  # model, method, offloaded checkpoint inputs, alloc, reserved
-    ("meta-llama/Llama-3.1-8B", "qlora", True, 8.81, 9.38),
-    ("meta-llama/Llama-3.1-8B", "lora", True, 18.35, 19.63),
+    ("meta-llama/Llama-3.1-8B", "qlora", True, 9.20, 11.23),
+    ("meta-llama/Llama-3.1-8B", "lora", True, 18.48, 21.99),
     ("meta-llama/Llama-3.1-8B", "qlora", False, 12.42, 12.68),
-    ("Qwen/Qwen2.5-0.5B", "lora", True, 1.92, 2.08),
+    ("Qwen/Qwen2.5-0.5B", "lora", True, 1.95, 2.00),
     ("Qwen/Qwen2.5-0.5B", "full", True, 3.64, 3.77),
 ]
 
@@ -247,8 +255,9 @@ def test_memory_model_matches_h200_measurements(
     })  # fmt: skip
     predicted = memory(make_plan(p, gpu_spec("h200"), liger_installed=True)).total
     # The predicted peak is what the process takes from the card: within +-15% of the memory
-    # PyTorch reserved, and never below what it allocated.
-    assert 0.85 * reserved <= predicted <= 1.15 * reserved
+    # PyTorch reserved (plus, above, the CUDA context that reserved leaves out and that the
+    # prediction counts), and never below what it allocated.
+    assert 0.85 * reserved <= predicted <= 1.15 * reserved + CUDA_CONTEXT_GIB
     assert predicted >= allocated
 
 
