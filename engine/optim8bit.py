@@ -45,5 +45,4 @@ def sync_free_adamw8bit() -> type:
             return loss
 
     SyncFreeAdamW8bit.__qualname__ = SyncFreeAdamW8bit.__name__
-    SyncFreeAdamW8bit.__module__ = __name__
     return SyncFreeAdamW8bit

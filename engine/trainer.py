@@ -138,39 +138,27 @@ def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str
     batch = {"input_ids": input_ids, "labels": label_ids}
     if packed:
         batch["position_ids"] = third
-        batch.update(_document_kwargs(examples, width, device))
+        batch.update(_document_kwargs(stacked[2], device))
     elif padded:
         batch["attention_mask"] = third
     batch["trained_index"] = _to_device(trained_index, device)
     return batch
 
 
-def _document_kwargs(examples: Sequence[Any], width: int, device: str) -> dict[str, Any]:
-    """Where each packed document starts in the batch laid end to end: the variable-length
-    attention's arguments, under transformers' names (engine.varlen)."""
-    import torch
-
+def _document_kwargs(positions: Any, device: str) -> dict[str, Any]:
+    """Where each packed document starts in the batch laid end to end (from the host's
+    position ids): the variable-length attention's arguments, under transformers' names
+    (engine.varlen)."""
     from engine.varlen import document_bounds
 
-    lengths = [
-        list(ex.seq_lengths)
-        if getattr(ex, "seq_lengths", None)
-        else _lengths_from_positions(ex.position_ids or list(range(len(ex.input_ids))))
-        for ex in examples
-    ]
-    bounds, longest = document_bounds(lengths, width)
-    cu = _to_device(torch.tensor(bounds, dtype=torch.int32), device)
+    bounds, longest = document_bounds(positions)
+    cu = _to_device(bounds, device)
     return {
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
         "max_length_q": longest,
         "max_length_k": longest,
     }
-
-
-def _lengths_from_positions(positions: Sequence[int]) -> list[int]:
-    starts = [i for i, p in enumerate(positions) if p == 0] or [0]
-    return [end - start for start, end in zip(starts, [*starts[1:], len(positions)], strict=True)]
 
 
 def _to_device(tensor: Any, device: str) -> Any:

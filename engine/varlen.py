@@ -122,17 +122,16 @@ def _documents_one_by_one(q: Any, k: Any, v: Any, cu_seq: Any, scale: float) -> 
     return torch.cat(parts, dim=0)
 
 
-def document_bounds(seq_lengths: list[list[int]], width: int) -> tuple[list[int], int]:
-    """Cumulative document starts over a batch laid end to end (each row padded to ``width``,
-    its padding a document of its own), and the longest document."""
-    bounds, longest, offset = [0], 0, 0
-    for lengths in seq_lengths:
-        row = [n for n in lengths if n > 0]
-        pad = width - sum(row)
-        if pad > 0:
-            row.append(pad)
-        for n in row:
-            offset += n
-            bounds.append(offset)
-            longest = max(longest, n)
-    return bounds, longest
+def document_bounds(positions: Any) -> tuple[Any, int]:
+    """Where each document starts in a batch of position ids (rows, width) laid end to end,
+    as int32 cumulative bounds, and the longest document. A document starts where a position
+    does not follow the one before, the rule transformers' mask path uses
+    (masking_utils.find_packed_sequence_indices), so both paths see the same documents; each
+    row's padding, positions 0, 1, ..., is a document of its own."""
+    import torch
+
+    starts = torch.ones_like(positions, dtype=torch.bool)
+    starts[:, 1:] = positions[:, 1:] != positions[:, :-1] + 1
+    first = starts.reshape(-1).nonzero().squeeze(1)
+    bounds = torch.cat([first, first.new_tensor([positions.numel()])])
+    return bounds.to(torch.int32), int((bounds[1:] - bounds[:-1]).max())

@@ -38,3 +38,6 @@ def test_packed_rows_carry_positions() -> None:
     batch = collate([packed, _example([7, 8], 1)], 0, "cpu")
     assert "attention_mask" not in batch
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 1]]
+    # The second row: a document of 2, then its padding as a document of its own.
+    assert batch["cu_seq_lens_q"].tolist() == [0, 2, 4, 6, 8]
+    assert batch["max_length_q"] == 2

@@ -92,4 +92,8 @@ def test_unpacked_batches_fall_back_to_sdpa() -> None:
 
 
 def test_document_bounds() -> None:
-    assert varlen.document_bounds([[3, 2], [4]], width=6) == ([0, 3, 5, 6, 10, 12], 4)
+    # Row 1: documents of 3 and 2, then 1 of padding; row 2: a document of 4, 2 of padding.
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    bounds, longest = varlen.document_bounds(positions)
+    assert (bounds.tolist(), longest) == ([0, 3, 5, 6, 10, 12], 4)
+    assert bounds.dtype == torch.int32
