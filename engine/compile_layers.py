@@ -98,9 +98,9 @@ def compile_decoder_layers(model: Any) -> list[str]:
 
     layers = decoder_layers(model) or []
     torch._dynamo.reset()  # a previous run's compiled variants would count against the limit
-    torch._dynamo.config.recompile_limit = max(
-        torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT
-    )
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), RECOMPILE_LIMIT))
     for layer in layers:
         original = layer.forward
         compiled = torch.compile(original)
