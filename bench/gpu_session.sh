@@ -69,26 +69,24 @@ body() {
   log "done"
 }
 
-final() {  # the table: finetty and the anchors in one session, A/B rows, packing, GPU tests
+final() {  # the table: finetty and the anchors in one session, A/B rows, packing
   log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft, triton; print(torch.__version__, transformers.__version__, peft.__version__, triton.__version__)" >> "$W/session.log"
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
-  log "0.5B: finetty, Unsloth, finetty without compile, full"
-  rows --shape qwen05b --mode lora --steps 23
-  anchors_05b
-  rows --shape qwen05b --mode lora --steps 23 --no-compile
-  rows --shape qwen05b --mode full --steps 15
-  log "8B: finetty, Unsloth, finetty without compile"
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
   python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   anchors_8b
-  rows --shape llama8b --mode lora --no-compile
-  log "packing"
+  log "0.5B: finetty, Unsloth, full"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  rows --shape qwen05b --mode lora --steps 23
+  anchors_05b
+  rows --shape qwen05b --mode full --steps 15
+  log "packing and A/B"
+  rows --shape llama8b --mode lora --steps 7 --batching pad
   rows --shape llama8b --mode lora --steps 7 --batching pack-varlen
-  log "GPU tests"
-  timeout 420 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "fast_path or varlen" > "$W/pytest.log" 2>&1
-  tail -3 "$W/pytest.log" >> "$W/session.log"
+  rows --shape llama8b --mode lora --steps 7 --batching pack-mask
+  rows --shape llama8b --mode lora --steps 8 --no-save-middle
   log "done"
 }
 

@@ -9,8 +9,7 @@ projections, gradient checkpointing, adamw_8bit, SDPA. It drives finetty's own p
 loading, kernels, adapters, the Trainer and its chunked loss), not a copy of them. ``--plain``
 turns off the fused kernels, fused LoRA, per-layer checkpointing and the chunked loss (plain
 transformers + PEFT with transformers' checkpointing): the reference for the exactness check.
-``--no-fused-lora``, ``--no-offload``, ``--no-compile`` (and the rest of the flags) take one
-piece out each, for A/B rows.
+``--no-fused-lora`` and ``--no-offload`` take one piece out each, for A/B rows.
 Each row also carries the estimator's prediction for the same config (issue: estimate).
 """
 
@@ -21,7 +20,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -175,27 +173,8 @@ def run(args: argparse.Namespace) -> dict:
         attention="sdpa",
         quant_bits=4 if args.mode == "qlora" else None,
     )
-    compiling = False
-    if not args.plain:  # engine.run's decision, for this run's settings
-        from engine import compile_layers
-
-        compiling, not_compiled = compile_layers.decide(
-            args.compile,
-            compile_layers.compile_reason(
-                loaded.model, quant_bits=4 if args.mode == "qlora" else None, lora_dropout=0.0,
-                gradient_checkpointing=True, processes=world,
-            ),
-            device=args.device,
-            liger_requested=None,
-        )  # fmt: skip
-        if not_compiled:
-            print(f"decoder layers not compiled: {not_compiled}", file=sys.stderr, flush=True)
     kernels = (
-        []
-        if args.plain
-        else apply_fused_kernels(
-            loaded.model, device=args.device, requested=None, compiled_layers=compiling
-        )
+        [] if args.plain else apply_fused_kernels(loaded.model, device=args.device, requested=None)
     )
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     # Several processes + full fine-tuning: FSDP2, as `finetty train --gpus N` runs it (its
@@ -214,7 +193,6 @@ def run(args: argparse.Namespace) -> dict:
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
-            compile_layers=compiling,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -286,8 +264,6 @@ def run(args: argparse.Namespace) -> dict:
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
-                ("no-compile", args.compile is False),
-                ("compile", args.compile is True),
             )
             if on
         )
@@ -600,12 +576,6 @@ def main() -> None:
         default="fixed",
         help="fixed: the anchors' full-length blocks; else chat-like lengths, padded per batch, "
         "or packed with transformers' per-document SDPA mask, or with varlen attention",
-    )
-    parser.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compile the decoder layers (engine.compile_layers); unset: the engine's default",
     )
     parser.add_argument("--out", help="append the row to this JSONL file")
     args = parser.parse_args()

@@ -180,10 +180,6 @@ class TrainingSection(Section):
     """Accepted for TrainingArguments compatibility; must agree with model.dtype."""
     use_liger_kernel: bool | None = None
     """Fused Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA; unset: on when liger-kernel is installed."""
-    torch_compile: bool | None = None
-    """Compile each decoder layer with torch.compile (less Python and fewer kernel launches per
-    step; the first steps are slower while it compiles); unset: on with a CUDA GPU where it
-    applies (no 4/8-bit base, no dropout under gradient checkpointing, one process)."""
     fused_lora: bool = True
     """Run each plain LoRA projection as one fused function (same result, fewer GPU passes)."""
     activation_offloading: bool | None = None
@@ -279,22 +275,6 @@ class Preset(Section):
                 (
                     ("method",),
                     "qlora needs model.load_in_4bit: true (8-bit or 16-bit bases use method: lora)",
-                )
-            )
-        if training.torch_compile and training.use_liger_kernel:
-            problems.append(
-                (
-                    ("training", "torch_compile"),
-                    "true with use_liger_kernel: true: the compiled layers make their own fused "
-                    "norm, RoPE and SwiGLU kernels; set one of them to false",
-                )
-            )
-        if training.torch_compile and self.quantized:
-            problems.append(
-                (
-                    ("training", "torch_compile"),
-                    "true with a 4-bit or 8-bit base: bitsandbytes weights are not compiled; "
-                    "set torch_compile: false or leave it unset",
                 )
             )
         if training.bf16 and training.fp16:

@@ -1,7 +1,6 @@
 """The exact speed-ups of finetty's training path, applied to a model prepared for training.
 
 - fused LoRA projections (engine.fast_lora);
-- on request, torch.compile of each decoder layer (engine.compile_layers);
 - gradient checkpointing per decoder layer, without down_proj's recompute and, on a GPU, with
   the saved layer inputs in host memory, and beside them each layer's post-attention residual
   so that o_proj is not recomputed either (engine.layer_checkpoint).
@@ -26,7 +25,6 @@ def apply_fast_path(
     activation_offloading: bool | None = None,
     sharded: bool = False,
     save_layer_middle: bool | None = None,
-    compile_layers: bool = False,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied."""
@@ -37,10 +35,6 @@ def apply_fast_path(
         patched, fallbacks = apply_fused_lora(model)
         if patched:
             applied.append(f"fused-lora({patched}/{patched + sum(fallbacks.values())})")
-    if compile_layers:  # before checkpointing, which then wraps the compiled forward
-        from engine.compile_layers import compile_decoder_layers
-
-        applied += compile_decoder_layers(model)
     if not gradient_checkpointing:
         return applied
     installed = None

@@ -15,14 +15,9 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def apply_fused_kernels(
-    model: Any, *, device: str, requested: bool | None, compiled_layers: bool = False
-) -> list[str]:
-    """Patch the model in place; returns the names of the kernels applied (empty when none).
-
-    ``compiled_layers``: the decoder layers will be compiled (engine.compile_layers), which
-    generates its own fused norm, RoPE and SwiGLU kernels, so Liger's are left out."""
-    if requested is False or device != "cuda" or compiled_layers:
+def apply_fused_kernels(model: Any, *, device: str, requested: bool | None) -> list[str]:
+    """Patch the model in place; returns the names of the kernels applied (empty when none)."""
+    if requested is False or device != "cuda":
         return []
     if not liger_available():
         if requested:

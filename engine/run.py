@@ -332,30 +332,10 @@ class Run:
             allow_pickle=p.model.allow_pickle_weights,
         )
         self.tokenizer = loaded.tokenizer
-        from engine import compile_layers
         from engine.kernels import apply_fused_kernels
 
-        compiling, not_compiled = compile_layers.decide(
-            p.training.torch_compile,
-            compile_layers.compile_reason(
-                loaded.model,
-                quant_bits=quant_bits,
-                lora_dropout=p.lora.lora_dropout if p.uses_adapter else 0.0,
-                gradient_checkpointing=p.training.gradient_checkpointing,
-                processes=self.dist.world_size if self.dist is not None else 1,
-            ),
-            device=device,
-            liger_requested=p.training.use_liger_kernel,
-        )
-        if device == "cuda" and not_compiled and p.training.torch_compile is None:
-            self.sink.emit(
-                LogLine(level="info", text=f"Decoder layers not compiled: {not_compiled}.")
-            )
         kernels = apply_fused_kernels(
-            loaded.model,
-            device=device,
-            requested=p.training.use_liger_kernel,
-            compiled_layers=compiling,
+            loaded.model, device=device, requested=p.training.use_liger_kernel
         )
         loaded.info["kernels"] = kernels
         self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
@@ -424,16 +404,7 @@ class Run:
             fused_lora=p.training.fused_lora,
             activation_offloading=p.training.activation_offloading,
             sharded=self.dist is not None and uses_fsdp(p),
-            compile_layers=compiling,
         )
-        if compiling:
-            self.sink.emit(
-                LogLine(
-                    level="info",
-                    text="Decoder layers compiled with torch.compile: the first steps are "
-                    "slower while it compiles.",
-                )
-            )
         if (
             p.dataset.packing
             and device == "cuda"
