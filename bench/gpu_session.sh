@@ -30,8 +30,8 @@ anchors_8b() {  # Unsloth's QLoRA and LoRA rows at 8B, into anchors.jsonl
   cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
 }
 
-anchors_05b() {  # Unsloth's LoRA row at 0.5B, into anchors.jsonl
-  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b" \
+anchors_05b() {  # Unsloth's LoRA row at 0.5B, into anchors.jsonl (\$1: a name for repeats)
+  timeout 240 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_05b${1:-}" \
     --suite qwen05b:unsloth:lora --deadline-s 230 --batch 8 --seq 2048 --steps 23 --warmup 3 >> "$W/anchors.log" 2>&1
   cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
 }
@@ -90,6 +90,21 @@ final() {  # the table: finetty and the anchors in one session, A/B rows, packin
   log "done"
 }
 
+alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the varlen GPU test
+  log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  for round in 1 2 3; do
+    log "0.5B round $round: finetty, Unsloth"
+    rows --shape qwen05b --mode lora --steps 23
+    anchors_05b "_$round"
+  done
+  log "GPU tests"
+  timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k varlen > "$W/pytest.log" 2>&1
+  tail -3 "$W/pytest.log" >> "$W/session.log"
+  log "done"
+}
+
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
@@ -129,12 +144,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|probe] | follow" >&2; exit 2 ;;
 esac
