@@ -93,7 +93,10 @@ def select_dtype(requested: str, device: str):
     if requested != "auto":
         return getattr(torch, requested)
     if device == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # Without including_emulation=False a T4 or V100 says yes (bf16 tensors can be made
+        # there), and would then train in emulated bf16 instead of fp16 on its tensor cores.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     # bf16 matmuls are ~2.5x slower than fp32 on these CPUs (measured), so stay in fp32 there.
     return torch.float32
 

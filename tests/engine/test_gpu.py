@@ -51,6 +51,13 @@ def test_fp16_uses_loss_scaling(make_preset, tmp_path: Path) -> None:
     assert started.precision == "float16 with loss scaling"
 
 
+def test_auto_dtype_is_bf16_only_where_the_gpu_has_it_natively() -> None:
+    from engine.models import select_dtype
+
+    major, _ = torch.cuda.get_device_capability()
+    assert select_dtype("auto", "cuda") == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
 def test_full_finetune_with_8bit_adam(make_preset, tmp_path: Path) -> None:
     started, _ = _run(make_preset, tmp_path, method="full", model__dtype="auto", training__optim="adamw_8bit",
                       training__gradient_checkpointing=True)  # fmt: skip
