@@ -51,6 +51,22 @@ def test_fp16_uses_loss_scaling(make_preset, tmp_path: Path) -> None:
     assert started.precision == "float16 with loss scaling"
 
 
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_fp16_fast_path_matches_bf16(make_preset, tmp_path: Path, method: str) -> None:
+    """The path a T4 or V100 gets (fp16 with loss scaling) through the whole fast path: fused
+    LoRA, Liger, offloaded per-layer checkpointing; its losses follow bf16's (fp16 rounding)."""
+    common = dict(lora__lora_dropout=0.0, training__gradient_checkpointing=True)
+    if method == "qlora":
+        common.update(model__load_in_4bit=True, method="qlora")
+    started, fp16 = _run(make_preset, tmp_path / "fp16", model__dtype="float16", **common)
+    assert started.precision == "float16 with loss scaling"
+    assert "checkpoint:offload-to-host" in started.model.get("kernels")
+    _, bf16 = _run(make_preset, tmp_path / "bf16", model__dtype="bfloat16", **common)
+    print(method, "fp16", fp16, "bf16", bf16)
+    for a, b in zip(fp16, bf16, strict=True):
+        assert abs(a - b) <= 0.01 * abs(b) + 1e-3
+
+
 def test_auto_dtype_is_bf16_only_where_the_gpu_has_it_natively() -> None:
     from engine.models import select_dtype
 
