@@ -4,7 +4,8 @@ hidden size 64 on the CPU, one thread, LoRA r8 on every linear layer.
     python bench/host_overhead.py [--layers 24] [--steps 12]
 
 Prints the median forward+backward time of PEFT's path, with transformers' checkpointing,
-finetty's fused LoRA, and fused LoRA with finetty's per-layer checkpointing. On a GPU a small
+finetty's fused LoRA, and fused LoRA with finetty's per-layer checkpointing, each of the last
+two with the projections that share an input grouped (engine.grouped_lora) and without. On a GPU a small
 model's step is bound by this time (plus kernel launches), not by its matmuls.
 """
 
@@ -22,7 +23,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def build(layers: int, fused: bool, checkpointing: bool):
+def build(layers: int, fused: bool, checkpointing: bool, grouped: bool = True):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -38,8 +39,9 @@ def build(layers: int, fused: bool, checkpointing: bool):
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
     if fused:
         apply_fast_path(
-            model, device="cpu", uses_adapter=True, gradient_checkpointing=checkpointing
-        )
+            model, device="cpu", uses_adapter=True, gradient_checkpointing=checkpointing,
+            grouped_lora=grouped,
+        )  # fmt: skip
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()
@@ -57,13 +59,15 @@ def main() -> None:
     torch.set_num_threads(1)
     ids = torch.randint(0, 256, (2, 16))
     row = {"bench": "host_overhead", "layers": args.layers}
-    for name, fused, checkpointing in [
-        ("peft", False, False),
-        ("peft_transformers_checkpointing", False, True),
-        ("fused_lora", True, False),
-        ("fused_lora_layer_checkpointing", True, True),
+    for name, fused, checkpointing, grouped in [
+        ("peft", False, False, False),
+        ("peft_transformers_checkpointing", False, True, False),
+        ("fused_lora_ungrouped", True, False, False),
+        ("fused_lora", True, False, True),
+        ("fused_lora_layer_checkpointing_ungrouped", True, True, False),
+        ("fused_lora_layer_checkpointing", True, True, True),
     ]:
-        model = build(args.layers, fused, checkpointing)
+        model = build(args.layers, fused, checkpointing, grouped)
         times = []
         for _ in range(args.steps):
             start = time.perf_counter()

@@ -1,6 +1,7 @@
 """The exact speed-ups of finetty's training path, applied to a model prepared for training.
 
-- fused LoRA projections (engine.fast_lora);
+- fused LoRA projections (engine.fast_lora), those that read one input (q/k/v, gate/up) as
+  one function each (engine.grouped_lora);
 - gradient checkpointing per decoder layer, without down_proj's recompute and, on a GPU, with
   the saved layer inputs in host memory, and beside them each layer's post-attention residual
   so that o_proj is not recomputed either (engine.layer_checkpoint).
@@ -25,6 +26,7 @@ def apply_fast_path(
     activation_offloading: bool | None = None,
     sharded: bool = False,
     save_layer_middle: bool | None = None,
+    grouped_lora: bool = True,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied."""
@@ -35,6 +37,8 @@ def apply_fast_path(
         patched, fallbacks = apply_fused_lora(model)
         if patched:
             applied.append(f"fused-lora({patched}/{patched + sum(fallbacks.values())})")
+        if patched and grouped_lora:
+            applied += _group(model)
     if not gradient_checkpointing:
         return applied
     installed = None
@@ -50,3 +54,13 @@ def apply_fast_path(
         enable_transformers_checkpointing(model)
         installed = ["checkpoint:transformers"]
     return applied + installed
+
+
+def _group(model: Any) -> list[str]:
+    from engine.grouped_lora import GROUPED_MODEL_TYPES, apply_grouped_lora
+    from engine.layer_checkpoint import decoder_layers
+
+    model_type = getattr(getattr(model, "config", None), "model_type", "")
+    layers = decoder_layers(model) if model_type in GROUPED_MODEL_TYPES else None
+    counts = apply_grouped_lora(layers or [])
+    return [f"grouped-lora({name} {n}/{len(layers or [])})" for name, n in counts.items()]

@@ -75,7 +75,10 @@ def assert_same(got, want) -> None:
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     assert grads.keys() == ref_grads.keys() and grads
     for name, grad in grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=2e-5, msg=name)
+        # fp32 rounding, at the gradient's own scale: GEMMs of other shapes (grouped adapters)
+        # sum in another order.
+        atol = 2e-5 * max(1.0, ref_grads[name].abs().max().item())
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-4, atol=atol, msg=name)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
