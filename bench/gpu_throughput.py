@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
-            grouped_lora=not args.no_grouped_lora,
+            grouped_lora=args.grouped_lora,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -262,7 +262,7 @@ def run(args: argparse.Namespace) -> dict:
             for name, on in (
                 ("stock-optimizer", args.stock_optimizer),
                 ("no-fused-lora", args.no_fused_lora),
-                ("no-grouped-lora", args.no_grouped_lora),
+                ("grouped-lora", args.grouped_lora),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
@@ -542,9 +542,9 @@ def main() -> None:
     )
     parser.add_argument("--no-fused-lora", action="store_true", help="PEFT's own LoRA forward")
     parser.add_argument(
-        "--no-grouped-lora",
+        "--grouped-lora",
         action="store_true",
-        help="fused LoRA projections one by one, not q/k/v and gate/up as one function each",
+        help="q/k/v and gate/up as one function each (engine.grouped_lora; not yet the default)",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

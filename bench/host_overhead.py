@@ -1,9 +1,9 @@
 """Host (Python) time of one training step when the math is negligible: a 24-layer Qwen2 of
 hidden size 64 on the CPU, one thread, LoRA r8 on every linear layer.
 
-    python bench/host_overhead.py [--layers 24] [--steps 12]
+    python bench/host_overhead.py [--layers 24] [--steps 6] [--rounds 8]
 
-Prints the median forward+backward time of PEFT's path, with transformers' checkpointing,
+Prints, per configuration, the median over rounds of each round's fastest forward+backward time of PEFT's path, with transformers' checkpointing,
 finetty's fused LoRA, and fused LoRA with finetty's per-layer checkpointing, each of the last
 two with the projections that share an input grouped (engine.grouped_lora) and without. On a GPU a small
 model's step is bound by this time (plus kernel launches), not by its matmuls.
@@ -47,10 +47,21 @@ def build(layers: int, fused: bool, checkpointing: bool, grouped: bool = True):
     return model.train()
 
 
+CONFIGS = [  # name, fused LoRA, checkpointing, grouped projections
+    ("peft", False, False, False),
+    ("peft_transformers_checkpointing", False, True, False),
+    ("fused_lora_ungrouped", True, False, False),
+    ("fused_lora", True, False, True),
+    ("fused_lora_layer_checkpointing_ungrouped", True, True, False),
+    ("fused_lora_layer_checkpointing", True, True, True),
+]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=6, help="steps per configuration per round")
+    parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
     import torch
 
@@ -58,22 +69,21 @@ def main() -> None:
 
     torch.set_num_threads(1)
     ids = torch.randint(0, 256, (2, 16))
-    row = {"bench": "host_overhead", "layers": args.layers}
-    for name, fused, checkpointing, grouped in [
-        ("peft", False, False, False),
-        ("peft_transformers_checkpointing", False, True, False),
-        ("fused_lora_ungrouped", True, False, False),
-        ("fused_lora", True, False, True),
-        ("fused_lora_layer_checkpointing_ungrouped", True, True, False),
-        ("fused_lora_layer_checkpointing", True, True, True),
-    ]:
-        model = build(args.layers, fused, checkpointing, grouped)
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            chunked_loss_sum(model, {"input_ids": ids}, ids).backward()
-            times.append(time.perf_counter() - start)
-        row[f"{name}_ms"] = round(1000 * statistics.median(times[2:]), 1)
+    models = {name: build(args.layers, *flags) for name, *flags in CONFIGS}
+    # Configurations take turns, and each round keeps its fastest step: on a shared virtual
+    # machine, stolen CPU time only ever adds, and it comes in bursts longer than a step.
+    fastest: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            times = []
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                chunked_loss_sum(model, {"input_ids": ids}, ids).backward()
+                times.append(time.perf_counter() - start)
+            fastest[name].append(min(times[1:]))
+    row = {"bench": "host_overhead", "layers": args.layers, "rounds": args.rounds}
+    for name, times in fastest.items():
+        row[f"{name}_ms"] = round(1000 * statistics.median(times), 1)
     print(json.dumps(row))
 
 

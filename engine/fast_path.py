@@ -1,7 +1,7 @@
 """The exact speed-ups of finetty's training path, applied to a model prepared for training.
 
-- fused LoRA projections (engine.fast_lora), those that read one input (q/k/v, gate/up) as
-  one function each (engine.grouped_lora);
+- fused LoRA projections (engine.fast_lora); on request, those that read one input (q/k/v,
+  gate/up) as one function each (engine.grouped_lora);
 - gradient checkpointing per decoder layer, without down_proj's recompute and, on a GPU, with
   the saved layer inputs in host memory, and beside them each layer's post-attention residual
   so that o_proj is not recomputed either (engine.layer_checkpoint).
@@ -26,10 +26,13 @@ def apply_fast_path(
     activation_offloading: bool | None = None,
     sharded: bool = False,
     save_layer_middle: bool | None = None,
-    grouped_lora: bool = True,
+    grouped_lora: bool = False,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
-    gradient_checkpointing=False); returns the names of what was applied."""
+    gradient_checkpointing=False); returns the names of what was applied.
+
+    ``grouped_lora`` is off by default until its speed is measured on a GPU: on this CPU box
+    its effect on a small model's host time was within the noise (bench/RESULTS.md)."""
     applied: list[str] = []
     if uses_adapter and fused_lora:
         from engine.fast_lora import apply_fused_lora

@@ -19,16 +19,50 @@ def test_grouped_matches_one_by_one(model_type: str) -> None:
     want = loss_and_grads(model)
     grouped = with_lora(tiny(model_type))
     applied = apply_fast_path(
-        grouped, device="cpu", uses_adapter=True, gradient_checkpointing=False
+        grouped, device="cpu", uses_adapter=True, gradient_checkpointing=False, grouped_lora=True
     )
     assert "grouped-lora(q/k/v 3/3)" in applied and "grouped-lora(gate/up 3/3)" in applied
     assert_same(loss_and_grads(grouped), want)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen3"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_grouped_under_layer_checkpointing(model_type: str, packed: bool) -> None:
+    model = with_lora(tiny(model_type))
+    want = loss_and_grads(model, packed)
+    applied = apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        save_layer_middle=True, grouped_lora=True,
+    )  # fmt: skip
+    assert "checkpoint:no-o-proj-recompute(3/3)" in applied
+    assert_same(loss_and_grads(model, packed), want)
+
+
+def test_grouped_under_bf16_autocast() -> None:
+    """Adapters in fp32, matmuls in bf16 (the GPU's LoRA path): same function, bf16 rounding."""
+    results = []
+    for grouped in (False, True):
+        model = with_lora(tiny("llama"))
+        apply_fast_path(
+            model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+            save_layer_middle=True, grouped_lora=grouped,
+        )  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_and_grads(model))
+    (loss, grads), (ref_loss, ref_grads) = results[1], results[0]
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-3, atol=1e-3)
+    for name, grad in grads.items():
+        assert grad.dtype == ref_grads[name].dtype == torch.float32
+        relative = (grad - ref_grads[name]).norm() / ref_grads[name].norm()
+        assert relative < 0.03, name  # bf16 GEMMs of other shapes round differently
+
+
 def test_no_outputs_are_left_waiting() -> None:
     """Every member takes its output in the same forward: nothing stays held afterwards."""
     model = with_lora(tiny("llama"))
-    apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=True)
+    apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=True, grouped_lora=True
+    )
     loss_and_grads(model)
     for layer in decoder_layers(model):
         for projection in (layer.self_attn.q_proj, layer.mlp.up_proj):
@@ -38,7 +72,9 @@ def test_no_outputs_are_left_waiting() -> None:
 def test_another_input_runs_the_member_alone() -> None:
     model = with_lora(tiny("llama"))
     reference = with_lora(tiny("llama"))
-    apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=False)
+    apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=False, grouped_lora=True
+    )
     attention, plain = decoder_layers(model)[0].self_attn, decoder_layers(reference)[0].self_attn
     x, other = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
     with torch.no_grad():
@@ -57,14 +93,16 @@ def test_dropout_runs_the_members_one_by_one(middle: bool) -> None:
     want = loss_and_grads(model, seed=3)
     apply_fast_path(
         model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-        save_layer_middle=middle,
+        save_layer_middle=middle, grouped_lora=True,
     )  # fmt: skip
     assert_same(loss_and_grads(model, seed=3), want)
 
 
 def test_disabled_adapters_give_the_base_model() -> None:
     model = with_lora(tiny("llama"))
-    apply_fast_path(model, device="cpu", uses_adapter=True, gradient_checkpointing=False)
+    apply_fast_path(
+        model, device="cpu", uses_adapter=True, gradient_checkpointing=False, grouped_lora=True
+    )
     inputs, _ = batch()
     model.eval()
     with torch.no_grad(), model.disable_adapter():
