@@ -105,6 +105,21 @@ alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the va
   log "done"
 }
 
+grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (no anchors)
+  log "grouped $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  for round in 1 2 3; do
+    log "0.5B round $round: one by one, grouped"
+    rows --shape qwen05b --mode lora --steps 23
+    rows --shape qwen05b --mode lora --steps 23 --grouped-lora
+  done
+  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  log "8B LoRA: one by one, grouped"
+  rows --shape llama8b --mode lora
+  rows --shape llama8b --mode lora --grouped-lora
+  log "done"
+}
+
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
@@ -144,12 +159,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|probe] | follow" >&2; exit 2 ;;
 esac
