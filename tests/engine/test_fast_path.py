@@ -143,12 +143,15 @@ def test_layer_checkpointing_matches_no_checkpointing(
 
 
 @pytest.mark.parametrize("middle", [False, True])
-def test_layer_checkpointing_replays_dropout(middle: bool) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_layer_checkpointing_replays_dropout(middle: bool, grouped: bool) -> None:
+    """With grouped projections too: each draws its own dropout mask, as PEFT does, so the
+    group steps aside (engine.grouped_lora)."""
     model = with_lora(tiny("llama"), dropout=0.3)
     want = loss_and_grads(model, seed=3)
     apply_fast_path(
         model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-        save_layer_middle=middle,
+        save_layer_middle=middle, grouped_lora=grouped,
     )  # fmt: skip
     assert_same(loss_and_grads(model, seed=3), want)
 

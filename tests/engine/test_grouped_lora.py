@@ -86,18 +86,6 @@ def test_another_input_runs_the_member_alone() -> None:
         torch.testing.assert_close(v, plain.v_proj(x))
 
 
-@pytest.mark.parametrize("middle", [False, True])
-def test_dropout_runs_the_members_one_by_one(middle: bool) -> None:
-    """Each member draws its own dropout mask, as PEFT does: the group steps aside."""
-    model = with_lora(tiny("llama"), dropout=0.3)
-    want = loss_and_grads(model, seed=3)
-    apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-        save_layer_middle=middle, grouped_lora=True,
-    )  # fmt: skip
-    assert_same(loss_and_grads(model, seed=3), want)
-
-
 def test_disabled_adapters_give_the_base_model() -> None:
     model = with_lora(tiny("llama"))
     apply_fast_path(
