@@ -3,10 +3,11 @@ hidden size 64 on the CPU, one thread, LoRA r8 on every linear layer.
 
     python bench/host_overhead.py [--layers 24] [--steps 6] [--rounds 8]
 
-Prints, per configuration, the median over rounds of each round's fastest forward+backward time of PEFT's path, with transformers' checkpointing,
-finetty's fused LoRA, and fused LoRA with finetty's per-layer checkpointing, each of the last
-two with the projections that share an input grouped (engine.grouped_lora) and without. On a GPU a small
-model's step is bound by this time (plus kernel launches), not by its matmuls.
+Prints, per configuration, the median over rounds of each round's fastest forward+backward
+time: PEFT's path, with transformers' checkpointing, finetty's fused LoRA, and fused LoRA with
+finetty's per-layer checkpointing, the last two also with the projections that share an input
+grouped (engine.grouped_lora, not the default). On a GPU a small model's step is bound by this
+time (plus kernel launches), not by its matmuls.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def build(layers: int, fused: bool, checkpointing: bool, grouped: bool = True):
+def build(layers: int, fused: bool, checkpointing: bool, grouped: bool):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -50,10 +51,10 @@ def build(layers: int, fused: bool, checkpointing: bool, grouped: bool = True):
 CONFIGS = [  # name, fused LoRA, checkpointing, grouped projections
     ("peft", False, False, False),
     ("peft_transformers_checkpointing", False, True, False),
-    ("fused_lora_ungrouped", True, False, False),
-    ("fused_lora", True, False, True),
-    ("fused_lora_layer_checkpointing_ungrouped", True, True, False),
-    ("fused_lora_layer_checkpointing", True, True, True),
+    ("fused_lora", True, False, False),
+    ("fused_lora_grouped", True, False, True),
+    ("fused_lora_layer_checkpointing", True, True, False),
+    ("fused_lora_layer_checkpointing_grouped", True, True, True),
 ]
 
 

@@ -243,17 +243,23 @@ def _resolve(module: Any) -> _Resolved | None:
     return resolved
 
 
-def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """Replacement for a PEFT LoRA module's forward; falls back to PEFT's own where it must."""
+def current_adapter(module: Any) -> _Resolved | None:
+    """The module's active adapter as the fused path runs it; None when PEFT's own forward
+    must run (adapters disabled or merged, or the adapter changed to one it cannot take)."""
     # Plain attributes (instance or class defaults), not PEFT's properties: cheaper per call.
-    if args or kwargs or module._disable_adapters or module.merged_adapters:
-        return type(module).forward(module, x, *args, **kwargs)
-    state = module.__dict__
-    resolved = state.get(_RESOLVED_ATTR)
+    if module._disable_adapters or module.merged_adapters:
+        return None
+    resolved = module.__dict__.get(_RESOLVED_ATTR)
     if resolved is None or resolved.active is not module._active_adapter:
         resolved = _resolve(module)
-        if resolved is None:
-            return type(module).forward(module, x, *args, **kwargs)
+    return resolved
+
+
+def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Replacement for a PEFT LoRA module's forward; falls back to PEFT's own where it must."""
+    resolved = None if args or kwargs else current_adapter(module)
+    if resolved is None:
+        return type(module).forward(module, x, *args, **kwargs)
     dropout = resolved.dropout
     return LoraLinearFunction.apply(
         x,
@@ -262,7 +268,7 @@ def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         resolved.lora_b,
         resolved.scaling,
         resolved.base,
-        state.get(_SKIP_BASE_ATTR, False),
+        module.__dict__.get(_SKIP_BASE_ATTR, False),
         resolved.four_bit,
     )
 

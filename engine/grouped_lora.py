@@ -23,16 +23,15 @@ from typing import Any
 import torch
 
 from engine.fast_lora import (
-    _RESOLVED_ATTR,
     _SKIP_BASE_ATTR,
     FUSED_ATTR,
     _cast,
     _NoAutocast,
     _recompute,
-    _resolve,
     _Resolved,
     base_weight,
     compute_dtype,
+    current_adapter,
     fused_forward,
 )
 
@@ -131,13 +130,9 @@ class _Group:
     def resolved(self) -> tuple[_Resolved, ...] | None:
         members = []
         for module in self.modules:
-            if module._disable_adapters or module.merged_adapters:
-                return None
             if module.__dict__.get(_SKIP_BASE_ATTR, False):
                 return None
-            state = module.__dict__.get(_RESOLVED_ATTR)
-            if state is None or state.active is not module._active_adapter:
-                state = _resolve(module)
+            state = current_adapter(module)
             if state is None or (state.dropout is not None and state.dropout.training):
                 return None
             members.append(state)
