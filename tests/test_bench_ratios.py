@@ -63,3 +63,12 @@ def test_json_output_and_a_bad_line(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert failed.returncode != 0 and "bad.jsonl:2: not a JSON object" in failed.stderr
+
+
+def test_a_missing_results_file_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "none.jsonl"
+    failed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ratios.py"), "--results", str(missing)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert failed.returncode != 0 and f"{missing}: no such file" in failed.stderr
