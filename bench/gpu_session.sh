@@ -120,6 +120,39 @@ grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (n
   log "done"
 }
 
+check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, graphs)
+  log "check $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  log "GPU tests"
+  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches" > "$W/pytest.log" 2>&1
+  tail -3 "$W/pytest.log" >> "$W/session.log"
+  log "0.5B: eager, graphs"
+  rows --shape qwen05b --mode lora --steps 15
+  rows --shape qwen05b --mode lora --steps 15 --cuda-graphs
+  log "done"
+}
+
+graphs() {  # CUDA graph layers against eager and Unsloth: 0.5B in alternating rounds, then 8B
+  log "graphs $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  for round in 1 2; do
+    log "0.5B round $round: eager, graphs, Unsloth"
+    rows --shape qwen05b --mode lora --steps 23
+    rows --shape qwen05b --mode lora --steps 23 --cuda-graphs
+    anchors_05b "_$round"
+  done
+  log "0.5B: graphs with grouped LoRA"
+  rows --shape qwen05b --mode lora --steps 23 --cuda-graphs --grouped-lora
+  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  log "8B: graphs, eager, Unsloth"
+  rows --shape llama8b --mode lora --cuda-graphs
+  rows --shape llama8b --mode qlora --cuda-graphs
+  rows --shape llama8b --mode lora
+  anchors_8b
+  log "done"
+}
+
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
@@ -159,12 +192,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped check graphs); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|probe] | follow" >&2; exit 2 ;;
 esac

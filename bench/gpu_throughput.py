@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
-            grouped_lora=args.grouped_lora,
+            grouped_lora=args.grouped_lora, cuda_graphs=args.cuda_graphs,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("stock-optimizer", args.stock_optimizer),
                 ("no-fused-lora", args.no_fused_lora),
                 ("grouped-lora", args.grouped_lora),
+                ("cuda-graphs", args.cuda_graphs),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
@@ -285,9 +286,19 @@ def run(args: argparse.Namespace) -> dict:
         "losses": [round(s.loss, 5) for s in steps],
         "step_times_s": [round(s.step_time_s, 4) for s in steps],
         "kernels": kernels,
+        **_graph_report(model),
         "chunked_loss": not args.plain,
         **(predicted(args, folder) if cuda else {}),
     }
+
+
+def _graph_report(model) -> dict:
+    from engine.layer_checkpoint import graphs_of
+
+    graphs = graphs_of(model)
+    if graphs is None:
+        return {}
+    return {"graphs_captured": graphs.captured, "graphs_failure": graphs.failure}
 
 
 class _StepProfilingSink:
@@ -545,6 +556,11 @@ def main() -> None:
         "--grouped-lora",
         action="store_true",
         help="q/k/v and gate/up as one function each (engine.grouped_lora; not yet the default)",
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each checkpointed layer as CUDA graphs (engine.layer_graphs; not yet the default)",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

@@ -27,6 +27,7 @@ def apply_fast_path(
     sharded: bool = False,
     save_layer_middle: bool | None = None,
     grouped_lora: bool = False,
+    cuda_graphs: bool = False,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied.
@@ -50,7 +51,10 @@ def apply_fast_path(
 
         # Host memory is only "elsewhere" for a GPU; unset means on there.
         offload = device == "cuda" and activation_offloading is not False
-        installed = layer_checkpoint.install(model, offload=offload, save_middle=save_layer_middle)
+        installed = layer_checkpoint.install(
+            model, offload=offload, save_middle=save_layer_middle,
+            cuda_graphs=cuda_graphs and device == "cuda",
+        )  # fmt: skip
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing
 

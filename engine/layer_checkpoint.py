@@ -35,6 +35,7 @@ from engine.fast_lora import (
     keeping_dequantized_weights,
     skip_base_forward,
 )
+from engine.layer_graphs import LayerGraphs
 
 # model_type -> decoder layers whose forward is `h = x + attn(norm(x)); out = h + mlp(norm(h))`
 # with mlp ending in down_proj: the layer output is never needed by its own backward.
@@ -43,6 +44,7 @@ SKIP_DOWN_FORWARD = {"llama", "mistral", "qwen2", "qwen3"}
 # Outputs of this Function always need a backward (the layer's adapters train) even when the
 # layer's input does not require grad (frozen embeddings under LoRA).
 _GRAD_ANCHOR = torch.empty(0, requires_grad=True)
+_GRAPHS_ATTR = "_finetty_layer_graphs"
 
 
 @dataclass
@@ -180,6 +182,7 @@ class _LayerCall:
     skip_down: bool
     middle: _Middle | None  # set: the MLP's input is saved and o_proj's recompute skipped
     random: bool  # the layer draws random numbers (dropout): the recompute must replay them
+    graphs: LayerGraphs | None  # CUDA graphs of this model's layers, when on
     args: tuple
     kwargs: dict
 
@@ -198,22 +201,19 @@ class _CheckpointedLayer(torch.autograd.Function):
             torch.is_autocast_cache_enabled(),
         )
         ctx.rng = _rng_state(hidden.device) if call.random else None
-        middle = call.middle
-        with torch.no_grad():
-            if middle is None:
-                out = call.forward(hidden, *call.args, **call.kwargs)
-            else:
-                middle.mode = "stash"
-                try:
-                    out = call.forward(hidden, *call.args, **call.kwargs)
-                finally:
-                    middle.mode = "off"
-        saved = [hidden.detach()]
-        if middle is not None:
-            if middle.value is None:
-                raise RuntimeError("the layer's MLP norm was not called in its forward")
-            saved.append(middle.value)
-            middle.value = None
+        graphed = None
+        if call.graphs is not None and not call.random:
+            graphed = call.graphs.forward(
+                call.index, hidden, call.args, call.kwargs, functools.partial(_first_forward, call),
+                stashes_middle=call.middle is not None,
+            )  # fmt: skip
+        if graphed is not None:
+            ctx.graph_key, out, middle = graphed
+        else:
+            ctx.graph_key = None
+            with torch.no_grad():
+                out, middle = _first_forward(call, hidden, call.args, call.kwargs)
+        saved = [hidden.detach()] if middle is None else [hidden.detach(), middle]
         ctx.saved = call.store.put(call.index, saved)
         return out
 
@@ -221,37 +221,82 @@ class _CheckpointedLayer(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         call: _LayerCall = ctx.call
         saved = call.store.take(ctx.saved)
-        hidden = saved[0].detach().requires_grad_(ctx.needs_input_grad[0])
-        middle = call.middle
-        if middle is not None:
-            middle.mode, middle.value = "replay", saved[1]
-        enabled, dtype, cache = ctx.autocast
+        middle = saved[1] if call.middle is not None else None
+        need_input_grad = ctx.needs_input_grad[0]
+        ctx.call = ctx.saved = None
+        if ctx.graph_key is not None and call.graphs is not None:
+            graphed, grad = call.graphs.backward(
+                call.index, ctx.graph_key, saved[0], middle, grad_out, call.args, call.kwargs,
+                functools.partial(_trained_parameters, call.layer), need_input_grad,
+                functools.partial(_recompute, call, ctx.autocast, False),
+            )  # fmt: skip
+            if graphed:
+                return grad, None, None
+        hidden = saved[0].detach().requires_grad_(need_input_grad)
         device = hidden.device
         replay = (
             torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
             if ctx.rng is not None
             else contextlib.nullcontext()
         )
-        with (
-            replay,
-            torch.enable_grad(),
-            torch.autocast(device.type, dtype=dtype, enabled=enabled, cache_enabled=cache),
-        ):  # fmt: skip
+        with replay:
             if ctx.rng is not None:
                 _set_rng_state(device, ctx.rng)
-            skipped = [call.layer.mlp.down_proj] if call.skip_down else []
-            if middle is not None:
-                skipped.append(call.layer.self_attn.o_proj)
-            try:
-                with _ForwardsSkipped(skipped), keeping_dequantized_weights():
-                    out = call.forward(hidden, *call.args, **call.kwargs)
-            finally:
-                if middle is not None:
-                    middle.mode, middle.value = "off", None
+            out = _recompute(
+                call, ctx.autocast, ctx.autocast[2], hidden, middle, call.args, call.kwargs
+            )
         if out.requires_grad:  # False when nothing in this layer trains and its input is frozen
             torch.autograd.backward(out, grad_out)
-        ctx.call = ctx.saved = None
-        return (hidden.grad if ctx.needs_input_grad[0] else None), None, None
+        return (hidden.grad if need_input_grad else None), None, None
+
+
+def _first_forward(
+    call: _LayerCall, hidden: torch.Tensor, args: tuple, kwargs: dict
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The layer's forward (the caller turns grad off), and its stashed post-attention
+    residual when the recompute is to skip o_proj."""
+    middle = call.middle
+    if middle is None:
+        return call.forward(hidden, *args, **kwargs), None
+    middle.mode = "stash"
+    try:
+        out = call.forward(hidden, *args, **kwargs)
+    finally:
+        middle.mode = "off"
+    value, middle.value = middle.value, None
+    if value is None:
+        raise RuntimeError("the layer's MLP norm was not called in its forward")
+    return out, value
+
+
+def _recompute(
+    call: _LayerCall, autocast: tuple[bool, torch.dtype, bool], cache_enabled: bool,
+    hidden: torch.Tensor, middle_value: torch.Tensor | None, args: tuple, kwargs: dict,
+) -> torch.Tensor:  # fmt: skip
+    """The layer again, with grad and the first forward's autocast state, without the base
+    matmuls whose outputs its backward never reads."""
+    middle = call.middle
+    if middle is not None:
+        middle.mode, middle.value = "replay", middle_value
+    enabled, dtype, _ = autocast
+    skipped = [call.layer.mlp.down_proj] if call.skip_down else []
+    if middle is not None:
+        skipped.append(call.layer.self_attn.o_proj)
+    try:
+        with (
+            torch.enable_grad(),
+            torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled),
+            _ForwardsSkipped(skipped),
+            keeping_dequantized_weights(),
+        ):  # fmt: skip
+            return call.forward(hidden, *args, **kwargs)
+    finally:
+        if middle is not None:
+            middle.mode, middle.value = "off", None
+
+
+def _trained_parameters(layer: Any) -> list[torch.nn.Parameter]:
+    return [p for p in layer.parameters() if p.requires_grad]
 
 
 class _ForwardsSkipped:
@@ -295,11 +340,14 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 def _checkpointed_forward(
     layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    middle: _Middle | None, random: bool, hidden: torch.Tensor, *args: Any, **kwargs: Any,
+    middle: _Middle | None, random: bool, graphs: LayerGraphs | None, hidden: torch.Tensor,
+    *args: Any, **kwargs: Any,
 ) -> torch.Tensor:  # fmt: skip
     if not (layer.training and torch.is_grad_enabled()):
         return original(hidden, *args, **kwargs)
-    call = _LayerCall(layer, original, index, store, skip_down, middle, random, args, kwargs)
+    call = _LayerCall(
+        layer, original, index, store, skip_down, middle, random, graphs, args, kwargs
+    )
     return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
 
 
@@ -350,13 +398,16 @@ def draws_random(layer: Any) -> bool:
     return False
 
 
-def install(model: Any, *, offload: bool, save_middle: bool | None = None) -> list[str] | None:
+def install(
+    model: Any, *, offload: bool, save_middle: bool | None = None, cuda_graphs: bool = False
+) -> list[str] | None:
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
 
     ``save_middle`` (default: with ``offload``) also keeps each layer's post-attention residual,
     so the recompute skips o_proj: a second tensor per layer, which only host memory has room
-    for."""
+    for. ``cuda_graphs``: replay each layer's forward and backward as CUDA graphs
+    (engine.layer_graphs; one process only); ``graphs_of(model)`` then says what happened."""
     layers = decoder_layers(model)
     if layers is None:
         return None
@@ -364,6 +415,8 @@ def install(model: Any, *, offload: bool, save_middle: bool | None = None) -> li
     store = ActivationStore(offload=offload)
     save_middle = offload if save_middle is None else save_middle
     skipped_down = skipped_o = 0
+    graphs = LayerGraphs() if cuda_graphs else None
+    setattr(model, _GRAPHS_ATTR, graphs)
     for index, layer in enumerate(layers):
         skip = down_skippable(model_type, layer)
         middle = (
@@ -376,9 +429,11 @@ def install(model: Any, *, offload: bool, save_middle: bool | None = None) -> li
         original = layer.forward
         layer.forward = functools.partial(
             _checkpointed_forward, layer, original, index, store, skip, middle,
-            draws_random(layer),
+            draws_random(layer), graphs,
         )  # fmt: skip
     applied = ["checkpoint:per-layer"]
+    if graphs is not None:
+        applied.append("checkpoint:cuda-graphs")
     if offload:
         applied.append("checkpoint:offload-to-host")
     if skipped_down:
@@ -386,3 +441,9 @@ def install(model: Any, *, offload: bool, save_middle: bool | None = None) -> li
     if skipped_o:
         applied.append(f"checkpoint:no-o-proj-recompute({skipped_o}/{len(layers)})")
     return applied
+
+
+def graphs_of(model: Any) -> LayerGraphs | None:
+    """The CUDA graphs install() set up for ``model`` (how many were captured, or why they
+    were switched off), or None."""
+    return getattr(model, _GRAPHS_ATTR, None)

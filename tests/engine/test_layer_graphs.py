@@ -1,0 +1,69 @@
+"""engine.layer_graphs' bookkeeping, which runs on any device: what a layer call's graph
+depends on, and putting static tensors in place of a call's own. The graphs themselves need a
+GPU: tests/engine/test_gpu.py checks them against the eager layers."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.layer_graphs import LayerGraphs, signature, substitute  # noqa: E402
+
+
+def _call(length: int = 8) -> tuple[torch.Tensor, tuple, dict]:
+    hidden = torch.zeros(2, length, 4)
+    rotary = (torch.ones(1, length, 2), torch.ones(1, length, 2))
+    kwargs = {
+        "position_embeddings": rotary,
+        "attention_mask": None,
+        "use_cache": False,
+        "position_ids": torch.arange(length)[None],
+    }
+    return hidden, (), kwargs
+
+
+def test_the_signature_holds_shapes_constants_and_every_tensor_in_order() -> None:
+    hidden, args, kwargs = _call()
+    key, tensors = signature(hidden, args, kwargs)
+    assert tensors[0] is hidden
+    assert tensors[1] is kwargs["position_embeddings"][0]
+    assert tensors[2] is kwargs["position_embeddings"][1]
+    assert tensors[3] is kwargs["position_ids"]
+    assert signature(*_call())[0] == key  # new tensors of the same shapes: the same graph
+    assert signature(*_call(length=9))[0] != key
+    changed = dict(kwargs, use_cache=True)
+    assert signature(hidden, args, changed)[0] != key
+    half = dict(kwargs, position_ids=kwargs["position_ids"].to(torch.float16))
+    assert signature(hidden, args, half)[0] != key
+
+
+def test_calls_that_cannot_be_graphed_have_no_signature() -> None:
+    hidden, args, kwargs = _call()
+    assert signature(hidden, args, dict(kwargs, past_key_values=object())) is None
+    elsewhere = dict(kwargs, position_ids=torch.zeros(1, 8, device="meta"))
+    assert signature(hidden, args, elsewhere) is None
+
+
+def test_substitute_puts_the_static_tensors_where_the_call_had_its_own() -> None:
+    hidden, args, kwargs = _call()
+    _, tensors = signature(hidden, args, kwargs)
+    statics = [t.clone() for t in tensors]
+    new_args = substitute(args, iter(statics[1:]))
+    rest = iter(statics[1:])
+    substitute(args, rest)
+    new_kwargs = substitute(kwargs, rest)
+    assert new_args == ()
+    assert new_kwargs["position_embeddings"][0] is statics[1]
+    assert new_kwargs["position_embeddings"][1] is statics[2]
+    assert isinstance(new_kwargs["position_embeddings"], tuple)
+    assert new_kwargs["position_ids"] is statics[3]
+    assert new_kwargs["attention_mask"] is None and new_kwargs["use_cache"] is False
+
+
+def test_layers_on_the_cpu_run_eagerly() -> None:
+    hidden, args, kwargs = _call()
+    graphs = LayerGraphs()
+    for _ in range(4):
+        assert graphs.forward(0, hidden, args, kwargs, run=None, stashes_middle=False) is None
+    assert graphs.captured == 0 and graphs.failure is None
