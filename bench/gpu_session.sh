@@ -132,24 +132,23 @@ check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, grap
   log "done"
 }
 
-graphs() {  # CUDA graph layers against eager and Unsloth: 0.5B in alternating rounds, then 8B
+graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, then 8B; eager last
   log "graphs $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   for round in 1 2; do
-    log "0.5B round $round: eager, graphs, Unsloth"
-    rows --shape qwen05b --mode lora --steps 23
+    log "0.5B round $round: graphs, Unsloth"
     rows --shape qwen05b --mode lora --steps 23 --cuda-graphs
     anchors_05b "_$round"
   done
-  log "0.5B: graphs with grouped LoRA"
-  rows --shape qwen05b --mode lora --steps 23 --cuda-graphs --grouped-lora
   python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
-  log "8B: graphs, eager, Unsloth"
+  log "8B: graphs, Unsloth"
   rows --shape llama8b --mode lora --cuda-graphs
   rows --shape llama8b --mode qlora --cuda-graphs
-  rows --shape llama8b --mode lora
   anchors_8b
+  log "eager A/B"
+  rows --shape qwen05b --mode lora --steps 23
+  rows --shape llama8b --mode lora
   log "done"
 }
 

@@ -45,6 +45,7 @@ SKIP_DOWN_FORWARD = {"llama", "mistral", "qwen2", "qwen3"}
 # layer's input does not require grad (frozen embeddings under LoRA).
 _GRAD_ANCHOR = torch.empty(0, requires_grad=True)
 _GRAPHS_ATTR = "_finetty_layer_graphs"
+_COPIES_IN_FLIGHT = 2  # layers whose host copies may still be reading their GPU tensors
 
 
 @dataclass
@@ -57,6 +58,7 @@ class _Saved:
     gpu: list[torch.Tensor] | None = None
     host: list[torch.Tensor] | None = None
     ready: Any = None  # CUDA event: the host copies (or the copies back) are done
+    copying: list[torch.Tensor] | None = None  # the GPU tensors the host copies still read
 
 
 @dataclass
@@ -70,6 +72,7 @@ class ActivationStore:
 
     def put(self, index: int, tensors: list[torch.Tensor]) -> _Saved:
         if index == 0:
+            self._release(len(self._order))
             self._order.clear()  # a new forward: anything left belongs to a pass with no backward
         device = tensors[0].device
         saved = _Saved([t.shape for t in tensors], [t.dtype for t in tensors], device)
@@ -84,14 +87,27 @@ class ActivationStore:
                     host.copy_(tensor.reshape(-1), non_blocking=True)
                 saved.ready = torch.cuda.Event()
                 saved.ready.record(stream)
-            for tensor in tensors:
-                tensor.record_stream(stream)  # its memory is not reused before the copy ends
-            saved.host = hosts
+            saved.copying, saved.host = list(tensors), hosts
         self._order.append((index, saved))
+        self._release(len(self._order) - _COPIES_IN_FLIGHT)
         return saved
+
+    def _release(self, count: int) -> None:
+        """Free the GPU tensors of the first ``count`` layers' finished host copies. The compute
+        stream waits (on the GPU, not the host) for those copies, so its later work may reuse
+        the memory. (record_stream would free it only once the host sees the copy done; with
+        the host far ahead of the GPU, as under CUDA graphs, that held every layer's tensors.)
+        The copies of layers two back are long done by the time the GPU gets here."""
+        current = None
+        for _, saved in self._order[: max(count, 0)]:
+            if saved.copying is not None:
+                current = current or torch.cuda.current_stream()
+                current.wait_event(saved.ready)
+                saved.copying = None
 
     def take(self, saved: _Saved) -> list[torch.Tensor]:
         """The tensors back on their device; starts bringing back the layer before as well."""
+        self._release(len(self._order))
         self._fetch(saved)
         position = next((i for i, (_, s) in enumerate(self._order) if s is saved), None)
         if position is not None:

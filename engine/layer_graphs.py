@@ -47,29 +47,33 @@ def signature(hidden: torch.Tensor, args: tuple, kwargs: dict) -> tuple[tuple, l
     as a cache, or a tensor on another device)."""
     parts: list[Any] = []
     tensors: list[torch.Tensor] = []
-
-    def walk(value: Any) -> bool:
-        if isinstance(value, torch.Tensor):
-            if value.device != hidden.device:
-                return False
-            parts.append((tuple(value.shape), value.dtype))
-            tensors.append(value)
-            return True
-        if isinstance(value, _CONSTANTS):
-            parts.append((type(value), value))
-            return True
-        if isinstance(value, (tuple, list)):
-            parts.append((type(value), len(value)))
-            return all(walk(item) for item in value)
-        return False
-
-    if not walk(hidden) or not walk(args):
+    if not _walk(hidden, hidden.device, parts, tensors) or not _walk(
+        args, hidden.device, parts, tensors
+    ):
         return None
     for name in sorted(kwargs):
         parts.append(name)
-        if not walk(kwargs[name]):
+        if not _walk(kwargs[name], hidden.device, parts, tensors):
             return None
     return tuple(parts), tensors
+
+
+def _walk(value: Any, device: torch.device, parts: list, tensors: list) -> bool:
+    # A module-level function, not a closure: a recursive closure is a reference cycle, which
+    # kept every layer input it saw alive until the garbage collector ran.
+    if isinstance(value, torch.Tensor):
+        if value.device != device:
+            return False
+        parts.append((tuple(value.shape), value.dtype))
+        tensors.append(value)
+        return True
+    if isinstance(value, _CONSTANTS):
+        parts.append((type(value), value))
+        return True
+    if isinstance(value, (tuple, list)):
+        parts.append((type(value), len(value)))
+        return all(_walk(item, device, parts, tensors) for item in value)
+    return False
 
 
 def substitute(value: Any, tensors: Iterator[torch.Tensor]) -> Any:

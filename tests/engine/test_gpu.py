@@ -233,6 +233,7 @@ def _train_layers(folder: Path, *, qlora: bool, graphs: bool, accumulate: int):
         model, device="cuda", uses_adapter=True, gradient_checkpointing=True, cuda_graphs=graphs
     )
     assert ("checkpoint:cuda-graphs" in applied) is graphs
+    model.train()  # the layers are checkpointed (and graphed) in training only
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().float().cpu() for n, p in named.items()}
     # Plain SGD: the updates are the gradients themselves (Adam would hide a wrong scale).
@@ -245,7 +246,7 @@ def _train_layers(folder: Path, *, qlora: bool, graphs: bool, accumulate: int):
         for _ in range(accumulate):
             ids = torch.randint(0, vocab, (2, length), generator=data).cuda()
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(input_ids=ids, labels=ids).loss
+                loss = model(input_ids=ids, labels=ids, use_cache=False).loss
             (loss / accumulate).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

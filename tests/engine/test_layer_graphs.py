@@ -67,3 +67,22 @@ def test_layers_on_the_cpu_run_eagerly() -> None:
     for _ in range(4):
         assert graphs.forward(0, hidden, args, kwargs, run=None, stashes_middle=False) is None
     assert graphs.captured == 0 and graphs.failure is None
+
+
+def test_the_signature_keeps_no_reference_to_the_call() -> None:
+    """A reference cycle here kept every layer input alive until the garbage collector ran:
+    0.9 GiB more at the peak of a 0.5B step on the GPU."""
+    import gc
+    import weakref
+
+    hidden, args, kwargs = _call()
+    alive = weakref.ref(hidden)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        signature(hidden, args, kwargs)
+        del hidden
+        assert alive() is None
+    finally:
+        if enabled:
+            gc.enable()
