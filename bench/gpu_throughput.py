@@ -193,7 +193,8 @@ def run(args: argparse.Namespace) -> dict:
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
-            grouped_lora=args.grouped_lora, cuda_graphs=args.cuda_graphs,
+            grouped_lora=args.grouped_lora,
+            cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -264,6 +265,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("no-fused-lora", args.no_fused_lora),
                 ("grouped-lora", args.grouped_lora),
                 ("cuda-graphs", args.cuda_graphs),
+                ("no-cuda-graphs", args.no_cuda_graphs),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
@@ -298,7 +300,11 @@ def _graph_report(model) -> dict:
     graphs = graphs_of(model)
     if graphs is None:
         return {}
-    return {"graphs_captured": graphs.captured, "graphs_failure": graphs.failure}
+    return {
+        "graphs_captured": graphs.captured,
+        "graphs_too_large": graphs.too_large,
+        "graphs_failure": graphs.failure,
+    }
 
 
 class _StepProfilingSink:
@@ -560,7 +566,10 @@ def main() -> None:
     parser.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="replay each checkpointed layer as CUDA graphs (engine.layer_graphs; not yet the default)",
+        help="CUDA graphs for every checkpointed layer call (the default: where host-bound)",
+    )
+    parser.add_argument(
+        "--no-cuda-graphs", action="store_true", help="no CUDA graphs (engine.layer_graphs)"
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

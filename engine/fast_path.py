@@ -27,13 +27,16 @@ def apply_fast_path(
     sharded: bool = False,
     save_layer_middle: bool | None = None,
     grouped_lora: bool = False,
-    cuda_graphs: bool = False,
+    cuda_graphs: bool | None = False,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied.
 
     ``grouped_lora`` is off by default until its speed is measured on a GPU: on this CPU box
-    its effect on a small model's host time was within the noise (bench/RESULTS.md)."""
+    its effect on a small model's host time was within the noise (bench/RESULTS.md).
+    ``cuda_graphs``: True always, None where a layer call is small enough to be host-bound
+    (engine.layer_graphs.HOST_BOUND_WORK), False never; on a CUDA device and in one process
+    only (the caller's part: DDP needs autograd's own gradient accumulation)."""
     applied: list[str] = []
     if uses_adapter and fused_lora:
         from engine.fast_lora import apply_fused_lora
@@ -53,7 +56,7 @@ def apply_fast_path(
         offload = device == "cuda" and activation_offloading is not False
         installed = layer_checkpoint.install(
             model, offload=offload, save_middle=save_layer_middle,
-            cuda_graphs=cuda_graphs and device == "cuda",
+            cuda_graphs=cuda_graphs if device == "cuda" else False,
         )  # fmt: skip
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing

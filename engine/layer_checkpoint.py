@@ -35,7 +35,7 @@ from engine.fast_lora import (
     keeping_dequantized_weights,
     skip_base_forward,
 )
-from engine.layer_graphs import LayerGraphs
+from engine.layer_graphs import HOST_BOUND_WORK, LayerGraphs, layer_weights
 
 # model_type -> decoder layers whose forward is `h = x + attn(norm(x)); out = h + mlp(norm(h))`
 # with mlp ending in down_proj: the layer output is never needed by its own backward.
@@ -415,15 +415,17 @@ def draws_random(layer: Any) -> bool:
 
 
 def install(
-    model: Any, *, offload: bool, save_middle: bool | None = None, cuda_graphs: bool = False
-) -> list[str] | None:
+    model: Any, *, offload: bool, save_middle: bool | None = None,
+    cuda_graphs: bool | None = False,
+) -> list[str] | None:  # fmt: skip
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
 
     ``save_middle`` (default: with ``offload``) also keeps each layer's post-attention residual,
     so the recompute skips o_proj: a second tensor per layer, which only host memory has room
     for. ``cuda_graphs``: replay each layer's forward and backward as CUDA graphs
-    (engine.layer_graphs; one process only); ``graphs_of(model)`` then says what happened."""
+    (engine.layer_graphs; one process only): True always, None (auto) where a layer call is
+    small enough to be host-bound, False never; ``graphs_of(model)`` then says what happened."""
     layers = decoder_layers(model)
     if layers is None:
         return None
@@ -431,7 +433,11 @@ def install(
     store = ActivationStore(offload=offload)
     save_middle = offload if save_middle is None else save_middle
     skipped_down = skipped_o = 0
-    graphs = LayerGraphs() if cuda_graphs else None
+    graphs = (
+        None
+        if cuda_graphs is False
+        else LayerGraphs(max_work=None if cuda_graphs else HOST_BOUND_WORK)
+    )
     setattr(model, _GRAPHS_ATTR, graphs)
     for index, layer in enumerate(layers):
         skip = down_skippable(model_type, layer)
@@ -442,6 +448,8 @@ def install(
         )
         skipped_down += skip
         skipped_o += middle is not None
+        if graphs is not None:
+            graphs.weights[index] = layer_weights(layer)
         original = layer.forward
         layer.forward = functools.partial(
             _checkpointed_forward, layer, original, index, store, skip, middle,
@@ -449,7 +457,7 @@ def install(
         )  # fmt: skip
     applied = ["checkpoint:per-layer"]
     if graphs is not None:
-        applied.append("checkpoint:cuda-graphs")
+        applied.append("checkpoint:cuda-graphs" + ("" if cuda_graphs else "(auto)"))
     if offload:
         applied.append("checkpoint:offload-to-host")
     if skipped_down:

@@ -22,6 +22,10 @@ How it stays the same function:
 - Parameters must change in place (the optimizer's step, load_state_dict), which is how the
   trainer updates them: the graphs read them at fixed addresses.
 
+By default (``max_work``) only layer calls small enough for the host to be the bottleneck are
+graphed: on a large model at a large batch the GPU is busy anyway, and the copies cost more
+than the launches they save (HOST_BOUND_WORK).
+
 Not for several processes: DDP's gradient hooks fire on autograd's own accumulation, which the
 graphed backward replaces. A capture that fails (an op that cannot be captured) switches graphs
 off for the rest of the run, with ``failure`` saying why, and the layers run eagerly.
@@ -36,6 +40,12 @@ from typing import Any
 import torch
 
 _CONSTANTS = (type(None), bool, int, float, str)
+
+# Tokens x weights of one layer call above which graphs are not worth it: the GPU is the
+# bottleneck there, and the static copies in and out cost more than the launches they save.
+# Measured on an H200 at 8 x 2048 tokens (bench/RESULTS.md, devR): Qwen2.5-0.5B, 2.4e11, ran
+# 1.43x faster with graphs; Llama-3.1-8B, 3.6e12, 2% slower with 0.7 GiB more memory.
+HOST_BOUND_WORK = 1e12
 
 Forward = Callable[[torch.Tensor, tuple, dict], tuple[torch.Tensor, torch.Tensor | None]]
 Recompute = Callable[[torch.Tensor, "torch.Tensor | None", tuple, dict], torch.Tensor]
@@ -123,8 +133,11 @@ class LayerGraphs:
 
     warmup: int = 2
     max_signatures: int = 2  # a third shape (say, a halved micro-batch after that) runs eagerly
+    max_work: float | None = HOST_BOUND_WORK  # None: graph every layer call, however large
+    weights: dict[int, int] = field(default_factory=dict)  # layer index -> its linear weights
     failure: str | None = None
     captured: int = 0
+    too_large: int = 0  # layer calls left eager because their work passed max_work
     _pool: Any = None
     _slots: dict[tuple, _Slots] = field(default_factory=dict)
     _forward: dict[tuple[int, tuple], Any] = field(default_factory=dict)
@@ -145,7 +158,7 @@ class LayerGraphs:
         key, tensors = found
         graph = self._forward.get((index, key))
         if graph is None:
-            if not self._due(index, key):
+            if not self.worth_it(index, hidden) or not self._due(index, key):
                 return None
             graph = self._capture_forward(index, key, tensors, args, kwargs, run, stashes_middle)
             if graph is None:
@@ -189,6 +202,17 @@ class LayerGraphs:
         entry.graph.replay()
         _accumulate(entry.params, entry.grads)
         return True, (slots.grad_hidden.clone() if need_input_grad else None)
+
+    def worth_it(self, index: int, hidden: torch.Tensor) -> bool:
+        """Whether this call's work (tokens x the layer's weights) is small enough for graphs
+        to pay (see HOST_BOUND_WORK)."""
+        if self.max_work is None:
+            return True
+        tokens = hidden.numel() // max(hidden.shape[-1], 1)
+        if tokens * self.weights.get(index, 0) <= self.max_work:
+            return True
+        self.too_large += 1
+        return False
 
     def _due(self, index: int, key: tuple) -> bool:
         previous, count = self._streak.get(index, (None, 0))
@@ -337,3 +361,11 @@ def _accumulate(params: list[torch.nn.Parameter], grads: list[torch.Tensor | Non
         copies = torch._foreach_mul([g for _, g in fresh], 1.0)
         for (param, _), copy in zip(fresh, copies, strict=True):
             param.grad = copy
+
+
+def layer_weights(layer: torch.nn.Module) -> int:
+    """The weights a layer's matmuls read per token: the linear layers' in x out (a 4-bit
+    base's too, which stores half as many elements)."""
+    return sum(
+        m.in_features * m.out_features for m in layer.modules() if isinstance(m, torch.nn.Linear)
+    )

@@ -404,6 +404,7 @@ class Run:
             fused_lora=p.training.fused_lora,
             activation_offloading=p.training.activation_offloading,
             sharded=self.dist is not None and uses_fsdp(p),
+            cuda_graphs=self._cuda_graphs(),
         )
         if (
             p.dataset.packing
@@ -516,6 +517,7 @@ class Run:
         # the collector's full passes, which the training thread would otherwise pay for.
         gc.freeze()
         outcome = trainer.run()
+        self._report_graphs(model)
         paths = {"run_dir": str(self.run_dir)}
         if outcome.status == "finished" and settings.sharded:
             from engine.sharded import full_state_dict
@@ -528,6 +530,38 @@ class Run:
             if heldout:
                 self._exact_match(model, heldout, "after")
         return outcome, paths
+
+    def _cuda_graphs(self) -> bool | None:
+        """training.cuda_graphs for this process: off under DDP, whose gradient hooks need
+        autograd's own accumulation (engine.layer_graphs)."""
+        wanted = self.preset.training.cuda_graphs
+        if self.dist is None or wanted is False:
+            return wanted
+        if wanted:
+            self.sink.emit(
+                LogLine(
+                    level="warning",
+                    text="training.cuda_graphs is for one GPU: it is off for this multi-GPU run.",
+                )
+            )
+        return False
+
+    def _report_graphs(self, model: Any) -> None:
+        from engine.layer_checkpoint import graphs_of
+
+        graphs = graphs_of(model)
+        if graphs is None:
+            return
+        if graphs.failure is not None:
+            text = (
+                f"CUDA graphs were switched off ({graphs.failure}); the layers ran eagerly, "
+                "with the same results. Set training.cuda_graphs: false to skip the attempt."
+            )
+            self.sink.emit(LogLine(level="warning", text=text))
+        elif graphs.captured:
+            self.sink.emit(
+                LogLine(level="info", text=f"CUDA graphs: {graphs.captured} layer graphs replayed.")
+            )
 
     def _auto_micro_batch(self) -> int:
         """The estimator's largest micro-batch that fits this GPU; out-of-memory halves it later."""

@@ -97,6 +97,7 @@ def test_fast_path_matches_plain_path(
     kernels = started.model.get("kernels")
     assert "checkpoint:offload-to-host" in kernels and any("fused-lora" in k for k in kernels)
     assert any(k.startswith("checkpoint:no-down-proj-recompute") for k in kernels)
+    assert "checkpoint:cuda-graphs(auto)" in kernels  # the default on one GPU
     monkeypatch.setattr("engine.trainer.supports_chunked_loss", lambda model: False)
     _, plain = _run(
         make_preset, tmp_path / "plain", training__use_liger_kernel=False,

@@ -8,7 +8,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.layer_graphs import LayerGraphs, signature, substitute  # noqa: E402
+from engine.layer_graphs import (  # noqa: E402
+    HOST_BOUND_WORK,
+    LayerGraphs,
+    layer_weights,
+    signature,
+    substitute,
+)
 
 
 def _call(length: int = 8) -> tuple[torch.Tensor, tuple, dict]:
@@ -86,3 +92,31 @@ def test_the_signature_keeps_no_reference_to_the_call() -> None:
     finally:
         if enabled:
             gc.enable()
+
+
+def test_layer_weights_count_every_linear_layer() -> None:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2
+    )
+    layer = LlamaDecoderLayer(config, layer_idx=0)
+    head_dim, kv = 16, 2 * 16
+    attention = 64 * 64 + 2 * 64 * kv + 64 * 64
+    mlp = 3 * 64 * 128
+    assert head_dim * 4 == 64 and layer_weights(layer) == attention + mlp
+
+
+def test_only_layer_calls_small_enough_to_be_host_bound_are_graphed() -> None:
+    """The measured shapes (bench/RESULTS.md, devR) fall on either side of the default limit:
+    Qwen2.5-0.5B's layer (14.9M weights) and Llama-3.1-8B's (218M), at 8 x 2048 tokens."""
+    graphs = LayerGraphs(weights={0: 14_909_440, 1: 218_103_808})
+    hidden = torch.empty(8, 2048, 1, device="meta")
+    assert graphs.worth_it(0, hidden)
+    assert not graphs.worth_it(1, hidden) and graphs.too_large == 1
+    assert 14_909_440 * 8 * 2048 < HOST_BOUND_WORK < 218_103_808 * 8 * 2048
+    small_batch = torch.empty(1, 1024, 1, device="meta")
+    assert graphs.worth_it(1, small_batch)  # the 8B layer on 1 x 1024 tokens is host-bound too
+    always = LayerGraphs(max_work=None, weights={1: 218_103_808})
+    assert always.worth_it(1, hidden)
