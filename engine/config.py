@@ -187,8 +187,9 @@ class TrainingSection(Section):
     backward; unset: on with a CUDA GPU."""
     cuda_graphs: bool | None = None
     """With gradient_checkpointing on one CUDA GPU: replay each decoder layer's forward and
-    backward as CUDA graphs (same results, far fewer kernel launches); unset: on where a layer
-    call is small enough for the host to be the bottleneck (bench/RESULTS.md)."""
+    backward as CUDA graphs (same results, far fewer kernel launches); unset: on for LoRA and
+    QLoRA where a layer call is small enough for the host to be the bottleneck
+    (bench/RESULTS.md)."""
     use_cpu: bool = False
     """Train on the CPU even when a GPU is present."""
     fsdp: bool | None = None

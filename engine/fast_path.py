@@ -35,7 +35,7 @@ def apply_fast_path(
     ``grouped_lora`` is off by default until its speed is measured on a GPU: on this CPU box
     its effect on a small model's host time was within the noise (bench/RESULTS.md).
     ``cuda_graphs``: True always, None where a layer call is small enough to be host-bound
-    (engine.layer_graphs.HOST_BOUND_WORK), False never; on a CUDA device and in one process
+    (engine.layer_graphs.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device and in one process
     only (the caller's part: DDP needs autograd's own gradient accumulation)."""
     applied: list[str] = []
     if uses_adapter and fused_lora:
@@ -56,7 +56,7 @@ def apply_fast_path(
         offload = device == "cuda" and activation_offloading is not False
         installed = layer_checkpoint.install(
             model, offload=offload, save_middle=save_layer_middle,
-            cuda_graphs=cuda_graphs if device == "cuda" else False,
+            cuda_graphs=_graphs_wanted(cuda_graphs, device=device, uses_adapter=uses_adapter),
         )  # fmt: skip
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing
@@ -64,6 +64,16 @@ def apply_fast_path(
         enable_transformers_checkpointing(model)
         installed = ["checkpoint:transformers"]
     return applied + installed
+
+
+def _graphs_wanted(cuda_graphs: bool | None, *, device: str, uses_adapter: bool) -> bool | None:
+    """Unset means adapters only: full fine-tuning's graphs would hold a static gradient of
+    every weight (a second copy of the gradients), and that path was not measured with them."""
+    if device != "cuda":
+        return False
+    if cuda_graphs is None and not uses_adapter:
+        return False
+    return cuda_graphs
 
 
 def _group(model: Any) -> list[str]:

@@ -203,6 +203,15 @@ class LayerGraphs:
         _accumulate(entry.params, entry.grads)
         return True, (slots.grad_hidden.clone() if need_input_grad else None)
 
+    def release(self) -> None:
+        """Drop every graph, its pool and the static tensors (after running out of memory: the
+        retry at a smaller micro-batch should not pay for graphs of the old shape)."""
+        self._forward.clear()
+        self._backward.clear()
+        self._slots.clear()
+        self._streak.clear()
+        self._pool = None
+
     def worth_it(self, index: int, hidden: torch.Tensor) -> bool:
         """Whether this call's work (tokens x the layer's weights) is small enough for graphs
         to pay (see HOST_BOUND_WORK)."""
@@ -303,9 +312,7 @@ class LayerGraphs:
         except Exception as exc:  # noqa: BLE001 - any capture error means: run eagerly
             torch.cuda.synchronize()
             self.failure = f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            self._forward.clear()
-            self._backward.clear()
-            self._slots.clear()
+            self.release()
             return None
         if self._pool is None:
             self._pool = graph.pool()

@@ -403,6 +403,11 @@ class Trainer:
                 if not self.s.auto_batch or self.micro_batch == 1 or self.dist is not None:
                     raise _oom_error(exc, self.s, self.micro_batch) from None
                 if torch.cuda.is_available():
+                    from engine.layer_checkpoint import graphs_of
+
+                    graphs = graphs_of(self.model)
+                    if graphs is not None:
+                        graphs.release()  # their pool holds memory sized for the old shape
                     torch.cuda.empty_cache()
                 self.micro_batch //= 2
                 self.grad_accum *= 2

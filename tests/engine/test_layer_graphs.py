@@ -120,3 +120,13 @@ def test_only_layer_calls_small_enough_to_be_host_bound_are_graphed() -> None:
     assert graphs.worth_it(1, small_batch)  # the 8B layer on 1 x 1024 tokens is host-bound too
     always = LayerGraphs(max_work=None, weights={1: 218_103_808})
     assert always.worth_it(1, hidden)
+
+
+def test_unset_means_adapter_training_on_a_cuda_device() -> None:
+    from engine.fast_path import _graphs_wanted
+
+    assert _graphs_wanted(None, device="cuda", uses_adapter=True) is None  # auto: by work
+    assert _graphs_wanted(None, device="cuda", uses_adapter=False) is False
+    assert _graphs_wanted(True, device="cuda", uses_adapter=False) is True
+    assert _graphs_wanted(True, device="cpu", uses_adapter=True) is False
+    assert _graphs_wanted(False, device="cuda", uses_adapter=True) is False
