@@ -184,7 +184,9 @@ class LayerGraphs:
             return False, None
         tensors = found[1]
         entry = self._backward.get((index, key, need_input_grad))
-        slots = self._slots[key]
+        slots = self._slots.get(key)
+        if slots is None:  # released since this call's forward
+            return False, None
         if entry is None:
             trained = params()
             if not trained and not need_input_grad:  # nothing to differentiate
