@@ -152,6 +152,24 @@ graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, the
   log "done"
 }
 
+verify() {  # every target on the default path at one commit: 0.5B and 8B with their anchors, GPU tests
+  log "verify $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  log "GPU tests"
+  timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches or varlen" > "$W/pytest.log" 2>&1
+  tail -1 "$W/pytest.log" >> "$W/session.log"
+  log "0.5B: finetty, Unsloth"
+  rows --shape qwen05b --mode lora --steps 23
+  anchors_05b
+  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  log "8B: finetty, Unsloth"
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  anchors_8b
+  log "done"
+}
+
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
@@ -191,12 +209,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped check graphs); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|probe] | follow" >&2; exit 2 ;;
 esac
