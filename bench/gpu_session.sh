@@ -17,6 +17,11 @@ export TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error FINETTY_TEST_TO
 
 log() { echo "== $(date +%T) $*" >> "$W/session.log"; }
 
+header() {  # what the session is ($1), on which card, under which versions
+  log "$1 $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+}
+
 rows() {  # finetty's harness, one JSON row per run into finetty.jsonl
   timeout "${T:-240}" python3 bench/gpu_throughput.py --model-root "$M" --session "$S" \
     --out "$W/finetty.jsonl" --batch 8 --seq 2048 --steps 11 --warmup 3 "$@" 2>>"$W/stderr.log" \
@@ -37,8 +42,7 @@ anchors_05b() {  # Unsloth's LoRA row at 0.5B, into anchors.jsonl (\$1: a name f
 }
 
 body() {
-  log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  header session
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   log "exactness tests"
   timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k fast_path > "$W/pytest.log" 2>&1
@@ -70,8 +74,7 @@ body() {
 }
 
 final() {  # the table: finetty and the anchors in one session, A/B rows, packing
-  log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  header session
   python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
   log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
@@ -91,8 +94,7 @@ final() {  # the table: finetty and the anchors in one session, A/B rows, packin
 }
 
 alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the varlen GPU test
-  log "session $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  header session
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   for round in 1 2 3; do
     log "0.5B round $round: finetty, Unsloth"
@@ -106,7 +108,7 @@ alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the va
 }
 
 grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (no anchors)
-  log "grouped $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  header grouped
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   for round in 1 2 3; do
     log "0.5B round $round: one by one, grouped"
@@ -121,7 +123,7 @@ grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (n
 }
 
 check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, graphs)
-  log "check $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  header check
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   log "GPU tests"
   timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches" > "$W/pytest.log" 2>&1
@@ -133,8 +135,7 @@ check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, grap
 }
 
 graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, then 8B; eager last
-  log "graphs $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  header graphs
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   for round in 1 2; do
     log "0.5B round $round: graphs, Unsloth"
@@ -153,8 +154,7 @@ graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, the
 }
 
 verify() {  # every target on the default path at one commit: 0.5B and 8B with their anchors, GPU tests
-  log "verify $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
-  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)" >> "$W/session.log"
+  header verify
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   log "GPU tests"
   timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches or varlen" > "$W/pytest.log" 2>&1
@@ -171,7 +171,7 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
 }
 
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
-  log "probe $S on $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader)"
+  header probe
   python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
   log "0.5B"
   rows --shape qwen05b --mode lora --steps 23
@@ -212,7 +212,7 @@ case ${1:-} in
     WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log rows anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header rows anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
