@@ -254,7 +254,7 @@ class LayerGraphs:
         static_args, static_kwargs = _static_call(slots, args, kwargs)
 
         def body() -> None:
-            with torch.no_grad(), _autocast_without_cache(hidden.device.type):
+            with torch.no_grad(), _AutocastWithoutCache(hidden.device.type):
                 out, middle = run(slots.inputs[0], static_args, static_kwargs)
                 slots.out.copy_(out)
                 if stashes_middle and middle is not None and slots.middle is not None:
@@ -337,7 +337,7 @@ def _static_call(slots: _Slots, args: tuple, kwargs: dict) -> tuple[tuple, dict]
     return substitute(args, statics), substitute(kwargs, statics)
 
 
-class _autocast_without_cache:
+class _AutocastWithoutCache:
     """The caller's autocast state with its weight-cast cache off: a cache filled inside a
     capture would hold tensors of the graph's pool (torch.cuda.make_graphed_callables asks the
     same)."""

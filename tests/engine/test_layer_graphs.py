@@ -130,3 +130,13 @@ def test_unset_means_adapter_training_on_a_cuda_device() -> None:
     assert _graphs_wanted(True, device="cuda", uses_adapter=False) is True
     assert _graphs_wanted(True, device="cpu", uses_adapter=True) is False
     assert _graphs_wanted(False, device="cuda", uses_adapter=True) is False
+
+
+def test_a_signature_is_captured_after_its_warmup_calls_in_a_row_and_at_most_two() -> None:
+    graphs = LayerGraphs(warmup=2, max_signatures=2)
+    assert [graphs._due(0, "a") for _ in range(3)] == [False, False, True]
+    assert graphs._due(0, "b") is False  # another shape starts its own count
+    assert graphs._due(0, "a") is False  # ... and breaks the run of "a"
+    graphs._slots.update({"a": None, "b": None})  # two signatures hold graphs already
+    assert [graphs._due(1, "c") for _ in range(3)] == [False, False, False]
+    assert [graphs._due(1, "b") for _ in range(3)] == [False, False, True]
