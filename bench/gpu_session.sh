@@ -28,6 +28,15 @@ rows() {  # finetty's harness, one JSON row per run into finetty.jsonl
     | cut -c1-400 >> "$W/session.log"
 }
 
+prepare() {  # the random-weight model of shape $1 under $M, made by the anchors' script for both stacks
+  python3 .anc/anchor_bench.py --prepare "$1" --model-root "$M" >> "$W/session.log" 2>&1
+}
+
+gpu_tests() {  # tests/engine/test_gpu.py within $1 seconds, selected by -k $2; pytest.log
+  timeout "$1" python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "$2" > "$W/pytest.log" 2>&1
+  tail -3 "$W/pytest.log" >> "$W/session.log"
+}
+
 anchors_8b() {  # Unsloth's QLoRA and LoRA rows at 8B, into anchors.jsonl
   timeout 420 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
     --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 410 \
@@ -43,10 +52,9 @@ anchors_05b() {  # Unsloth's LoRA row at 0.5B, into anchors.jsonl (\$1: a name f
 
 body() {
   header session
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   log "exactness tests"
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k fast_path > "$W/pytest.log" 2>&1
-  tail -2 "$W/pytest.log" >> "$W/session.log"
+  gpu_tests 300 fast_path
   log "UI overhead"
   python3 bench/random_model.py --tokenizer .anc/tokenizer --out "$M/ui235m" >> "$W/session.log" 2>&1
   {
@@ -66,7 +74,7 @@ body() {
   rows --shape qwen05b --mode lora --steps 23
   rows --shape qwen05b --mode lora --steps 23 --no-liger-loss
   log "8B: finetty, Unsloth"
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   anchors_8b
@@ -75,13 +83,13 @@ body() {
 
 final() {  # the table: finetty and the anchors in one session, A/B rows, packing
   header session
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   anchors_8b
   log "0.5B: finetty, Unsloth, full"
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   rows --shape qwen05b --mode lora --steps 23
   anchors_05b
   rows --shape qwen05b --mode full --steps 15
@@ -95,27 +103,26 @@ final() {  # the table: finetty and the anchors in one session, A/B rows, packin
 
 alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the varlen GPU test
   header session
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   for round in 1 2 3; do
     log "0.5B round $round: finetty, Unsloth"
     rows --shape qwen05b --mode lora --steps 23
     anchors_05b "_$round"
   done
   log "GPU tests"
-  timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k varlen > "$W/pytest.log" 2>&1
-  tail -3 "$W/pytest.log" >> "$W/session.log"
+  gpu_tests 200 varlen
   log "done"
 }
 
 grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (no anchors)
   header grouped
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   for round in 1 2 3; do
     log "0.5B round $round: one by one, grouped"
     rows --shape qwen05b --mode lora --steps 23
     rows --shape qwen05b --mode lora --steps 23 --grouped-lora
   done
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   log "8B LoRA: one by one, grouped"
   rows --shape llama8b --mode lora
   rows --shape llama8b --mode lora --grouped-lora
@@ -124,10 +131,9 @@ grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (n
 
 check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, graphs)
   header check
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   log "GPU tests"
-  timeout 300 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches" > "$W/pytest.log" 2>&1
-  tail -3 "$W/pytest.log" >> "$W/session.log"
+  gpu_tests 300 "cuda_graph or fast_path_matches"
   log "0.5B: eager, graphs"
   rows --shape qwen05b --mode lora --steps 15
   rows --shape qwen05b --mode lora --steps 15 --cuda-graphs
@@ -136,13 +142,13 @@ check() {  # CUDA graph layers: their GPU tests, then one 0.5B pair (eager, grap
 
 graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, then 8B; eager last
   header graphs
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   for round in 1 2; do
     log "0.5B round $round: graphs, Unsloth"
     rows --shape qwen05b --mode lora --steps 23 --cuda-graphs
     anchors_05b "_$round"
   done
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   log "8B: graphs, Unsloth"
   rows --shape llama8b --mode lora --cuda-graphs
   rows --shape llama8b --mode qlora --cuda-graphs
@@ -155,14 +161,13 @@ graphs() {  # CUDA graph layers against Unsloth: 0.5B in alternating rounds, the
 
 verify() {  # every target on the default path at one commit: 0.5B and 8B with their anchors, GPU tests
   header verify
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   log "GPU tests"
-  timeout 200 python3 -m pytest -q -s -p no:cacheprovider tests/engine/test_gpu.py -k "cuda_graph or fast_path_matches or varlen" > "$W/pytest.log" 2>&1
-  tail -1 "$W/pytest.log" >> "$W/session.log"
+  gpu_tests 200 "cuda_graph or fast_path_matches or varlen"
   log "0.5B: finetty, Unsloth"
   rows --shape qwen05b --mode lora --steps 23
   anchors_05b
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   log "8B: finetty, Unsloth"
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
@@ -172,7 +177,7 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
 
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   header probe
-  python3 .anc/anchor_bench.py --prepare qwen05b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare qwen05b
   log "0.5B"
   rows --shape qwen05b --mode lora --steps 23
   rows --shape qwen05b --mode lora --steps 23 --stock-optimizer
@@ -180,7 +185,7 @@ probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B row
   rows --shape qwen05b --mode lora --steps 8 --sync-check "$W/sync-05b.txt"
   rows --shape qwen05b --mode lora --steps 8 --profile "$W/profile-05b.txt"
   log "8B"
-  python3 .anc/anchor_bench.py --prepare llama8b --model-root "$M" >> "$W/session.log" 2>&1
+  prepare llama8b
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode qlora --stock-optimizer
   rows --shape llama8b --mode lora --steps 7 --profile "$W/profile-8b-lora.txt"
@@ -212,7 +217,7 @@ case ${1:-} in
     WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header rows anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
