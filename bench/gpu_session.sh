@@ -172,6 +172,9 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   anchors_8b
+  log "0.5B with LoRA dropout 0.05: eager, graphed (graph_dropout, not yet the default)"
+  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
+  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --graph-dropout
   log "done"
 }
 

@@ -183,7 +183,9 @@ def run(args: argparse.Namespace) -> dict:
     model = prepare_for_training(
         loaded.model,
         method="full" if args.mode == "full" else "lora",
-        lora=LoraSettings(r=16, lora_alpha=16, target_modules=targets),
+        lora=LoraSettings(
+            r=16, lora_alpha=16, lora_dropout=args.lora_dropout, target_modules=targets
+        ),
         gradient_checkpointing=args.plain,  # the plain reference: transformers' checkpointing
     )
     if not args.plain:
@@ -195,6 +197,7 @@ def run(args: argparse.Namespace) -> dict:
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
             grouped_lora=args.grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
+            graph_dropout=args.graph_dropout,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -266,6 +269,8 @@ def run(args: argparse.Namespace) -> dict:
                 ("grouped-lora", args.grouped_lora),
                 ("cuda-graphs", args.cuda_graphs),
                 ("no-cuda-graphs", args.no_cuda_graphs),
+                ("graph-dropout", args.graph_dropout),
+                (f"lora-dropout-{args.lora_dropout}", args.lora_dropout > 0),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
                 ("no-liger-loss", args.no_liger_loss),
@@ -570,6 +575,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-cuda-graphs", action="store_true", help="no CUDA graphs (engine.layer_graphs)"
+    )
+    parser.add_argument("--lora-dropout", type=float, default=0.0)
+    parser.add_argument(
+        "--graph-dropout",
+        action="store_true",
+        help="CUDA graphs for layers with LoRA dropout too (not yet the default)",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

@@ -28,6 +28,7 @@ def apply_fast_path(
     save_layer_middle: bool | None = None,
     grouped_lora: bool = False,
     cuda_graphs: bool | None = False,
+    graph_dropout: bool = False,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied.
@@ -36,7 +37,9 @@ def apply_fast_path(
     its effect on a small model's host time was within the noise (bench/RESULTS.md).
     ``cuda_graphs``: True always, None where a layer call is small enough to be host-bound
     (engine.layer_graphs.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device and in one process
-    only (the caller's part: DDP needs autograd's own gradient accumulation)."""
+    only (the caller's part: DDP needs autograd's own gradient accumulation).
+    ``graph_dropout``: layers with LoRA dropout get graphs too (not yet the default: its
+    exactness test has not run on a GPU)."""
     applied: list[str] = []
     if uses_adapter and fused_lora:
         from engine.fast_lora import apply_fused_lora
@@ -57,6 +60,7 @@ def apply_fast_path(
         installed = layer_checkpoint.install(
             model, offload=offload, save_middle=save_layer_middle,
             cuda_graphs=_graphs_wanted(cuda_graphs, device=device, uses_adapter=uses_adapter),
+            graph_dropout=graph_dropout,
         )  # fmt: skip
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing

@@ -218,10 +218,10 @@ class _CheckpointedLayer(torch.autograd.Function):
         )
         ctx.rng = _rng_state(hidden.device) if call.random else None
         graphed = None
-        if call.graphs is not None and not call.random:
+        if call.graphs is not None:
             graphed = call.graphs.forward(
                 call.index, hidden, call.args, call.kwargs, functools.partial(_first_forward, call),
-                stashes_middle=call.middle is not None,
+                stashes_middle=call.middle is not None, random=call.random,
             )  # fmt: skip
         if graphed is not None:
             ctx.graph_key, out, middle = graphed
@@ -245,6 +245,7 @@ class _CheckpointedLayer(torch.autograd.Function):
                 call.index, ctx.graph_key, saved[0], middle, grad_out, call.args, call.kwargs,
                 functools.partial(_trained_parameters, call.layer), need_input_grad,
                 functools.partial(_recompute, call, ctx.autocast, False),
+                rng=ctx.rng[1] if ctx.rng is not None else None,
             )  # fmt: skip
             if graphed:
                 return grad, None, None
@@ -403,6 +404,14 @@ def _frozen_and_fusable(projection: Any) -> bool:
     return frozen and supported
 
 
+def dropout_only(layer: Any) -> bool:
+    """The layer's random numbers come from nn.Dropout modules alone (LoRA's dropout), not
+    from attention's own dropout inside a fused kernel."""
+    return not any(
+        float(getattr(module, "attention_dropout", 0.0) or 0.0) > 0 for module in layer.modules()
+    )
+
+
 def draws_random(layer: Any) -> bool:
     """Dropout anywhere in the layer (LoRA's, or attention's): saving and restoring the random
     state costs host time per layer, so layers without it skip that."""
@@ -416,7 +425,7 @@ def draws_random(layer: Any) -> bool:
 
 def install(
     model: Any, *, offload: bool, save_middle: bool | None = None,
-    cuda_graphs: bool | None = False,
+    cuda_graphs: bool | None = False, graph_dropout: bool = False,
 ) -> list[str] | None:  # fmt: skip
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
@@ -425,7 +434,9 @@ def install(
     so the recompute skips o_proj: a second tensor per layer, which only host memory has room
     for. ``cuda_graphs``: replay each layer's forward and backward as CUDA graphs
     (engine.layer_graphs; one process only): True always, None (auto) where a layer call is
-    small enough to be host-bound, False never; ``graphs_of(model)`` then says what happened."""
+    small enough to be host-bound, False never; ``graphs_of(model)`` then says what happened.
+    ``graph_dropout``: layers with LoRA dropout are graphed too, their masks drawn again from
+    the forward's generator state in the recompute (not yet the default: not run on a GPU)."""
     layers = decoder_layers(model)
     if layers is None:
         return None
@@ -448,12 +459,14 @@ def install(
         )
         skipped_down += skip
         skipped_o += middle is not None
+        random = draws_random(layer)
         if graphs is not None:
             graphs.weights[index] = layer_weights(layer)
+            if random and graph_dropout and dropout_only(layer):
+                graphs.random_ok.add(index)
         original = layer.forward
         layer.forward = functools.partial(
-            _checkpointed_forward, layer, original, index, store, skip, middle,
-            draws_random(layer), graphs,
+            _checkpointed_forward, layer, original, index, store, skip, middle, random, graphs,
         )  # fmt: skip
     applied = ["checkpoint:per-layer"]
     if graphs is not None:

@@ -10,7 +10,10 @@ How it stays the same function:
 - A layer's call is graphed once the same signature (tensor shapes and dtypes, constant
   arguments) has run eagerly ``warmup`` times in a row (cuBLAS, Triton and attention plans are
   made then, outside any capture). Calls of any other signature, and layers that draw random
-  numbers (dropout), run eagerly as before. Packed varlen batches change signature every step,
+  numbers (dropout), run eagerly as before; with ``random_ok`` (engine.layer_checkpoint's
+  ``graph_dropout``, not yet the default) a layer with LoRA dropout is graphed too: the
+  forward graph draws from the generator's state at its call, as the eager forward does, and
+  the recompute's graph is replayed at that same state, so it draws the same masks. Packed varlen batches change signature every step,
   so they stay eager too.
 - The forward graph runs under no_grad as the eager checkpointed forward does; the backward
   graph recomputes the layer and takes ``torch.autograd.grad`` of its input and trained
@@ -33,6 +36,7 @@ off for the rest of the run, with ``failure`` saying why, and the layers run eag
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +139,7 @@ class LayerGraphs:
     max_signatures: int = 2  # a third shape (say, a halved micro-batch after that) runs eagerly
     max_work: float | None = HOST_BOUND_WORK  # None: graph every layer call, however large
     weights: dict[int, int] = field(default_factory=dict)  # layer index -> its linear weights
+    random_ok: set[int] = field(default_factory=set)  # layers graphed despite their dropout
     failure: str | None = None
     captured: int = 0
     too_large: int = 0  # layer calls left eager because their work passed max_work
@@ -146,10 +151,14 @@ class LayerGraphs:
 
     def forward(
         self, index: int, hidden: torch.Tensor, args: tuple, kwargs: dict, run: Forward,
-        stashes_middle: bool,
+        stashes_middle: bool, random: bool = False,
     ) -> tuple[tuple, torch.Tensor, torch.Tensor | None] | None:  # fmt: skip
         """The layer's output (and stashed middle) from its forward graph, with the signature
-        for the backward; None: run it eagerly."""
+        for the backward; None: run it eagerly. ``random``: the layer draws random numbers
+        (dropout), which only layers in ``random_ok`` may do here; the graph then draws them
+        from the CUDA generator's state at this call, as the eager forward would."""
+        if random and index not in self.random_ok:
+            return None
         if self.failure is not None or hidden.device.type != "cuda":
             return None
         found = signature(hidden, args, kwargs)
@@ -160,7 +169,10 @@ class LayerGraphs:
         if graph is None:
             if not self.worth_it(index, hidden) or not self._due(index, key):
                 return None
-            graph = self._capture_forward(index, key, tensors, args, kwargs, run, stashes_middle)
+            graph = self._capture_forward(
+                index, key, tensors, args, kwargs, run, stashes_middle,
+                torch.cuda.get_rng_state(hidden.device) if random else None,
+            )  # fmt: skip
             if graph is None:
                 return None
         slots = self._slots[key]
@@ -173,10 +185,12 @@ class LayerGraphs:
         self, index: int, key: tuple, hidden: torch.Tensor, middle: torch.Tensor | None,
         grad_out: torch.Tensor, args: tuple, kwargs: dict,
         params: Callable[[], list[torch.nn.Parameter]], need_input_grad: bool,
-        recompute: Recompute,
+        recompute: Recompute, rng: torch.Tensor | None = None,
     ) -> tuple[bool, torch.Tensor | None]:  # fmt: skip
         """(graphed, the input's gradient): the parameters' gradients are added to ``.grad``.
-        graphed False: nothing was done, run it eagerly."""
+        graphed False: nothing was done, run it eagerly. ``rng``: the CUDA generator's state at
+        the forward, set for the recompute (and put back after) so that it draws the same
+        dropout masks."""
         if self.failure is not None:
             return False, None
         found = signature(hidden, args, kwargs)
@@ -193,7 +207,7 @@ class LayerGraphs:
                 return False, None
             entry = self._capture_backward(
                 index, key, slots, tensors, middle, grad_out, args, kwargs, trained,
-                need_input_grad, recompute,
+                need_input_grad, recompute, rng,
             )  # fmt: skip
             if entry is None:
                 return False, None
@@ -201,7 +215,8 @@ class LayerGraphs:
         if middle is not None and slots.middle is not None:
             slots.middle.copy_(middle)
         slots.out.copy_(grad_out)
-        entry.graph.replay()
+        with _rng_at(rng, hidden.device):
+            entry.graph.replay()
         _accumulate(entry.params, entry.grads)
         return True, (slots.grad_hidden.clone() if need_input_grad else None)
 
@@ -235,8 +250,10 @@ class LayerGraphs:
 
     def _capture_forward(
         self, index: int, key: tuple, tensors: list[torch.Tensor], args: tuple, kwargs: dict,
-        run: Forward, stashes_middle: bool,
+        run: Forward, stashes_middle: bool, rng: torch.Tensor | None,
     ) -> Any:  # fmt: skip
+        """``rng`` (a layer with dropout): the warm-up and the capture leave the generator at
+        this state, so that the replay after them draws what the eager forward would."""
         slots = self._slots.get(key)
         hidden = tensors[0]
         if slots is None:
@@ -260,7 +277,7 @@ class LayerGraphs:
                 if stashes_middle and middle is not None and slots.middle is not None:
                     slots.middle.copy_(middle)
 
-        graph = self._capture(body, f"layer {index} forward")
+        graph = self._capture(body, f"layer {index} forward", rng, hidden.device)
         if graph is not None:
             self._forward[(index, key)] = graph
         return graph
@@ -269,6 +286,7 @@ class LayerGraphs:
         self, index: int, key: tuple, slots: _Slots, tensors: list[torch.Tensor],
         middle: torch.Tensor | None, grad_out: torch.Tensor, args: tuple, kwargs: dict,
         params: list[torch.nn.Parameter], need_input_grad: bool, recompute: Recompute,
+        rng: torch.Tensor | None,
     ) -> _Backward | None:  # fmt: skip
         """``recompute`` sets the forward's autocast state itself (this runs in autograd's
         backward, where the caller's is not in force), with its cache off."""
@@ -290,26 +308,33 @@ class LayerGraphs:
                 found = found[1:]
             grads[:] = list(found)
 
-        graph = self._capture(body, f"layer {index} backward")
+        graph = self._capture(body, f"layer {index} backward", rng, slots.out.device)
         if graph is None:
             return None
         entry = _Backward(graph, params, grads)
         self._backward[(index, key, need_input_grad)] = entry
         return entry
 
-    def _capture(self, body: Callable[[], None], what: str) -> Any:
+    def _capture(
+        self, body: Callable[[], None], what: str, rng: torch.Tensor | None, device: torch.device
+    ) -> Any:
         """Warm ``body`` up on the capture stream, then capture it; None (and graphs off for
-        the run) when it cannot be captured."""
+        the run) when it cannot be captured. Both run at the generator state ``rng`` (when
+        given) and leave the generator as they found it."""
         current = torch.cuda.current_stream()
         graph = torch.cuda.CUDAGraph()
         try:
             stream = _capture_stream()
             stream.wait_stream(current)
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream), _rng_at(rng, device):
                 body()
             current.wait_stream(stream)
-            with torch.cuda.graph(graph, pool=self._pool, stream=stream,
-                                  capture_error_mode="thread_local"):  # fmt: skip
+            with (
+                _rng_at(rng, device),
+                torch.cuda.graph(
+                    graph, pool=self._pool, stream=stream, capture_error_mode="thread_local"
+                ),
+            ):
                 body()
         except Exception as exc:  # noqa: BLE001 - any capture error means: run eagerly
             torch.cuda.synchronize()
@@ -330,6 +355,21 @@ def _capture_stream() -> Any:
     if not _STREAM:
         _STREAM.append(torch.cuda.Stream())
     return _STREAM[0]
+
+
+@contextlib.contextmanager
+def _rng_at(state: torch.Tensor | None, device: torch.device) -> Iterator[None]:
+    """The CUDA generator at ``state`` inside, and back where it was after (None: untouched).
+    A graph's random ops read the generator's seed and offset when it is replayed."""
+    if state is None:
+        yield
+        return
+    previous = torch.cuda.get_rng_state(device)
+    torch.cuda.set_rng_state(state, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_rng_state(previous, device)
 
 
 def _static_call(slots: _Slots, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -209,7 +209,9 @@ def test_packed_varlen_attention_matches_the_masked_path(make_preset, tmp_path: 
         assert abs(a - b) <= 0.01 * abs(b) + 1e-3
 
 
-def _train_layers(folder: Path, *, qlora: bool, graphs: bool, accumulate: int):
+def _train_layers(
+    folder: Path, *, qlora: bool, graphs: bool, accumulate: int, dropout: float = 0.0
+):
     """Six optimizer steps of the fast path on fixed-shape random batches (the last one of
     another length), straight through the model: per-step losses, adapter weights, graphs."""
     from engine import models
@@ -227,12 +229,13 @@ def _train_layers(folder: Path, *, qlora: bool, graphs: bool, accumulate: int):
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = prepare_for_training(
         loaded.model, method="qlora" if qlora else "lora",
-        lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets),
+        lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets),
         gradient_checkpointing=False,
     )  # fmt: skip
     applied = apply_fast_path(
-        model, device="cuda", uses_adapter=True, gradient_checkpointing=True, cuda_graphs=graphs
-    )
+        model, device="cuda", uses_adapter=True, gradient_checkpointing=True, cuda_graphs=graphs,
+        graph_dropout=graphs and dropout > 0,
+    )  # fmt: skip
     assert ("checkpoint:cuda-graphs" in applied) is graphs
     model.train()  # the layers are checkpointed (and graphed) in training only
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -275,6 +278,31 @@ def test_cuda_graph_layers_match_eager_layers(
     print(method, accumulate, "eager", eager, "graphs", graphed, "failure", graphs.failure)
     assert graphs.failure is None
     assert graphs.captured == 2 * 2  # each of the 2 layers: a forward and a backward graph
+    for a, b in zip(graphed, eager, strict=True):
+        assert abs(a - b) <= 1e-3 * abs(b)
+    largest = max(u.abs().max().item() for u in eager_updates.values())
+    worst = max((graph_updates[n] - u).abs().max().item() for n, u in eager_updates.items())
+    print("largest update", largest, "largest difference", worst)
+    assert largest > 0 and worst <= 1e-2 * largest
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_cuda_graph_layers_with_dropout_match_eager_layers(
+    tiny_model_dir: Path, method: str
+) -> None:
+    """With LoRA dropout (graph_dropout, not yet the default): the forward graph draws its
+    masks from the generator's state as the eager forward does, and the recompute's graph
+    draws the same masks again, so losses and updates match the eager path."""
+    qlora = method == "qlora"
+    eager, eager_updates, _ = _train_layers(
+        tiny_model_dir, qlora=qlora, graphs=False, accumulate=1, dropout=0.2
+    )
+    graphed, graph_updates, graphs = _train_layers(
+        tiny_model_dir, qlora=qlora, graphs=True, accumulate=1, dropout=0.2
+    )
+    print(method, "dropout eager", eager, "graphs", graphed, "failure", graphs.failure)
+    assert graphs.failure is None and graphs.random_ok == {0, 1}
+    assert graphs.captured == 2 * 2
     for a, b in zip(graphed, eager, strict=True):
         assert abs(a - b) <= 1e-3 * abs(b)
     largest = max(u.abs().max().item() for u in eager_updates.values())

@@ -140,3 +140,36 @@ def test_a_signature_is_captured_after_its_warmup_calls_in_a_row_and_at_most_two
     graphs._slots.update({"a": None, "b": None})  # two signatures hold graphs already
     assert [graphs._due(1, "c") for _ in range(3)] == [False, False, False]
     assert [graphs._due(1, "b") for _ in range(3)] == [False, False, True]
+
+
+def _lora_llama(lora_dropout: float, attention_dropout: float = 0.0):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, attention_dropout=attention_dropout,
+    )  # fmt: skip
+    adapter = LoraConfig(r=4, lora_dropout=lora_dropout, target_modules=["q_proj", "v_proj"])
+    return get_peft_model(LlamaForCausalLM(config), adapter)
+
+
+@pytest.mark.parametrize(
+    ("lora_dropout", "attention_dropout", "graph_dropout", "graphed"),
+    [
+        (0.1, 0.0, True, {0, 1}),  # LoRA's dropout: replayable inside the graphs
+        (0.1, 0.0, False, set()),  # not asked for (the default)
+        (0.1, 0.1, True, set()),  # attention's own dropout stays eager
+        (0.0, 0.0, True, set()),  # nothing random: graphed as any layer, not listed
+    ],
+)
+def test_layers_with_dropout_are_graphed_only_on_request_and_only_lora_dropout(
+    lora_dropout: float, attention_dropout: float, graph_dropout: bool, graphed: set
+) -> None:
+    from engine.layer_checkpoint import graphs_of, install
+
+    model = _lora_llama(lora_dropout, attention_dropout)
+    install(model, offload=False, cuda_graphs=True, graph_dropout=graph_dropout)
+    graphs = graphs_of(model)
+    assert graphs is not None and graphs.random_ok == graphed
+    assert graphs.max_work is None  # forced on: no work limit
