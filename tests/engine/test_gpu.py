@@ -259,23 +259,18 @@ def _train_layers(
     return losses, updates, graphs_of(model)
 
 
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_cuda_graph_layers_match_eager_layers(
-    tiny_model_dir: Path, method: str, accumulate: int
-) -> None:
-    """Checkpointed layers replayed as CUDA graphs (engine.layer_graphs) give the eager fast
-    path's losses and adapter updates: captured on the third call, replayed after, and a batch
-    of another length runs eagerly."""
+def _graphs_against_eager(folder: Path, method: str, accumulate: int, dropout: float = 0.0):
+    """Train with and without graphs; assert the same losses and adapter updates (bf16
+    noise at most: identical kernels give identical bits)."""
     qlora = method == "qlora"
     eager, eager_updates, none = _train_layers(
-        tiny_model_dir, qlora=qlora, graphs=False, accumulate=accumulate
+        folder, qlora=qlora, graphs=False, accumulate=accumulate, dropout=dropout
     )
     graphed, graph_updates, graphs = _train_layers(
-        tiny_model_dir, qlora=qlora, graphs=True, accumulate=accumulate
+        folder, qlora=qlora, graphs=True, accumulate=accumulate, dropout=dropout
     )
     assert none is None and graphs is not None
-    print(method, accumulate, "eager", eager, "graphs", graphed, "failure", graphs.failure)
+    print(method, accumulate, dropout, "eager", eager, "graphs", graphed, "failure", graphs.failure)
     assert graphs.failure is None
     assert graphs.captured == 2 * 2  # each of the 2 layers: a forward and a backward graph
     for a, b in zip(graphed, eager, strict=True):
@@ -284,6 +279,18 @@ def test_cuda_graph_layers_match_eager_layers(
     worst = max((graph_updates[n] - u).abs().max().item() for n, u in eager_updates.items())
     print("largest update", largest, "largest difference", worst)
     assert largest > 0 and worst <= 1e-2 * largest
+    return graphs
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_cuda_graph_layers_match_eager_layers(
+    tiny_model_dir: Path, method: str, accumulate: int
+) -> None:
+    """Checkpointed layers replayed as CUDA graphs (engine.layer_graphs) give the eager fast
+    path's losses and adapter updates: captured on the third call, replayed after, and a batch
+    of another length runs eagerly."""
+    _graphs_against_eager(tiny_model_dir, method, accumulate)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
@@ -293,19 +300,5 @@ def test_cuda_graph_layers_with_dropout_match_eager_layers(
     """With LoRA dropout (graph_dropout, not yet the default): the forward graph draws its
     masks from the generator's state as the eager forward does, and the recompute's graph
     draws the same masks again, so losses and updates match the eager path."""
-    qlora = method == "qlora"
-    eager, eager_updates, _ = _train_layers(
-        tiny_model_dir, qlora=qlora, graphs=False, accumulate=1, dropout=0.2
-    )
-    graphed, graph_updates, graphs = _train_layers(
-        tiny_model_dir, qlora=qlora, graphs=True, accumulate=1, dropout=0.2
-    )
-    print(method, "dropout eager", eager, "graphs", graphed, "failure", graphs.failure)
-    assert graphs.failure is None and graphs.random_ok == {0, 1}
-    assert graphs.captured == 2 * 2
-    for a, b in zip(graphed, eager, strict=True):
-        assert abs(a - b) <= 1e-3 * abs(b)
-    largest = max(u.abs().max().item() for u in eager_updates.values())
-    worst = max((graph_updates[n] - u).abs().max().item() for n, u in eager_updates.items())
-    print("largest update", largest, "largest difference", worst)
-    assert largest > 0 and worst <= 1e-2 * largest
+    graphs = _graphs_against_eager(tiny_model_dir, method, accumulate=1, dropout=0.2)
+    assert graphs.random_ok == {0, 1}
