@@ -175,6 +175,8 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
   log "0.5B with LoRA dropout 0.05: eager, graphed (graph_dropout, not yet the default)"
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --graph-dropout
+  log "0.5B with grouped LoRA (graphs on by default there: fewer, larger adapter GEMMs)"
+  rows --shape qwen05b --mode lora --steps 23 --grouped-lora
   log "done"
 }
 
