@@ -36,8 +36,9 @@ def apply_fast_path(
     ``grouped_lora`` is off by default until its speed is measured on a GPU: on this CPU box
     its effect on a small model's host time was within the noise (bench/RESULTS.md).
     ``cuda_graphs``: True always, None where a layer call is small enough to be host-bound
-    (engine.layer_graphs.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device and in one process
-    only (the caller's part: DDP needs autograd's own gradient accumulation).
+    (engine.layer_graphs.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device
+    and in one process only (the caller's part: DDP needs autograd's own gradient
+    accumulation).
     ``graph_dropout``: layers with LoRA dropout get graphs too (not yet the default: its
     exactness test has not run on a GPU)."""
     applied: list[str] = []

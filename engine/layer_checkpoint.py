@@ -407,20 +407,20 @@ def _frozen_and_fusable(projection: Any) -> bool:
 def dropout_only(layer: Any) -> bool:
     """The layer's random numbers come from nn.Dropout modules alone (LoRA's dropout), not
     from attention's own dropout inside a fused kernel."""
-    return not any(
-        float(getattr(module, "attention_dropout", 0.0) or 0.0) > 0 for module in layer.modules()
-    )
+    return not any(_attention_dropout(module) for module in layer.modules())
 
 
 def draws_random(layer: Any) -> bool:
     """Dropout anywhere in the layer (LoRA's, or attention's): saving and restoring the random
     state costs host time per layer, so layers without it skip that."""
-    for module in layer.modules():
-        if isinstance(module, torch.nn.Dropout) and module.p > 0:
-            return True
-        if float(getattr(module, "attention_dropout", 0.0) or 0.0) > 0:
-            return True
-    return False
+    return any(
+        (isinstance(module, torch.nn.Dropout) and module.p > 0) or _attention_dropout(module)
+        for module in layer.modules()
+    )
+
+
+def _attention_dropout(module: Any) -> bool:
+    return float(getattr(module, "attention_dropout", 0.0) or 0.0) > 0
 
 
 def install(

@@ -13,8 +13,8 @@ How it stays the same function:
   numbers (dropout), run eagerly as before; with ``random_ok`` (engine.layer_checkpoint's
   ``graph_dropout``, not yet the default) a layer with LoRA dropout is graphed too: the
   forward graph draws from the generator's state at its call, as the eager forward does, and
-  the recompute's graph is replayed at that same state, so it draws the same masks. Packed varlen batches change signature every step,
-  so they stay eager too.
+  the recompute's graph is replayed at that same state, so it draws the same masks. Packed
+  varlen batches change signature nearly every step, so they stay eager too.
 - The forward graph runs under no_grad as the eager checkpointed forward does; the backward
   graph recomputes the layer and takes ``torch.autograd.grad`` of its input and trained
   parameters, which are then added to ``.grad`` as autograd's accumulation would.
@@ -123,6 +123,15 @@ class _Slots:
             self.inputs[index].copy_(tensor)
             self.sources[index] = (tensor, tensor._version)  # held: its address stays its own
 
+    def load_backward(
+        self, tensors: list[torch.Tensor], middle: torch.Tensor | None, grad_out: torch.Tensor
+    ) -> None:
+        """The backward graph's inputs: the saved layer input and middle, the output's gradient."""
+        self.load(tensors)
+        if middle is not None and self.middle is not None:
+            self.middle.copy_(middle)
+        self.out.copy_(grad_out)
+
 
 @dataclass
 class _Backward:
@@ -211,10 +220,7 @@ class LayerGraphs:
             )  # fmt: skip
             if entry is None:
                 return False, None
-        slots.load(tensors)
-        if middle is not None and slots.middle is not None:
-            slots.middle.copy_(middle)
-        slots.out.copy_(grad_out)
+        slots.load_backward(tensors, middle, grad_out)
         with _rng_at(rng, hidden.device):
             entry.graph.replay()
         _accumulate(entry.params, entry.grads)
@@ -271,7 +277,7 @@ class LayerGraphs:
         static_args, static_kwargs = _static_call(slots, args, kwargs)
 
         def body() -> None:
-            with torch.no_grad(), _AutocastWithoutCache(hidden.device.type):
+            with torch.no_grad(), _autocast_without_cache(hidden.device.type):
                 out, middle = run(slots.inputs[0], static_args, static_kwargs)
                 slots.out.copy_(out)
                 if stashes_middle and middle is not None and slots.middle is not None:
@@ -290,10 +296,7 @@ class LayerGraphs:
     ) -> _Backward | None:  # fmt: skip
         """``recompute`` sets the forward's autocast state itself (this runs in autograd's
         backward, where the caller's is not in force), with its cache off."""
-        slots.load(tensors)
-        if middle is not None and slots.middle is not None:
-            slots.middle.copy_(middle)
-        slots.out.copy_(grad_out)
+        slots.load_backward(tensors, middle, grad_out)
         static_args, static_kwargs = _static_call(slots, args, kwargs)
         static_middle = slots.middle if middle is not None else None
         grads: list[torch.Tensor | None] = []
@@ -377,24 +380,16 @@ def _static_call(slots: _Slots, args: tuple, kwargs: dict) -> tuple[tuple, dict]
     return substitute(args, statics), substitute(kwargs, statics)
 
 
-class _AutocastWithoutCache:
+def _autocast_without_cache(device_type: str) -> torch.autocast:
     """The caller's autocast state with its weight-cast cache off: a cache filled inside a
     capture would hold tensors of the graph's pool (torch.cuda.make_graphed_callables asks the
     same)."""
-
-    def __init__(self, device_type: str) -> None:
-        self.context = torch.autocast(
-            device_type,
-            dtype=torch.get_autocast_dtype(device_type),
-            enabled=torch.is_autocast_enabled(device_type),
-            cache_enabled=False,
-        )
-
-    def __enter__(self) -> None:
-        self.context.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.context.__exit__(*exc)
+    return torch.autocast(
+        device_type,
+        dtype=torch.get_autocast_dtype(device_type),
+        enabled=torch.is_autocast_enabled(device_type),
+        cache_enabled=False,
+    )
 
 
 def _accumulate(params: list[torch.nn.Parameter], grads: list[torch.Tensor | None]) -> None:
