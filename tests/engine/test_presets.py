@@ -304,6 +304,7 @@ def test_set_of_an_unknown_key_suggests_the_close_one(item: str, key: str, sugge
         ("method=dpo", "method: "),
         ("name=", "name: must be a plain name"),
         ("dataset.format=text", "plain text has no responses"),
+        ("training.cuda_graphs=sometimes", "training.cuda_graphs: "),
     ],
 )
 def test_set_values_are_validated_like_the_file(item: str, fragment: str) -> None:
