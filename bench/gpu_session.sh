@@ -172,11 +172,40 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
   rows --shape llama8b --mode qlora
   rows --shape llama8b --mode lora
   anchors_8b
-  log "0.5B with LoRA dropout 0.05: eager, graphed (graph_dropout, not yet the default)"
+  log "0.5B with LoRA dropout 0.05: graphed (the default), eager"
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
-  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --graph-dropout
+  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --no-graph-dropout
   log "0.5B with grouped LoRA (graphs on by default there: fewer, larger adapter GEMMs)"
   rows --shape qwen05b --mode lora --steps 23 --grouped-lora
+  log "done"
+}
+
+corners() {  # the defaults not yet measured: graphed dropout, 8B at small micro-batches, grouped LoRA
+  header corners
+  prepare qwen05b
+  log "GPU tests"
+  gpu_tests 150 "cuda_graph"
+  log "0.5B: LoRA dropout 0.05 graphed (the default) and eager; no dropout, plain and grouped"
+  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
+  rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --no-graph-dropout
+  rows --shape qwen05b --mode lora --steps 23
+  rows --shape qwen05b --mode lora --steps 23 --grouped-lora
+  prepare llama8b
+  log "8B at micro-batches 1 and 2, where the auto rule graphs: default, no graphs"
+  rows --shape llama8b --mode lora --batch 1 --steps 13
+  rows --shape llama8b --mode lora --batch 1 --steps 13 --no-cuda-graphs
+  rows --shape llama8b --mode qlora --batch 1 --steps 13
+  rows --shape llama8b --mode qlora --batch 1 --steps 13 --no-cuda-graphs
+  rows --shape llama8b --mode lora --batch 2 --steps 13
+  rows --shape llama8b --mode lora --batch 2 --steps 13 --no-cuda-graphs
+  log "8B: Unsloth at micro-batch 1"
+  timeout 300 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b_b1" \
+    --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 290 \
+    --batch 1 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  log "8B LoRA at 8 x 2048: default, grouped"
+  rows --shape llama8b --mode lora
+  rows --shape llama8b --mode lora --grouped-lora
   log "done"
 }
 
@@ -219,12 +248,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|probe] | follow" >&2; exit 2 ;;
 esac

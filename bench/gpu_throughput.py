@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
             grouped_lora=args.grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
-            graph_dropout=args.graph_dropout,
+            graph_dropout=not args.no_graph_dropout,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("grouped-lora", args.grouped_lora),
                 ("cuda-graphs", args.cuda_graphs),
                 ("no-cuda-graphs", args.no_cuda_graphs),
-                ("graph-dropout", args.graph_dropout),
+                ("no-graph-dropout", args.no_graph_dropout),
                 (f"lora-dropout-{args.lora_dropout}", args.lora_dropout > 0),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
@@ -578,9 +578,9 @@ def main() -> None:
     )
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument(
-        "--graph-dropout",
+        "--no-graph-dropout",
         action="store_true",
-        help="CUDA graphs for layers with LoRA dropout too (not yet the default)",
+        help="layers with LoRA dropout run eagerly, not as CUDA graphs (the default graphs them)",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

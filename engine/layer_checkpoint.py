@@ -425,7 +425,7 @@ def _attention_dropout(module: Any) -> bool:
 
 def install(
     model: Any, *, offload: bool, save_middle: bool | None = None,
-    cuda_graphs: bool | None = False, graph_dropout: bool = False,
+    cuda_graphs: bool | None = False, graph_dropout: bool = True,
 ) -> list[str] | None:  # fmt: skip
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
@@ -436,7 +436,7 @@ def install(
     (engine.layer_graphs; one process only): True always, None (auto) where a layer call is
     small enough to be host-bound, False never; ``graphs_of(model)`` then says what happened.
     ``graph_dropout``: layers with LoRA dropout are graphed too, their masks drawn again from
-    the forward's generator state in the recompute (not yet the default: not run on a GPU)."""
+    the forward's generator state in the recompute (bitwise equal to eager on an H200, devS)."""
     layers = decoder_layers(model)
     if layers is None:
         return None

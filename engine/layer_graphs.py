@@ -10,8 +10,8 @@ How it stays the same function:
 - A layer's call is graphed once the same signature (tensor shapes and dtypes, constant
   arguments) has run eagerly ``warmup`` times in a row (cuBLAS, Triton and attention plans are
   made then, outside any capture). Calls of any other signature, and layers that draw random
-  numbers (dropout), run eagerly as before; with ``random_ok`` (engine.layer_checkpoint's
-  ``graph_dropout``, not yet the default) a layer with LoRA dropout is graphed too: the
+  numbers other than LoRA's dropout (attention dropout), run eagerly as before. A layer with
+  LoRA dropout (``random_ok``, engine.layer_checkpoint's ``graph_dropout``) is graphed too: the
   forward graph draws from the generator's state at its call, as the eager forward does, and
   the recompute's graph is replayed at that same state, so it draws the same masks. Packed
   varlen batches change signature nearly every step, so they stay eager too.

@@ -297,7 +297,7 @@ def test_cuda_graph_layers_match_eager_layers(
 def test_cuda_graph_layers_with_dropout_match_eager_layers(
     tiny_model_dir: Path, method: str
 ) -> None:
-    """With LoRA dropout (graph_dropout, not yet the default): the forward graph draws its
+    """With LoRA dropout (graph_dropout, the default): the forward graph draws its
     masks from the generator's state as the eager forward does, and the recompute's graph
     draws the same masks again, so losses and updates match the eager path."""
     graphs = _graphs_against_eager(tiny_model_dir, method, accumulate=1, dropout=0.2)

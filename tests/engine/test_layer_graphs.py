@@ -157,19 +157,20 @@ def _lora_llama(lora_dropout: float, attention_dropout: float = 0.0):
 @pytest.mark.parametrize(
     ("lora_dropout", "attention_dropout", "graph_dropout", "graphed"),
     [
-        (0.1, 0.0, True, {0, 1}),  # LoRA's dropout: replayable inside the graphs
-        (0.1, 0.0, False, set()),  # not asked for (the default)
-        (0.1, 0.1, True, set()),  # attention's own dropout stays eager
-        (0.0, 0.0, True, set()),  # nothing random: graphed as any layer, not listed
+        (0.1, 0.0, None, {0, 1}),  # LoRA's dropout, by default: replayable inside the graphs
+        (0.1, 0.0, False, set()),  # asked not to
+        (0.1, 0.1, None, set()),  # attention's own dropout stays eager
+        (0.0, 0.0, None, set()),  # nothing random: graphed as any layer, not listed
     ],
 )
-def test_layers_with_dropout_are_graphed_only_on_request_and_only_lora_dropout(
-    lora_dropout: float, attention_dropout: float, graph_dropout: bool, graphed: set
+def test_layers_with_lora_dropout_are_graphed_unless_asked_not_to_attention_dropout_never(
+    lora_dropout: float, attention_dropout: float, graph_dropout: bool | None, graphed: set
 ) -> None:
     from engine.layer_checkpoint import graphs_of, install
 
     model = _lora_llama(lora_dropout, attention_dropout)
-    install(model, offload=False, cuda_graphs=True, graph_dropout=graph_dropout)
+    asked = {} if graph_dropout is None else {"graph_dropout": graph_dropout}
+    install(model, offload=False, cuda_graphs=True, **asked)
     graphs = graphs_of(model)
     assert graphs is not None and graphs.random_ok == graphed
     assert graphs.max_work is None  # forced on: no work limit
