@@ -114,18 +114,18 @@ alternate() {  # 0.5B: finetty and Unsloth taking turns, three rows each; the va
   log "done"
 }
 
-grouped() {  # A/B of --grouped-lora in alternating rounds, 0.5B then 8B LoRA (no anchors)
+grouped() {  # A/B of grouped LoRA (the default) in alternating rounds, 0.5B then 8B LoRA (no anchors)
   header grouped
   prepare qwen05b
   for round in 1 2 3; do
     log "0.5B round $round: one by one, grouped"
+    rows --shape qwen05b --mode lora --steps 23 --no-grouped-lora
     rows --shape qwen05b --mode lora --steps 23
-    rows --shape qwen05b --mode lora --steps 23 --grouped-lora
   done
   prepare llama8b
   log "8B LoRA: one by one, grouped"
+  rows --shape llama8b --mode lora --no-grouped-lora
   rows --shape llama8b --mode lora
-  rows --shape llama8b --mode lora --grouped-lora
   log "done"
 }
 
@@ -175,8 +175,8 @@ verify() {  # every target on the default path at one commit: 0.5B and 8B with t
   log "0.5B with LoRA dropout 0.05: graphed (the default), eager"
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --no-graph-dropout
-  log "0.5B with grouped LoRA (graphs on by default there: fewer, larger adapter GEMMs)"
-  rows --shape qwen05b --mode lora --steps 23 --grouped-lora
+  log "0.5B with LoRA projections one by one (grouped is the default)"
+  rows --shape qwen05b --mode lora --steps 23 --no-grouped-lora
   log "done"
 }
 
@@ -185,11 +185,11 @@ corners() {  # the defaults not yet measured: graphed dropout, 8B at small micro
   prepare qwen05b
   log "GPU tests"
   gpu_tests 150 "cuda_graph"
-  log "0.5B: LoRA dropout 0.05 graphed (the default) and eager; no dropout, plain and grouped"
+  log "0.5B: LoRA dropout 0.05 graphed (the default) and eager; no dropout, one by one and grouped"
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05
   rows --shape qwen05b --mode lora --steps 23 --lora-dropout 0.05 --no-graph-dropout
+  rows --shape qwen05b --mode lora --steps 23 --no-grouped-lora
   rows --shape qwen05b --mode lora --steps 23
-  rows --shape qwen05b --mode lora --steps 23 --grouped-lora
   prepare llama8b
   log "8B at micro-batches 1 and 2, where the auto rule graphs: default, no graphs"
   rows --shape llama8b --mode lora --batch 1 --steps 13
@@ -203,9 +203,20 @@ corners() {  # the defaults not yet measured: graphed dropout, 8B at small micro
     --suite llama8b:unsloth:qlora,llama8b:unsloth:lora --deadline-s 290 \
     --batch 1 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
   cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
-  log "8B LoRA at 8 x 2048: default, grouped"
+  log "8B LoRA at 8 x 2048: one by one, grouped"
+  rows --shape llama8b --mode lora --no-grouped-lora
   rows --shape llama8b --mode lora
-  rows --shape llama8b --mode lora --grouped-lora
+  log "done"
+}
+
+grouping() {  # grouped LoRA as the default: its GPU tests, then 8B QLoRA one by one and grouped
+  header grouping
+  log "GPU tests"
+  gpu_tests 150 "fast_path_matches or cuda_graph"
+  prepare llama8b
+  log "8B QLoRA: one by one, grouped (the default)"
+  rows --shape llama8b --mode qlora --no-grouped-lora
+  rows --shape llama8b --mode qlora
   log "done"
 }
 
@@ -248,12 +259,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|probe] | follow" >&2; exit 2 ;;
 esac

@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> dict:
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
             fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
-            grouped_lora=args.grouped_lora,
+            grouped_lora=not args.no_grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
             graph_dropout=not args.no_graph_dropout,
         )  # fmt: skip
@@ -266,7 +266,7 @@ def run(args: argparse.Namespace) -> dict:
             for name, on in (
                 ("stock-optimizer", args.stock_optimizer),
                 ("no-fused-lora", args.no_fused_lora),
-                ("grouped-lora", args.grouped_lora),
+                ("no-grouped-lora", args.no_grouped_lora),
                 ("cuda-graphs", args.cuda_graphs),
                 ("no-cuda-graphs", args.no_cuda_graphs),
                 ("no-graph-dropout", args.no_graph_dropout),
@@ -564,9 +564,9 @@ def main() -> None:
     )
     parser.add_argument("--no-fused-lora", action="store_true", help="PEFT's own LoRA forward")
     parser.add_argument(
-        "--grouped-lora",
+        "--no-grouped-lora",
         action="store_true",
-        help="q/k/v and gate/up as one function each (engine.grouped_lora; not yet the default)",
+        help="q/k/v and gate/up one by one, not grouped (engine.grouped_lora, the default)",
     )
     parser.add_argument(
         "--cuda-graphs",
