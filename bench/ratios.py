@@ -3,8 +3,8 @@
     python bench/ratios.py [--results bench/results.jsonl] [--variant no-compile] [--json]
 
 Rows are compared only within one session (one lent machine). Each side is the median of its
-rows for that session, shape and mode (sessions that ran several rounds, such as devP, have
-several), counting only one-GPU runs on the anchors' fixed-length batches, without errors.
+rows for that session, shape, mode and batch x seq (sessions that ran several rounds, such as
+devP, have several), counting only one-GPU runs on the anchors' fixed-length batches, without errors.
 finetty's rows are its default path unless ``--variant`` names an A/B variant instead.
 """
 
@@ -26,6 +26,8 @@ class Ratio:
     session: str
     shape: str
     mode: str
+    batch: int | None
+    seq: int | None
     finetty_tokens_per_s: float
     finetty_rows: int
     unsloth_tokens_per_s: float
@@ -54,16 +56,18 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def session_ratios(rows: list[dict], variant: str | None = None) -> list[Ratio]:
-    """One Ratio per session, shape and mode that has rows of both stacks, in file order."""
-    groups: dict[tuple[str, str, str], dict[str, list[dict]]] = defaultdict(
+    """One Ratio per session, shape, mode and batch x seq that has rows of both stacks, in file
+    order."""
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(
         lambda: {"finetty": [], "unsloth": []}
     )
     for row in rows:
         side = _side(row, variant)
         if side is not None and row.get("session"):
-            groups[(row["session"], row["shape"], row["mode"])][side].append(row)
+            key = (row["session"], row["shape"], row["mode"], row.get("batch"), row.get("seq"))
+            groups[key][side].append(row)
     ratios = []
-    for (session, shape, mode), sides in groups.items():
+    for (session, shape, mode, batch, seq), sides in groups.items():
         ours, theirs = sides["finetty"], sides["unsloth"]
         if not ours or not theirs:
             continue
@@ -71,7 +75,7 @@ def session_ratios(rows: list[dict], variant: str | None = None) -> list[Ratio]:
         their_speed = statistics.median(r["tokens_per_s"] for r in theirs)
         ratios.append(
             Ratio(
-                session, shape, mode,
+                session, shape, mode, batch, seq,
                 round(our_speed, 1), len(ours), round(their_speed, 1), len(theirs),
                 round(our_speed / their_speed, 3),
                 _median([r.get("peak_alloc_gib") for r in ours]),
@@ -95,13 +99,13 @@ def read_rows(path: Path) -> list[dict]:
 
 def table(ratios: list[Ratio]) -> str:
     lines = [
-        "| session | shape | mode | finetty tokens/s (rows) | Unsloth tokens/s (rows) | ratio "
-        "| peak alloc GiB (finetty vs Unsloth) |",
-        "|---|---|---|---|---|---|---|",
+        "| session | shape | mode | batch x seq | finetty tokens/s (rows) | Unsloth tokens/s (rows) "
+        "| ratio | peak alloc GiB (finetty vs Unsloth) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in ratios:
         lines.append(
-            f"| {r.session} | {r.shape} | {r.mode} | {r.finetty_tokens_per_s:,.0f} "
+            f"| {r.session} | {r.shape} | {r.mode} | {r.batch}x{r.seq} | {r.finetty_tokens_per_s:,.0f} "
             f"({r.finetty_rows}) | {r.unsloth_tokens_per_s:,.0f} ({r.unsloth_rows}) "
             f"| {r.ratio:.2f}x | {r.finetty_peak_alloc_gib} vs {r.unsloth_peak_alloc_gib} |"
         )

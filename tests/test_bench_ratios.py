@@ -16,8 +16,8 @@ import ratios  # noqa: E402
 
 
 def row(session: str, stack: str, speed: float, **extra) -> dict:
-    return {"session": session, "stack": stack, "shape": "qwen05b", "mode": "lora",
-            "tokens_per_s": speed, "peak_alloc_gib": 2.0, "gpus": 1, **extra}  # fmt: skip
+    return {"session": session, "stack": stack, "shape": "qwen05b", "mode": "lora", "batch": 8,
+            "seq": 2048, "tokens_per_s": speed, "peak_alloc_gib": 2.0, "gpus": 1, **extra}  # fmt: skip
 
 
 def test_medians_within_a_session_and_never_across() -> None:
@@ -35,15 +35,29 @@ def test_medians_within_a_session_and_never_across() -> None:
     assert variant.ratio == pytest.approx(999 / 40, rel=1e-3)
 
 
+def test_other_batch_shapes_are_compared_apart() -> None:
+    rows = [
+        row("a", "finetty", 60.0), row("a", "unsloth", 40.0),
+        row("a", "finetty", 30.0, batch=1), row("a", "unsloth", 10.0, batch=1),
+        row("a", "finetty", 999.0, seq=512),  # no Unsloth row at 8 x 512
+    ]  # fmt: skip
+    found = {(r.batch, r.seq): r.ratio for r in ratios.session_ratios(rows)}
+    assert found == {(8, 2048): 1.5, (1, 2048): 3.0}
+
+
 def test_the_committed_results_give_the_readme_figures() -> None:
     found = {
         (r.session, r.shape, r.mode): r.ratio
         for r in ratios.session_ratios(ratios.read_rows(ratios.RESULTS))
+        if r.batch == 8
     }
     assert found[("devN-20261201", "llama8b", "qlora")] == pytest.approx(1.11, abs=0.005)
     assert found[("devN-20261201", "llama8b", "lora")] == pytest.approx(1.11, abs=0.005)
     assert found[("devN-20261201", "qwen05b", "lora")] == pytest.approx(0.80, abs=0.005)
     assert found[("devP-20261201", "qwen05b", "lora")] == pytest.approx(0.87, abs=0.005)
+    assert found[("devS-20261201", "llama8b", "qlora")] == pytest.approx(1.11, abs=0.005)
+    assert found[("devS-20261201", "llama8b", "lora")] == pytest.approx(1.12, abs=0.005)
+    assert found[("devS-20261201", "qwen05b", "lora")] == pytest.approx(1.71, abs=0.005)
 
 
 def test_json_output_and_a_bad_line(tmp_path: Path) -> None:
