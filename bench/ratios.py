@@ -58,9 +58,7 @@ def _median(values: list[float | None]) -> float | None:
 def session_ratios(rows: list[dict], variant: str | None = None) -> list[Ratio]:
     """One Ratio per session, shape, mode and batch x seq that has rows of both stacks, in file
     order."""
-    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(
-        lambda: {"finetty": [], "unsloth": []}
-    )
+    groups: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: {"finetty": [], "unsloth": []})
     for row in rows:
         side = _side(row, variant)
         if side is not None and row.get("session"):
