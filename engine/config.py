@@ -181,7 +181,8 @@ class TrainingSection(Section):
     use_liger_kernel: bool | None = None
     """Fused Liger kernels (RMSNorm, RoPE, SwiGLU) on CUDA; unset: on when liger-kernel is installed."""
     fused_lora: bool = True
-    """Run each plain LoRA projection as one fused function (same result, fewer GPU passes)."""
+    """Run each plain LoRA projection as one fused function, and q/k/v and gate/up as one
+    function each (same result, fewer GPU passes and Python calls)."""
     activation_offloading: bool | None = None
     """With gradient_checkpointing: keep each layer's saved input in host memory until its
     backward; unset: on with a CUDA GPU."""
