@@ -16,6 +16,7 @@ import psutil
 
 from engine.config import Preset
 from engine.gpus import GpuSpec, training_flops
+from engine.graph_work import host_bound
 from engine.loss import CHUNKABLE, chunk_rows
 from engine.shapes import ModelShape, shape_for
 
@@ -45,6 +46,7 @@ class Memory:
     optimizer: float
     activations: float
     logits: float  # logits and the cross-entropy buffers
+    cuda_graphs: float  # the layer graphs' static tensors and the working memory their pool keeps
     overhead: float  # CUDA context (or the CPU process baseline) and allocator slack
     total: float
 
@@ -72,6 +74,9 @@ class Plan:
     # LoRA with offloading also keeps each layer's post-attention residual (host memory), and a
     # 4-bit layer's recompute keeps its dequantized weights for its backward.
     save_middle: bool = False
+    # CUDA graphs of the checkpointed layers (engine.layer_graphs): True always, None where a
+    # layer call is host-bound (engine.graph_work), False never.
+    cuda_graphs: bool | None = False
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,18 @@ def make_plan(
         bool(training.fused_lora and lora.lora_dropout == 0 and not lora.use_dora),
         liger,
         save_middle=offload and preset.uses_adapter,
+        cuda_graphs=_cuda_graphs(preset, gpu),
     )
+
+
+def _cuda_graphs(preset: Preset, gpu: GpuSpec | None) -> bool | None:
+    """training.cuda_graphs as the engine resolves it (engine.fast_path): unset is adapters only."""
+    wanted = preset.training.cuda_graphs
+    if gpu is None or not preset.training.gradient_checkpointing:
+        return False
+    if wanted is None and not preset.uses_adapter:
+        return False
+    return wanted
 
 
 def memory(plan: Plan) -> Memory:
@@ -226,10 +242,24 @@ def memory(plan: Plan) -> Memory:
     live_grads = grads if plan.grad_accum > 1 else 0.0
     in_backward += grads if plan.method == "full" else live_grads
     peak = weights + trainable + optim + max(stored + logits + live_grads, in_backward, grads)
+    graphs = 0.0
+    if plan.checkpointing and _graphed(plan, tokens):
+        # Static inputs and outputs (4 tensors of a layer's hidden states) and the trained
+        # parameters' static gradients live all run; the graphs' own pool keeps one layer's
+        # recompute and backward working memory apart from the caching allocator's.
+        graphs = 4 * tokens * s.hidden_size * a + grads + tokens * layer
+        peak += graphs
     base = CUDA_CONTEXT_GIB if plan.gpu else CPU_BASELINE_GIB
     overhead = base + SLACK * peak / GIB
-    g = [x / GIB for x in (weights, trainable, grads, optim, activations, logits)]
+    g = [x / GIB for x in (weights, trainable, grads, optim, activations, logits, graphs)]
     return Memory(*(round(x, 3) for x in (*g, overhead, peak / GIB + overhead)))
+
+
+def _graphed(plan: Plan, tokens: int) -> bool:
+    if plan.cuda_graphs is None:
+        s = plan.shape
+        return host_bound(tokens, s.linear_param_count() // s.num_hidden_layers)
+    return plan.cuda_graphs
 
 
 def _loss_bytes(plan: Plan, tokens: int, d: int) -> float:
@@ -492,6 +522,7 @@ def format_estimate(e: Estimate) -> str:
         ("optimizer states", m.optimizer),
         ("activations", m.activations),
         ("logits and loss", m.logits),
+        *([("CUDA graphs", m.cuda_graphs)] if m.cuda_graphs else []),
         ("CUDA context, slack" if e.on_gpu else "process, slack", m.overhead),
     ]
     lines += [f"    {label:<20}{value:>8.1f}" for label, value in rows]

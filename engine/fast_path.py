@@ -36,7 +36,7 @@ def apply_fast_path(
     ``grouped_lora``: q/k/v and gate/up as one function each, +2.8% at 0.5B and +1.6% at 8B
     LoRA on an H200 (bench/RESULTS.md, devS/devT).
     ``cuda_graphs``: True always, None where a layer call is small enough to be host-bound
-    (engine.layer_graphs.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device
+    (engine.graph_work.HOST_BOUND_WORK) and adapters train, False never; on a CUDA device
     and in one process only (the caller's part: DDP needs autograd's own gradient
     accumulation).
     ``graph_dropout``: layers with LoRA dropout get graphs too, their masks drawn again in the

@@ -43,13 +43,9 @@ from typing import Any
 
 import torch
 
-_CONSTANTS = (type(None), bool, int, float, str)
+from engine.graph_work import HOST_BOUND_WORK
 
-# Tokens x weights of one layer call above which graphs are not worth it: the GPU is the
-# bottleneck there, and the static copies in and out cost more than the launches they save.
-# Measured on an H200 at 8 x 2048 tokens (bench/RESULTS.md, devR): Qwen2.5-0.5B, 2.4e11, ran
-# 1.43x faster with graphs; Llama-3.1-8B, 3.6e12, 2% slower with 0.7 GiB more memory.
-HOST_BOUND_WORK = 1e12
+_CONSTANTS = (type(None), bool, int, float, str)
 
 Forward = Callable[[torch.Tensor, tuple, dict], tuple[torch.Tensor, torch.Tensor | None]]
 Recompute = Callable[[torch.Tensor, "torch.Tensor | None", tuple, dict], torch.Tensor]

@@ -228,30 +228,44 @@ def test_cpu_run_is_sized_in_ram() -> None:
 
 # Peak torch.cuda.max_memory_allocated and max_memory_reserved (GiB) of finetty's engine
 # (bench/gpu_throughput.py: gradient checkpointing, adamw_8bit, Liger, fused LoRA, per-layer
-# checkpointing, the frozen-head loss), random weights, batch 8 x 2048; NVIDIA H200, sessions
-# devN-20261201 (commit a3fbef4: the post-attention residual saved too) for the offloaded LoRA
-# and QLoRA rows, devK-20261201 (commit b3d0c9c) for the paths it did not change (no offload,
-# full fine-tuning), bench/RESULTS.md.
-MEASURED: list[
-    tuple[str, str, bool, float, float]
-] = [  # model, method, offloaded checkpoint inputs, alloc, reserved
-    ("meta-llama/Llama-3.1-8B", "qlora", True, 9.20, 11.23),
-    ("meta-llama/Llama-3.1-8B", "lora", True, 18.48, 21.99),
-    ("meta-llama/Llama-3.1-8B", "qlora", False, 12.42, 12.68),
-    ("Qwen/Qwen2.5-0.5B", "lora", True, 1.95, 2.00),
-    ("Qwen/Qwen2.5-0.5B", "full", True, 3.64, 3.77),
+# checkpointing with offloading, the frozen-head loss), random weights, sequences of 2048
+# tokens, NVIDIA H200 (bench/RESULTS.md). CUDA graphs are on where the engine's auto rule puts
+# them (a layer call's tokens x weights at most 1e12) unless a row sets training.cuda_graphs.
+LLAMA_8B, QWEN_05B = "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-0.5B"
+MEASURED: list[tuple[str, str, int, float, dict, float, float]] = [
+    # model, method, micro-batch, lora_dropout, more training keys, allocated, reserved
+    # devS (da73586), the default path at 8 x 2048: 8B eager, 0.5B graphed
+    (LLAMA_8B, "qlora", 8, 0.0, {}, 9.20, 9.28),
+    (LLAMA_8B, "lora", 8, 0.0, {}, 18.48, 18.69),
+    (QWEN_05B, "lora", 8, 0.0, {}, 2.15, 3.02),
+    # devT (fc2af8c): 8B graphed at micro-batch 1 and 2, graphed LoRA dropout, and eager rows
+    (LLAMA_8B, "lora", 1, 0.0, {}, 16.07, 16.47),
+    (LLAMA_8B, "qlora", 1, 0.0, {}, 6.80, 7.58),
+    (LLAMA_8B, "lora", 2, 0.0, {}, 16.51, 17.25),
+    (LLAMA_8B, "qlora", 1, 0.0, {"cuda_graphs": False}, 6.52, 6.58),
+    (QWEN_05B, "lora", 8, 0.05, {}, 2.57, 3.86),
+    # devR (146bdd1): graphs forced at 8 x 2048 on 8B, and the 0.5B eager row
+    (LLAMA_8B, "lora", 8, 0.0, {"cuda_graphs": True}, 19.19, 22.05),
+    (LLAMA_8B, "qlora", 8, 0.0, {"cuda_graphs": True}, 9.92, 12.97),
+    (QWEN_05B, "lora", 8, 0.0, {"cuda_graphs": False}, 1.95, 2.00),
+    # devK (b3d0c9c), paths the later sessions did not change: no offload, full fine-tuning
+    (LLAMA_8B, "qlora", 8, 0.0, {"activation_offloading": False}, 12.42, 12.68),
+    (QWEN_05B, "full", 8, 0.0, {}, 3.64, 3.77),
 ]
 
 
-@pytest.mark.parametrize(("model", "method", "offload", "allocated", "reserved"), MEASURED)
+@pytest.mark.parametrize(
+    ("model", "method", "micro_batch", "dropout", "training", "allocated", "reserved"), MEASURED
+)
 def test_memory_model_matches_h200_measurements(
-    model: str, method: str, offload: bool, allocated: float, reserved: float
-) -> None:
+    model: str, method: str, micro_batch: int, dropout: float, training: dict,
+    allocated: float, reserved: float,
+) -> None:  # fmt: skip
     p = Preset.model_validate({
         "model": {"name_or_path": model, "max_seq_length": 2048}, "method": method,
-        "lora": {"lora_dropout": 0.0},
-        "training": {"per_device_train_batch_size": 8, "gradient_checkpointing": True,
-                     "optim": "adamw_8bit", "activation_offloading": offload},
+        "lora": {"lora_dropout": dropout},
+        "training": {"per_device_train_batch_size": micro_batch, "gradient_checkpointing": True,
+                     "optim": "adamw_8bit", **training},
     })  # fmt: skip
     predicted = memory(make_plan(p, gpu_spec("h200"), liger_installed=True)).total
     # The predicted peak is what the process takes from the card: within +-15% of the memory
@@ -259,6 +273,25 @@ def test_memory_model_matches_h200_measurements(
     # prediction counts), and never below what it allocated.
     assert 0.85 * reserved <= predicted <= 1.15 * reserved + CUDA_CONTEXT_GIB
     assert predicted >= allocated
+
+
+def test_cuda_graphs_are_counted_where_the_engine_would_graph() -> None:
+    def graphs_gib(model: str, method: str, micro_batch: int, **training) -> float:
+        p = Preset.model_validate({
+            "model": {"name_or_path": model, "max_seq_length": 2048}, "method": method,
+            "training": {"per_device_train_batch_size": micro_batch,
+                         "gradient_checkpointing": True, **training},
+        })  # fmt: skip
+        return memory(make_plan(p, gpu_spec("h200"), liger_installed=True)).cuda_graphs
+
+    assert graphs_gib(QWEN_05B, "lora", 8) > 0  # 2.4e11 work: host-bound
+    assert graphs_gib(LLAMA_8B, "lora", 1) > 0 and graphs_gib(LLAMA_8B, "lora", 8) == 0
+    assert graphs_gib(LLAMA_8B, "lora", 8, cuda_graphs=True) > 0
+    assert graphs_gib(QWEN_05B, "lora", 8, cuda_graphs=False) == 0
+    assert graphs_gib(QWEN_05B, "full", 8) == 0  # unset: adapters only
+    assert graphs_gib(QWEN_05B, "lora", 8, gradient_checkpointing=False) == 0
+    cpu = Preset.model_validate({"model": {"name_or_path": QWEN_05B}, "method": "lora"})
+    assert memory(make_plan(cpu, None)).cuda_graphs == 0
 
 
 def test_estimator_modules_do_not_import_torch() -> None:
