@@ -220,6 +220,18 @@ grouping() {  # grouped LoRA as the default: its GPU tests, then 8B QLoRA one by
   log "done"
 }
 
+keeping() {  # 8B QLoRA with and without the kept dequantized weights, micro-batch 1 and 8
+  header keeping
+  prepare llama8b
+  log "8B QLoRA 1 x 2048: kept (the default), dequantized again"
+  rows --shape llama8b --mode qlora --batch 1 --steps 13
+  rows --shape llama8b --mode qlora --batch 1 --steps 13 --no-keep-dequantized
+  log "8B QLoRA 8 x 2048: dequantized again, kept"
+  rows --shape llama8b --mode qlora --steps 8 --no-keep-dequantized
+  rows --shape llama8b --mode qlora --steps 8
+  log "done"
+}
+
 probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B rows
   header probe
   prepare qwen05b
@@ -259,12 +271,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|probe] | follow" >&2; exit 2 ;;
 esac

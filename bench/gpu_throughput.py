@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
             grouped_lora=not args.no_grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
-            graph_dropout=not args.no_graph_dropout,
+            graph_dropout=not args.no_graph_dropout, keep_dequantized=not args.no_keep_dequantized,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -270,6 +270,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("cuda-graphs", args.cuda_graphs),
                 ("no-cuda-graphs", args.no_cuda_graphs),
                 ("no-graph-dropout", args.no_graph_dropout),
+                ("no-keep-dequantized", args.no_keep_dequantized),
                 (f"lora-dropout-{args.lora_dropout}", args.lora_dropout > 0),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
@@ -581,6 +582,11 @@ def main() -> None:
         "--no-graph-dropout",
         action="store_true",
         help="layers with LoRA dropout run eagerly, not as CUDA graphs (the default graphs them)",
+    )
+    parser.add_argument(
+        "--no-keep-dequantized",
+        action="store_true",
+        help="4-bit layers dequantize again in their backward instead of keeping the recompute's",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

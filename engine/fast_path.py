@@ -29,6 +29,7 @@ def apply_fast_path(
     grouped_lora: bool = True,
     cuda_graphs: bool | None = False,
     graph_dropout: bool = True,
+    keep_dequantized: bool = True,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied.
@@ -61,7 +62,7 @@ def apply_fast_path(
         installed = layer_checkpoint.install(
             model, offload=offload, save_middle=save_layer_middle,
             cuda_graphs=_graphs_wanted(cuda_graphs, device=device, uses_adapter=uses_adapter),
-            graph_dropout=graph_dropout,
+            graph_dropout=graph_dropout, keep_dequantized=keep_dequantized,
         )  # fmt: skip
     if installed is None:
         from engine.adapters import enable_transformers_checkpointing

@@ -199,6 +199,7 @@ class _LayerCall:
     middle: _Middle | None  # set: the MLP's input is saved and o_proj's recompute skipped
     random: bool  # the layer draws random numbers (dropout): the recompute must replay them
     graphs: LayerGraphs | None  # CUDA graphs of this model's layers, when on
+    keep_dequantized: bool  # 4-bit projections reuse their recompute's weights in the backward
     args: tuple
     kwargs: dict
 
@@ -304,7 +305,7 @@ def _recompute(
             torch.enable_grad(),
             torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled),
             _ForwardsSkipped(skipped),
-            keeping_dequantized_weights(),
+            keeping_dequantized_weights() if call.keep_dequantized else contextlib.nullcontext(),
         ):  # fmt: skip
             return call.forward(hidden, *args, **kwargs)
     finally:
@@ -357,14 +358,15 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 def _checkpointed_forward(
     layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    middle: _Middle | None, random: bool, graphs: LayerGraphs | None, hidden: torch.Tensor,
-    *args: Any, **kwargs: Any,
+    middle: _Middle | None, random: bool, graphs: LayerGraphs | None, keep_dequantized: bool,
+    hidden: torch.Tensor, *args: Any, **kwargs: Any,
 ) -> torch.Tensor:  # fmt: skip
     if not (layer.training and torch.is_grad_enabled()):
         return original(hidden, *args, **kwargs)
     call = _LayerCall(
-        layer, original, index, store, skip_down, middle, random, graphs, args, kwargs
-    )
+        layer, original, index, store, skip_down, middle, random, graphs, keep_dequantized,
+        args, kwargs,
+    )  # fmt: skip
     return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
 
 
@@ -425,7 +427,7 @@ def _attention_dropout(module: Any) -> bool:
 
 def install(
     model: Any, *, offload: bool, save_middle: bool | None = None,
-    cuda_graphs: bool | None = False, graph_dropout: bool = True,
+    cuda_graphs: bool | None = False, graph_dropout: bool = True, keep_dequantized: bool = True,
 ) -> list[str] | None:  # fmt: skip
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
@@ -436,7 +438,9 @@ def install(
     (engine.layer_graphs; one process only): True always, None (auto) where a layer call is
     small enough to be host-bound, False never; ``graphs_of(model)`` then says what happened.
     ``graph_dropout``: layers with LoRA dropout are graphed too, their masks drawn again from
-    the forward's generator state in the recompute (bitwise equal to eager on an H200, devS)."""
+    the forward's generator state in the recompute (bitwise equal to eager on an H200, devS).
+    ``keep_dequantized``: a 4-bit layer's recompute keeps the weights it dequantized for its
+    own backward (one layer's weights at a time) instead of dequantizing them again."""
     layers = decoder_layers(model)
     if layers is None:
         return None
@@ -467,6 +471,7 @@ def install(
         original = layer.forward
         layer.forward = functools.partial(
             _checkpointed_forward, layer, original, index, store, skip, middle, random, graphs,
+            keep_dequantized,
         )  # fmt: skip
     applied = ["checkpoint:per-layer"]
     if graphs is not None:
