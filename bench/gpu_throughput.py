@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict:
             sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
             grouped_lora=not args.no_grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
-            graph_dropout=not args.no_graph_dropout, keep_dequantized=not args.no_keep_dequantized,
+            graph_dropout=not args.no_graph_dropout, keep_dequantized=False if args.no_keep_dequantized else True if args.keep_dequantized else None,
         )  # fmt: skip
     settings = TrainSettings(
         micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
@@ -271,6 +271,7 @@ def run(args: argparse.Namespace) -> dict:
                 ("no-cuda-graphs", args.no_cuda_graphs),
                 ("no-graph-dropout", args.no_graph_dropout),
                 ("no-keep-dequantized", args.no_keep_dequantized),
+                ("keep-dequantized", args.keep_dequantized),
                 (f"lora-dropout-{args.lora_dropout}", args.lora_dropout > 0),
                 ("no-offload", args.no_offload),
                 ("no-save-middle", args.no_save_middle),
@@ -587,6 +588,12 @@ def main() -> None:
         "--no-keep-dequantized",
         action="store_true",
         help="4-bit layers dequantize again in their backward instead of keeping the recompute's",
+    )
+    parser.add_argument(
+        "--keep-dequantized",
+        action="store_true",
+        help="4-bit layers keep the recompute's weights for their backward at every batch size "
+        "(the default: where a layer call is host-bound)",
     )
     parser.add_argument(
         "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"

@@ -232,8 +232,9 @@ def memory(plan: Plan) -> Memory:
         kept = (4 if plan.save_middle else 2) if plan.offload else s.num_hidden_layers
         stored = tokens * kept * a * s.hidden_size
         activations = in_backward = stored + tokens * layer
-        if four_bit and plan.save_middle:
-            in_backward += n_lin / s.num_hidden_layers * d  # one layer's dequantized weights
+        per_layer = n_lin // s.num_hidden_layers
+        if four_bit and plan.save_middle and host_bound(tokens, per_layer):
+            in_backward += per_layer * d  # one layer's dequantized weights, kept for its backward
     else:
         activations = stored = in_backward = tokens * s.num_hidden_layers * layer
     # Gradients of earlier micro-batches persist while accumulating; at accumulation 1 they are

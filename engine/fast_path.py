@@ -29,7 +29,7 @@ def apply_fast_path(
     grouped_lora: bool = True,
     cuda_graphs: bool | None = False,
     graph_dropout: bool = True,
-    keep_dequantized: bool = True,
+    keep_dequantized: bool | None = None,
 ) -> list[str]:
     """Patch ``model`` in place (after engine.adapters.prepare_for_training with
     gradient_checkpointing=False); returns the names of what was applied.
@@ -41,7 +41,9 @@ def apply_fast_path(
     and in one process only (the caller's part: DDP needs autograd's own gradient
     accumulation).
     ``graph_dropout``: layers with LoRA dropout get graphs too, their masks drawn again in the
-    recompute (1.20x eager at 0.5B with lora_dropout 0.05, bitwise equal; bench/RESULTS.md, devS)."""
+    recompute (1.20x eager at 0.5B with lora_dropout 0.05, bitwise equal; bench/RESULTS.md, devS).
+    ``keep_dequantized``: a 4-bit layer's recompute keeps its dequantized weights for its
+    backward; None (the default) where a layer call is host-bound (engine.layer_checkpoint)."""
     applied: list[str] = []
     if uses_adapter and fused_lora:
         from engine.fast_lora import apply_fused_lora

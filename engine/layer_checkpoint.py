@@ -35,7 +35,8 @@ from engine.fast_lora import (
     keeping_dequantized_weights,
     skip_base_forward,
 )
-from engine.layer_graphs import HOST_BOUND_WORK, LayerGraphs, layer_weights
+from engine.graph_work import HOST_BOUND_WORK, host_bound
+from engine.layer_graphs import LayerGraphs, layer_weights
 
 # model_type -> decoder layers whose forward is `h = x + attn(norm(x)); out = h + mlp(norm(h))`
 # with mlp ending in down_proj: the layer output is never needed by its own backward.
@@ -199,7 +200,10 @@ class _LayerCall:
     middle: _Middle | None  # set: the MLP's input is saved and o_proj's recompute skipped
     random: bool  # the layer draws random numbers (dropout): the recompute must replay them
     graphs: LayerGraphs | None  # CUDA graphs of this model's layers, when on
-    keep_dequantized: bool  # 4-bit projections reuse their recompute's weights in the backward
+    # 4-bit projections reuse their recompute's weights in the backward: True, False, or None
+    # where the layer call is host-bound (engine.graph_work), judged by layer_weights
+    keep_dequantized: bool | None
+    layer_weights: int
     args: tuple
     kwargs: dict
 
@@ -305,12 +309,22 @@ def _recompute(
             torch.enable_grad(),
             torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled),
             _ForwardsSkipped(skipped),
-            keeping_dequantized_weights() if call.keep_dequantized else contextlib.nullcontext(),
+            keeping_dequantized_weights() if _keeps(call, hidden) else contextlib.nullcontext(),
         ):  # fmt: skip
             return call.forward(hidden, *args, **kwargs)
     finally:
         if middle is not None:
             middle.mode, middle.value = "off", None
+
+
+def _keeps(call: _LayerCall, hidden: torch.Tensor) -> bool:
+    """Keeping saves a second dequantization in the backward, for one layer's weights in
+    memory: worth it where the host sets the pace (+3.2% at 8B QLoRA, 1 x 2048 tokens), not
+    where the GPU does (the same speed at 8 x 2048, 0.26 GiB less without; bench/RESULTS.md,
+    devV)."""
+    if call.keep_dequantized is not None:
+        return call.keep_dequantized
+    return host_bound(hidden.numel() // max(hidden.shape[-1], 1), call.layer_weights)
 
 
 def _trained_parameters(layer: Any) -> list[torch.nn.Parameter]:
@@ -358,14 +372,14 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 def _checkpointed_forward(
     layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    middle: _Middle | None, random: bool, graphs: LayerGraphs | None, keep_dequantized: bool,
-    hidden: torch.Tensor, *args: Any, **kwargs: Any,
+    middle: _Middle | None, random: bool, graphs: LayerGraphs | None,
+    keep_dequantized: bool | None, weights: int, hidden: torch.Tensor, *args: Any, **kwargs: Any,
 ) -> torch.Tensor:  # fmt: skip
     if not (layer.training and torch.is_grad_enabled()):
         return original(hidden, *args, **kwargs)
     call = _LayerCall(
         layer, original, index, store, skip_down, middle, random, graphs, keep_dequantized,
-        args, kwargs,
+        weights, args, kwargs,
     )  # fmt: skip
     return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
 
@@ -427,7 +441,8 @@ def _attention_dropout(module: Any) -> bool:
 
 def install(
     model: Any, *, offload: bool, save_middle: bool | None = None,
-    cuda_graphs: bool | None = False, graph_dropout: bool = True, keep_dequantized: bool = True,
+    cuda_graphs: bool | None = False, graph_dropout: bool = True,
+    keep_dequantized: bool | None = None,
 ) -> list[str] | None:  # fmt: skip
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
@@ -440,7 +455,8 @@ def install(
     ``graph_dropout``: layers with LoRA dropout are graphed too, their masks drawn again from
     the forward's generator state in the recompute (bitwise equal to eager on an H200, devS).
     ``keep_dequantized``: a 4-bit layer's recompute keeps the weights it dequantized for its
-    own backward (one layer's weights at a time) instead of dequantizing them again."""
+    own backward (one layer's weights at a time) instead of dequantizing them again: True
+    always, None (auto) where a layer call is host-bound, False never."""
     layers = decoder_layers(model)
     if layers is None:
         return None
@@ -464,14 +480,15 @@ def install(
         skipped_down += skip
         skipped_o += middle is not None
         random = draws_random(layer)
+        weights = layer_weights(layer)
         if graphs is not None:
-            graphs.weights[index] = layer_weights(layer)
+            graphs.weights[index] = weights
             if random and graph_dropout and dropout_only(layer):
                 graphs.random_ok.add(index)
         original = layer.forward
         layer.forward = functools.partial(
             _checkpointed_forward, layer, original, index, store, skip, middle, random, graphs,
-            keep_dequantized,
+            keep_dequantized, weights,
         )  # fmt: skip
     applied = ["checkpoint:per-layer"]
     if graphs is not None:
