@@ -223,12 +223,12 @@ grouping() {  # grouped LoRA as the default: its GPU tests, then 8B QLoRA one by
 keeping() {  # 8B QLoRA with and without the kept dequantized weights, micro-batch 1 and 8
   header keeping
   prepare llama8b
-  log "8B QLoRA 1 x 2048: kept (the default), dequantized again"
+  log "8B QLoRA 1 x 2048: kept (the default: host-bound), dequantized again"
   rows --shape llama8b --mode qlora --batch 1 --steps 13
   rows --shape llama8b --mode qlora --batch 1 --steps 13 --no-keep-dequantized
-  log "8B QLoRA 8 x 2048: dequantized again, kept"
-  rows --shape llama8b --mode qlora --steps 8 --no-keep-dequantized
+  log "8B QLoRA 8 x 2048: dequantized again (the default from b8aa657), kept"
   rows --shape llama8b --mode qlora --steps 8
+  rows --shape llama8b --mode qlora --steps 8 --keep-dequantized
   log "done"
 }
 
