@@ -16,7 +16,7 @@ import psutil
 
 from engine.config import Preset
 from engine.gpus import GpuSpec, training_flops
-from engine.graph_work import host_bound
+from engine.graph_work import graphs_wanted, host_bound
 from engine.loss import CHUNKABLE, chunk_rows
 from engine.shapes import ModelShape, shape_for
 
@@ -163,23 +163,16 @@ def make_plan(
         bool(training.fused_lora and lora.lora_dropout == 0 and not lora.use_dora),
         liger,
         save_middle=offload and preset.uses_adapter,
-        cuda_graphs=_cuda_graphs(preset, gpu),
+        cuda_graphs=graphs_wanted(
+            training.cuda_graphs, cuda=gpu is not None, uses_adapter=preset.uses_adapter
+        ),
     )
-
-
-def _cuda_graphs(preset: Preset, gpu: GpuSpec | None) -> bool | None:
-    """training.cuda_graphs as the engine resolves it (engine.fast_path): unset is adapters only."""
-    wanted = preset.training.cuda_graphs
-    if gpu is None or not preset.training.gradient_checkpointing:
-        return False
-    if wanted is None and not preset.uses_adapter:
-        return False
-    return wanted
 
 
 def memory(plan: Plan) -> Memory:
     """The peak-memory model (GiB), following what engine.models/adapters/trainer allocate."""
     s, n, n_lin = plan.shape, plan.shape.param_count(), plan.shape.linear_param_count()
+    per_layer = n_lin // s.num_hidden_layers  # one layer's linear weights
     d = 4 if plan.dtype == "float32" else 2
     four_bit = plan.quant in ("nf4", "fp4")
     # Full fine-tuning in fp16 keeps fp32 master weights (AMP); bf16 and fp32 train in place.
@@ -232,7 +225,6 @@ def memory(plan: Plan) -> Memory:
         kept = (4 if plan.save_middle else 2) if plan.offload else s.num_hidden_layers
         stored = tokens * kept * a * s.hidden_size
         activations = in_backward = stored + tokens * layer
-        per_layer = n_lin // s.num_hidden_layers
         if four_bit and plan.save_middle and host_bound(tokens, per_layer):
             in_backward += per_layer * d  # one layer's dequantized weights, kept for its backward
     else:
@@ -244,7 +236,7 @@ def memory(plan: Plan) -> Memory:
     in_backward += grads if plan.method == "full" else live_grads
     peak = weights + trainable + optim + max(stored + logits + live_grads, in_backward, grads)
     graphs = 0.0
-    if plan.checkpointing and _graphed(plan, tokens):
+    if plan.checkpointing and _graphed(plan, tokens, per_layer):
         # Static inputs and outputs (4 tensors of a layer's hidden states) and the trained
         # parameters' static gradients live all run; the graphs' own pool keeps one layer's
         # recompute and backward working memory apart from the caching allocator's.
@@ -256,10 +248,9 @@ def memory(plan: Plan) -> Memory:
     return Memory(*(round(x, 3) for x in (*g, overhead, peak / GIB + overhead)))
 
 
-def _graphed(plan: Plan, tokens: int) -> bool:
+def _graphed(plan: Plan, tokens: int, layer_weights: int) -> bool:
     if plan.cuda_graphs is None:
-        s = plan.shape
-        return host_bound(tokens, s.linear_param_count() // s.num_hidden_layers)
+        return host_bound(tokens, layer_weights)
     return plan.cuda_graphs
 
 

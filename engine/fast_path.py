@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.graph_work import graphs_wanted
+
 
 def apply_fast_path(
     model: Any,
@@ -63,7 +65,7 @@ def apply_fast_path(
         offload = device == "cuda" and activation_offloading is not False
         installed = layer_checkpoint.install(
             model, offload=offload, save_middle=save_layer_middle,
-            cuda_graphs=_graphs_wanted(cuda_graphs, device=device, uses_adapter=uses_adapter),
+            cuda_graphs=graphs_wanted(cuda_graphs, cuda=device == "cuda", uses_adapter=uses_adapter),
             graph_dropout=graph_dropout, keep_dequantized=keep_dequantized,
         )  # fmt: skip
     if installed is None:
@@ -72,16 +74,6 @@ def apply_fast_path(
         enable_transformers_checkpointing(model)
         installed = ["checkpoint:transformers"]
     return applied + installed
-
-
-def _graphs_wanted(cuda_graphs: bool | None, *, device: str, uses_adapter: bool) -> bool | None:
-    """Unset means adapters only: full fine-tuning's graphs would hold a static gradient of
-    every weight (a second copy of the gradients), and that path was not measured with them."""
-    if device != "cuda":
-        return False
-    if cuda_graphs is None and not uses_adapter:
-        return False
-    return cuda_graphs
 
 
 def _group(model: Any) -> list[str]:

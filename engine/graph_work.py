@@ -11,6 +11,18 @@ from __future__ import annotations
 HOST_BOUND_WORK = 1e12
 
 
+def graphs_wanted(cuda_graphs: bool | None, *, cuda: bool, uses_adapter: bool) -> bool | None:
+    """training.cuda_graphs resolved for a run: True always, None where a layer call is
+    host-bound, False never. Only on a CUDA device; unset means adapters only: full
+    fine-tuning's graphs would hold a static gradient of every weight (a second copy of the
+    gradients), and that path was not measured with them."""
+    if not cuda:
+        return False
+    if cuda_graphs is None and not uses_adapter:
+        return False
+    return cuda_graphs
+
+
 def host_bound(tokens: int, layer_weights: int) -> bool:
     """Whether a layer call of ``tokens`` tokens through ``layer_weights`` linear weights is
     small enough for the host, not the GPU, to set its time."""

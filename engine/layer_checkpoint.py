@@ -36,7 +36,7 @@ from engine.fast_lora import (
     skip_base_forward,
 )
 from engine.graph_work import HOST_BOUND_WORK, host_bound
-from engine.layer_graphs import LayerGraphs, layer_weights
+from engine.layer_graphs import LayerGraphs, layer_weights, tokens_of
 
 # model_type -> decoder layers whose forward is `h = x + attn(norm(x)); out = h + mlp(norm(h))`
 # with mlp ending in down_proj: the layer output is never needed by its own backward.
@@ -324,7 +324,7 @@ def _keeps(call: _LayerCall, hidden: torch.Tensor) -> bool:
     devV)."""
     if call.keep_dequantized is not None:
         return call.keep_dequantized
-    return host_bound(hidden.numel() // max(hidden.shape[-1], 1), call.layer_weights)
+    return host_bound(tokens_of(hidden), call.layer_weights)
 
 
 def _trained_parameters(layer: Any) -> list[torch.nn.Parameter]:

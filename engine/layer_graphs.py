@@ -236,8 +236,7 @@ class LayerGraphs:
         to pay (see HOST_BOUND_WORK)."""
         if self.max_work is None:
             return True
-        tokens = hidden.numel() // max(hidden.shape[-1], 1)
-        if tokens * self.weights.get(index, 0) <= self.max_work:
+        if tokens_of(hidden) * self.weights.get(index, 0) <= self.max_work:
             return True
         self.too_large += 1
         return False
@@ -401,6 +400,11 @@ def _accumulate(params: list[torch.nn.Parameter], grads: list[torch.Tensor | Non
         copies = torch._foreach_mul([g for _, g in fresh], 1.0)
         for (param, _), copy in zip(fresh, copies, strict=True):
             param.grad = copy
+
+
+def tokens_of(hidden: torch.Tensor) -> int:
+    """The tokens of a layer call: its hidden states' positions over batch and sequence."""
+    return hidden.numel() // max(hidden.shape[-1], 1)
 
 
 def layer_weights(layer: torch.nn.Module) -> int:

@@ -138,13 +138,13 @@ def test_dequantized_weights_are_kept_only_for_host_bound_layer_calls() -> None:
 
 
 def test_unset_means_adapter_training_on_a_cuda_device() -> None:
-    from engine.fast_path import _graphs_wanted
+    from engine.graph_work import graphs_wanted
 
-    assert _graphs_wanted(None, device="cuda", uses_adapter=True) is None  # auto: by work
-    assert _graphs_wanted(None, device="cuda", uses_adapter=False) is False
-    assert _graphs_wanted(True, device="cuda", uses_adapter=False) is True
-    assert _graphs_wanted(True, device="cpu", uses_adapter=True) is False
-    assert _graphs_wanted(False, device="cuda", uses_adapter=True) is False
+    assert graphs_wanted(None, cuda=True, uses_adapter=True) is None  # auto: by work
+    assert graphs_wanted(None, cuda=True, uses_adapter=False) is False
+    assert graphs_wanted(True, cuda=True, uses_adapter=False) is True
+    assert graphs_wanted(True, cuda=False, uses_adapter=True) is False
+    assert graphs_wanted(False, cuda=True, uses_adapter=True) is False
 
 
 def test_a_signature_is_captured_after_its_warmup_calls_in_a_row_and_at_most_two() -> None:
