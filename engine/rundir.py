@@ -29,6 +29,7 @@ from engine.events import (
     StateChanged,
     Step,
 )
+from engine.runstate import RunState, read_events
 
 COMMANDS = ("pause", "resume", "save", "stop", "abort")
 
@@ -102,13 +103,16 @@ class RunDirSink:
         self._lock = threading.Lock()
         self._events = open(run_dir / "events.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._log = open(run_dir / "log.txt", "a", encoding="utf-8")  # noqa: SIM115
-        self.status: dict[str, Any] = {
-            "state": "starting",
-            "pid": os.getpid(),
-            "step": 0,
-            "best_loss": None,
-        }
+        # A resumed run is one run: its state goes on from every segment already recorded, so a
+        # resume that fails early keeps the last true step, best loss and checkpoint.
+        self.state = RunState.from_events(read_events(run_dir / "events.jsonl"))
+        self.state.pid = os.getpid()
         self._last_status_write = 0.0
+
+    @property
+    def status(self) -> dict[str, Any]:
+        """What status.json says (derived from the run's state machine)."""
+        return self.state.to_status()
 
     def emit(self, event: Event) -> None:
         with self._lock:
@@ -132,44 +136,26 @@ class RunDirSink:
         if not self._lock.acquire(timeout=2.0):
             return
         try:
-            if self._events.closed or self.status.get("state") in ("finished", "failed", "stopped"):
+            if self._events.closed or self.state.terminal:
                 return
-            started = self.status.get("started") or time.time()
-            step = int(self.status.get("step") or 0)
+            started = self.state.started or time.time()
+            step = self.state.step
             self._write(LogLine(level="warning", text=text))
             self._write(Finished("stopped", step, {}, {}, time.time() - started))
         finally:
             self._lock.release()
 
     def _update_status(self, event: Event) -> bool:
-        status = self.status
-        status["updated"] = event.time
-        if isinstance(event, RunStarted):
-            status.update(
-                state="running", name=event.name, started=event.time, total_steps=event.total_steps
-            )
-        elif isinstance(event, Step):
-            status["step"] = event.step
-            best = status.get("best_loss")
-            status["best_loss"] = event.loss if best is None else min(best, event.loss)
+        if not self.state.apply(event):
+            return False
+        if isinstance(event, Step):
             # Steps can be many per second on a GPU; the status file needs no more than ~1 Hz.
             return time.monotonic() - self._last_status_write > 1.0
-        elif isinstance(event, StateChanged):
-            status["state"] = {"paused": "paused", "stopping": "stopping"}.get(
-                event.state, "running"
-            )
-        elif isinstance(event, Finished):
-            status.update(state=event.status, step=event.step, elapsed_s=event.elapsed_s)
-        elif isinstance(event, Failed):
-            status.update(state="failed", error=event.message, hint=event.hint, kind=event.kind)
-        elif isinstance(event, CheckpointSaved):
-            status["last_checkpoint"] = event.path
-        else:
-            return False
         return True
 
     def _write_status(self) -> None:
-        atomic_write_text(self.run_dir / "status.json", json.dumps(self.status, indent=2))
+        status = json.dumps(self.state.to_status(), indent=2)
+        atomic_write_text(self.run_dir / "status.json", status)
         self._last_status_write = time.monotonic()
 
     def close(self) -> None:

@@ -633,10 +633,11 @@ class Trainer:
                 if command == "abort":
                     self.control.check_abort()
                 elif command == "save":
-                    self.save("requested")
+                    # A save asked for in a pause returns to the pause: the loop stays waiting.
+                    self.save("requested", then="paused" if paused else "training")
                 elif command == "stop":
                     self.sink.emit(StateChanged(state="stopping", detail="checkpoint, then stop"))
-                    self.save("stop")
+                    self.save("stop", then="stopping")
                     return "stop"
                 elif command == "pause" and not paused:
                     paused = True
@@ -670,9 +671,10 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist is None or self.dist.is_main
 
-    def save(self, reason: str) -> Path | None:
+    def save(self, reason: str, then: str = "training") -> Path | None:
         """A checkpoint. DDP keeps identical weights and optimizer state, so rank 0 alone
-        writes them; FSDP's are sharded, so every rank writes its shard (engine.sharded)."""
+        writes them; FSDP's are sharded, so every rank writes its shard (engine.sharded).
+        ``then``: the state the loop is in once saved (engine.runstate: saving returns)."""
         if not (self.is_main or self.sharded):
             return None
         if self.state.step == 0:
@@ -716,7 +718,7 @@ class Trainer:
                     seconds=time.perf_counter() - start,
                 )
             )
-            self.sink.emit(StateChanged(state="training"))
+            self.sink.emit(StateChanged(state=then))
         return path
 
 
