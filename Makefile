@@ -54,10 +54,10 @@ check: lint test
 bench: setup
 	$(PY) bench/cpu_demo_bench.py
 
-# Regenerates screenshots/ (SVG + PNG at 80x24) from the scenes the snapshot tests use.
+# Regenerates screenshots/ (SVG + PNG at 80x24) from the scenes the snapshot tests use, which
+# replay the recorded demo run in tests/data/demo_run (`python -m tests.tui.scenes.record` re-records it).
 screenshots: setup
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m tui.screenshots screenshots
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m tui.screenshots_wizard screenshots
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m tests.tui.scenes screenshots
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

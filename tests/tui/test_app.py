@@ -13,10 +13,10 @@ import pytest
 from textual.widgets import Checkbox, Static
 
 from engine.events import Finished
+from tests.tui.scenes.synthetic import demo_events
 from tui.app import FinettyApp
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.error import ErrorScreen
-from tui.screenshots import demo_events
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 from textual.widgets import Input
 
+from tests.tui.scenes.recorded import recorded_chat
+from tests.tui.scenes.run_screens import SceneApp, ask, chat_scene
 from tui.screens.chat import ChatScreen, GenerationSettings, model_reply_stream
-from tui.screenshots import CHAT_WORDS, SceneApp, ask, chat_scene
 from tui.widgets.chat_log import ChatLog, ChatMessage
 
 pytestmark = pytest.mark.anyio
@@ -26,10 +27,11 @@ async def test_streams_reply_into_both_columns() -> None:
         await ask(pilot)
         tuned, base = messages(app, "tuned"), messages(app, "base")
         assert [m.role for m in tuned] == ["user", "assistant"]
-        assert tuned[-1].text == "".join(CHAT_WORDS)
-        assert base[-1].text.startswith("(base) ")
+        recorded = recorded_chat().exchanges[0]
+        assert tuned[-1].text == recorded.tuned
+        assert base[-1].text == recorded.base
         screen = app.screen
-        assert screen.history["tuned"][-1] == {"role": "assistant", "content": "".join(CHAT_WORDS)}
+        assert screen.history["tuned"][-1] == {"role": "assistant", "content": recorded.tuned}
         assert not screen.busy
 
 

@@ -6,10 +6,11 @@ import pytest
 from textual.widgets import Static
 
 from engine.events import ExactMatch, Failed, Finished, HardwareSample, StateChanged
+from tests.tui.scenes.run_screens import RecordingControl, dashboard_scene
+from tests.tui.scenes.synthetic import demo_events, hardware, step
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.error import ErrorScreen
-from tui.screenshots import RecordingControl, dashboard_scene, demo_events, hardware, step
 from tui.widgets.loss_chart import LossChart
 
 pytestmark = pytest.mark.anyio

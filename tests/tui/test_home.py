@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable
 
+from tests.tui.scenes.wizard import SceneApp, make_fake_runs
 from tui.screens.home import HomeScreen, duration, run_state
-from tui.screenshots_wizard import SceneApp, make_fake_runs
 
 pytestmark = pytest.mark.anyio
 

@@ -10,10 +10,10 @@ import pytest
 from textual.widgets import Select, Static
 
 import tui.launch
+from tests.tui.scenes.wizard import settle
 from tui.app import FinettyApp
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.review import ReviewScreen
-from tui.screenshots_wizard import settle
 
 pytestmark = pytest.mark.anyio
 

@@ -9,9 +9,9 @@ import pytest
 from textual.widgets import Button, Static
 
 from engine.probe import DEFAULT_STEPS, ProbeResult
+from tests.tui.scenes.wizard import settle
 from tui.app import FinettyApp
 from tui.screens.review import ReviewScreen
-from tui.screenshots_wizard import settle
 
 pytestmark = pytest.mark.anyio
 

@@ -9,8 +9,8 @@ import pytest
 from textual.widgets import Button, Input, Static
 
 from engine.presets import load_preset
+from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens.review import ConfirmOverwrite, ReviewScreen
-from tui.screenshots_wizard import SceneApp, settle
 from tui.wizard_state import WizardState
 
 pytestmark = pytest.mark.anyio
@@ -120,8 +120,8 @@ async def test_review_names_trust_remote_code_when_on() -> None:
 
     from textual.widgets import Static
 
+    from tests.tui.scenes.wizard import SceneApp
     from tui.screens.wizard import step_screen
-    from tui.screenshots_wizard import SceneApp
     from tui.wizard_state import WizardState
 
     state = WizardState.from_file(Path("presets/smollm2-demo.yaml"))

@@ -1,4 +1,6 @@
-"""Snapshots at 80×24 of the screens this package owns, from the same scenes as screenshots/."""
+"""Snapshots at 80×24 of the run screens, from the same scenes as screenshots/: the recorded demo
+run replayed (tests/data/demo_run), and made-up events where a screen needs what the recording
+lacks (a GPU, an export)."""
 
 from __future__ import annotations
 
@@ -6,16 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from tui.screenshots import ask, chat_scene, dashboard_scene, export_scene, make_run_dir
+from tests.tui.scenes.run_screens import ask, chat_scene, dashboard_scene, finished_scene
+from tests.tui.scenes.synthetic import demo_events, export_scene, make_run_dir
 
 
 def test_dashboard_mid_run(snap_compare) -> None:
     assert snap_compare(dashboard_scene(), terminal_size=(80, 24))
 
 
-def test_dashboard_on_a_gpu(snap_compare) -> None:
-    from tui.screenshots import demo_events
+def test_dashboard_finished(snap_compare) -> None:
+    assert snap_compare(finished_scene(), terminal_size=(80, 24))
 
+
+def test_dashboard_on_a_gpu(snap_compare) -> None:
     assert snap_compare(dashboard_scene(demo_events(gpus=1)), terminal_size=(80, 24))
 
 

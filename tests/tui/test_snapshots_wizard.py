@@ -1,12 +1,12 @@
 """Snapshots at 80x24 of the home screen, each wizard step and the review, from the same scenes
-that `python -m tui.screenshots_wizard` writes to screenshots/."""
+that `python -m tests.tui.scenes.wizard` writes to screenshots/."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.tui.scenes.wizard import SCROLL, scenes, scroll_to, settle
 from tui.screens import wizard_model
-from tui.screenshots_wizard import SCROLL, scenes, scroll_to, settle
 
 NAMES = ["home", "wizard-model", "wizard-dataset", "wizard-method", "wizard-training", "review"]
 

@@ -8,11 +8,11 @@ import pytest
 from textual.widgets import Checkbox, Input, Select
 
 from engine.errors import ModelLoadError
+from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens import wizard_dataset
 from tui.screens.home import HomeScreen
 from tui.screens.review import ReviewScreen
 from tui.screens.wizard import step_screen
-from tui.screenshots_wizard import SceneApp, settle
 from tui.widgets.form import FormField
 from tui.wizard_state import WizardState, as_text
 

@@ -1,14 +1,20 @@
 """Scenes of the home screen and the wizard at 80x24, shared by the snapshot tests and this script.
 
-``python -m tui.screenshots_wizard`` writes screenshots/{home,wizard-*,review}.svg and .png.
-The scenes use a fixed runs folder with made-up runs and no user presets, so they never change.
+    python -m tests.tui.scenes.wizard [OUT_DIR]
+
+writes screenshots/{home,wizard-*,review}.svg and .png. The wizard scenes open the bundled demo
+preset with no user presets and a pinned GPU (an L4), so they look the same on every box; the
+home scene lists the recorded demo run (tests/data/demo_run), its run directory rebuilt by the
+engine's own RunDirSink from the recorded events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable
@@ -17,6 +23,8 @@ from pathlib import Path
 from textual.app import App
 from textual.screen import Screen
 
+from tests.tui.scenes.recorded import recorded_events
+from tests.tui.scenes.run_screens import CSS, svg_to_png
 from tui.screens.home import HomeScreen
 from tui.screens.wizard import step_screen
 from tui.wizard_state import WizardState
@@ -36,7 +44,8 @@ FAKE_RUNS = (  # name, stamp, status
 
 
 def make_fake_runs(root: Path) -> Path:
-    """A runs folder with one run of each state (the running one's process is gone: "died")."""
+    """A runs folder with one made-up run of each state (the running one's process is gone:
+    "died"), for the home screen's behaviour tests; no screenshot shows them."""
     runs = root / "runs"
     for age, (name, stamp, status) in enumerate(FAKE_RUNS):
         run_dir = runs / name / stamp
@@ -48,10 +57,40 @@ def make_fake_runs(root: Path) -> Path:
     return runs
 
 
+def make_recorded_run(root: Path) -> Path:
+    """root/runs holding only the recorded demo run, its events replayed through the engine's
+    RunDirSink, so events.jsonl, log.txt and status.json are what the run itself wrote."""
+    from engine.events import RunStarted
+    from engine.rundir import RunDirSink
+
+    events = recorded_events()
+    started = next(e for e in events if isinstance(e, RunStarted))
+    root.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix="runs-", dir=root))
+    run_dir = fresh / started.name / Path(started.run_dir).name
+    run_dir.mkdir(parents=True)
+    sink = RunDirSink(run_dir)
+    for event in events:
+        sink.emit(event)
+    sink.close()
+    # Swap the whole folder in, so runs left by an older scene never show; renames keep a
+    # concurrent test run from seeing a half-written folder.
+    runs = root / "runs"
+    with contextlib.suppress(FileNotFoundError):
+        old = Path(tempfile.mkdtemp(prefix="old-", dir=root))
+        runs.rename(old / "runs")
+    try:
+        fresh.rename(runs)
+    except OSError:  # another process swapped in its own copy of the same run first
+        shutil.rmtree(fresh, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return runs
+
+
 class SceneApp(App):
     """A bare host app that shows one screen, like the oterm modal tests, styled like the real app."""
 
-    CSS_PATH = str(Path(__file__).parent / "app.tcss")
+    CSS_PATH = str(CSS)
 
     def __init__(self, make_screen: Callable[[], Screen]) -> None:
         super().__init__()
@@ -80,14 +119,14 @@ class SceneApp(App):
 
 
 def isolate() -> Path:
-    """Fixed runs and (empty) user presets folders and a fixed GPU (an L4), so scenes look the
-    same on every box: the fit and the estimate otherwise depend on this machine's RAM."""
+    """The recorded run, an empty user presets folder and a fixed GPU (an L4), so scenes look
+    the same on every box: the fit and the estimate otherwise depend on this machine's RAM."""
     from engine.gpus import GPUS
     from tui.screens import wizard_model
 
     os.environ["FINETTY_PRESETS"] = str(SCENE_ROOT / "user-presets")
     wizard_model.device_spec = lambda: GPUS["l4"]  # type: ignore[assignment]
-    return make_fake_runs(SCENE_ROOT)
+    return make_recorded_run(SCENE_ROOT)
 
 
 def scenes() -> dict[str, Callable[[], App]]:
@@ -119,8 +158,6 @@ SCROLL = {"wizard-dataset": "#dataset-preview"}
 
 
 async def capture(name: str, make: Callable[[], App], out: Path) -> None:
-    from tui.screenshots import svg_to_png
-
     app = make()
     async with app.run_test(size=SIZE) as pilot:
         await settle(app)
@@ -132,13 +169,12 @@ async def capture(name: str, make: Callable[[], App], out: Path) -> None:
     svg_to_png(svg, out / f"{name}.png")
 
 
-def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("screenshots")
+def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, make in scenes().items():
         asyncio.run(capture(name, make, out))
-        print(out / f"{name}.svg")
+        print(out / f"{name}.png")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots"))

@@ -1,26 +1,17 @@
-"""Scripted scenes for the snapshot tests and for screenshots/ (SVG + PNG).
+"""Made-up events and a scripted exporter for behaviour tests of the run screens.
 
-    python -m tui.screenshots [OUT_DIR]
-
-The scenes feed real engine event objects to the real screens, with deterministic values, so the
-snapshot tests and the README's pictures show the same thing.
+These feed real engine event objects to the real screens with deterministic values, so a test
+can ask for "step 3 of 60 on two GPUs" without training anything. They are test doubles: no
+screenshot uses them (screenshots/ replays the recorded run in tests/data/demo_run).
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import os
-import re
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-from textual.app import App
 from textual.pilot import Pilot
-from textual.screen import Screen
 
 from engine.events import (
     CheckpointSaved,
@@ -35,37 +26,10 @@ from engine.events import (
     StateChanged,
     Step,
 )
-from tui.bridge import UiBridge
+from tests.tui.scenes.run_screens import SceneApp
 
 T0 = 1_790_000_000.0
 RUN_DIR = Path("runs/smollm2-demo/20261127-120000")
-CSS = Path(__file__).with_name("app.tcss")
-
-
-class RecordingControl:
-    """Stands in for RunControl: records the commands a screen sends."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Callable[[], None]:
-        if name not in ("pause", "resume", "save", "stop", "abort"):
-            raise AttributeError(name)
-        return lambda: self.calls.append(name)
-
-
-class SceneApp(App[None]):
-    """Hosts one screen with the real stylesheet."""
-
-    CSS_PATH = CSS
-    ENABLE_COMMAND_PALETTE = False
-
-    def __init__(self, make_screen: Callable[[], Screen]) -> None:
-        super().__init__()
-        self.make_screen = make_screen
-
-    def on_mount(self) -> None:
-        self.push_screen(self.make_screen())
 
 
 def run_started(total_steps: int = 60, device: str = "cpu") -> RunStarted:
@@ -115,7 +79,7 @@ def hardware(gpus: int = 0, used: float = 30_000.0) -> HardwareSample:
 
 
 def demo_events(steps: int = 36, gpus: int = 0) -> list[Event]:
-    """A CPU demo run a little past half way, in the order the engine emits it."""
+    """A made-up CPU (or GPU) run ``steps`` steps in, in the order the engine emits events."""
     t = T0 + 1
     events: list[Event] = [
         StateChanged(state="loading", detail="model embedded:smollm2-135m-instruct", time=t),
@@ -141,56 +105,13 @@ def demo_events(steps: int = 36, gpus: int = 0) -> list[Event]:
     for n in range(1, steps + 1):
         events.append(step(n))
         if n % 12 == 0:
-            events.append(Eval(step=n, loss=step(n).loss + 0.08, perplexity=2.0, time=step(n).time))
+            loss = step(n).loss + 0.08
+            events.append(Eval(step=n, loss=loss, perplexity=math.exp(loss), time=step(n).time))
         if n == 30:
             path = f"{RUN_DIR}/checkpoints/checkpoint-30"
             events.append(CheckpointSaved(30, path, "periodic", 0.4, time=step(n).time))
     events.append(hardware(gpus))
     return events
-
-
-def dashboard_scene(events: list[Event] | None = None, control: object | None = None) -> SceneApp:
-    from tui.screens.dashboard import DashboardScreen
-
-    bridge = UiBridge()
-    for event in demo_events() if events is None else events:
-        bridge.emit(event)
-    screen = lambda: DashboardScreen(
-        bridge, control=control or RecordingControl(), title="smollm2-demo"
-    )
-    return SceneApp(screen)
-
-
-def scripted_stream(words: list[str]) -> Callable[..., Iterator[str]]:
-    def reply(messages: list[dict[str, str]], settings: object, variant: str) -> Iterator[str]:
-        prefix = [] if variant == "tuned" else ["(base)", " "]
-        yield from prefix + words
-
-    return reply
-
-
-CHAT_WORDS = ["Reversed", ":", " ", "`", "olleh", "`", ".", " Each letter in turn", ", last first."]
-
-
-def chat_scene(compare: bool = True) -> SceneApp:
-    from tui.screens.chat import ChatScreen
-
-    return SceneApp(
-        lambda: ChatScreen(
-            scripted_stream(CHAT_WORDS), description="smollm2-demo (in memory)", can_compare=compare
-        )
-    )
-
-
-async def ask(pilot: Pilot, prompt: str = "Reverse the word: hello", compare: bool = True) -> None:
-    if compare:
-        await pilot.press("ctrl+b")
-    await pilot.click("#prompt")
-    for key in prompt:
-        await pilot.press(key if key != " " else "space")
-    await pilot.press("enter")
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
 
 
 def make_run_dir(root: Path) -> Path:
@@ -205,7 +126,7 @@ def make_run_dir(root: Path) -> Path:
 
 
 def scripted_export(run: Path, formats: list[str], *, progress: Callable, **options: object):
-    """Stands in for export_run: the report a GGUF q8_0 + Modelfile export of the demo gives."""
+    """Stands in for export_run: a made-up report of a GGUF q8_0 + Modelfile export."""
     from engine.export import Exported, ExportReport
 
     out = Path(str(options["out"]))
@@ -242,57 +163,3 @@ async def exported(pilot: Pilot) -> None:
     await pilot.press("ctrl+s")
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
-
-
-_BRAILLE = re.compile("[\u2800-\u28ff]")
-
-
-def svg_to_png(svg: str, path: Path) -> None:
-    """PNG of a Textual SVG with the fonts this box has: the SVG asks for Fira Code (a web
-    font), and a proportional fallback would squeeze the cells; DejaVu Sans Mono keeps the grid,
-    and the plot's braille runs (which it lacks) take DejaVu Sans's."""
-    import cairosvg
-
-    svg = re.sub(
-        r'font-family:\s*(?:"Fira Code"|Fira Code, monospace)', "font-family: DejaVu Sans Mono", svg
-    )
-
-    def braille(match: re.Match[str]) -> str:
-        text = match.group(0)
-        if not _BRAILLE.search(text):
-            return text
-        return text.replace("<text ", '<text style="font-family: DejaVu Sans" ', 1)
-
-    svg = re.sub(r"<text [^>]*>[^<]*</text>", braille, svg)
-    cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(path))
-
-
-async def main(out: Path) -> None:
-
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.chdir(tempfile.mkdtemp(prefix="finetty-shots-"))
-    make_run_dir(Path.cwd())
-    scenes: list[tuple[str, SceneApp, Callable | None]] = [
-        ("dashboard", dashboard_scene(), None),
-        ("dashboard-gpu", dashboard_scene(demo_events(gpus=1)), None),
-        ("chat", chat_scene(), ask),
-        ("export", export_scene(), exported),
-        ("help", dashboard_scene(), lambda pilot: pilot.press("question_mark")),
-    ]
-    for name, app, before in scenes:
-        async with app.run_test(size=(80, 24)) as pilot:
-            await pilot.pause()
-            if before is not None:
-                await before(pilot)
-            await pilot.pause(0.2)
-            svg = app.export_screenshot(title=f"finetty · {name}")
-        (out / f"{name}.svg").write_text(svg, encoding="utf-8")
-        svg_to_png(svg, out / f"{name}.png")
-        print(out / f"{name}.png")
-
-
-if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1] if len(sys.argv) > 1 else "screenshots")))
