@@ -250,6 +250,22 @@ probe() {  # diagnosis only, no anchors: profiles, host-device waits and A/B row
   log "done"
 }
 
+guards() {  # issue 18's non-finite guards on the card: every GPU test, then the default path with its anchors
+  header guards
+  prepare qwen05b
+  log "GPU tests (all)"
+  gpu_tests 330 ""
+  log "0.5B: finetty, Unsloth"
+  rows --shape qwen05b --mode lora --steps 23
+  anchors_05b
+  prepare llama8b
+  log "8B: finetty, Unsloth"
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  anchors_8b
+  log "done"
+}
+
 collect() {
   mkdir -p "$OUT"
   for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt \
@@ -271,12 +287,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|probe] | follow" >&2; exit 2 ;;
 esac
