@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ class FinettyApp(App[None]):
         self.run_handle: Any = None  # engine.run.Run once launched
         self.job: Any = None  # subprocess.Popen of a multi-GPU job started from here
         self.launch_error: Any = None  # a FinettyError raised before the run started
+        self.detached = False  # the user left the dashboard with "leave the run going"
         self.tail: JsonlTail | None = None
 
     def on_mount(self) -> None:
@@ -261,6 +263,16 @@ def run_tui(
     if app.launch_error is not None:
         return int(app.launch_error.exit_code)
     if hangup.happened.is_set():
+        return hangup.continue_headless(run)
+    if app.detached and run is not None and run.alive:
+        print(
+            f"finetty: the run goes on in this process (pid {os.getpid()}) without the dashboard."
+            f"\n  see it again: finetty watch {run.run_dir}"
+            "\n  stop it with a checkpoint: Ctrl+C here, or x in `finetty watch`"
+            "\n  closing this terminal leaves it running; its output goes to log.txt",
+            file=sys.stderr,
+            flush=True,
+        )
         return hangup.continue_headless(run)
     if run is None:
         return app.return_code or EXIT_OK

@@ -1,5 +1,5 @@
 """From engine threads to the UI: an EventSink that buffers events and wakes the UI at most a few
-times a second, plus a tail of events.jsonl for `finetty watch`.
+times a second, plus a tail of events.jsonl for `finetty watch` (every segment of a resumed run).
 
 The engine thread only appends to a list under a lock and, at most once per drain, posts one
 message; all rendering happens on the UI's own schedule. Series events (steps, evals) are kept
@@ -8,14 +8,14 @@ in order; gauge events (hardware samples) collapse to the newest of each type.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
 
 from textual.message_pump import MessagePump
 
-from engine.events import Event, Failed, Finished, event_from_dict
+from engine.events import Event, Failed
+from engine.runstate import TERMINAL, RunState, parse_event_line
 from tui.messages import EventsReady
 
 
@@ -118,7 +118,11 @@ class RunDirControl:
 
 
 class JsonlTail:
-    """Replays events.jsonl from the start, then follows it until the run ends or ``stop``."""
+    """Replays events.jsonl from the start, then follows it until ``stop``.
+
+    A resumed run is one run: a new process appends its segment to the same file after the last
+    one's final event, so the tail goes on after a finished, stopped or failed segment.
+    """
 
     def __init__(self, path: Path, sink: UiBridge, poll: float = 0.25) -> None:
         self.path = path
@@ -126,6 +130,8 @@ class JsonlTail:
         self.poll = poll
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="finetty-tail", daemon=True)
+        self.state = RunState()  # what the events say so far (every segment)
+        #: Set whenever the run's latest segment has ended (cleared when another one begins).
         self.ended = threading.Event()
 
     def start(self) -> None:
@@ -146,44 +152,40 @@ class JsonlTail:
                 chunk = b""
             complete, newline, _ = chunk.rpartition(b"\n")
             idle = 0 if newline else idle + 1
-            if idle and idle % 20 == 0 and self._process_died():
-                return
+            if idle and idle % 20 == 0 and not self.state.terminal:
+                self._check_process()
             if newline:
                 offset += len(complete) + 1
-                for line in complete.decode("utf-8", errors="replace").splitlines():
-                    event = _parse(line)
+                for line in complete.split(b"\n"):
+                    event = parse_event_line(line)
                     if event is None:
                         continue
+                    self.state.apply(event)
                     self.sink.emit(event)
-                    if isinstance(event, (Finished, Failed)):
-                        self.ended.set()
-                        return
+                if self.state.terminal:
+                    self.ended.set()
+                else:
+                    self.ended.clear()
             self._stop.wait(self.poll)
 
-    def _process_died(self) -> bool:
+    def _check_process(self) -> None:
         """A run whose process is gone without a final event would otherwise look alive."""
         from engine.rundir import pid_alive, read_status
 
         status = read_status(self.path.parent)
-        pid = int(status.get("pid") or 0)
-        if status.get("state") in ("finished", "stopped", "failed") or not pid or pid_alive(pid):
-            return False
-        self.sink.emit(
-            Failed(
-                kind="died",
-                title="The run's process is gone",
-                message=f"Process {pid} ended without recording how the run finished.",
-                hint=f"Resume it from its last checkpoint: finetty train --resume {self.path.parent}",
-                step=int(status.get("step") or 0),
-                log_path=str(self.path.parent / "log.txt"),
-            )
+        pid = status.get("pid")
+        if not isinstance(pid, int) or pid <= 0 or pid_alive(pid):
+            return
+        if status.get("state") in TERMINAL:
+            return  # its last event is on its way (status.json is written after events.jsonl)
+        died = Failed(
+            kind="died",
+            title="The run's process is gone",
+            message=f"Process {pid} ended without recording how the run finished.",
+            hint=f"Resume it from its last checkpoint: finetty train --resume {self.path.parent}",
+            step=self.state.step,
+            log_path=str(self.path.parent / "log.txt"),
         )
+        self.state.apply(died)
+        self.sink.emit(died)
         self.ended.set()
-        return True
-
-
-def _parse(line: str) -> Event | None:
-    try:
-        return event_from_dict(json.loads(line))
-    except (ValueError, KeyError, TypeError):
-        return None  # a torn or foreign line must not end the watch

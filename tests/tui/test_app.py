@@ -152,7 +152,7 @@ async def test_real_run_quit_stops_with_checkpoint(tmp_path: Path, make_preset, 
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await wait_for(pilot, lambda: screen.last_step is not None, timeout=240)
-        await pilot.press("q", "y")  # "stop the run (checkpoint) and quit?"
+        await pilot.press("q", "s")  # leave it going, stop with a checkpoint, or cancel: stop
         await wait_for(pilot, lambda: screen.terminal, timeout=120)
     result = app.run_handle.join(timeout=60)
     assert result is not None and result.status == "stopped" and result.exit_code == 130

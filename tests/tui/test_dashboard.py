@@ -11,6 +11,7 @@ from tests.tui.scenes.synthetic import demo_events, hardware, step
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.error import ErrorScreen
+from tui.screens.quit_run import QuitRunScreen
 from tui.widgets.loss_chart import LossChart
 
 pytestmark = pytest.mark.anyio
@@ -38,8 +39,8 @@ async def test_dashboard_shows_scripted_run() -> None:
         assert "CPU run" in text_of(app, "#process")
         chart = screen.query_one(LossChart)
         assert len(chart.steps) == 60 and len(chart.eval_steps) == 5
-        # Keys that need a live run are disabled once it has ended.
-        assert screen.check_action("pause", ()) is None
+        # Keys that need a live run leave the footer once it has ended.
+        assert screen.check_action("pause", ()) is False
 
 
 async def test_gpu_rows_and_collapsed_samples() -> None:
@@ -97,10 +98,10 @@ async def test_quit_asks_then_stops_and_leaves_after_checkpoint(exits, wait_for)
         calls = exits(app)
         await pilot.pause()
         await pilot.press("q")
-        assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("n")
+        assert isinstance(app.screen, QuitRunScreen)
+        await pilot.press("escape")
         assert not calls and control.calls == []
-        await pilot.press("q", "y")
+        await pilot.press("q", "s")
         assert control.calls == ["stop"] and not calls
         screen = app.screen
         screen.bridge.emit(Finished("stopped", 5, {}, {}, 20.0))

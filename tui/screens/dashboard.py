@@ -19,6 +19,7 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from engine import runstate
 from engine.events import (
     CheckpointSaved,
     DatasetStats,
@@ -29,10 +30,12 @@ from engine.events import (
     Finished,
     HardwareSample,
     LogLine,
+    Progress,
     RunStarted,
-    StateChanged,
     Step,
 )
+from engine.runstate import RunState
+from engine.units import duration
 from tui.bridge import UiBridge
 from tui.messages import EventsReady, RunAttached
 from tui.widgets.gauges import HardwarePanel
@@ -40,8 +43,7 @@ from tui.widgets.log_tail import LogTail
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.throughput import ThroughputPanel
 
-TERMINAL = ("finished", "stopped", "failed")
-MODEL_FREE = ("paused", *TERMINAL)  # states in which the engine is not using the model
+TERMINAL = tuple(runstate.TERMINAL)
 STATE_STYLE = {"training": "$success", "paused": "$warning", "stopping": "$warning"}
 STATE_STYLE.update(failed="$error", finished="$success", stopped="$warning")
 
@@ -54,15 +56,7 @@ class Control(Protocol):
     def abort(self) -> None: ...
 
 
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    minutes, secs = divmod(int(max(seconds, 0)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
-
-
-def progress_bar(total: int | None, done: int, width: int = 12) -> str:
+def progress_bar(total: int | None, done: float, width: int = 12) -> str:
     """A text bar and percentage. Textual's ProgressBar animates on a timer of its own, which
     costs the training thread GIL time on every frame; this one changes only when a step lands."""
     fraction = min(done / total, 1.0) if total else 0.0
@@ -72,8 +66,11 @@ def progress_bar(total: int | None, done: int, width: int = 12) -> str:
 
 
 class DashboardScreen(Screen[None]):
+    # The footer shows only the keys that do something in the run's state (RunState.commands):
+    # "p" reads "pause" while training and "resume" while paused.
     BINDINGS = [
         Binding("p", "pause", "pause"),
+        Binding("p", "resume", "resume"),
         Binding("s", "save", "save"),
         Binding("x", "stop", "stop"),
         Binding("c", "chat", "chat"),
@@ -99,19 +96,29 @@ class DashboardScreen(Screen[None]):
         self.run_dir = run_dir
         self.watch = watch
         self.name_hint = title
-        self.state = "starting"
+        self.run_state = RunState()  # every header, footer and gate decision reads this
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
+        self.progress: Progress | None = None  # of an evaluation, while one runs
         self.exact: dict[str, ExactMatch] = {}
         self.failure: Failed | None = None
         self.quitting = False
         self.chat_gate: threading.Event | None = None
         self.resume_after_chat = False
-        self._bindings_state: tuple[bool, bool] | None = None
+        self._bindings_state: tuple[bool, frozenset[str]] | None = None
+
+    @property
+    def state(self) -> str:
+        return self.run_state.state
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL
+        return self.run_state.terminal
+
+    @property
+    def model_free(self) -> bool:
+        """The engine is not using the model (paused or ended): chat may use it."""
+        return self.run_state.paused or self.run_state.terminal
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -186,20 +193,29 @@ class DashboardScreen(Screen[None]):
             self._paint_header()
         if ExactMatch in kinds:
             self._paint_results()
-        if self.chat_gate is not None and self.state in MODEL_FREE:
+        if self.chat_gate is not None and self.model_free:
             self.chat_gate.set()
+        self._refresh_keys()
+        if self.terminal and self.quitting:
+            self.app.exit()
+        elif self.state == runstate.FAILED and any(isinstance(e, Failed) for e in events):
+            self._show_failure()  # not for a failed segment that a later resume replaced
+
+    def _refresh_keys(self) -> None:
         # The footer rebuilds all its keys on refresh_bindings: only when their state can change.
-        enabled = (self.control is not None, self.terminal)
+        enabled = (self.control is not None, self.run_state.commands())
         if enabled != self._bindings_state:
             self._bindings_state = enabled
             self.refresh_bindings()
-        if self.terminal and self.quitting:
-            self.app.exit()
-        elif self.failure is not None and any(isinstance(e, Failed) for e in events):
-            self._show_failure()
 
     def apply(self, event: Event, chart: LossChart, log: LogTail) -> None:
+        resumes = len(self.run_state.resumes)
+        self.run_state.apply(event)
         log.add_event(event)
+        if isinstance(event, Progress):  # an evaluation's count replaces the steps' for now
+            self.progress = event
+        elif isinstance(event, Step) or event.type == "state":
+            self.progress = None
         if isinstance(event, Step):
             self.last_step = event
             chart.add_step(event.step, event.loss, event.learning_rate)
@@ -211,26 +227,25 @@ class DashboardScreen(Screen[None]):
         elif isinstance(event, RunStarted):
             self.started = event
             self.run_dir = self.run_dir or Path(event.run_dir)
+            if len(self.run_state.resumes) > resumes:  # a later segment of this run
+                chart.add_resume(event.resumed_from_step)
+                self.last_step = None  # progress restarts from the resumed step
         elif isinstance(event, DatasetStats):
             log.write_line(
                 f"dataset {event.source}: {event.train_rows} train / {event.val_rows} val rows, "
-                f"{event.tokens:,} tokens, {event.truncated} truncated at {event.max_length}",
+                f"{event.tokens:,} tokens, {lengths_phrase(event)}",
                 at=event.time,
             )
         elif isinstance(event, ExactMatch):
             self.exact[event.stage] = event
             log.write_line(f"exact match {event.stage}: {event.accuracy:.0%}", at=event.time)
-        elif isinstance(event, StateChanged):
-            self.state = event.state
         elif isinstance(event, CheckpointSaved) and event.reason == "requested":
             self.notify(f"Checkpoint saved at step {event.step}.")
         elif event.type == "alarm":  # run-health warnings (grad spikes, rising eval loss)
             self.notify(getattr(event, "message", ""), title="run health", severity="warning")
         elif isinstance(event, Finished):
-            self.state = event.status
             self.notify(f"Run {event.status} at step {event.step}.", timeout=6)
         elif isinstance(event, Failed):
-            self.state = "failed"
             self.failure = event
 
     def _show_failure(self) -> None:
@@ -257,11 +272,19 @@ class DashboardScreen(Screen[None]):
         step = self.last_step
         total = step.total_steps if step else (s.total_steps if s else None)
         done = step.step if step else (s.resumed_from_step if s else 0)
+        if self.progress is not None:
+            from tui.console import progress_line
+
+            bar = progress_bar(self.progress.total, self.progress.done)
+            self.query_one("#progress", Static).update(bar, layout=False)
+            label = self.query_one("#progress-label", Static)
+            label.update(progress_line(self.progress), layout=False)
+            return
         self.query_one("#progress", Static).update(progress_bar(total, done), layout=False)
         epoch = f"epoch {step.epoch:.2f} · " if step else ""
         self.query_one("#progress-label", Static).update(
-            f"step {done}/{total or '?'} · {epoch}ETA {clock(step.eta_s if step else None)}"
-            f" · elapsed {clock(step.elapsed_s if step else None)}",
+            f"step {done}/{total or '?'} · {epoch}ETA {duration(step.eta_s if step else None)}"
+            f" · elapsed {duration(step.elapsed_s if step else None)}",
             layout=False,
         )
 
@@ -280,24 +303,25 @@ class DashboardScreen(Screen[None]):
 
     # -- keys ----------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("pause", "save", "stop"):
-            return None if self.control is None or self.terminal else True
-        return True
+        # False keeps the key out of the footer: it would do nothing in this state.
+        commands = self.run_state.commands() if self.control is not None else frozenset()
+        return action not in ("pause", "resume", "save", "stop") or action in commands
 
     def action_pause(self) -> None:
-        if self.control is None:
-            return
-        if self.state == "paused":
-            self.control.resume()
-            self.notify("Resuming.")
-        else:
+        if self.control is not None:
             self.control.pause()
             self.notify("Pausing at the end of this step.")
+
+    def action_resume(self) -> None:
+        if self.control is not None:
+            self.control.resume()
+            self.notify("Resuming.")
 
     def action_save(self) -> None:
         if self.control is not None:
             self.control.save()
-            self.notify("Saving a checkpoint at the end of this step.")
+            when = "now" if self.run_state.paused else "at the end of this step"
+            self.notify(f"Saving a checkpoint {when}.")
 
     def action_stop(self) -> None:
         from tui.screens.confirm import ConfirmScreen
@@ -314,16 +338,22 @@ class DashboardScreen(Screen[None]):
     def action_quit_run(self) -> None:
         self.request_quit()
 
-    def request_quit(self) -> None:
-        from tui.screens.confirm import ConfirmScreen
+    def _leave(self) -> None:
+        """Close this dashboard: back to the home screen when opened from it, else exit."""
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+        else:
+            self.app.exit()
 
-        if self.watch or self.control is None or self.terminal:
-            if len(self.app.screen_stack) > 2:  # opened from home: go back there
-                self.app.pop_screen()
-            else:
-                self.app.exit()
-            return
+    def request_quit(self) -> None:
+        """Leaving a live run asks: leave it going, stop it with a checkpoint, or cancel."""
+        from tui.screens.confirm import ConfirmScreen
+        from tui.screens.quit_run import CANCEL, DETACH, QuitRunScreen
+
         control = self.control
+        if control is None or self.terminal:
+            self._leave()
+            return
         if self.quitting:
 
             def abort(yes: bool | None) -> None:
@@ -334,25 +364,45 @@ class DashboardScreen(Screen[None]):
             question = "Still saving the checkpoint. Abort now, without a checkpoint?"
             self.app.push_screen(ConfirmScreen(question, yes="Abort"), abort)
             return
+        trained = self.last_step is not None or self.run_state.step > 0
+        where = f"`finetty watch {self.run_dir}`" if self.run_dir else "`finetty watch latest`"
+        if self.watch:
+            detach = f"Close this view; the run goes on in its own process ({where} comes back)."
+        else:
+            detach = (
+                f"Close the dashboard; training goes on in this process ({where} shows it "
+                "again, Ctrl+C stops it with a checkpoint)."
+            )
+        stop = (
+            "Stop the run: write a checkpoint, then end it."
+            if trained
+            else "Stop the run now: training has not started, so there is nothing to save."
+        )
 
-        if self.last_step is None:  # still loading or evaluating: nothing to checkpoint yet
-
-            def leave(yes: bool | None) -> None:
-                if yes:
+        def answered(choice: str | None) -> None:
+            if choice in (None, CANCEL):
+                return
+            if choice == DETACH or not trained:
+                if choice == DETACH:
+                    self.app.detached = True  # type: ignore[attr-defined]  # run_tui reads it
+                else:
                     control.abort()
+                if self.watch:
+                    self._leave()
+                else:
                     self.app.exit()
-
-            question = "Training has not started yet, so there is nothing to save. Quit now?"
-            self.app.push_screen(ConfirmScreen(question, yes="Quit"), leave)
-            return
-
-        def stop(yes: bool | None) -> None:
-            if yes:
+            elif self.watch:
+                control.stop()
+                self.notify("Stopping: the run writes a checkpoint, then ends.", timeout=6)
+            else:
                 self.quitting = True
                 control.stop()
                 self.notify("Stopping: saving a checkpoint, then quitting.", timeout=10)
 
-        self.app.push_screen(ConfirmScreen("Stop the run (checkpoint) and quit?", yes="Quit"), stop)
+        self.app.push_screen(
+            QuitRunScreen(question="The run is live.", detach_text=detach, stop_text=stop),
+            answered,
+        )
 
     def action_smooth(self) -> None:
         chart = self.query_one(LossChart)
@@ -374,10 +424,10 @@ class DashboardScreen(Screen[None]):
         run = self.run
         if run is not None and run.model is not None:
             self.chat_gate = threading.Event()
-            if self.state == "training" and self.control is not None:
+            if "pause" in self.run_state.commands() and self.control is not None:
                 self.control.pause()
                 self.resume_after_chat = True
-            if self.state in MODEL_FREE:
+            if self.model_free:
                 self.chat_gate.set()
             stream = model_reply_stream(run.model, run.tokenizer, run.chat_template)
             screen = ChatScreen(

@@ -49,6 +49,7 @@ class LossChart(Vertical):
         self.eval_steps: list[int] = []
         self.eval_losses: list[float] = []
         self.lrs: list[float] = []
+        self.resumes: list[int] = []  # steps a later segment of the run resumed from
 
     def compose(self) -> ComposeResult:
         yield PlotextPlot()
@@ -67,6 +68,18 @@ class LossChart(Vertical):
     def add_eval(self, step: int, loss: float) -> None:
         self.eval_steps.append(step)
         self.eval_losses.append(loss)
+
+    def add_resume(self, step: int) -> None:
+        """A resume from a checkpoint at ``step``: a marker there. Points logged after it by a
+        process that died before its next checkpoint are replaced by the resumed ones."""
+        keep = [i for i, s in enumerate(self.steps) if s <= step]
+        self.steps = [self.steps[i] for i in keep]
+        self.losses = [self.losses[i] for i in keep]
+        self.lrs = [self.lrs[i] for i in keep]
+        pairs = zip(self.eval_steps, self.eval_losses, strict=True)
+        evals = [(s, loss) for s, loss in pairs if s <= step]
+        self.eval_steps, self.eval_losses = [s for s, _ in evals], [loss for _, loss in evals]
+        self.resumes.append(step)
 
     def watch_smoothing(self) -> None:
         self.redraw()
@@ -94,6 +107,10 @@ class LossChart(Vertical):
                 color=self._colour("warning"),
                 label="eval",
             )
+        for step in self.resumes:  # each resume of the run, as a vertical line
+            plt.vline(step, color=self._colour("accent"))
+        if self.resumes:
+            plt.title(f"resumed at step {', '.join(map(str, self.resumes))}")
         if not self.losses:
             plt.title("waiting for the first step")
         plot.refresh()
