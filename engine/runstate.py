@@ -247,6 +247,21 @@ class RunState:
         return state
 
 
+#: status.json words of a run whose process should still be alive.
+LIVE_WORDS = frozenset(STATUS_WORDS[state] for state in LIVE if state in STATUS_WORDS)
+
+
+def shown_state(status: dict[str, Any]) -> str:
+    """The state word to show for a status.json (`finetty runs`, the home screen): its own, or
+    ``died`` for a live one whose process is gone without writing a final state."""
+    from engine.rundir import pid_alive  # rundir builds on this module
+
+    state = str(status.get("state") or "unknown")
+    pid = status.get("pid")
+    alive = isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 and pid_alive(pid)
+    return DIED if state in LIVE_WORDS and not alive else state
+
+
 def read_events(path: Path) -> list[Event]:
     """Every whole, parseable event of an events.jsonl (a torn or foreign line is skipped)."""
     try:

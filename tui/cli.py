@@ -435,21 +435,19 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import rundir
+    from engine import rundir, runstate
+    from engine.runstate import shown_state
 
     rows = []
     for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
         status = rundir.read_status(path)
-        state = status.get("state", "unknown")
-        if state in ("running", "paused", "stopping", "starting") and not rundir.pid_alive(
-            int(status.get("pid", 0))
-        ):
-            state = "died"  # the process is gone without writing a final state
+        state = shown_state(status)  # engine.runstate: "died" for a live run whose process is gone
         started, updated = status.get("started"), status.get("updated")
         rows.append(
             {
                 "run_dir": str(path),
                 "state": state,
+                "phase": runstate.DIED if state == runstate.DIED else status.get("phase", state),
                 "step": status.get("step", 0),
                 "total_steps": status.get("total_steps"),
                 "best_loss": status.get("best_loss"),

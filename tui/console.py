@@ -26,10 +26,10 @@ from engine.events import (
     HardwareSample,
     LogLine,
     RunStarted,
-    StateChanged,
     Step,
 )
 from engine.rundir import human_line
+from engine.runstate import RunState
 
 
 def format_duration(seconds: float | None) -> str:
@@ -61,7 +61,7 @@ class ConsoleReporter:
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
         self.hardware: HardwareSample | None = None
-        self.state = "starting"
+        self.run_state = RunState()  # engine.runstate: the one place events become a state
         self.log: deque[str] = deque(maxlen=6)
         self.before: ExactMatch | None = None
         self.after: ExactMatch | None = None
@@ -94,23 +94,20 @@ class ConsoleReporter:
                 self.err.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def _record(self, event: Event) -> None:
+        self.run_state.apply(event)
         if isinstance(event, RunStarted):
             self.started = event
         elif isinstance(event, Step):
             self.last_step = event
         elif isinstance(event, HardwareSample):
             self.hardware = event
-        elif isinstance(event, StateChanged):
-            self.state = event.state + (f" ({event.detail})" if event.detail else "")
         elif isinstance(event, ExactMatch):
             setattr(self, event.stage, event)
             self.log.append(exact_match_line(event))
         elif isinstance(event, Finished):
             self.finished = event
-            self.state = event.status
         elif isinstance(event, Failed):
             self.failed = event
-            self.state = "failed"
         elif isinstance(event, DatasetStats):
             self.log.append(_dataset_line(event))
         if isinstance(event, LogLine | Failed) or type(event).__name__ in (
@@ -133,7 +130,8 @@ class ConsoleReporter:
             title.append(
                 f"{self.started.name} · {self.started.model.get('name')} · {self.started.device}"
             )
-        parts: list = [title, Text(f"state: {self.state}")]
+        state, detail = self.run_state.state, self.run_state.detail
+        parts: list = [title, Text(f"state: {state}" + (f" ({detail})" if detail else ""))]
         total = (step.total_steps if step else self.started.total_steps if self.started else 0) or 1
         done = step.step if step else (self.started.resumed_from_step if self.started else 0)
         bar = Table.grid(padding=(0, 1))

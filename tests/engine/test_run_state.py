@@ -5,6 +5,7 @@ wiped the run's figures."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -42,11 +43,11 @@ def step_event(step: int, loss: float = 1.0, total: int = 6) -> Step:
     return Step(step, total, 0.0, loss, 1e-3, 1.0, 1.0, 1.0, 0.1, 10, 10, 1.0, 1.0)
 
 
-def started(resumed_from: int = 0, total: int = 6) -> RunStarted:
+def started(resumed_from: int = 0, total: int = 6, pid: int = 4242) -> RunStarted:
     return RunStarted(
         run_dir="r", name="tiny", config={}, model={}, total_params=1, trainable_params=1,
         trainable_percent=100.0, total_steps=total, num_epochs=1.0, global_batch_size=1,
-        resumed_from_step=resumed_from, pid=4242,
+        resumed_from_step=resumed_from, pid=pid,
     )  # fmt: skip
 
 
@@ -160,3 +161,27 @@ def test_a_failed_resume_leaves_status_figures(make_preset, tmp_path: Path) -> N
     assert after["segments"] == 2
     last = json.loads((run.run_dir / "events.jsonl").read_text().splitlines()[-1])
     assert last["type"] == "failed" and last["step"] == before["step"]
+
+
+def test_status_runs_and_home_read_one_state(tmp_path: Path, capsys) -> None:
+    """status.json, `finetty runs` and the home screen: the same state, from the machine."""
+    from tui.cli import main
+    from tui.screens.home import run_state as home_state
+
+    run_dir = tmp_path / "tiny" / "20260101-000000"
+    run_dir.mkdir(parents=True)
+    sink = rundir.RunDirSink(run_dir)
+    for event in (StateChanged("loading"), started(pid=os.getpid()), StateChanged("training")):
+        sink.emit(event)
+    sink.emit(step_event(2))
+    sink.emit(StateChanged("paused"))
+    sink.emit(StateChanged("saving", "requested"))
+    sink.close()
+    status = status_of(run_dir)
+    assert (status["state"], status["phase"]) == ("paused", "saving")
+    assert main(["runs", "--run-dir", str(tmp_path), "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert (row["state"], row["phase"], row["step"]) == ("paused", "saving", 2)
+    assert home_state(status) == "paused"
+    status["pid"] = 2**22 + 7  # no such process: a live state whose writer is gone
+    assert home_state(status) == runstate.shown_state(status) == "died"

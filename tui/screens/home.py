@@ -19,9 +19,10 @@ from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
 from engine.presets import list_presets
-from engine.rundir import all_runs, pid_alive, read_status, runs_root
+from engine.rundir import all_runs, read_status, runs_root
+from engine.runstate import LIVE_WORDS, shown_state
 
-LIVE_STATES = ("starting", "running", "paused", "stopping")
+LIVE_STATES = LIVE_WORDS  # status.json words of a run whose process should be alive
 STATE_STYLES = {
     "running": "bold $text-success", "starting": "$text-success", "paused": "$text-warning",
     "stopping": "$text-warning", "finished": "$text-primary", "failed": "bold $text-error",
@@ -33,12 +34,8 @@ CHROME = 8  # body padding, the focus bar and the scrollbar
 
 
 def run_state(status: dict[str, Any]) -> str:
-    """The state to show: a live state whose process is gone is "died"."""
-    state = str(status.get("state") or "unknown")
-    pid = status.get("pid")
-    if state in LIVE_STATES and isinstance(pid, int) and not pid_alive(pid):
-        return "died"
-    return state
+    """The state to show: a live state whose process is gone is "died" (engine.runstate)."""
+    return shown_state(status)
 
 
 def duration(status: dict[str, Any]) -> str:
