@@ -87,3 +87,11 @@ class OutOfMemoryError(TrainingError):
 
     kind = "out_of_memory"
     default_title = "Out of memory"
+
+
+def is_blocked_pickle(exc: BaseException) -> bool:
+    """Whether ``exc`` is torch.load refusing a pickle that holds more than tensors and plain
+    data. Its own message suggests ``weights_only=False``, which would run that pickle's code:
+    callers replace the message rather than show it."""
+    text = str(exc)
+    return "Weights only load failed" in text or "Unsupported global" in text

@@ -1,11 +1,13 @@
 """Health alarms: signs that a run is going wrong, each raised once with a remedy.
 
 The trainer feeds every logged step and eval here; warnings go out as Alarm events (shown on the
-dashboard and in the log). A non-finite loss is not a warning: the trainer stops the run.
+dashboard and in the log). A non-finite loss or gradient norm is not a warning: the trainer
+shows its alarm (``non_finite_alarm``) and stops the run before anything more is saved.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import deque
 
@@ -73,3 +75,18 @@ class HealthMonitor:
             return []
         self._raised.add(kind)
         return [Alarm(kind=kind, step=step, message=message, remedy=remedy)]
+
+
+def non_finite_alarm(step: int, loss: float, grad_norm: float | None) -> Alarm | None:
+    """The alarm for a step whose loss or gradient norm is NaN or infinite; None when both are
+    finite (``grad_norm`` None: not checked)."""
+    if math.isfinite(loss) and (grad_norm is None or math.isfinite(grad_norm)):
+        return None
+    what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {grad_norm}"
+    return Alarm(
+        kind="non_finite",
+        step=step,
+        message=f"The {what} at step {step}; the run was stopped before saving that update.",
+        remedy="Lower training.learning_rate (or lora.lora_alpha), keep training.max_grad_norm at "
+        "1.0 or below, or check the data; then start a new run.",
+    )

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ class RunResult:
     error: FinettyError | None = None
 
 
-def find_resume_checkpoint(run_dir: Path, sink: EventSink) -> Path | None:
+def find_resume_checkpoint(run_dir: Path, sink: EventSink, load: Callable[[Path], None]) -> Path:
+    """Resume from the newest checkpoint that ``load`` accepts (it reads and checks every file
+    before applying any). A damaged one is skipped with a warning naming what is wrong, and the
+    one before it is tried; RunDirError when none can be used."""
     from engine import checkpoint
 
     directory = run_dir / "checkpoints"
@@ -61,7 +65,28 @@ def find_resume_checkpoint(run_dir: Path, sink: EventSink) -> Path | None:
             )
         )
     complete = checkpoint.complete_checkpoints(directory)
-    return complete[-1] if complete else None
+    if not complete:
+        raise RunDirError(
+            f"{run_dir} has no complete checkpoint to resume from.",
+            hint="Start a new run instead (without --resume).",
+        )
+    problems = []
+    for path in reversed(complete):
+        try:
+            load(path)
+        except RunDirError as exc:
+            problems.append(f"{path.name}: {exc.message}")
+            sink.emit(
+                LogLine(level="warning", text=f"Skipping checkpoint {path.name}: {exc.message}")
+            )
+            continue
+        return path
+    raise RunDirError(
+        f"None of the {len(complete)} checkpoints of {run_dir} can be resumed from. "
+        + " ".join(problems),
+        hint="Each problem above names its file. Start a new run instead (without --resume), "
+        "or restore the damaged files from a copy.",
+    )
 
 
 class Run:
@@ -464,13 +489,7 @@ class Run:
             hardware_interval=self.hardware_interval,
         )
         if self.resuming:
-            checkpoint = find_resume_checkpoint(self.run_dir, self.sink)
-            if checkpoint is None:
-                raise RunDirError(
-                    f"{self.run_dir} has no complete checkpoint to resume from.",
-                    hint="Start a new run instead (without --resume).",
-                )
-            trainer.resume_from(checkpoint)
+            checkpoint = find_resume_checkpoint(self.run_dir, self.sink, trainer.resume_from)
             self.sink.emit(
                 LogLine(
                     level="info",

@@ -101,13 +101,12 @@ def save_checkpoint(
             f"Could not write the sharded checkpoint for step {state.step} in {directory}: "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}. The checkpoints "
             "already there are intact.",
-            hint=f"Free disk space (check with `df -h {directory}`), then continue with "
-            "`finetty train --resume latest`.",
+            hint=ckpt.write_failure_hint(exc, directory, [staging]),
         ) from None
     dist.barrier()  # every rank's shard is on disk before the marker says so
     if is_main:
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        ckpt._save_rng_state(staging)
+        ckpt.save_rng_state(staging)
         (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
         ckpt._fsync_tree(staging)
         (staging / ckpt.MARKER).write_text("ok\n")
@@ -132,6 +131,7 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -
             f"{path} was written by a run that was not sharded over GPUs (FSDP).",
             hint="Resume it the way it was started (same --gpus and the same method).",
         )
+    state = ckpt.read_trainer_state(path)  # checked before anything is restored
     model_state, optim_state = get_state_dict(model, optimizer)
     loaded = {"model": model_state, "optim": optim_state}
     dcp.load(loaded, checkpoint_id=path / "sharded")
@@ -139,8 +139,8 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -
         model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
     )
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    ckpt._load_rng_state(path)
-    return ckpt.TrainerState(**json.loads((path / "trainer_state.json").read_text()))
+    ckpt.load_rng_state(path)
+    return state
 
 
 def full_state_dict(model: Any) -> dict[str, Any]:

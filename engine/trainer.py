@@ -30,7 +30,7 @@ from engine.events import (
     StateChanged,
     Step,
 )
-from engine.health import HealthMonitor
+from engine.health import HealthMonitor, non_finite_alarm
 from engine.loss import supports_chunked_loss
 
 IGNORE = -100
@@ -358,6 +358,8 @@ class Trainer:
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
                 scaler=self.scaler,
+                max_step=self.total_steps,
+                examples=len(self.train),
             )
         if self.dist is not None and not self.dist.is_main:
             import torch
@@ -520,6 +522,9 @@ class Trainer:
         if figures is None:
             return
         loss, grad_norm = figures.read()
+        # Every step is checked, logged or not: a save always follows a flush, so no update
+        # that is not finite can reach a checkpoint or the final model.
+        self._check_finite(figures.step, loss, grad_norm)
         now = time.perf_counter()
         step_time = figures.seconds(now)
         s, state, window = self.s, self.state, self._window
@@ -528,7 +533,6 @@ class Trainer:
         if figures.step % s.logging_steps != 0 and figures.step != self.total_steps:
             return
         self._final_loss = window.loss
-        self._check_finite(window.loss, figures.step)
         state.best_loss = (
             window.loss if state.best_loss is None else min(state.best_loss, window.loss)
         )
@@ -555,13 +559,20 @@ class Trainer:
             self.sink.emit(alarm)
         self._window = _Window()
 
-    def _check_finite(self, loss: float, step: int) -> None:
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"The loss became {loss} at step {step}; the run was stopped.",
-                hint="Lower training.learning_rate, keep max_grad_norm at 1.0, or check the data. "
-                "The last good checkpoint is kept.",
-            )
+    def _check_finite(self, step: int, loss: float, grad_norm: float | None) -> None:
+        """Stop the run at a step whose loss or gradient norm is not finite, with the alarm.
+        Under fp16 loss scaling an infinite gradient norm is an overflow the scaler skips."""
+        alarm = non_finite_alarm(step, loss, None if self.scaler else grad_norm)
+        if alarm is None:
+            return
+        self.sink.emit(alarm)
+        saved = ckpt.complete_checkpoints(self.checkpoint_dir) if self.is_main else []
+        kept = (
+            f"The newest checkpoint, {saved[-1].name}, was saved before it and holds finite weights."
+            if saved
+            else "No checkpoint had been saved yet."
+        )
+        raise TrainingError(f"{alarm.message} {kept}", hint=alarm.remedy)
 
     def _optimizer_step(self) -> float | None:
         import torch

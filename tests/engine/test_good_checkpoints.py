@@ -1,0 +1,393 @@
+"""Only good checkpoints (issue 18): a diverging update is never saved, and one damaged
+checkpoint never blocks a resume: it is refused by name and the one before it is used."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from engine import checkpoint
+from engine.checkpoint import TrainerState
+from engine.errors import RunDirError, TrainingError
+from engine.events import Alarm, CheckpointSaved, Failed, LogLine, RecordingSink, RunStarted
+from engine.run import Run, find_resume_checkpoint
+from engine.trainer import TrainSettings
+
+# -- non-finite updates ---------------------------------------------------------------------------
+
+# lora_alpha 1e6 with learning rate 1 (both within the schema's bounds): on the tiny model the
+# gradient norm is finite at step 1 (8e4) and NaN at step 2, whose update poisons every weight.
+DIVERGING = {"learning_rate": 1.0}
+
+
+def _diverging(make_preset, **training):
+    preset = make_preset(**{**DIVERGING, **training})
+    return preset.model_copy(update={"lora": preset.lora.model_copy(update={"lora_alpha": 1e6})})
+
+
+def _all_finite(folder: Path) -> bool:
+    tensors = load_file(str(folder / "trainable.safetensors"))
+    state = torch.load(folder / "optimizer.pt", weights_only=True)
+    named = [*tensors.items(), *checkpoint.optimizer_tensors(state)]
+    return not checkpoint.non_finite(named)
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["read-at-once", "read-a-step-late"])
+def test_a_diverging_update_stops_the_run_before_it_is_saved(
+    make_preset, tmp_path: Path, monkeypatch, defer: bool
+) -> None:
+    """Before: checkpoint-2 held 28 of 28 NaN tensors and the run said "the last good
+    checkpoint is kept". Both ways of reading the figures (a GPU reads them a step late)."""
+    monkeypatch.setattr(
+        "engine.trainer.TrainSettings", functools.partial(TrainSettings, defer_metrics=defer)
+    )
+    sink = RecordingSink()
+    result = Run(
+        _diverging(make_preset, max_steps=4, save_steps=1), sink, runs_root=tmp_path
+    ).execute()
+    assert result.status == "failed" and result.exit_code == 1
+    assert isinstance(result.error, TrainingError)
+    assert "gradient norm became nan at step 2" in result.error.message
+    assert "checkpoint-1" in result.error.message
+    alarms = [a for a in sink.of_type(Alarm) if a.kind == "non_finite"]
+    assert [a.step for a in alarms] == [2] and alarms[0].remedy
+    assert [c.step for c in sink.of_type(CheckpointSaved)] == [1]
+    saved = checkpoint.complete_checkpoints(result.run_dir / "checkpoints")
+    assert [p.name for p in saved] == ["checkpoint-1"] and all(map(_all_finite, saved))
+    assert not (result.run_dir / "final").exists()
+
+
+def test_a_run_diverging_at_its_last_step_writes_no_final_model(
+    make_preset, tmp_path: Path
+) -> None:
+    """Before: exit 0, "finished", with an all-NaN adapter in final/."""
+    sink = RecordingSink()
+    result = Run(
+        _diverging(make_preset, max_steps=2, save_steps=0), sink, runs_root=tmp_path
+    ).execute()
+    assert result.status == "failed" and result.exit_code == 1
+    assert (
+        "step 2" in result.error.message and "No checkpoint had been saved" in result.error.message
+    )
+    assert [a.kind for a in sink.of_type(Alarm)] == ["non_finite"]
+    assert not (result.run_dir / "final").exists()
+    assert not (result.run_dir / ".tmp-final").exists()
+
+
+def _parts(poison: str | None = None):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with torch.no_grad():
+        if poison == "weight":
+            model.weight[0, 1] = float("nan")
+        elif poison == "optimizer":
+            optimizer.state[model.bias]["exp_avg_sq"][0] = float("inf")
+    return model, optimizer, scheduler
+
+
+def _save(directory: Path, step: int, poison: str | None = None) -> Path:
+    model, optimizer, scheduler = _parts(poison)
+    return checkpoint.save_checkpoint(
+        directory,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=None,
+        state=TrainerState(step, 0, step, 10 * step, 1.0),
+        is_adapter=False,
+        keep=None,
+    )
+
+
+@pytest.mark.parametrize("poison", ["weight", "optimizer"])
+def test_a_checkpoint_with_non_finite_tensors_is_never_written(tmp_path: Path, poison) -> None:
+    _save(tmp_path, 1)
+    with pytest.raises(TrainingError, match="step 2 was not written") as caught:
+        _save(tmp_path, 2, poison)
+    assert "NaN or infinite" in caught.value.message
+    assert (
+        "weight" in caught.value.message if poison == "weight" else "state[" in caught.value.message
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
+
+
+# -- damaged checkpoints --------------------------------------------------------------------------
+
+
+def _truncate(share: float) -> Callable[[Path], None]:
+    def cut(file: Path) -> None:
+        data = file.read_bytes()
+        file.write_bytes(data[: int(len(data) * share)])
+
+    return cut
+
+
+def _write(text: str | bytes) -> Callable[[Path], None]:
+    def put(file: Path) -> None:
+        file.write_bytes(text.encode() if isinstance(text, str) else text)
+
+    return put
+
+
+def _edit_state(key: str, value: object) -> Callable[[Path], None]:
+    def edit(file: Path) -> None:
+        data = json.loads(file.read_text())
+        data[key] = value
+        file.write_text(json.dumps(data))
+
+    return edit
+
+
+def _blocked_pickle(file: Path) -> None:
+    torch.save({"torch": torch.get_rng_state(), "code": os.getcwd}, file)
+
+
+# (file damaged, how, words the refusal must contain besides the file's path)
+DAMAGE = {
+    "empty safetensors": ("trainable.safetensors", _write(b""), "truncated or damaged"),
+    "truncated safetensors": ("trainable.safetensors", _truncate(0.6), "truncated or damaged"),
+    "NaN weights": ("trainable.safetensors", None, "NaN or infinite"),
+    "state `{`": ("trainer_state.json", _write("{"), "not valid JSON"),
+    "state: string step": ("trainer_state.json", _edit_state("step", "3"), 'step is "3"'),
+    "state: step 999999": ("trainer_state.json", _edit_state("step", 999999), "step is 999999"),
+    "state: step -5": ("trainer_state.json", _edit_state("step", -5), "step is -5"),
+    "state: a list": ("trainer_state.json", _write("[1, 2]"), "JSON object"),
+    "state: extra key": ("trainer_state.json", _edit_state("stepp", 3), "unknown keys stepp"),
+    "state: NaN best loss": (
+        "trainer_state.json",
+        _edit_state("best_loss", float("nan")),
+        "best_loss",
+    ),
+    "truncated optimizer": ("optimizer.pt", _truncate(0.5), "truncated"),
+    "empty optimizer": ("optimizer.pt", _write(b""), "truncated"),
+    "optimizer of another model": ("optimizer.pt", None, "another optimizer"),
+    "truncated scheduler": ("scheduler.pt", _truncate(0.3), "truncated"),
+    "truncated rng": ("rng.pt", _truncate(0.5), "truncated"),
+    "rng: a blocked pickle": ("rng.pt", _blocked_pickle, "can run code"),
+    "rng: wrong tensor": ("rng.pt", None, "not a torch random state"),
+    "python rng `{`": ("rng_python.json", _write("{"), "not valid JSON"),
+    "python rng: wrong shape": ("rng_python.json", _write("[3, [1, 2], null]"), "random state"),
+    "missing optimizer": ("optimizer.pt", Path.unlink, "is missing"),
+}
+
+
+def _damage(folder: Path, kind: str) -> str:
+    name, how, _ = DAMAGE[kind]
+    file = folder / name
+    if kind == "NaN weights":
+        tensors = load_file(str(file))
+        tensors["weight"][0, 0] = float("nan")
+        from safetensors.torch import save_file
+
+        save_file(tensors, str(file))
+    elif kind == "optimizer of another model":
+        other = torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))])
+        torch.save(other.state_dict(), file)
+    elif kind == "rng: wrong tensor":
+        torch.save({"torch": torch.zeros(3)}, file)
+    else:
+        how(file)
+    return name
+
+
+def _fresh_load(path: Path) -> tuple[TrainerState, torch.nn.Module]:
+    model, optimizer, scheduler = _parts()
+    with torch.no_grad():
+        model.weight.fill_(7.0)  # what a refused checkpoint must leave untouched
+    state = checkpoint.load_checkpoint(
+        path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None, max_step=10
+    )
+    return state, model
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_checkpoint_is_refused_by_name_before_anything_is_applied(
+    tmp_path: Path, kind: str
+) -> None:
+    """Before: SafetensorError, JSONDecodeError, TypeError, EOFError or torch's own message
+    suggesting weights_only=False; a step of 999999 or -5 was taken as it was."""
+    folder = _save(tmp_path, 3)
+    name = _damage(folder, kind)
+    model, optimizer, scheduler = _parts()
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    with pytest.raises(RunDirError) as caught:
+        checkpoint.load_checkpoint(
+            folder, model=model, optimizer=optimizer, scheduler=scheduler, scaler=None, max_step=10
+        )
+    message = caught.value.message
+    assert str(folder / name) in message and DAMAGE[kind][2] in message, message
+    assert "weights_only" not in str(caught.value)  # never the unsafe way round a blocked pickle
+    assert caught.value.hint and caught.value.exit_code == 2
+    assert bool((model.weight == 7.0).all())
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    name=st.sampled_from(
+        ["trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "rng_python.json",
+         "trainer_state.json"]
+    ),
+    keep=st.floats(0.0, 0.999),
+    garbage=st.binary(max_size=40),
+)  # fmt: skip
+def test_any_truncated_file_falls_back_to_the_previous_checkpoint(
+    tmp_path_factory, name: str, keep: float, garbage: bytes
+) -> None:
+    """A file of the newest checkpoint cut anywhere (and maybe followed by junk): the resume
+    names it and uses the checkpoint before, whose weights and step it restores exactly."""
+    run_dir = tmp_path_factory.mktemp("run")
+    directory = run_dir / "checkpoints"
+    _save(directory, 1)
+    newest = _save(directory, 2)
+    file = newest / name
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * keep)] + garbage)
+    sink = RecordingSink()
+    loaded: dict[str, object] = {}
+
+    def load(path: Path) -> None:
+        loaded["state"], loaded["model"] = _fresh_load(path)
+
+    try:
+        used = find_resume_checkpoint(run_dir, sink, load)
+    except RunDirError:
+        pytest.fail("the intact checkpoint-1 was not used")
+    if used.name == "checkpoint-2":
+        return  # the cut left a file that still reads the same (e.g. junk after JSON's end)
+    assert used.name == "checkpoint-1" and loaded["state"].step == 1
+    warnings = [e.text for e in sink.of_type(LogLine) if e.level == "warning"]
+    assert len(warnings) == 1 and "checkpoint-2" in warnings[0] and str(file) in warnings[0]
+    expected, _, _ = _parts()
+    assert torch.equal(loaded["model"].weight, expected.weight)
+
+
+def test_no_good_checkpoint_is_a_clear_error_naming_each(tmp_path: Path) -> None:
+    directory = tmp_path / "checkpoints"
+    for step, kind in ((1, "empty safetensors"), (2, "state `{`")):
+        _damage(_save(directory, step), kind)
+    with pytest.raises(RunDirError) as caught:
+        find_resume_checkpoint(tmp_path, RecordingSink(), lambda path: _fresh_load(path) and None)
+    message = caught.value.message
+    assert "None of the 2 checkpoints" in message
+    assert "checkpoint-1" in message and "trainable.safetensors" in message
+    assert "checkpoint-2" in message and "trainer_state.json" in message
+    assert caught.value.exit_code == 2
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, tiny_model_dir: Path):
+    """A tiny run stopped at step 3 with checkpoints 1, 2 and 3, and its preset."""
+    from engine.presets import validate
+
+    dataset = tmp_path_factory.mktemp("data") / "chat.jsonl"
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Repeat {i}."},
+                {"role": "assistant", "content": f"{i}"},
+            ]
+        }
+        for i in range(24)
+    ]
+    dataset.write_text("\n".join(map(json.dumps, rows)) + "\n")
+    preset = validate(
+        {
+            "name": "tiny",
+            "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32", "max_seq_length": 64},
+            "dataset": {"path": str(dataset), "format": "auto", "val_size": 4},
+            "method": "lora",
+            "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
+            "training": {"learning_rate": 5e-3, "per_device_train_batch_size": 4, "max_steps": 5,
+                         "save_steps": 1, "seed": 0},
+        }
+    )  # fmt: skip
+
+    class StopAt3(RecordingSink):
+        run: Run
+
+        def emit(self, event) -> None:
+            super().emit(event)
+            if isinstance(event, CheckpointSaved) and event.step == 3:
+                self.run.control.stop()
+
+    sink = StopAt3()
+    sink.run = Run(preset, sink, runs_root=tmp_path_factory.mktemp("runs"))
+    result = sink.run.execute()
+    assert result.status == "stopped"
+    names = [p.name for p in checkpoint.complete_checkpoints(result.run_dir / "checkpoints")]
+    assert names[-2:] == ["checkpoint-2", "checkpoint-3"]
+    return preset, result.run_dir
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated safetensors", "state: string step", "rng: a blocked pickle"]
+)
+def test_a_run_resumes_from_the_checkpoint_before_a_damaged_one(
+    stopped_run, tmp_path: Path, kind: str
+) -> None:
+    """Before: exit 1, "FAILED (internal): SafetensorError/TypeError/UnpicklingError"."""
+    preset, original = stopped_run
+    run_dir = tmp_path / original.name
+    shutil.copytree(original, run_dir)
+    name = _damage(run_dir / "checkpoints" / "checkpoint-3", kind)
+    sink = RecordingSink()
+    result = Run(preset, sink, resume_dir=run_dir).execute()
+    assert result.status == "finished", sink.of_type(Failed)
+    assert sink.of_type(RunStarted)[0].resumed_from_step == 2
+    warnings = [e.text for e in sink.of_type(LogLine) if e.level == "warning"]
+    assert any("checkpoint-3" in text and name in text for text in warnings), warnings
+    log = (run_dir / "log.txt").read_text()
+    assert "Skipping checkpoint checkpoint-3" in log and name in log
+
+
+def test_a_run_whose_checkpoints_are_all_damaged_fails_with_exit_2(
+    stopped_run, tmp_path: Path
+) -> None:
+    preset, original = stopped_run
+    run_dir = tmp_path / original.name
+    shutil.copytree(original, run_dir)
+    for folder in checkpoint.complete_checkpoints(run_dir / "checkpoints"):
+        _damage(folder, "truncated optimizer")
+    sink = RecordingSink()
+    result = Run(preset, sink, resume_dir=run_dir).execute()
+    assert result.status == "failed" and result.exit_code == 2
+    failed = sink.of_type(Failed)[0]
+    assert failed.kind == "run_dir" and "optimizer.pt" in failed.message
+    assert "Traceback" not in (run_dir / "log.txt").read_text()
+
+
+# -- hints ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blocker", ["checkpoints", "checkpoints/checkpoint-2"])
+def test_a_file_in_the_way_of_a_checkpoint_is_named_not_blamed_on_the_disk(
+    tmp_path: Path, blocker: str
+) -> None:
+    """Before: "Free disk space (check with `df -h ...`)" for a file where a folder belongs."""
+    directory = tmp_path / "checkpoints"
+    if blocker != "checkpoints":
+        _save(directory, 1)
+    (tmp_path / blocker).write_text("not a folder")
+    with pytest.raises(TrainingError) as caught:
+        _save(directory, 2)
+    hint = caught.value.hint
+    assert str(tmp_path / blocker) in hint and "is a file" in hint
+    assert "disk space" not in hint and "df -h" not in hint
+    assert (tmp_path / blocker).read_text() == "not a folder"  # nothing on disk is lost
