@@ -51,8 +51,11 @@ class LogitCheck:
     greedy_equal: bool
     passed: bool
     near_tie_flips: int = 0  # continuation flips where the reference's top-2 margin <= 2 max|Δ|
+    finite: bool = True  # every logit of the candidate is a number
 
     def describe(self) -> str:
+        if not self.finite:
+            return f"{self.what}: FAILED, its logits hold NaN or infinite values"
         verdict = "ok" if self.passed else "FAILED"
         greedy = "same greedy continuation" if self.greedy_equal else "greedy continuation differs"
         if self.near_tie_flips:
@@ -103,15 +106,27 @@ def build_reference(model: Any, tokenizer: Any) -> Reference:
         ref.ids.append(full)
         ref.prompt_lengths.append(ids.shape[1])
         ref.logits.append(_logits(model, full))
+    if not all(bool(torch.isfinite(logits).all()) for logits in ref.logits):
+        # Nothing can match a reference that is not a number; say so before writing anything.
+        raise VerificationError(
+            "The model to export produces NaN or infinite logits: its weights are not finite, "
+            "so nothing was exported.",
+            hint="The run diverged before its final save. Train again with a lower "
+            "training.learning_rate (or lora.lora_alpha) and training.max_grad_norm at 1.0.",
+        )
     return ref
 
 
 def compare(
     model: Any, ref: Reference, what: str, key: str, strict_greedy: bool = True
 ) -> LogitCheck:
-    diffs, agree, total, margins = [], 0, 0, []
+    import torch
+
+    diffs, agree, total, margins, finite = [], 0, 0, [], True
     for ids, start, expected in zip(ref.ids, ref.prompt_lengths, ref.logits, strict=True):
         got = _logits(model, ids)
+        # Checked apart: Python's max() over the prompts' differences can drop a NaN.
+        finite = finite and bool(torch.isfinite(got).all())
         diffs.append((got - expected).abs().max().item())
         agree += int((got.argmax(-1) == expected.argmax(-1)).sum())
         total += got.shape[0]
@@ -126,8 +141,10 @@ def compare(
     # such near-ties (common in random test models) may flip; any other flip is a real error.
     explained = all(margin <= 2 * max_abs for margin in margins)
     greedy_ok = explained if strict_greedy else share >= Q8_0_MIN_AGREEMENT
-    ok = max_abs <= tolerance and greedy_ok
-    return LogitCheck(what, max_abs, tolerance, share, not margins, ok, len(margins) * explained)
+    ok = finite and max_abs <= tolerance and greedy_ok
+    return LogitCheck(
+        what, max_abs, tolerance, share, not margins, ok, len(margins) * explained, finite
+    )
 
 
 def require(check: LogitCheck) -> str:

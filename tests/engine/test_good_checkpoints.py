@@ -391,3 +391,58 @@ def test_a_file_in_the_way_of_a_checkpoint_is_named_not_blamed_on_the_disk(
     assert str(tmp_path / blocker) in hint and "is a file" in hint
     assert "disk space" not in hint and "df -h" not in hint
     assert (tmp_path / blocker).read_text() == "not a folder"  # nothing on disk is lost
+
+
+# -- export verification --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def untied_model(tokenizer_dir: Path):
+    """A tiny random Llama whose head is not the embedding: a NaN embedding row then reaches
+    only the positions after that token, not every logit."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def test_export_verification_refuses_a_model_whose_logits_are_not_finite(untied_model) -> None:
+    """Before: the reference was built from NaN logits and every check compared NaN to NaN."""
+    import copy
+
+    from engine.export import verify
+    from engine.export.files import VerificationError
+
+    model, tokenizer = untied_model
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.model.norm.weight[0] = float("inf")
+    with pytest.raises(VerificationError, match="NaN or infinite logits") as caught:
+        verify.build_reference(broken, tokenizer)
+    assert "nothing was exported" in caught.value.message and caught.value.hint
+
+
+def test_export_verification_fails_a_candidate_non_finite_on_one_prompt(untied_model) -> None:
+    """Before: Python's max() over the prompts' differences dropped the NaN of prompt 2, and
+    the check failed only as a greedy mismatch with a finite max |Δlogit|."""
+    import copy
+
+    from engine.export import verify
+
+    model, tokenizer = untied_model
+    reference = verify.build_reference(model, tokenizer)
+    first, second, third = (set(ids[0].tolist()) for ids in verify.encode_prompts(tokenizer))
+    token = min(second - first - third)
+    candidate = copy.deepcopy(model)
+    with torch.no_grad():
+        candidate.model.embed_tokens.weight[token] = float("nan")
+    check = verify.compare(candidate, reference, "merged model vs base + adapter", "merged-float32")
+    assert not check.passed and "NaN or infinite" in check.describe(), check.describe()
+    assert not check.finite
+    assert verify.compare(model, reference, "same model", "merged-float32").passed
