@@ -233,6 +233,17 @@ def _bnb_config(bits: int, quant_type: str, double_quant: bool, dtype: Any):
 
 
 def _load_error(what: str, source: ModelSource, exc: Exception) -> ModelLoadError:
+    from engine.errors import is_blocked_pickle
+
+    if is_blocked_pickle(exc):
+        # torch's own text advises weights_only=False, which would run the pickle's code.
+        return ModelLoadError(
+            f"Cannot load the {what} from '{source.display}': its pickle (.bin/.pt) weights hold "
+            "Python objects other than tensors, and finetty never unpickles those (they can run "
+            "code when loaded), even with model.allow_pickle_weights: true.",
+            hint="Use a copy of the model saved as safetensors, or convert these weights to "
+            "safetensors on a machine you trust (load them there, then save_pretrained).",
+        )
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if source.kind == "hub":
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"

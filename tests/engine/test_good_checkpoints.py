@@ -446,3 +446,30 @@ def test_export_verification_fails_a_candidate_non_finite_on_one_prompt(untied_m
     assert not check.passed and "NaN or infinite" in check.describe(), check.describe()
     assert not check.finite
     assert verify.compare(model, reference, "same model", "merged-float32").passed
+
+
+def test_a_blocked_pickle_in_model_weights_never_suggests_the_unsafe_option(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Before: "Weights only load failed ... Re-running torch.load with weights_only set to
+    False will likely succeed", with a hint about incomplete model folders."""
+    from transformers import AutoModelForCausalLM
+
+    from engine import models
+    from engine.errors import ModelLoadError
+
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    for item in tiny_model_dir.iterdir():
+        if not item.name.endswith(".safetensors"):
+            shutil.copy(item, folder / item.name)
+    weights = dict(AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict())
+    torch.save({**weights, "payload": os.system}, folder / "pytorch_model.bin")
+    source = models.resolve_source(str(folder), allow_pickle=True)
+    with pytest.raises(ModelLoadError) as caught:
+        models.load_model(
+            source, device="cpu", dtype=torch.float32, attention="sdpa", allow_pickle=True
+        )
+    error = caught.value
+    assert str(folder) in error.message and "can run code" in error.message
+    assert "weights_only" not in str(error) and "safetensors" in error.hint
