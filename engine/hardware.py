@@ -46,7 +46,9 @@ class HardwareMonitor:
         self.sink = sink
         self.interval = interval
         self.peak_mib = peak_mib
-        self.devices = devices  # NVML indices to read; None reads every GPU
+        # NVML indices to read, in CUDA's order; None reads every GPU. NVML ignores
+        # CUDA_VISIBLE_DEVICES, so without this a run with the GPUs hidden showed them anyway.
+        self.devices = devices if devices is not None else visible_gpu_indices()
         # Under torch.distributed the trainer gathers every rank's sample itself once training
         # starts, and turns this off so that rank 0 does not publish two views of the job.
         self.publish = True
@@ -71,7 +73,8 @@ class HardwareMonitor:
             return []
         samples = []
         count = int(_maybe(nvml.nvmlDeviceGetCount) or 0)
-        for index in self.devices if self.devices is not None else range(count):
+        devices = self.devices if self.devices is not None else range(count)
+        for ordinal, index in enumerate(devices):
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 name = nvml.nvmlDeviceGetName(handle)
@@ -84,7 +87,8 @@ class HardwareMonitor:
                     name=name.decode() if isinstance(name, bytes) else str(name),
                     memory_used_mib=info.used / MIB,
                     memory_total_mib=info.total / MIB,
-                    memory_peak_mib=self.peak_mib(index) if self.peak_mib else None,
+                    # PyTorch numbers the visible GPUs from 0: ask for this one's ordinal.
+                    memory_peak_mib=self.peak_mib(ordinal) if self.peak_mib else None,
                     utilization_pct=_maybe(
                         lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h).gpu
                     ),
@@ -116,6 +120,26 @@ def cuda_peak_mib(index: int) -> float | None:
     if not torch.cuda.is_available() or index >= torch.cuda.device_count():
         return None
     return torch.cuda.max_memory_allocated(index) / MIB
+
+
+def visible_gpu_indices() -> list[int] | None:
+    """The NVML indices CUDA_VISIBLE_DEVICES lets this process use, in CUDA's order; None when
+    it is unset or names GPUs by UUID (every GPU is read then). As in CUDA, the list ends at
+    the first entry that is not a GPU index, so "" and "-1" hide every GPU."""
+    import os
+
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    parts = [part.strip() for part in value.split(",")]
+    if any(part.startswith(("GPU-", "MIG-")) for part in parts):
+        return None
+    visible: list[int] = []
+    for part in parts:
+        if not part.isdigit():
+            break
+        visible.append(int(part))
+    return visible
 
 
 def visible_gpu_index(local_rank: int) -> int:
