@@ -62,11 +62,12 @@ class DatasetStats(Event):
     val_rows: int
     tokens: int
     trained_tokens: int
-    max_length: int
-    truncated: int
+    max_length: int  # the longest row, in tokens, after truncation
+    truncated: int  # rows longer than max_seq_length, cut to it
     mean_length: float
     length_histogram: list[list[int]]
     chat_template: str = ""
+    max_seq_length: int = 0  # 0 in events written before it was recorded
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,21 @@ class Alarm(Event):
 
 
 @dataclass(frozen=True)
+class Progress(Event):
+    """How far a long task that is not a training step has got (the exact-match evaluation):
+    ``done`` of ``total`` units, with an ETA from the rate so far. Sent about once a second."""
+
+    type: ClassVar[str] = "progress"
+    gauge: ClassVar[bool] = True
+    task: str  # what is running, e.g. "exact match before training"
+    done: float  # may be fractional: examples of a batch part-way through generation
+    total: int
+    unit: str  # "examples"
+    elapsed_s: float
+    eta_s: float | None
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     type: ClassVar[str] = "finished"
     status: str  # "finished" or "stopped"
@@ -198,6 +214,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         LogLine,
         StateChanged,
         Alarm,
+        Progress,
         Finished,
         Failed,
     )

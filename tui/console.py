@@ -25,20 +25,24 @@ from engine.events import (
     Finished,
     HardwareSample,
     LogLine,
+    Progress,
     RunStarted,
+    StateChanged,
     Step,
 )
 from engine.rundir import human_line
 from engine.runstate import RunState
+from engine.units import duration
+
+format_duration = duration  # tui.screens.export's name for it
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--"
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+def progress_line(event: Progress) -> str:
+    """``exact match before training: 12/42 examples, ETA 8s, elapsed 4s``."""
+    return (
+        f"{event.task}: {event.done:.0f}/{event.total} {event.unit}, "
+        f"ETA {duration(event.eta_s)}, elapsed {duration(event.elapsed_s)}"
+    )
 
 
 def exact_match_line(event: ExactMatch) -> str:
@@ -67,6 +71,8 @@ class ConsoleReporter:
         self.after: ExactMatch | None = None
         self.finished: Finished | None = None
         self.failed: Failed | None = None
+        self.progress: Progress | None = None
+        self._progress_printed: float | None = None
 
     def __enter__(self) -> ConsoleReporter:
         if self.live_mode:
@@ -86,15 +92,29 @@ class ConsoleReporter:
         if self.json_mode:
             self.stdout.write(event.to_json() + "\n")
             self.stdout.flush()
-        if not self.live_mode and not isinstance(event, HardwareSample):
+        if isinstance(event, Progress) and not self.live_mode:
+            self._print_progress(event)
+        elif not self.live_mode and not isinstance(event, HardwareSample):
             line = exact_match_line(event) if isinstance(event, ExactMatch) else human_line(event)
             if isinstance(event, DatasetStats):
                 line = _dataset_line(event)
             if line:
                 self.err.print(line, markup=False, highlight=False, soft_wrap=True)
 
+    def _print_progress(self, event: Progress) -> None:
+        """A plain line every 2 s at most (and the last one): logs stay short, yet move."""
+        last = self._progress_printed
+        if event.done < event.total and last is not None and event.time - last < 2.0:
+            return
+        self._progress_printed = event.time
+        self.err.print(progress_line(event), markup=False, highlight=False, soft_wrap=True)
+
     def _record(self, event: Event) -> None:
         self.run_state.apply(event)
+        if isinstance(event, Progress):
+            self.progress = event
+        elif isinstance(event, StateChanged | Step):
+            self.progress = None  # the task that reported progress is over
         if isinstance(event, RunStarted):
             self.started = event
         elif isinstance(event, Step):
@@ -135,16 +155,21 @@ class ConsoleReporter:
         total = (step.total_steps if step else self.started.total_steps if self.started else 0) or 1
         done = step.step if step else (self.started.resumed_from_step if self.started else 0)
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(
-            ProgressBar(total=total, completed=done, width=40),
-            Text(f"step {done}/{total}  ETA {format_duration(step.eta_s if step else None)}"),
-        )
+        if self.progress is not None:  # an evaluation: its own count, not the steps
+            p = self.progress
+            bar.add_row(ProgressBar(total=p.total, completed=p.done, width=40),
+                        Text(progress_line(p)))  # fmt: skip
+        else:
+            bar.add_row(
+                ProgressBar(total=total, completed=done, width=40),
+                Text(f"step {done}/{total}  ETA {duration(step.eta_s if step else None)}"),
+            )
         parts.append(bar)
         if step:
             parts.append(
                 Text(
                     f"loss {step.loss:.4f}  lr {step.learning_rate:.2e}  {step.tokens_per_s:,.0f} tok/s  "
-                    f"{step.step_time_s:.2f} s/step  epoch {step.epoch:.2f}  elapsed {format_duration(step.elapsed_s)}"
+                    f"{step.step_time_s:.2f} s/step  epoch {step.epoch:.2f}  elapsed {duration(step.elapsed_s)}"
                 )
             )
         if self.hardware:
@@ -182,5 +207,15 @@ def _dataset_line(event: DatasetStats) -> str:
     return (
         f"dataset {event.source}: {event.format}, {event.train_rows} train / {event.val_rows} val rows, "
         f"{event.tokens:,} tokens ({event.trained_tokens:,} trained), mean length {event.mean_length:.0f}, "
-        f"{event.truncated} truncated at {event.max_length}"
+        + lengths_phrase(event)
     )
+
+
+def lengths_phrase(event: DatasetStats) -> str:
+    """``longest row 57 tokens, none truncated (max_seq_length 256)``: the longest row is not a
+    limit, so it is never written next to the truncated count as if it were one."""
+    limit = f"max_seq_length {event.max_seq_length}" if event.max_seq_length else "max_seq_length"
+    if not event.truncated:
+        return f"longest row {event.max_length} tokens, none truncated ({limit})"
+    rows = "row" if event.truncated == 1 else "rows"
+    return f"longest row {event.max_length} tokens, {event.truncated} {rows} truncated to {limit}"

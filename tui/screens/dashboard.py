@@ -37,6 +37,7 @@ from engine.events import (
 from engine.runstate import RunState
 from engine.units import duration
 from tui.bridge import UiBridge
+from tui.console import lengths_phrase, progress_line
 from tui.messages import EventsReady, RunAttached
 from tui.widgets.gauges import HardwarePanel
 from tui.widgets.log_tail import LogTail
@@ -273,8 +274,6 @@ class DashboardScreen(Screen[None]):
         total = step.total_steps if step else (s.total_steps if s else None)
         done = step.step if step else (s.resumed_from_step if s else 0)
         if self.progress is not None:
-            from tui.console import progress_line
-
             bar = progress_bar(self.progress.total, self.progress.done)
             self.query_one("#progress", Static).update(bar, layout=False)
             label = self.query_one("#progress-label", Static)

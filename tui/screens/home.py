@@ -18,6 +18,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
+from engine import units
 from engine.presets import list_presets
 from engine.rundir import all_runs, read_status, runs_root
 from engine.runstate import LIVE_WORDS, shown_state
@@ -46,10 +47,7 @@ def duration(status: dict[str, Any]) -> str:
             return "–"
         end = time.time() if run_state(status) in LIVE_STATES else updated
         seconds = (end if isinstance(end, int | float) else started) - started
-    seconds = max(0, int(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return units.duration(seconds)
 
 
 def run_row(run_dir: Path) -> tuple[str, str | Content, ...]:

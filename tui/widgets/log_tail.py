@@ -19,7 +19,10 @@ class LogTail(RichLog):
     """
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=500, wrap=True, markup=False, **kwargs)  # type: ignore[arg-type]
+        # RichLog wraps at min_width (78) when the log is narrower, then crops the lines to its
+        # width: at 80 columns the dashboard's panel is 75 wide and a wrapped line lost the
+        # characters in between. min_width 1 wraps at the panel's own width.
+        super().__init__(max_lines=500, wrap=True, markup=False, min_width=1, **kwargs)  # type: ignore[arg-type]
 
     def write_line(self, line: str, *, level: str = "info", at: float | None = None) -> None:
         stamp = time.strftime("%H:%M:%S ", time.localtime(at if at is not None else time.time()))

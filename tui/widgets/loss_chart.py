@@ -116,4 +116,7 @@ class LossChart(Vertical):
         plot.refresh()
         if self.lrs:
             self.query_one("#lr-label", Static).update(f"lr {self.lrs[-1]:.2e}", layout=False)
-            self.query_one("#lr-spark", Sparkline).data = thin(self.steps, self.lrs, 200)[1]
+            # A new list each time: thin() hands back self.lrs itself below its limit, and
+            # the reactive saw that same (appended-to) list as unchanged, so the sparkline kept
+            # its first draw, one point: a solid bar.
+            self.query_one("#lr-spark", Sparkline).data = list(thin(self.steps, self.lrs, 200)[1])
