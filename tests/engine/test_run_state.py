@@ -185,3 +185,21 @@ def test_status_runs_and_home_read_one_state(tmp_path: Path, capsys) -> None:
     assert home_state(status) == "paused"
     status["pid"] = 2**22 + 7  # no such process: a live state whose writer is gone
     assert home_state(status) == runstate.shown_state(status) == "died"
+
+
+def test_an_abort_keeps_the_step_it_reached(make_preset, tmp_path: Path) -> None:
+    """An abort's final event says step 0 (the loop never returned its figures); status.json
+    said so too, for a run that had trained."""
+    sink = RecordingSink()
+    run = Run(make_preset(max_steps=1000, save_steps=0), sink, runs_root=tmp_path)
+    run.start()
+    try:
+        wait_until(lambda: len(sink.of_type(Step)) >= 2, what="two steps")
+        run.control.abort()
+        result = run.join(timeout=60)
+    finally:
+        run.control.abort()
+        run.join(timeout=30)
+    assert result is not None and result.status == "stopped"
+    status = status_of(run.run_dir)
+    assert status["state"] == "stopped" and status["step"] >= 2
