@@ -15,19 +15,35 @@ from dataclasses import dataclass, replace
 import psutil
 
 from engine.config import Preset
-from engine.gpus import GpuSpec, training_flops
+from engine.gpus import CPU_GFLOPS_PER_CORE, GpuSpec, training_flops
 from engine.graph_work import graphs_wanted, host_bound
 from engine.loss import CHUNKABLE, chunk_rows
 from engine.shapes import ModelShape, shape_for
+from engine.token_lengths import DatasetLengths, measure, padded_width
+from engine.trainer import steps_per_epoch
+from engine.units import count, duration, share
 
 GIB = 2**30
 CUDA_CONTEXT_GIB = 0.5  # CUDA context, cuBLAS workspaces: outside torch's allocator
-CPU_BASELINE_GIB = 1.0  # Python + torch + transformers + trl resident before the model loads
+# Python + torch + transformers + peft + the engine resident before the model loads: 0.40 GiB
+# measured on this project's 2-core CI box (bench/RESULTS.md), + the tokenizer and the dataset.
+CPU_BASELINE_GIB = 0.45
 SLACK = 0.10  # allocator fragmentation (measured reserved/allocated: 1.04-1.45)
-# QLoRA's 4-bit dequantization against bf16 LoRA on the same model, in finetty's path (no fp32
-# upcast, autocast adapters): 0.92x the LoRA step at 8B, 1.26x at 0.5B (devC-20261127, H200).
-QLORA_SLOWDOWN = 1.1
-LAYER_OVERHEAD_S = 0.0025  # per layer per micro-batch (x1.6 LoRA, x4 QLoRA), measured on an H200
+# Time a decoder layer adds to each micro-batch beyond its matmuls (Python, kernel launches and,
+# for 4-bit layers, dequantization), with gradient checkpointing: forward, recompute, backward.
+# Fitted to Llama-3.1-8B on an H200 at 2048 tokens (devT, devV: bench/results.jsonl), where the
+# step is the matmul time plus this: eager LoRA 0.241 s at micro-batch 1 and 0.399 s at 2 give
+# 0.083 s over 32 layers; eager QLoRA 0.381 s at 1; graphed (engine.layer_graphs) LoRA 0.187
+# and 0.347 s at 1 and 2, graphed QLoRA 0.202 s at 1. Full fine-tuning keeps the earlier
+# measured ratio of 1/1.6 of LoRA's. Without checkpointing a layer runs two passes, not three.
+LAYER_HOST_S = {  # (4-bit, graphed) -> seconds per layer per micro-batch
+    (False, False): 0.0026,
+    (True, False): 0.0069,
+    (False, True): 0.0009,
+    (True, True): 0.0014,
+}
+FULL_HOST_SHARE = 1 / 1.6
+MATMUL_FULL_HIDDEN, MATMUL_EXPONENT = 4096, 0.3  # see step_time
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128)
 OPTIM_BYTES = {
     "paged_adamw_32bit": 8.0,
@@ -90,11 +106,12 @@ class Estimate:
     method: str
     dtype: str
     quantization: str
-    params_total: int
+    params_model: int  # the model's own parameters
+    params_total: int  # with the adapters, as the run's log counts them
     params_trainable: int
     micro_batch: int
     grad_accum: int
-    seq_len: int
+    seq_len: int  # tokens of the longest micro-batch row that memory is sized for
     gradient_checkpointing: bool
     optim: str
     memory: Memory
@@ -114,6 +131,9 @@ class Estimate:
     cost_usd: float | None
     advice: tuple[str, ...]
     notes: tuple[str, ...]
+    max_seq_length: int = 0
+    lengths: str = "max_seq_length"  # "measured" (the dataset's real token lengths) or this
+    mean_tokens: float | None = None  # mean padded row of a micro-batch, when measured
 
 
 def make_plan(
@@ -121,7 +141,9 @@ def make_plan(
     gpu: GpuSpec | None,
     micro_batch: int | None = None,
     liger_installed: bool | None = None,
+    seq_len: int | None = None,
 ) -> Plan:
+    """``seq_len``: the longest sequence the run will see (measured), else max_seq_length."""
     shape = shape_for(preset.model.name_or_path)
     model, training, lora = preset.model, preset.training, preset.lora
     dtype = model.dtype
@@ -153,7 +175,7 @@ def make_plan(
         dtype,
         micro if isinstance(micro, int) else 1,
         training.gradient_accumulation_steps,
-        model.max_seq_length,
+        seq_len or model.max_seq_length,
         training.gradient_checkpointing,
         training.optim,
         lora_params,
@@ -275,7 +297,7 @@ def _loss_bytes(plan: Plan, tokens: int, d: int) -> float:
     return min(tokens, chunk_rows(s.vocab_size)) * s.vocab_size * 10.0 + 2 * hidden
 
 
-def step_flops(plan: Plan, seq_len: int | None = None) -> float:
+def step_flops(plan: Plan, seq_len: float | None = None) -> float:
     """FLOPs of one optimizer step (every micro-batch), recomputation included."""
     seq = seq_len or plan.seq_len
     per_token = plan.shape.flops_per_token(
@@ -284,20 +306,28 @@ def step_flops(plan: Plan, seq_len: int | None = None) -> float:
     return per_token * plan.micro_batch * seq * plan.grad_accum
 
 
-def step_time(plan: Plan, seq_len: int | None = None) -> tuple[float, float]:
+def step_time(plan: Plan, seq_len: float | None = None) -> tuple[float, float]:
     """(seconds per optimizer step, assumed MFU)."""
     rate, mfu = training_flops(plan.gpu)
-    seconds = step_flops(plan, seq_len) / rate
     if plan.gpu is None:  # the CPU rate was measured end to end: nothing to add
-        return seconds, mfu
-    if plan.quant != "none" and plan.method != "full":
-        seconds *= QLORA_SLOWDOWN
-    # Python and kernel-launch time per layer per micro-batch, which dominates small models.
-    factor = 1.0 if plan.method == "full" else 4.0 if plan.quant != "none" else 1.6
-    per_layer = LAYER_OVERHEAD_S * factor
-    per_layer *= 2 if plan.checkpointing else 1
-    seconds += per_layer * plan.shape.num_hidden_layers * plan.grad_accum
-    trainable = plan.shape.param_count() if plan.method == "full" else plan.lora_params
+        return step_flops(plan, seq_len) / rate, mfu
+    s = plan.shape
+    # Smaller matmuls run further from the card's peak: fitted to finetty's graphed LoRA rows
+    # at 8 x 2048 (devT), Qwen2.5-0.5B (hidden 896) reaches 0.62x the rate per FLOP of
+    # Llama-3.1-8B (hidden 4096).
+    share = min(1.0, s.hidden_size / MATMUL_FULL_HIDDEN) ** MATMUL_EXPONENT
+    rate, mfu = rate * share, mfu * share
+    seconds = step_flops(plan, seq_len) / rate
+    tokens = plan.micro_batch * (seq_len or plan.seq_len)
+    layer_weights = s.linear_param_count() // s.num_hidden_layers
+    graphed = plan.checkpointing and _graphed(plan, tokens, layer_weights)
+    per_layer = LAYER_HOST_S[(plan.quant in ("nf4", "fp4", "int8"), graphed)]
+    if plan.method == "full":
+        per_layer *= FULL_HOST_SHARE
+    if not plan.checkpointing:
+        per_layer *= 2 / 3
+    seconds += per_layer * s.num_hidden_layers * plan.grad_accum
+    trainable = s.param_count() if plan.method == "full" else plan.lora_params
     bandwidth = plan.gpu.bandwidth_gbs * 1e9
     seconds += trainable * 24 / bandwidth  # optimizer step: read+write weights, grads, 2 states
     return seconds, mfu
@@ -335,13 +365,17 @@ def estimate(
     dataset_tokens: int | None = None,
     *,
     dataset_rows: int | None = None,
+    lengths: DatasetLengths | None = None,
 ) -> Estimate:
     """Memory, fit, batch advice, step time, steps, ETA and cost of a preset on a device.
 
-    ``gpu`` None (or ``training.use_cpu``) is a CPU run, sized against system RAM.
+    ``gpu`` None (or ``training.use_cpu``) is a CPU run, sized against system RAM. With
+    ``lengths`` (engine.token_lengths) memory is sized for the longest row and time for the
+    micro-batches' padded rows; without, every row is taken to be max_seq_length long.
     """
     gpu = None if preset.training.use_cpu else gpu
-    plan = make_plan(preset, gpu)
+    longest = max(lengths.train_lengths, default=0) if lengths else 0
+    plan = make_plan(preset, gpu, seq_len=longest or None)
     asked = preset.training.per_device_train_batch_size
     recommended = _recommend(plan, asked)
     notes: list[str] = []
@@ -377,27 +411,48 @@ def estimate(
     elif plan.checkpointing and memory(replace(plan, checkpointing=False)).total <= capacity:
         advice.append("fits without gradient checkpointing: turning it off is ~25% faster")
 
-    seq_eff = plan.seq_len
-    if dataset_tokens and dataset_rows and not preset.dataset.packing:
+    seq_eff: float = plan.seq_len
+    if lengths and lengths.train_lengths:
+        seq_eff = padded_width(lengths.train_lengths, plan.micro_batch, preset.training.seed)
+    elif dataset_tokens and dataset_rows and not preset.dataset.packing:
         seq_eff = max(1, min(plan.seq_len, dataset_tokens // dataset_rows))
     seconds, mfu = step_time(plan, seq_eff)
-    steps = _total_steps(preset, plan, dataset_tokens, dataset_rows)
+    if lengths:
+        steps = _measured_steps(preset, plan, lengths.train_sequences)
+    else:
+        steps = _total_steps(preset, plan, dataset_tokens, dataset_rows)
     eta = seconds * steps if steps else None
     cost = eta / 3600 * hourly_price if (eta is not None and hourly_price is not None) else None
     if gpu is None:
-        notes.append("CPU run: memory is RAM; speed from ~35 GFLOP/s per core (measured)")
+        notes.append(
+            f"CPU run: memory is RAM; speed from ~{CPU_GFLOPS_PER_CORE:.0f} GFLOP/s per core "
+            "(measured)"
+        )
     elif plan.dtype == "bfloat16" and not gpu.bf16:
         notes.append(f"{gpu.name} has no bf16: use model.dtype auto (fp16)")
     if plan.quant != "none" and plan.method != "full" and not plan.checkpointing:
         notes.append("QLoRA without gradient checkpointing keeps fp32 activations (2x LoRA's)")
     if plan.optim.startswith("paged"):
         notes.append("paged optimizer: its states can spill to CPU RAM instead of OOM")
-    if seq_eff == plan.seq_len and not preset.dataset.packing:
-        notes.append("time assumes every row is max_seq_length long (an upper bound)")
+    if lengths:
+        sampled = f"the first {lengths.measured_rows:,} of " if lengths.sampled else ""
+        notes.append(
+            f"token lengths measured on {sampled}{lengths.rows:,} rows: longest "
+            f"{lengths.longest}, micro-batches padded to {seq_eff:.0f} on average"
+        )
+    elif preset.dataset.packing:
+        notes.append(
+            f"dataset not measured here: rows packed to max_seq_length ({plan.seq_len}) tokens"
+        )
+    else:
+        notes.append(
+            "dataset not measured here: every row is taken to be max_seq_length "
+            f"({plan.seq_len}) tokens long (an upper bound)"
+        )
     if steps is None:
         notes.append("total steps unknown until the dataset is read (or set max_steps)")
-    n = plan.shape.param_count()
-    trainable = n if plan.method == "full" else plan.lora_params
+    lora = preset.lora
+    trainable, total = plan.shape.trainable_split(plan.method, lora.r, lora.target_modules)
     return Estimate(
         preset=preset.name,
         model=preset.model.name_or_path,
@@ -408,7 +463,8 @@ def estimate(
         method=plan.method,
         dtype=plan.dtype,
         quantization=plan.quant,
-        params_total=n,
+        params_model=plan.shape.param_count(),
+        params_total=total,
         params_trainable=trainable,
         micro_batch=plan.micro_batch,
         grad_accum=plan.grad_accum,
@@ -422,7 +478,7 @@ def estimate(
         recommended_grad_accum=recommended[1] if recommended else None,
         needs_gradient_checkpointing=needs_gc,
         needs_qlora=needs_q,
-        tokens_per_step=plan.micro_batch * plan.grad_accum * seq_eff,
+        tokens_per_step=round(plan.micro_batch * plan.grad_accum * seq_eff),
         flops_per_step=step_flops(plan, seq_eff),
         mfu=mfu,
         step_time_s=round(seconds, 3),
@@ -432,7 +488,19 @@ def estimate(
         cost_usd=round(cost, 2) if cost is not None else None,
         advice=tuple(advice),
         notes=tuple(notes),
+        max_seq_length=preset.model.max_seq_length,
+        lengths="measured" if lengths else "max_seq_length",
+        mean_tokens=round(seq_eff, 1) if lengths else None,
     )
+
+
+def estimate_for(
+    preset: Preset, gpu: GpuSpec | None, hourly_price: float | None = None
+) -> Estimate:
+    """The estimate every front-end shows (`finetty estimate`, the wizard's fit line, the review
+    screen, the probe's prediction): the dataset's real token lengths where they can be measured
+    offline (engine.token_lengths), else max_seq_length."""
+    return estimate(preset, gpu, hourly_price, lengths=measure(preset))
 
 
 def _fits_at_1(plan: Plan) -> bool:
@@ -458,6 +526,14 @@ def _as_adapter(plan: Plan, preset: Preset, method: str) -> Plan:
     )
 
 
+def _measured_steps(preset: Preset, plan: Plan, sequences: int) -> int:
+    """Optimizer steps of the run, counted as engine.trainer counts them."""
+    if preset.training.max_steps > 0:
+        return preset.training.max_steps
+    per_epoch = steps_per_epoch(sequences, plan.micro_batch, plan.grad_accum)
+    return max(1, math.ceil(preset.training.num_train_epochs * per_epoch))
+
+
 def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | None) -> int | None:
     training, dataset = preset.training, preset.dataset
     if training.max_steps > 0:
@@ -478,32 +554,23 @@ def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | Non
     return max(1, math.ceil(per_epoch * training.num_train_epochs))
 
 
-def _duration(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if minutes < 90:
-        return f"{minutes}m"
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes < 48 * 60 else f"{minutes / 1440:.1f}d"
-
-
-def _count(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-
-
 def format_estimate(e: Estimate) -> str:
     """A compact table for a terminal (under 80 columns)."""
     where = f"{e.device} ({e.capacity_gib:g} GiB)" if e.on_gpu else "the CPU"
     quant = "" if e.quantization == "none" else f"{e.quantization}, "
-    pct = 100 * e.params_trainable / e.params_total
     m = e.memory
     lines = [
         f"{e.preset} on {where}",
-        f"  model    {e.model}  ({e.architecture}, {_count(e.params_total)} params)",
-        f"  method   {e.method} ({quant}{e.dtype}), trainable {_count(e.params_trainable)}"
-        f" ({pct:.2f}%), {e.optim}",
-        f"  batch    {e.micro_batch} x {e.grad_accum} accum x {e.seq_len} tokens, gradient "
-        f"checkpointing {'on' if e.gradient_checkpointing else 'off'}",
+        f"  model    {e.model}  ({e.architecture}, {count(e.params_model)} params)",
+        f"  method   {e.method} ({quant}{e.dtype}), trainable {count(e.params_trainable)} of "
+        f"{count(e.params_total)} ({share(e.params_trainable, e.params_total)}), {e.optim}",
+        f"  batch    {e.micro_batch} x {e.grad_accum} accum x {e.seq_len} tokens "
+        + (
+            f"(longest row; max_seq_length {e.max_seq_length})"
+            if e.lengths == "measured"
+            else "(max_seq_length)"
+        ),
+        f"           gradient checkpointing {'on' if e.gradient_checkpointing else 'off'}",
         "",
         f"  Memory, GiB {'(GPU)' if e.on_gpu else '(RAM)'}",
     ]
@@ -531,7 +598,7 @@ def format_estimate(e: Estimate) -> str:
     lines.append(f"  Time     ~{e.step_time_s:.2f} s/step ({speed})")
     if e.total_steps is not None and e.eta_s is not None:
         cost = f", ${e.cost_usd:.2f} at ${e.hourly_price:g}/h" if e.cost_usd is not None else ""
-        lines.append(f"           {e.total_steps} steps, ETA {_duration(e.eta_s)}{cost}")
+        lines.append(f"           {e.total_steps} steps, ETA {duration(e.eta_s)}{cost}")
     for label, texts in (("advice", e.advice), ("note", e.notes)):
         for text in texts:
             lines += textwrap.wrap(

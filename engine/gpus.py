@@ -78,16 +78,26 @@ _DETECTED = (
 )  # fmt: skip
 
 
-GPU_MFU = 0.35  # model FLOPs utilisation assumed on a GPU (HF + SDPA, no fused kernels)
-CPU_GFLOPS_PER_CORE = 35.0  # effective fp32 training rate measured with SmolLM2 on 2 cores
+# Model FLOPs (recompute counted) per peak FLOP on finetty's path: the 8B rows on an H200 (devT,
+# engine.estimate.step_time).
+GPU_MFU = 0.63
+# Effective fp32 training rate, model FLOPs at the micro-batches' padded lengths: the CPU demo
+# (SmolLM2-135M LoRA, 60 steps of 8 rows padded to 55 tokens on average, 0.251 TFLOP a step)
+# trained in 161 s on this project's idle 2-core CI machine (bench/RESULTS.md).
+CPU_GFLOPS_PER_CORE = 47.0
 
 
 def training_flops(gpu: GpuSpec | None) -> tuple[float, float]:
     """(achieved FLOP/s, assumed MFU): peak x MFU on a GPU; a measured per-core rate on a CPU."""
     if gpu is not None:
         return gpu.tflops * 1e12 * GPU_MFU, GPU_MFU
+    return cpu_cores() * CPU_GFLOPS_PER_CORE * 1e9, 1.0
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (cores or 1) * CPU_GFLOPS_PER_CORE * 1e9, 1.0
+    return cores or 1
 
 
 def gpu_spec(name: str) -> GpuSpec:

@@ -34,9 +34,9 @@ import psutil
 
 from engine.config import Preset
 from engine.errors import ConfigError, TrainingError
-from engine.estimate import CUDA_CONTEXT_GIB, estimate
-from engine.estimate import _duration as duration
+from engine.estimate import CUDA_CONTEXT_GIB, estimate_for
 from engine.events import DatasetStats, Event, Failed, RunStarted, StateChanged, Step
+from engine.units import duration
 
 GIB = 2**30
 DEFAULT_STEPS = 5
@@ -269,13 +269,7 @@ def probe(
     started, stats = watcher.started, watcher.dataset
     accum = preset.training.gradient_accumulation_steps
     micro = max(1, started.global_batch_size // accum)
-    est = estimate(
-        preset,
-        gpu,
-        hourly_price,
-        dataset_tokens=stats.tokens if stats else None,
-        dataset_rows=stats.rows if stats else None,
-    )
+    est = estimate_for(preset, gpu, hourly_price)  # the figures `finetty estimate` showed
     timed = watcher.step_events[2:] or watcher.step_events[1:] or watcher.step_events
     step_s = statistics.median(s.step_time_s for s in timed)
     tokens_per_s = statistics.median(s.tokens_per_s for s in timed)
@@ -330,10 +324,6 @@ def _discard(run_dir: Path, temporary_root: Path | None) -> None:
             run_dir.parent.rmdir()  # only if no other probe's directory is in it
 
 
-def _duration(seconds: float | None) -> str:
-    return "-" if seconds is None else duration(seconds)
-
-
 def _delta(measured: float, predicted: float) -> str:
     if predicted <= 0:
         return ""
@@ -354,7 +344,7 @@ def format_probe(r: ProbeResult) -> str:
     ]  # fmt: skip
     if r.total_steps is not None:
         rows.append(
-            (f"ETA, {r.total_steps} steps", _duration(r.eta_s), _duration(r.predicted_eta_s), "")
+            (f"ETA, {r.total_steps} steps", duration(r.eta_s), duration(r.predicted_eta_s), "")
         )
     if r.hourly_price is not None and r.cost_usd is not None:
         predicted_cost = f"${r.predicted_cost_usd:.2f}" if r.predicted_cost_usd is not None else "-"

@@ -115,6 +115,18 @@ class ModelShape:
             )
         return names
 
+    def trainable_split(
+        self, method: str, r: int = 0, target_modules: str | list[str] = "all-linear"
+    ) -> tuple[int, int]:
+        """(trainable, total) parameters of the model prepared for training, counted as
+        engine.models.count_parameters counts them (the one count the wizard, the estimate
+        and the run's log show): adapters are trained and add to the total."""
+        base = self.param_count()
+        if method == "full":
+            return base, base
+        adapters = self.lora_param_count(r, target_modules)
+        return adapters, base + adapters
+
     def lora_param_count(self, r: int, target_modules: str | list[str] = "all-linear") -> int:
         """LoRA A and B weights: r * (in + out) for each targeted module."""
         dims = self.module_dims()

@@ -476,8 +476,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from engine.config import BUILTIN_DATASET
-    from engine.estimate import estimate, format_estimate
+    from engine.estimate import estimate_for, format_estimate
     from engine.gpus import detect_gpus, gpu_spec, spec_for
     from engine.presets import load_preset
 
@@ -487,12 +486,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     else:
         detected = detect_gpus()
         gpu = spec_for(detected[0]) if detected and not preset.training.use_cpu else None
-    rows = None
-    if preset.dataset.path == BUILTIN_DATASET:
-        from engine import builtin_data
-
-        rows = len(builtin_data.generate("train"))
-    result = estimate(preset, gpu, args.price, dataset_rows=rows)
+    result = estimate_for(preset, gpu, args.price)
     if args.json:
         from dataclasses import asdict
 

@@ -45,6 +45,17 @@ def hang(text: str, width: int = PANEL_WIDTH) -> str:
     return "\n".join(out)
 
 
+def estimate_text(preset: Preset) -> str:
+    """What `finetty estimate` prints for this preset on this machine's device."""
+    from engine.estimate import estimate_for, format_estimate
+    from tui.screens.wizard_model import device_spec
+
+    try:
+        return format_estimate(estimate_for(preset, device_spec()))
+    except FinettyError as exc:
+        return f"✗ {exc.message}" + (f"\n  {exc.hint}" if exc.hint else "")
+
+
 class ConfirmOverwrite(ModalScreen[bool]):
     """Asks before a saved preset replaces (or shadows) another one."""
 
@@ -203,14 +214,7 @@ class ReviewScreen(WizardStep):
 
     @work(thread=True, exclusive=True, group="review-estimate")
     def estimate(self, preset: Preset) -> None:
-        from engine.estimate import estimate, format_estimate
-        from tui.screens.wizard_model import device_spec
-
-        try:
-            text = format_estimate(estimate(preset, device_spec()))
-        except FinettyError as exc:
-            text = f"✗ {exc.message}" + (f"\n  {exc.hint}" if exc.hint else "")
-        self.from_thread(self.show, "review-estimate", text)
+        self.from_thread(self.show, "review-estimate", estimate_text(preset))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Single-key shortcuts are for the keyboard user, never for someone typing a name.

@@ -11,8 +11,8 @@ from textual.app import ComposeResult
 
 from engine.errors import FinettyError
 from engine.shapes import ModelShape
+from engine.units import count, share
 from tui.screens.wizard import WizardStep
-from tui.screens.wizard_model import count
 from tui.wizard_state import WizardState
 
 LORA_KEYS = (
@@ -29,9 +29,9 @@ TARGETS = ["all-linear", "q_proj, k_proj, v_proj, o_proj", "q_proj, v_proj"]
 
 def trainable_summary(state: WizardState, shape: ModelShape) -> str:
     """Trainable parameters of the draft on this shape, with the LoRA scale; markup."""
-    total = shape.param_count()
     method = state.get("method")
     if method == "full":
+        total = shape.param_count()
         return f"trainable  {count(total)} of {count(total)} (100%): every weight\n" + (
             "[$foreground-muted]full fine-tuning keeps fp32 Adam states for every weight[/]"
         )
@@ -39,10 +39,12 @@ def trainable_summary(state: WizardState, shape: ModelShape) -> str:
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         return "[$text-warning]set lora.r to count the adapters[/]"
     try:
-        lora = shape.lora_param_count(r, state.get("lora.target_modules") or "all-linear")
+        lora, total = shape.trainable_split(
+            str(method), r, state.get("lora.target_modules") or "all-linear"
+        )
     except FinettyError as exc:
         return f"[$text-error]✗ {exc.message}[/]\n  {exc.hint or ''}"
-    lines = [f"trainable  {count(lora)} of {count(total)} ({100 * lora / total:.2f}%), "
+    lines = [f"trainable  {count(lora)} of {count(total)} ({share(lora, total)}), "
              f"r {r} on {', '.join(shape.targeted_modules(state.get('lora.target_modules')))}"]  # fmt: skip
     if isinstance(alpha, int | float) and not isinstance(alpha, bool):
         rs = bool(state.get("lora.use_rslora"))

@@ -11,6 +11,7 @@ from textual.app import ComposeResult
 
 from engine.errors import FinettyError
 from engine.gpus import GpuSpec, detect_gpus, spec_for
+from engine.units import count
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import WizardState
 
@@ -29,10 +30,6 @@ def device_spec() -> GpuSpec | None:
     """The first GPU NVML sees (its table entry with its real memory), or None for the CPU."""
     found = detect_gpus()
     return spec_for(found[0]) if found else None
-
-
-def count(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
 def model_summary(state: WizardState) -> str:
@@ -67,10 +64,11 @@ def model_summary(state: WizardState) -> str:
 
 
 def fit_line(state: WizardState) -> str:
-    from engine.estimate import estimate
+    """The fit of the whole config, from the estimate `finetty estimate` prints."""
+    from engine.estimate import estimate_for
 
     try:
-        result = estimate(state.preset(), device_spec())
+        result = estimate_for(state.preset(), device_spec())
     except FinettyError as exc:
         first = getattr(exc, "problems", [exc.message])[0]
         return f"[$text-warning]fit     cannot estimate yet: {first}[/]"
