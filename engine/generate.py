@@ -70,7 +70,10 @@ def greedy_replies(
     chat_template: str | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    stopping_criteria: Any = None,
 ) -> list[str]:
+    """``stopping_criteria``: transformers' StoppingCriteriaList, called after every token
+    (engine.evaluate reports progress and honours a stop request through it)."""
     import torch
 
     was_training = model.training
@@ -95,6 +98,7 @@ def greedy_replies(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     use_cache=True,
+                    stopping_criteria=stopping_criteria,
                 )
             new_tokens = out[:, batch["input_ids"].shape[1] :]
             replies.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))

@@ -399,6 +399,7 @@ class Run:
                 trained_tokens=stats.trained_tokens,
                 max_length=stats.max_length,
                 truncated=stats.truncated,
+                max_seq_length=stats.max_seq_length,
                 mean_length=stats.mean_length,
                 length_histogram=[list(pair) for pair in stats.length_histogram],
                 chat_template=p.dataset.chat_template,
@@ -601,9 +602,19 @@ class Run:
         from engine.evaluate import exact_match
 
         self.sink.emit(StateChanged(state="evaluating", detail=f"exact match {stage} training"))
+        control = self.control
+
+        def should_stop() -> bool:  # SIGTERM, Ctrl+C, `x`: the evaluation ends at once
+            return control.stop_requested.is_set() or control.aborted.is_set()
+
         event = exact_match(
-            model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template
-        )
+            model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template,
+            progress=self.sink.emit, should_stop=should_stop,
+        )  # fmt: skip
+        if event is None:
+            text = f"Exact match {stage} training skipped: a stop was requested."
+            self.sink.emit(LogLine(level="info", text=text))
+            return
         self._accuracy[f"exact_match_{stage}"] = event.accuracy
         self.sink.emit(event)
 

@@ -30,6 +30,7 @@ from engine.events import (
     Step,
 )
 from engine.runstate import RunState, read_events
+from engine.units import duration, share
 
 COMMANDS = ("pause", "resume", "save", "stop", "abort")
 
@@ -187,10 +188,10 @@ def human_line(event: Event) -> str | None:
         return (
             f"run {event.name}: {event.model.get('name')} on {event.device} ({event.precision}), "
             f"{event.trainable_params:,} of {event.total_params:,} params trainable "
-            f"({event.trainable_percent:.2f}%), {event.total_steps} steps"
+            f"({share(event.trainable_params, event.total_params)}), {event.total_steps} steps"
         )
     if isinstance(event, Finished):
-        return f"{event.status} at step {event.step} in {event.elapsed_s:.0f} s"
+        return f"{event.status} at step {event.step} in {duration(event.elapsed_s)}"
     if isinstance(event, Failed):
         return f"FAILED ({event.kind}): {event.message}" + (
             f" Hint: {event.hint}" if event.hint else ""
