@@ -42,20 +42,48 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 class StderrProgress:
-    """One line per step on stderr; fractions update the same line on a terminal."""
+    """One line per step on stderr; fractions (with an ETA) update the same line on a terminal,
+    and are printed as lines every ``LOG_EVERY`` seconds into a pipe or a log file."""
+
+    LOG_EVERY = 5.0
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.last = ""
         self.started = time.monotonic()
+        self.step_started, self.step_fraction = self.started, 0.0
+        self.logged = 0.0
 
     def __call__(self, message: str, fraction: float | None = None) -> None:
-        stamp = f"[{time.monotonic() - self.started:6.1f}s]"
-        if fraction is not None and 0 < fraction < 1:
+        now = time.monotonic()
+        stamp = f"[{now - self.started:6.1f}s]"
+        # A message that extends the last one ("verifying X (3s)") updates that step's line.
+        ticking = bool(self.last) and message.startswith(self.last) and message != self.last
+        if ticking and fraction is None:
             if self.tty:
-                sys.stderr.write(f"\r{stamp} {message} {fraction:.0%}\x1b[K")
+                sys.stderr.write(f"\r{stamp} {message}\x1b[K")
+                sys.stderr.flush()
+            elif now - self.logged >= self.LOG_EVERY:
+                self.logged = now
+                sys.stderr.write(f"{stamp} {message}\n")
                 sys.stderr.flush()
             return
+        if fraction is not None and 0 < fraction < 1:
+            if fraction < self.step_fraction:
+                self.step_started = now  # a new measured step
+            self.step_fraction = fraction
+            spent = now - self.step_started
+            eta = f", ETA {spent * (1 - fraction) / fraction:.0f}s" if spent >= 1 else ""
+            line = f"{stamp} {message} ({fraction:.0%}{eta})"
+            if self.tty:
+                sys.stderr.write(f"\r{line}\x1b[K")
+                sys.stderr.flush()
+            elif now - self.logged >= self.LOG_EVERY:
+                self.logged = now
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            return
+        self.step_started, self.step_fraction = now, 0.0
         if self.tty and self.last:
             sys.stderr.write("\r\x1b[K")
         sys.stderr.write(f"{stamp} {message}\n")
@@ -67,11 +95,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tui.cli import quiet_libraries
 
     quiet_libraries()
-    from engine.export import export_run
+    from engine.export.child import export_in_child
     from engine.export.files import human_size
 
     quants = [q.strip().lower() for item in (args.quants or ["q8_0"]) for q in item.split(",")]
-    report = export_run(
+    # In a child process: a native crash or the out-of-memory killer ends it, not this command,
+    # which then reports how it died and removes the unfinished files.
+    report = export_in_child(
         args.run,
         list(dict.fromkeys(args.formats)),
         quants=[q for q in quants if q],

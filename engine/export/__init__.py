@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,10 @@ def export_run(
     dtype: str | None = None,
     runs_root: Path | None = None,
     progress: Progress = no_progress,
+    on_start: Callable[[Path], None] | None = None,
 ) -> ExportReport:
+    """Export ``run``; ``on_start(out_dir)`` is called once every check has passed, before any
+    file is written (the child-process runner notes which ``.partial-*`` files were there)."""
     info = read_run(str(run), runs_root)
     _check_choices(formats, quants, dtype)
     quants = list(dict.fromkeys(quants)) if "gguf" in formats else []
@@ -92,7 +95,9 @@ def export_run(
             quantizer = llama_cpp.find_quantizer()
     wanted = [targets[f] for f in ("adapter", "merged") if f in formats]
     files.check_absent([*wanted, *ggufs.values(), *modelfiles.values()], force)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files.make_out_dir(out_dir)
+    if on_start is not None:
+        on_start(out_dir)
 
     report = ExportReport(info.run_dir, out_dir)
     if "adapter" in formats:
@@ -120,6 +125,9 @@ def _check_choices(formats: Sequence[str], quants: Sequence[str], dtype: str | N
     if bad or not formats:
         raise ExportError(f"Unknown export format: {', '.join(bad) or '(none)'}.",
                           hint=f"Use one or more of: {', '.join(FORMATS)}.")  # fmt: skip
+    if "gguf" in formats and not quants:  # e.g. `--quant ,`: a list with no type in it
+        raise ExportError("GGUF was asked for with no GGUF type (the --quant list is empty).",
+                          hint=f"Name at least one, e.g. --quant q8_0 (choices: {', '.join(QUANTS)}).")  # fmt: skip
     bad = [q for q in quants if q not in QUANTS]
     if bad:
         raise ExportError(f"Unknown GGUF quantization: {', '.join(bad)}.",
@@ -218,8 +226,11 @@ def _export_gguf(
                     f"quantized by llama.cpp from {'the verified' if 'f16' in quants else 'an'} F16 GGUF"
                 )
             if verify.llama_cpp_available():
-                progress(f"GGUF {quant}: verifying in llama.cpp", None)
-                checks.append(verify.verify_llama_cpp(staging, reference, tokenizer))
+                checks.append(
+                    verify.verify_llama_cpp(
+                        staging, reference, tokenizer, progress, name=target.name
+                    )
+                )
             elif quant in llama_cpp.LLAMA_QUANTS:
                 checks.append("not loaded in llama.cpp here (llama-cpp-python is not installed)")
         if quant == "f16":

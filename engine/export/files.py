@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -50,6 +51,31 @@ def no_progress(message: str, fraction: float | None = None) -> None:
     """The default progress callback: ignore."""
 
 
+@contextlib.contextmanager
+def size_progress(path: Path, expected: int, progress: Progress, label: str) -> Iterator[None]:
+    """While the block writes ``path`` (a file or folder), report the bytes on disk every half
+    second as ``label: 12.0 of 256.0 MiB`` with that share as the fraction. A step that writes
+    through a library call (save_pretrained, llama.cpp) still shows measured progress."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            try:
+                written = path_size(path) if path.exists() else 0
+            except OSError:  # a file renamed or removed while it was listed
+                continue
+            share = min(written / expected, 0.99) if expected > 0 else None
+            progress(f"{label}: {human_size(written)} of ~{human_size(expected)}", share)
+
+    watcher = threading.Thread(target=watch, name="finetty-export-size", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
@@ -73,6 +99,28 @@ def check_absent(targets: list[Path], force: bool) -> None:
             f"Export target already exists: {', '.join(existing)}",
             hint="Pass --force to replace it, or choose another folder with --out.",
         )
+
+
+def make_out_dir(folder: Path) -> None:
+    """Create the output folder (and its parents) and prove a file can be written in it."""
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(
+            f"The output folder {folder} is a file, not a folder.",
+            hint="Give --out a folder (it is created if missing), or move the file away.",
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(prefix=".partial-probe-", dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        where = (
+            f" ({error.filename})" if error.filename and str(error.filename) != str(folder) else ""
+        )
+        raise ExportError(
+            f"Cannot write the export to {folder}: {reason}{where}.",
+            hint="Choose a folder on a writable disk with --out DIR (it is created if missing).",
+        ) from None
 
 
 def check_disk_space(folder: Path, needed: int, what: str) -> None:

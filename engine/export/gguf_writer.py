@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.export.files import ExportError, Progress, no_progress
+from engine.export.files import ExportError, Progress, human_size, no_progress
 
 # HF model_type → (GGUF architecture, permute q/k for llama.cpp's RoPE, Gemma's 1 + w norms)
 ARCHITECTURES: dict[str, tuple[str, bool, bool]] = {
@@ -109,18 +109,19 @@ def write_gguf(
     tensors = [(t, s) for _, t, s in plan.tensors] + (
         [("rope_freqs.weight", extra.shape)] if extra is not None else []
     )
-    kinds = {}
+    kinds, sizes = {}, {}
     for target, shape in tensors:
         kind = _storage_type(target, shape, target_type)
         kinds[target] = kind
         byte_shape = gguf.quants.quant_shape_to_byte_shape(shape, kind) if _is_raw(kind) else shape
         itemsize = {gguf.GGMLQuantizationType.F32: 4, gguf.GGMLQuantizationType.F16: 2}.get(kind, 1)
         dtype = {4: np.float32, 2: np.float16}.get(itemsize, np.uint8)
+        sizes[target] = math.prod(byte_shape) * itemsize
         writer.add_tensor_info(
             target,
             byte_shape,
             np.dtype(dtype),
-            math.prod(byte_shape) * itemsize,
+            sizes[target],
             raw_dtype=kind if _is_raw(kind) else None,
         )
     writer.write_header_to_file(out_path)
@@ -134,6 +135,7 @@ def write_gguf(
         f: safe_open(f, framework="pt") for f in sorted(plan.model_dir.glob("*.safetensors"))
     }
     where = {n: f for f, h in handles.items() for n in h.keys()}  # noqa: SIM118
+    total, written = sum(sizes.values()), 0
     for index, (hf_name, target, _) in enumerate(plan.tensors):
         data = handles[where[hf_name]].get_tensor(hf_name).to(torch.float32)
         if plan.permute and target.endswith("attn_q.weight"):
@@ -143,7 +145,12 @@ def write_gguf(
         if plan.norm_shift and hf_name.endswith("norm.weight"):
             data = data + 1
         writer.write_tensor_data(gguf.quants.quantize(data.numpy(), kinds[target]))
-        progress(f"GGUF {qtype}: {target}", (index + 1) / len(plan.tensors))
+        written += sizes[target]
+        progress(
+            f"GGUF {qtype}: tensor {index + 1}/{len(plan.tensors)}, "
+            f"{human_size(written)} of {human_size(total)} written",
+            written / total,
+        )
     if extra is not None:
         writer.write_tensor_data(extra)
     writer.close()

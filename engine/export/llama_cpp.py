@@ -10,12 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.export.files import ExportError, ExportFailed, Progress, no_progress
+from engine.export.files import ExportError, ExportFailed, Progress, no_progress, size_progress
 
 # finetty name → llama.cpp type name (LLAMA_FTYPE_MOSTLY_<name>, and llama-quantize's argument)
 LLAMA_QUANTS = {
@@ -36,12 +35,7 @@ LLAMA_QUANTS = {
 # Approximate bits per weight, for the disk-space check.
 BITS = {"q2_k": 3.0, "q3": 3.9, "q4": 4.9, "q5": 5.7, "q6_k": 6.6}
 ENV_VAR = "FINETTY_LLAMA_QUANTIZE"
-_PY_QUANTIZE = """
-import ctypes, sys, llama_cpp
-params = llama_cpp.llama_model_quantize_default_params()
-params.ftype = getattr(llama_cpp, "LLAMA_FTYPE_MOSTLY_" + sys.argv[3])
-sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
-"""
+QUANTIZE_TIMEOUT = (600.0, 600.0)  # seconds: base, and per GiB of the F16 source
 
 
 @dataclass(frozen=True)
@@ -87,16 +81,32 @@ def quantize(
     quantizer: Quantizer, source: Path, target: Path, quant: str, progress: Progress = no_progress
 ) -> None:
     """Quantize the F16/BF16 GGUF ``source`` into ``target`` as ``quant``."""
+    from engine.export import native
+
     name = LLAMA_QUANTS[quant]
-    progress(f"GGUF {quant}: llama.cpp quantize ({quantizer.describe()})", None)
+    label = f"GGUF {quant}: llama.cpp quantize ({quantizer.describe()}, child process)"
+    progress(label, None)
     if quantizer.kind == "binary":
         command = [quantizer.location, str(source), str(target), name]
     else:
-        command = [quantizer.location, "-c", _PY_QUANTIZE, str(source), str(target), name]
-    result = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    if result.returncode != 0 or not target.is_file() or target.stat().st_size == 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-        raise ExportFailed(
-            f"llama.cpp quantize to {name} failed (exit {result.returncode}).",
-            hint=tail or "Run the same quantizer by hand to see its output.",
-        )
+        command = [quantizer.location, "-m", "engine.export.native", "llama-quantize",
+                   str(source), str(target), name]  # fmt: skip
+    timeout = native.file_timeout(source, *QUANTIZE_TIMEOUT)
+    # llama.cpp writes the target as it goes: its size on disk is the measured progress.
+    expected = int(source.stat().st_size * bits_per_weight(quant) / 16)  # from 16-bit weights
+    with size_progress(target, expected, progress, f"GGUF {quant}: llama.cpp quantize"):
+        outcome = native.run_child(command, timeout=timeout, progress=no_progress, label=label)
+    if outcome.ok and target.is_file() and target.stat().st_size > 0:
+        return
+    tail = outcome.stderr_tail() or outcome.stdout.strip()[-500:]
+    if outcome.timed_out:
+        what = f"did not finish within {timeout:.0f} s and was stopped"
+    else:
+        what = f"{'crashed with' if outcome.crashed else 'ended with'} {native.exit_text(outcome.returncode)}"
+    raise ExportFailed(
+        f"llama.cpp quantize to {name} {what} (in a child process: finetty and any training run "
+        "are unaffected). Nothing was kept under the target name and the unfinished .partial-* "
+        "files were removed." + (f"\nllama.cpp said: {tail}" if tail else ""),
+        hint=f"Run the quantizer by hand to see what it does: {' '.join(command[:1])} ... on the "
+        "F16 GGUF (export --quant f16 writes one), or choose q8_0, which needs no llama.cpp.",
+    )

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.export.adapter import RunInfo, load_run_tokenizer, load_with_adapter
-from engine.export.files import Progress, check_disk_space, no_progress, staged
+from engine.export.files import Progress, check_disk_space, no_progress, size_progress, staged
+from engine.export.native import fault_point
 from engine.export.verify import Reference, build_reference, compare, require
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "bfloat16": "bfloat16", "float16": "float16"}
@@ -58,7 +59,10 @@ def export_merged(
     check_disk_space(target.parent, params * torch_type.itemsize, f"the merged model ({target})")
     with staged(target, directory=True, force=force) as staging:
         progress("merged: saving safetensors", None)
-        save_model_folder(model, tokenizer, staging, readme=_readme(info, DTYPES[dtype]))
+        expected = params * torch_type.itemsize
+        with size_progress(staging, expected, progress, "merged: saving safetensors"):
+            save_model_folder(model, tokenizer, staging, readme=_readme(info, DTYPES[dtype]))
+        fault_point("merged-save")
         del model
         progress("merged: verifying (reload with AutoModelForCausalLM)", None)
         reloaded = AutoModelForCausalLM.from_pretrained(staging, dtype=torch_type)

@@ -8,6 +8,7 @@ within the stated tolerance. Tolerances are max |Δlogit| over all positions and
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,36 +177,94 @@ def llama_cpp_available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def verify_llama_cpp(path: Path, ref: Reference, tokenizer: Any) -> str:
-    """Load the GGUF in llama.cpp, check it tokenizes the prompt the same way, and generate."""
-    from llama_cpp import Llama
+VERIFY_TIMEOUT = (120.0, 120.0)  # seconds: base, and per GiB of GGUF (load + 8 tokens on 2 cores)
+
+
+def verify_llama_cpp(
+    path: Path, ref: Reference, tokenizer: Any, progress: Any = None, *, name: str = ""
+) -> str:
+    """Load the GGUF in llama.cpp in a child process, check it tokenizes the prompt the same way,
+    and generate. A crash or hang ends the child only, and fails the check with what happened.
+
+    Some llama-cpp-python builds crash (SIGSEGV) on any prompt evaluated in one batch of more
+    than one token, whatever the file. After such a crash the file is tried once more with
+    ``n_batch=1``; if that passes, the file is sound and the check says the build is at fault.
+    """
+    from engine.export import native
 
     ids = [int(t) for t in ref.ids[0][0, : ref.prompt_lengths[0]]]
-    text = tokenizer.decode(ids)
-    try:
-        llm = Llama(model_path=str(path), n_ctx=256, n_threads=2, verbose=False, seed=0)
-    except Exception as exc:  # noqa: BLE001 - any load failure is a failed verification
-        raise VerificationError(f"llama.cpp cannot load {path.name}: {exc}") from None
-    try:
-        tokens = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        if tokens != ids:
-            raise VerificationError(
-                f"llama.cpp tokenizes the prompt differently from the HF tokenizer "
-                f"({len(tokens)} vs {len(ids)} tokens).",
-                hint="The GGUF tokenizer metadata does not match the model's tokenizer.",
-            )
-        generated = []
-        for token in llm.generate(tokens, top_k=1, temp=0.0, reset=True):
-            generated.append(token)
-            if len(generated) >= NEW_TOKENS or token == llm.token_eos():
-                break
-    finally:
-        llm.close()
-    if not generated:
-        raise VerificationError(f"llama.cpp loaded {path.name} but generated nothing.")
     expected = [int(t) for t in ref.ids[0][0, ref.prompt_lengths[0] :]]
+    request = {"path": str(path), "text": tokenizer.decode(ids), "ids": ids,
+               "new_tokens": NEW_TOKENS, "n_batch": None}  # fmt: skip
+    timeout = native.file_timeout(path, *VERIFY_TIMEOUT)
+    name = name or path.name  # the target's name: ``path`` may be a hidden staging file
+    label = f"verifying {name} in llama.cpp (child process)"
+    outcome = _llama_child(request, timeout, progress, label)
+    note = ""
+    if outcome.crashed:
+        first = native.exit_text(outcome.returncode)
+        request["n_batch"] = 1
+        outcome = _llama_child(request, timeout, progress, label + ", n_batch=1")
+        if outcome.ok:
+            note = (
+                f"; llama.cpp crashed with {first.split(' (')[0]} on the prompt in one batch and "
+                "passed with n_batch=1, so this llama-cpp-python build is faulty (reinstall it)"
+            )
+    if not outcome.ok:
+        raise _llama_failure(name, outcome, timeout)
+    result = json.loads(outcome.stdout)
+    if "load_error" in result:
+        raise VerificationError(f"llama.cpp cannot load {name}: {result['load_error']}")
+    if result["tokens"] != ids:
+        raise VerificationError(
+            f"llama.cpp tokenizes the prompt differently from the HF tokenizer "
+            f"({len(result['tokens'])} vs {len(ids)} tokens).",
+            hint="The GGUF tokenizer metadata does not match the model's tokenizer.",
+        )
+    generated = result["generated"]
+    if not generated:
+        raise VerificationError(f"llama.cpp loaded {name} but generated nothing.")
     same = sum(a == b for a, b in zip(generated, expected, strict=False))
     return (
         f"llama.cpp: loads, same prompt tokens, generated {len(generated)} tokens "
-        f"({same}/{min(len(generated), len(expected))} equal to the HF greedy continuation)"
+        f"({same}/{min(len(generated), len(expected))} equal to the HF greedy continuation)" + note
+    )
+
+
+def _llama_child(request: dict, timeout: float, progress: Any, label: str) -> Any:
+    from engine.export import native
+
+    if progress is not None:
+        progress(label, None)
+    return native.run_child(
+        native.llama_generate_command(),
+        stdin=json.dumps(request),
+        timeout=timeout,
+        progress=progress or native.no_progress,
+        label=label,
+    )
+
+
+def _llama_failure(name: str, outcome: Any, timeout: float) -> Exception:
+    """The ExportFailed for a llama.cpp child that crashed, hung or failed."""
+    from engine.export import native
+    from engine.export.files import ExportFailed
+
+    if outcome.timed_out:
+        what = f"llama.cpp did not finish verifying {name} within {timeout:.0f} s; it was stopped"
+    else:
+        what = f"llama.cpp ended with {native.exit_text(outcome.returncode)} verifying {name}"
+        if outcome.crashed:
+            what = what.replace("ended with", "crashed with", 1)
+    tail = outcome.stderr_tail()
+    return ExportFailed(
+        f"{what} (in a child process: finetty and any training run are unaffected). "
+        f"The file was written but could not be verified, so it was not kept: nothing was left "
+        f"under {name} and the unfinished "
+        ".partial-* files were removed." + (f"\nllama.cpp said: {tail}" if tail else ""),
+        hint='Check llama.cpp itself by hand on any GGUF, e.g. python -c "from llama_cpp import '
+        "Llama; print(Llama(model_path='MODEL.gguf', n_batch=1)('Hello', max_tokens=8))\". If "
+        "that fails too, the llama-cpp-python build is at fault: reinstall it (pip install "
+        "--force-reinstall --no-cache-dir llama-cpp-python), or export --format merged and "
+        "convert it with llama.cpp's convert_hf_to_gguf.py.",
     )

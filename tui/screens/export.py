@@ -125,6 +125,10 @@ class ExportScreen(Screen[None]):
         self.leave_asked = False
         self.blocked_shown = False
         self.started = 0.0
+        # The current step: its text, its fraction (None: no measure, the bar pulses) and when
+        # it began, for its ETA. The status line is redrawn twice a second from these, so the
+        # elapsed time moves even while a step reports nothing.
+        self.step_text, self.step_fraction, self.step_started = "", None, 0.0
 
     @property
     def ready(self) -> bool:
@@ -167,6 +171,7 @@ class ExportScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.set_interval(0.5, self.tick)
         if self.ready:
             self.query_one("#quants").border_title = "GGUF types (comma list)"
             self.query_one("#out").border_title = "target folder"
@@ -261,8 +266,9 @@ class ExportScreen(Screen[None]):
         self.query_one("#run-export", Button).disabled = True
         bar = self.query_one("#progress", ProgressBar)
         bar.remove_class("-hidden")
-        bar.update(progress=0)
+        bar.update(total=None, progress=0)  # pulses until a step reports a fraction
         self.query_one("#result", Static).update("")
+        self.step_text, self.step_fraction, self.step_started = "starting…", None, self.started
         self.show_status("starting…")
         self.export_worker(self.formats(), options)
 
@@ -287,7 +293,8 @@ class ExportScreen(Screen[None]):
                 from tui.cli import quiet_libraries
 
                 quiet_libraries()
-                from engine.export import export_run as exporter
+                # A child process: a crash or OOM there never ends this one, which may train.
+                from engine.export.child import export_in_child as exporter
             report = exporter(self.run_dir, formats, progress=progress, **options)
         except FinettyError as error:
             self.post_message(self.Finished(error=(error.message, error.hint)))
@@ -297,11 +304,35 @@ class ExportScreen(Screen[None]):
             self.post_message(self.Finished(report))
 
     def on_export_screen_progress(self, message: Progress) -> None:
-        fraction = message.fraction
+        if not self.running:
+            return
+        fraction = None if message.fraction is None else max(0.0, min(1.0, message.fraction))
         bar = self.query_one("#progress", ProgressBar)
-        if fraction is not None:  # a step without a fraction leaves the bar where it was
-            bar.update(progress=100 * max(0.0, min(1.0, fraction)))
-        self.show_status(escape(message.text))
+        now = time.monotonic()
+        previous = self.step_fraction
+        if fraction is None or previous is None or fraction < previous:
+            self.step_started = now  # a new step: its ETA counts from here
+        self.step_text, self.step_fraction = message.text, fraction
+        if fraction is None:  # no measure for this step: the bar pulses, the clock runs
+            bar.update(total=None)
+        else:
+            bar.update(total=100, progress=100 * fraction)
+        self.tick()
+
+    def tick(self) -> None:
+        """Twice a second while exporting: elapsed time, the step, and its ETA when measured."""
+        if self.running:
+            self.show_status(escape(self.step_text) + self.eta_text())
+
+    def eta_text(self) -> str:
+        fraction = self.step_fraction
+        spent = time.monotonic() - self.step_started
+        if fraction is None or not 0.02 <= fraction < 1 or spent < 1:
+            return ""
+        left = spent * (1 - fraction) / fraction
+        from tui.console import format_duration  # the one duration format of every screen
+
+        return f" [$text-muted]· {fraction:.0%} · ETA {format_duration(left)}[/]"
 
     def on_export_screen_finished(self, message: Finished) -> None:
         self.running = False
@@ -314,7 +345,7 @@ class ExportScreen(Screen[None]):
             result.update("\n".join(lines))
             self.show_status("[$text-error]export failed[/]: change the settings and try again")
         else:
-            self.query_one("#progress", ProgressBar).update(progress=100)
+            self.query_one("#progress", ProgressBar).update(total=100, progress=100)
             result.update(report_text(message.report))
             count = len(message.report.items)
             self.show_status(f"[$text-success]✓ {count} item{'s' * (count != 1)} written[/]")
