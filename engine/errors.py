@@ -94,4 +94,12 @@ def is_blocked_pickle(exc: BaseException) -> bool:
     data. Its own message suggests ``weights_only=False``, which would run that pickle's code:
     callers replace the message rather than show it."""
     text = str(exc)
+class NoTerminalError(FinettyError):
+    """A full-screen command was started without a terminal (a pipe, a file, /dev/null)."""
+
+    exit_code = EXIT_BAD_INPUT
+    kind = "no_terminal"
+    default_title = "This needs a terminal"
+
+
     return "Weights only load failed" in text or "Unsupported global" in text

@@ -1,7 +1,8 @@
 """Text generation for chat and for exact-match evaluation.
 
 ``stream_reply`` yields text deltas as tokens are generated (the chat pane and the REPL print
-them as they come); ``greedy_replies`` answers many prompts at once, left-padded, for evaluation.
+them as they come; closing it early stops the generation within a token); ``greedy_replies``
+answers many prompts at once, left-padded, for evaluation.
 """
 
 from __future__ import annotations
@@ -9,6 +10,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from typing import Any
+
+MAX_NEW_TOKENS = 8192  # a reply longer than this is a runaway, not a chat answer
+MAX_TEMPERATURE = 100.0  # beyond this sampling is uniform noise; inf would divide logits by inf
+
+
+def generation_problems(temperature: float, top_p: float, max_new_tokens: int) -> list[str]:
+    """What is wrong with these sampling settings, named as the CLI flags; empty when valid.
+
+    One rule for `finetty chat`'s flags and the chat pane's inputs. NaN compares false with
+    everything, so each bound is written so that NaN fails it.
+    """
+    problems = []
+    if not 0 <= temperature <= MAX_TEMPERATURE:
+        problems.append(
+            f"--temperature {temperature}: must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}"
+        )
+    if not 0 < top_p <= 1:
+        problems.append(f"--top-p {top_p}: must be above 0 and at most 1 (1 keeps every token)")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        problems.append(f"--max-new-tokens {max_new_tokens}: must be from 1 to {MAX_NEW_TOKENS}")
+    return problems
 
 
 def render_prompt(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> str:
@@ -28,7 +50,15 @@ def stream_reply(
     top_p: float = 1.0,
 ) -> Iterator[str]:
     import torch
-    from transformers import TextIteratorStreamer
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    stop = threading.Event()
+
+    class Stopped(StoppingCriteria):
+        """Ends generation at the next token once the consumer has closed this stream."""
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
 
     text = render_prompt(tokenizer, messages, chat_template)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
@@ -37,6 +67,7 @@ def stream_reply(
     kwargs = dict(
         **inputs,
         streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([Stopped()]),
         max_new_tokens=max_new_tokens,
         do_sample=sampling,
         pad_token_id=tokenizer.pad_token_id,
@@ -56,8 +87,13 @@ def stream_reply(
 
     thread = threading.Thread(target=work, name="finetty-generate", daemon=True)
     thread.start()
-    yield from streamer
-    thread.join()
+    try:
+        yield from streamer
+    finally:
+        # Closed early (the user left mid-reply): stop at the next token instead of generating
+        # the rest unseen, and return only once the model is free again.
+        stop.set()
+        thread.join()
     if errors:
         raise errors[0]
 

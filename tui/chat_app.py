@@ -6,6 +6,7 @@ FinettyError ends the app, and the caller reports it like the REPL does (a panel
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from textual.app import App
@@ -37,10 +38,10 @@ class ChatApp(App[None]):
         )
         self.push_screen(screen, self._chat_closed)
 
-    def _load_model(self) -> tuple[ReplyStream, bool]:
+    def _load_model(self, progress: Callable[[str], None]) -> tuple[ReplyStream, bool]:
         """Runs on the screen's worker thread; keeps a typed error for the exit code."""
         try:
-            return self.loader()
+            return self.loader(progress)
         except FinettyError as error:
             self.load_error = error
             raise

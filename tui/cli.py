@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, FinettyError
+from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, FinettyError
 
 EPILOG = """examples:
   finetty                                 the TUI: recent runs, presets, new-run wizard
@@ -125,6 +125,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def require_terminal(what: str, instead: str, *, preset: str | None = None) -> None:
+    """Refuse to start the full-screen TUI without a terminal: it would write escape codes into
+    a file or pipe and wait forever for keys that cannot come. A named preset is checked first,
+    so a missing one reads the same as in `finetty train`."""
+    if preset is not None:
+        from engine.presets import find_preset
+
+        find_preset(preset)
+    if interactive():
+        return
+    from engine.errors import NoTerminalError
+
+    ends = [n for n, s in (("input", sys.stdin), ("output", sys.stdout)) if not _is_tty(s)]
+    raise NoTerminalError(
+        f"{what} in the full-screen TUI, which needs a terminal, but this command's "
+        f"{' and '.join(ends)} {'is' if len(ends) == 1 else 'are'} not one (a pipe, a file or "
+        "/dev/null).",
+        hint=f"{instead}. Or run it from an interactive shell (ssh -t, tmux).",
+    )
+
+
+def _is_tty(stream: object) -> bool:
+    return bool(getattr(stream, "isatty", None)) and stream.isatty()  # type: ignore[attr-defined]
+
+
 def interactive() -> bool:
     """The TUI needs a terminal on both ends; pipes, nohup and CI get the headless paths."""
     return sys.stdin.isatty() and sys.stdout.isatty()
@@ -135,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0].endswith((".yaml", ".yml")):
         # `finetty PRESET.yaml`: the TUI, straight to the review screen of that preset.
+        try:
+            require_terminal(
+                f"`finetty {argv[0]}` opens that preset's review screen",
+                f"To train without a terminal: finetty train {argv[0]} --no-tui",
+                preset=argv[0],
+            )
+        except FinettyError as error:
+            report_error(error)
+            return error.exit_code
         from tui.app import run_tui
 
         return run_tui(runs_root=None, start_screen="review", preset_path=argv[0])
@@ -288,7 +322,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from tui.app import run_tui
 
     root = rundir.runs_root(args.run_dir)
-    return run_tui(runs_root=root, watch_dir=rundir.resolve_run(args.run, root))
+    run_dir = rundir.resolve_run(args.run, root)
+    require_terminal(
+        f"`finetty watch` shows {run_dir}",
+        f"Without a terminal: finetty runs --run-dir {root} for its state, "
+        f"or tail -f {run_dir / 'log.txt'} for its log",
+    )
+    return run_tui(runs_root=root, watch_dir=run_dir)
 
 
 def quiet_libraries() -> None:
@@ -512,7 +552,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
+    from engine.generate import generation_problems
     from engine.inference import resolve_chat_target
+
+    # Before anything loads: a bad flag is a message in a second, not a traceback after the model.
+    problems = generation_problems(args.temperature, args.top_p, args.max_new_tokens)
+    if problems:
+        raise ConfigError(
+            "Invalid chat option: " + "; ".join(problems) + ".",
+            hint="e.g. --temperature 0.7 --top-p 0.9 --max-new-tokens 256 (temperature 0 is greedy).",
+            problems=problems,
+        )
 
     # Checked before either front-end starts: a bad target reads the same in both (exit 2).
     target = resolve_chat_target(

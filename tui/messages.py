@@ -33,9 +33,10 @@ class ReplyDelta(Message):
 
 
 class ReplyDone(Message):
-    """A reply ended; ``error`` is set when generation failed."""
+    """A reply ended; ``error`` is set when generation failed, ``cancelled`` when it was stopped."""
 
-    def __init__(self, column: str, error: str | None = None) -> None:
+    def __init__(self, column: str, error: str | None = None, *, cancelled: bool = False) -> None:
         super().__init__()
         self.column = column
         self.error = error
+        self.cancelled = cancelled

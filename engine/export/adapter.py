@@ -98,10 +98,10 @@ def load_run_tokenizer(info: RunInfo) -> Any:
 
 def load_with_adapter(info: RunInfo, dtype: Any, adapter_dir: Path | None = None) -> Any:
     """Base + adapter (unmerged) in ``dtype``, through plain ``PeftModel.from_pretrained``."""
-    from peft import PeftModel
+    from engine.inference import load_adapter
 
     base, tokenizer = load_base(info, dtype)
-    model = PeftModel.from_pretrained(base, str(adapter_dir or info.final))
+    model = load_adapter(base, adapter_dir or info.final)
     model.eval()
     return model, tokenizer
 

@@ -30,8 +30,8 @@ async def test_app_streams_a_real_reply_and_escape_quits(tiny_model_dir: Path, w
     load = chat_loader(resolve_chat_target(str(tiny_model_dir)))
     deltas: list[str] = []
 
-    def recording_loader() -> tuple[ReplyStream, bool]:
-        stream, can_compare = load()
+    def recording_loader(progress) -> tuple[ReplyStream, bool]:
+        stream, can_compare = load(progress)
 
         def recorded(*args) -> Iterator[str]:
             for delta in stream(*args):
@@ -66,7 +66,7 @@ async def test_app_streams_a_real_reply_and_escape_quits(tiny_model_dir: Path, w
 
 @pytest.mark.anyio
 async def test_a_failed_load_ends_the_app_with_the_error_code(wait_for) -> None:
-    def broken() -> tuple[ReplyStream, bool]:
+    def broken(progress) -> tuple[ReplyStream, bool]:
         raise ModelLoadError("weights are corrupt", hint="Download them again.")
 
     app = ChatApp(broken, description="broken")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ class GenerationSettings:
 
 
 ReplyStream = Callable[[list[dict[str, str]], GenerationSettings, str], Iterator[str]]
-Loader = Callable[[], tuple[ReplyStream, bool]]
+# Called on a worker thread with a callback that hears each loading stage.
+Loader = Callable[[Callable[[str], None]], tuple[ReplyStream, bool]]
 
 
 def model_reply_stream(model: Any, tokenizer: Any, chat_template: str | None) -> ReplyStream:
@@ -69,10 +71,10 @@ def model_reply_stream(model: Any, tokenizer: Any, chat_template: str | None) ->
 def chat_loader(target: str | ChatTarget) -> Loader:
     """Loads what `finetty chat TARGET` names; only a PEFT model has a base to compare."""
 
-    def load() -> tuple[ReplyStream, bool]:
+    def load(progress: Callable[[str], None]) -> tuple[ReplyStream, bool]:
         from engine.inference import load_chat_model
 
-        chat = load_chat_model(target)
+        chat = load_chat_model(target, progress=progress)
         stream = model_reply_stream(chat.model, chat.tokenizer, chat.chat_template)
         return stream, hasattr(chat.model, "disable_adapter")
 
@@ -119,6 +121,10 @@ class ChatScreen(Screen[None]):
         self.history: dict[str, list[dict[str, str]]] = {"tuned": [], "base": []}
         self.pending: dict[str, str] = {}
         self.leave_when_done = False
+        # Messages sent while the model loads or a reply streams, sent in order when it is free.
+        self.queued: list[tuple[str, GenerationSettings]] = []
+        self.cancel = threading.Event()  # set on leaving: the reply stops at the next token
+        self.load_stage, self.load_started = "", 0.0
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] · {escape(self.description)}", id="chat-title")
@@ -147,8 +153,24 @@ class ChatScreen(Screen[None]):
         self.query_one("#prompt", Input).focus()
         if self.reply_stream is None and self.loader is not None:
             self.pending = {"load": ""}
+            self.load_stage, self.load_started = "loading the model", time.monotonic()
             self.query_one("#tuned", ChatLog).add("note", "loading the model…")
+            self.loading_line = self.query_one("#tuned", ChatLog).children[-1]
+            self.set_interval(0.5, self.show_loading)
             self.load_model()
+
+    def show_loading(self) -> None:
+        """Twice a second while the model loads: its current stage and the time it has taken."""
+        if "load" not in self.pending:
+            return
+        elapsed = time.monotonic() - self.load_started
+        queued = f" · {len(self.queued)} message(s) queued" if self.queued else ""
+        with contextlib.suppress(Exception):  # the line is gone once the log was cleared
+            self.loading_line.update(f"{self.load_stage}… {elapsed:.0f}s{queued}")  # type: ignore[attr-defined]
+
+    def _stage(self, text: str) -> None:
+        self.load_stage = text
+        self.show_loading()
 
     @property
     def busy(self) -> bool:
@@ -157,8 +179,12 @@ class ChatScreen(Screen[None]):
     @work(thread=True, group="chat-load")
     def load_model(self) -> None:
         assert self.loader is not None  # noqa: S101 - only started with a loader
+
+        def progress(text: str) -> None:
+            self.app.call_from_thread(self._stage, text)
+
         try:
-            stream, can_compare = self.loader()
+            stream, can_compare = self.loader(progress)
         except Exception as error:  # noqa: BLE001 - shown in the chat, never a crash
             self.app.call_from_thread(self._loaded, None, False, str(error))
             return
@@ -169,10 +195,15 @@ class ChatScreen(Screen[None]):
         self.reply_stream = stream
         self.can_compare = can_compare
         log = self.query_one("#tuned", ChatLog)
-        log.add("error" if error else "note", error or "model ready")
+        elapsed = time.monotonic() - self.load_started
+        log.add("error" if error else "note", error or f"model ready ({elapsed:.0f}s)")
         self.post_message(self.Loaded(error))
         if self.leave_when_done:  # escape was pressed while the model loaded
             self.dismiss(None)
+            return
+        if error:
+            self.queued.clear()
+        self.send_queued()
 
     # -- asking --------------------------------------------------------------------------------
     def settings(self) -> GenerationSettings | None:
@@ -185,13 +216,16 @@ class ChatScreen(Screen[None]):
             )
         except ValueError:
             settings = None
-        if (
-            settings is None
-            or settings.temperature < 0
-            or not 0 < settings.top_p <= 1
-            or not 0 < settings.max_new_tokens <= 8192
-        ):
-            self.notify("temperature ≥ 0, 0 < top-p ≤ 1, 1 ≤ max new ≤ 8192", severity="error")
+        from engine.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, generation_problems
+
+        if settings is None or generation_problems(
+            settings.temperature, settings.top_p, settings.max_new_tokens
+        ):  # the CLI's flags follow the same rule
+            self.notify(
+                f"0 ≤ temperature ≤ {MAX_TEMPERATURE:g}, 0 < top-p ≤ 1, "
+                f"1 ≤ max new ≤ {MAX_NEW_TOKENS}",
+                severity="error",
+            )
             return None
         return settings
 
@@ -203,10 +237,24 @@ class ChatScreen(Screen[None]):
         settings = self.settings()
         if not text or settings is None:
             return
-        if self.busy or self.reply_stream is None:
-            self.notify("Wait for the current reply (or the model) first.")
+        if self.reply_stream is None and not self.busy:
+            self.notify("There is no model to answer: see the error above.", severity="error")
             return
         event.input.clear()
+        if self.busy:  # the model is loading or answering: this one goes next, in order
+            self.queued.append((text, settings))
+            # A note, not the message itself: the question is shown where its answer follows.
+            self.query_one("#tuned", ChatLog).add("note", f"queued (sent when ready): {text}")
+            return
+        self.ask(text, settings)
+
+    def send_queued(self) -> None:
+        if self.queued and not self.busy and self.reply_stream is not None:
+            text, settings = self.queued.pop(0)
+            self.ask(text, settings)
+
+    def ask(self, text: str, settings: GenerationSettings) -> None:
+        """Show ``text`` in every open column and start the model on it."""
         columns = ["tuned", "base"] if self.compare else ["tuned"]
         conversations = {}
         for column in columns:
@@ -227,13 +275,24 @@ class ChatScreen(Screen[None]):
             self.gate.wait()
         assert self.reply_stream is not None  # noqa: S101 - checked before starting
         for column, messages in conversations.items():
+            if self.cancel.is_set():
+                self.post_message(ReplyDone(column, cancelled=True))
+                continue
             try:
-                for delta in self.reply_stream(messages, s, column):
-                    self.post_message(ReplyDelta(column, delta))
+                stream = iter(self.reply_stream(messages, s, column))
+                try:
+                    for delta in stream:
+                        if self.cancel.is_set():
+                            break
+                        self.post_message(ReplyDelta(column, delta))
+                finally:  # closing a generator (on leaving) stops the model at its next token
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
             except Exception as error:  # noqa: BLE001 - a failed reply is shown, not raised
                 self.post_message(ReplyDone(column, f"{type(error).__name__}: {error}"))
                 continue
-            self.post_message(ReplyDone(column))
+            self.post_message(ReplyDone(column, cancelled=self.cancel.is_set()))
 
     def on_reply_delta(self, message: ReplyDelta) -> None:
         self.pending[message.column] = self.pending.get(message.column, "") + message.text
@@ -242,19 +301,27 @@ class ChatScreen(Screen[None]):
     def on_reply_done(self, message: ReplyDone) -> None:
         reply = self.pending.pop(message.column, "")
         log = self.query_one(f"#{message.column}", ChatLog)
-        if message.error:
-            log.add("error", message.error)
+        if message.error or message.cancelled:
+            if message.error:
+                log.add("error", message.error)
             self.history[message.column].pop()  # forget the unanswered question
         else:
             self.history[message.column].append({"role": "assistant", "content": reply})
         if not self.busy and self.leave_when_done:
             self.dismiss(None)
+        elif not self.busy:
+            self.send_queued()
 
     # -- keys ----------------------------------------------------------------------------------
     def action_back(self) -> None:
-        if self.busy:
+        self.queued.clear()  # nobody is left to read their answers
+        if "load" in self.pending:  # a load cannot be interrupted; leave as soon as it ends
             self.leave_when_done = True
-            self.notify("Leaving when this reply ends.")
+            self.notify("Leaving once the model has loaded.")
+            return
+        if self.busy:  # mid-reply: stop the model at its next token, then leave
+            self.cancel.set()
+            self.leave_when_done = True
             return
         self.dismiss(None)
 
