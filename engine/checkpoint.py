@@ -226,9 +226,9 @@ def load_checkpoint(
     saved = _read_safetensors(path / "trainable.safetensors")
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     _check_trainable(path, saved, params)
-    optimizer_state = _read_torch(path / "optimizer.pt")
+    optimizer_state = read_torch_file(path / "optimizer.pt")
     _check_optimizer_state(path / "optimizer.pt", optimizer_state, optimizer)
-    scheduler_state = _read_torch(path / "scheduler.pt")
+    scheduler_state = read_torch_file(path / "scheduler.pt")
     if not isinstance(scheduler_state, dict) or set(scheduler_state) != set(scheduler.state_dict()):
         raise RunDirError(
             f"{path / 'scheduler.pt'} is not this run's learning-rate schedule state.",
@@ -236,7 +236,7 @@ def load_checkpoint(
         )
     scaler_file = path / "scaler.pt"
     scaler_state = (
-        _read_torch(scaler_file) if scaler is not None and scaler_file.is_file() else None
+        read_torch_file(scaler_file) if scaler is not None and scaler_file.is_file() else None
     )
     rng = read_rng_state(path)
     with torch.no_grad():
@@ -349,7 +349,7 @@ def _read_safetensors(file: Path) -> dict[str, Any]:
         ) from None
 
 
-def _read_torch(file: Path) -> Any:
+def read_torch_file(file: Path) -> Any:
     """A torch.save file, tensors and plain data only: a pickle of anything else is refused,
     because loading it could run code."""
     import torch
@@ -456,7 +456,7 @@ def read_rng_state(folder: Path) -> RngState:
         random.Random().setstate(python)
     except (TypeError, ValueError, OverflowError):
         raise RunDirError(f"{file} is not a Python random state.", hint=_EARLIER) from None
-    tensors = _read_torch(folder / "rng.pt")
+    tensors = read_torch_file(folder / "rng.pt")
     current = torch.get_rng_state()
     saved = tensors.get("torch") if isinstance(tensors, dict) else None
     cuda = tensors.get("cuda") if isinstance(tensors, dict) else None
@@ -479,7 +479,3 @@ def apply_rng_state(rng: RngState) -> None:
     if rng.cuda is not None and torch.cuda.is_available():
         for index, state in enumerate(rng.cuda[: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(state, index)
-
-
-def load_rng_state(folder: Path) -> None:
-    apply_rng_state(read_rng_state(folder))

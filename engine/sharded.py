@@ -119,8 +119,17 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -> ckpt.TrainerState:
-    import torch
+def load_checkpoint(
+    path: Path,
+    *,
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    max_step: int | None = None,
+    examples: int | None = None,
+) -> ckpt.TrainerState:
+    """Restore a sharded checkpoint; its plain files are read and checked first, as in
+    engine.checkpoint.load_checkpoint (every rank reads the same files, so all decide alike)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -131,15 +140,17 @@ def load_checkpoint(path: Path, *, model: Any, optimizer: Any, scheduler: Any) -
             f"{path} was written by a run that was not sharded over GPUs (FSDP).",
             hint="Resume it the way it was started (same --gpus and the same method).",
         )
-    state = ckpt.read_trainer_state(path)  # checked before anything is restored
+    state = ckpt.read_trainer_state(path, max_step=max_step, examples=examples)
+    scheduler_state = ckpt.read_torch_file(path / "scheduler.pt")
+    rng = ckpt.read_rng_state(path)
     model_state, optim_state = get_state_dict(model, optimizer)
     loaded = {"model": model_state, "optim": optim_state}
     dcp.load(loaded, checkpoint_id=path / "sharded")
     set_state_dict(
         model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"]
     )
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    ckpt.load_rng_state(path)
+    scheduler.load_state_dict(scheduler_state)
+    ckpt.apply_rng_state(rng)
     return state
 
 

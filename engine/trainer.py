@@ -349,7 +349,12 @@ class Trainer:
             from engine import sharded
 
             self.state = sharded.load_checkpoint(
-                path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+                path,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                max_step=self.total_steps,
+                examples=len(self.train),
             )
         else:
             self.state = ckpt.load_checkpoint(
