@@ -67,7 +67,7 @@ def export_run(
     """Export ``run``; ``on_start(out_dir)`` is called once every check has passed, before any
     file is written (the child-process runner notes which ``.partial-*`` files were there)."""
     info = read_run(str(run), runs_root)
-    _check_choices(formats, quants, dtype)
+    check_choices(formats, quants, dtype)
     quants = list(dict.fromkeys(quants)) if "gguf" in formats else []
     merge_dtype = dtype or ("bf16" if not quants or quants == ["bf16"] else "fp16")
     out_dir = Path(out) if out else info.run_dir / "exports"
@@ -120,7 +120,8 @@ def export_run(
     return report
 
 
-def _check_choices(formats: Sequence[str], quants: Sequence[str], dtype: str | None) -> None:
+def check_choices(formats: Sequence[str], quants: Sequence[str], dtype: str | None) -> None:
+    """Refuse unknown formats, GGUF types and dtypes; the export dialog checks its form with it."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportError(f"Unknown export format: {', '.join(bad) or '(none)'}.",

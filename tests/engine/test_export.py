@@ -41,7 +41,8 @@ def make_run(root: Path, model_dir: Path, *, name: str = "tiny", method: str = "
         "training": {"use_cpu": True},
     }
     (run / "config.yaml").write_text(to_yaml(validate(data)), encoding="utf-8")
-    (run / "events.jsonl").touch()
+    # A run that started training (`latest` skips runs that never did).
+    (run / "events.jsonl").write_text('{"type": "run_started", "v": 1}\n', encoding="utf-8")
     return run
 
 

@@ -47,11 +47,11 @@ def quant_problem(text: str) -> tuple[str, str | None] | None:
         return "Enter at least one GGUF type, e.g. q8_0.", None
     if "engine.export" not in sys.modules:
         return None  # still loading off the UI thread; the form validates again once it is in
-    from engine.export import _check_choices
+    from engine.export import check_choices
     from engine.export.files import ExportError
 
     try:
-        _check_choices(["gguf"], quants, None)
+        check_choices(["gguf"], quants, None)
     except ExportError as error:
         return error.message, error.hint
     return None
