@@ -86,6 +86,8 @@ def exact_match(
     tracker.update(0, force=True)
     replies: list[str] = []
     for start in range(0, len(examples), BATCH):
+        if tracker.should_stop():  # asked before this batch's prompt pass, which cannot stop
+            return None
         chunk = examples[start : start + BATCH]
         prompts = [ex.prompt for ex in chunk]
         criteria = tracker.criteria(
