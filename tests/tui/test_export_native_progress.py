@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from textual.widgets import ProgressBar, Static
+from textual.widgets import Checkbox, Input, ProgressBar, Static
 
 from engine.export import Exported, ExportReport, gguf_writer
 from engine.export.files import size_progress
@@ -105,3 +105,34 @@ async def test_the_dialog_clock_moves_while_a_step_reports_nothing(
         assert bar.total == 100 and bar.percentage == 0.5
         assert "50%" in status() and "ETA " in status()
         await wait_for(pilot, lambda: not screen.running, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    from tests.engine.test_export import make_run
+
+    return make_run(tmp_path_factory.mktemp("runs"), tiny_model_dir)
+
+
+@pytest.mark.anyio
+async def test_a_dashboard_export_that_dies_leaves_this_process_running(
+    tiny_run: Path, tmp_path: Path, monkeypatch, wait_for
+) -> None:
+    # The dialog's default exporter: the export's own process is killed mid-merge (what the
+    # OOM killer does). Before, the export ran in this process, the one that trains.
+    from engine.export import native
+
+    monkeypatch.setenv(native.FAULT_ENV, "merged-save:SIGKILL")
+    app = SceneApp(lambda: ExportScreen(tiny_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        screen.query_one("#out", Input).value = str(tmp_path / "out")
+        screen.query_one("#fmt-adapter", Checkbox).value = False
+        screen.query_one("#fmt-merged", Checkbox).value = True
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: not screen.running, timeout=180)
+        result = str(screen.query_one("#result", Static).render())
+        assert "SIGKILL" in result and "out-of-memory" in result
+        assert "export failed" in str(screen.query_one("#status", Static).render())
+        assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".partial-")]
