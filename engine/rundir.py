@@ -107,7 +107,7 @@ class RunDirSink:
         # A resumed run is one run: its state goes on from every segment already recorded, so a
         # resume that fails early keeps the last true step, best loss and checkpoint.
         self.state = RunState.from_events(read_events(run_dir / "events.jsonl"))
-        self.state.pid = os.getpid()
+        self.state.pid = self.pid = os.getpid()
         self._last_status_write = 0.0
 
     @property
@@ -147,7 +147,9 @@ class RunDirSink:
             self._lock.release()
 
     def _update_status(self, event: Event) -> bool:
-        if not self.state.apply(event):
+        changed = self.state.apply(event)
+        self.state.pid = self.pid  # this process writes the run, whatever a new segment reset
+        if not changed:
             return False
         if isinstance(event, Step):
             # Steps can be many per second on a GPU; the status file needs no more than ~1 Hz.

@@ -203,3 +203,17 @@ def test_an_abort_keeps_the_step_it_reached(make_preset, tmp_path: Path) -> None
     assert result is not None and result.status == "stopped"
     status = status_of(run.run_dir)
     assert status["state"] == "stopped" and status["step"] >= 2
+
+
+def test_status_names_the_writing_process_from_the_first_event(tmp_path: Path) -> None:
+    """While a run (or its resume) loads, status.json names this process, so that no view
+    takes a loading run for one whose process died."""
+    for segment in (1, 2):
+        sink = rundir.RunDirSink(tmp_path)
+        sink.emit(StateChanged("loading", "dataset"))
+        status = status_of(tmp_path)
+        assert status["pid"] == os.getpid() and status["segments"] == segment
+        assert runstate.shown_state(status) == "starting"
+        sink.emit(started(pid=os.getpid()))
+        sink.emit(Finished("stopped", 0, {}, {}, 1.0))
+        sink.close()
