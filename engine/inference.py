@@ -56,7 +56,7 @@ def resolve_chat_target(
         if not (run_dir / "final").is_dir():
             raise RunDirError(
                 f"{run_dir} has no final/ model yet (the run has not finished).",
-                hint="Wait for the run to finish, or resume it with `finetty train --resume`.",
+                hint=rundir.how_to_finish(run_dir),
             )
         return ChatTarget(run_dir=run_dir)
     source = models.resolve_source(target)

@@ -7,8 +7,10 @@ front-ends watch it through events and drive it through ``run.control``.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import shutil
 import sys
 import threading
 import time
@@ -18,16 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import builtin_data, distributed, rundir
+from engine import builtin_data, distributed, rundir, runlock
 from engine.config import BUILTIN_DATASET, Preset
 from engine.control import RunAborted, RunControl
 from engine.errors import (
+    EXIT_BAD_INPUT,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_STOPPED,
     EXIT_TERMINATED,
     FinettyError,
     RunDirError,
+    TrainingError,
 )
 from engine.events import (
     DatasetStats,
@@ -112,23 +116,45 @@ class Run:
         self.stop_signal: str = "user"  # "user" (Ctrl+C, stop command) or "sigterm"
         self.result: RunResult | None = None
         self._thread: threading.Thread | None = None
+        # Rank 0 is the run directory's one writer: it holds the lock from before its first
+        # write until its last (engine.runlock), so a second trainer is refused, not interleaved.
+        self.lock: runlock.RunLock | None = None
+        self.created_dir = False  # this process made the folder (a never-trained one may go)
         if resume_dir is not None:
             self.run_dir = resume_dir
+            if self.rank == 0:
+                self.lock = runlock.acquire(resume_dir)
         elif self.rank != 0:
             self.run_dir = new_run_dir or Path(os.devnull)  # never written by this rank
         else:
             from engine.presets import to_yaml
 
+            self.created_dir = new_run_dir is None
             self.run_dir = new_run_dir or rundir.new_run_dir(
                 preset.name, rundir.runs_root(str(runs_root) if runs_root else None)
             )
-            (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
+            self.lock = runlock.acquire(self.run_dir)
+            if new_run_dir is not None:
+                runlock.claim_launched(new_run_dir)
+            try:
+                (self.run_dir / "config.yaml").write_text(to_yaml(preset), encoding="utf-8")
+            except OSError as exc:
+                self.lock.release()
+                raise runlock.unwritable_error(self.run_dir, exc) from None
         self.resuming = resume_dir is not None
+        self.trained = False  # RunStarted was emitted: training began
         self.dir_sink: rundir.RunDirSink | None = None
         if self.rank == 0:
-            self.dir_sink = rundir.RunDirSink(self.run_dir)
+            try:
+                self.dir_sink = rundir.RunDirSink(self.run_dir)
+                reader = rundir.CommandReader(self.run_dir / "commands.jsonl")
+            except OSError as exc:  # a read-only or full file system
+                self._release_lock()
+                raise runlock.unwritable_error(self.run_dir, exc) from None
+            except FinettyError:
+                self._release_lock()
+                raise
             self.sink = FanoutSink(self.dir_sink, sink)
-            reader = rundir.CommandReader(self.run_dir / "commands.jsonl")
             self.control = RunControl(external=reader.poll)
         else:
             self.sink = FanoutSink(sink)
@@ -182,6 +208,7 @@ class Run:
     def _execute_reporting(self) -> None:
         started = time.time()
         step = 0
+        discard = False
         monitor = self._monitor = self._hardware_monitor()
         if self.rank == 0:
             monitor.start()
@@ -219,6 +246,9 @@ class Run:
         except FinettyError as error:
             self._fail(error.kind, error.title, error.message, error.hint)
             self.result = RunResult("failed", error.exit_code, self.run_dir, error)
+            # A mistake in the input found before the first step: the folder this process made
+            # holds nothing but the error, which was reported; it must not become `latest`.
+            discard = error.exit_code == EXIT_BAD_INPUT and self.created_dir and not self.trained
         except Exception as exc:  # noqa: BLE001 - any crash becomes a failed event, with the trace in log.txt
             peer = self.peer_failure()
             if peer is not None and self.dir_sink is not None:
@@ -257,8 +287,21 @@ class Run:
             monitor.stop()
             if self.dir_sink is not None:
                 self.dir_sink.close()
+            self._release_lock()  # after the last write: status.json is final before a resume
+            if discard:
+                self._discard_run_dir()
             if self.dist is not None:
                 distributed.shutdown()
+
+    def _discard_run_dir(self) -> None:
+        """Remove the never-trained folder this process made (and its preset's, if now empty)."""
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.run_dir.parent.rmdir()  # only when empty
+
+    def _release_lock(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def fail_from_peer(self, record: dict[str, Any]) -> None:
         """Report another rank's error as this run's failure, naming the rank."""
@@ -500,6 +543,7 @@ class Run:
         precision = str(amp_dtype or weights_dtype).replace("torch.", "")
         if settings.use_grad_scaler:
             precision += " with loss scaling"
+        self.trained = True  # from here on the run directory holds a run
         self.sink.emit(
             RunStarted(
                 run_dir=str(self.run_dir),
@@ -546,7 +590,7 @@ class Run:
             if main:
                 paths["final"] = str(self._save_final(model, state))
         elif outcome.status == "finished" and main:
-            paths["final"] = str(self._save_final(model))
+            paths["final"] = str(self._save_final_or_checkpoint(model, trainer))
             if heldout:
                 self._exact_match(model, heldout, "after")
         return outcome, paths
@@ -618,13 +662,104 @@ class Run:
         self._accuracy[f"exact_match_{stage}"] = event.accuracy
         self.sink.emit(event)
 
+    def _save_final_or_checkpoint(self, model: Any, trainer: Any) -> Path:
+        """The final model; if it cannot be written, at least a checkpoint of the last step,
+        so that a resume after freeing space saves the final model without training again."""
+        from engine.checkpoint import complete_checkpoints
+
+        try:
+            return self._write_final(model)
+        except Exception as exc:
+            if not is_write_failure(exc):
+                raise
+            failure = self._final_failure(exc)
+        done = complete_checkpoints(self.run_dir / "checkpoints")
+        step = trainer.state.step
+        if done and done[-1].name == f"checkpoint-{step}":
+            saved: Path | None = done[-1]  # the last step is in a checkpoint already
+        else:
+            try:
+                saved = trainer.save("final model not saved")
+            except TrainingError:
+                saved = None
+        df = f"Free disk space (check with `df -h {self.run_dir}`)"
+        if saved is not None:
+            raise TrainingError(
+                f"{failure} The last step is safe in {saved}.",
+                hint=f"{df}, then `finetty train --resume {self.run_dir}` saves the final model "
+                "without training again.",
+                title="Final model not saved",
+            )
+        lost = f"the steps after {done[-1].name}" if done else f"all {step} steps of this run"
+        raise TrainingError(
+            f"{failure} No checkpoint of step {step} could be written either: {lost} are lost.",
+            hint=f"{df}; then "
+            + (
+                f"`finetty train --resume {self.run_dir}` continues from {done[-1].name}."
+                if done
+                else "start the run again."
+            ),
+            title="Final model not saved",
+        )
+
+    def _final_failure(self, exc: BaseException) -> str:
+        from engine.checkpoint import describe_os_error
+
+        return (
+            f"Could not write the final model in {self.run_dir / 'final'}: "
+            f"{describe_os_error(exc)}. Nothing half-written was left under that name."
+        )
+
     def _save_final(self, model: Any, state_dict: dict[str, Any] | None = None) -> Path:
-        """``state_dict``: the whole model gathered from the ranks (FSDP), when sharded."""
+        """The final model of a sharded run (``state_dict`` gathered from the ranks)."""
+        try:
+            return self._write_final(model, state_dict)
+        except Exception as exc:
+            if not is_write_failure(exc):
+                raise
+            raise TrainingError(
+                f"{self._final_failure(exc)} The checkpoints in {self.run_dir / 'checkpoints'} "
+                "are intact.",
+                hint=f"Free disk space (check with `df -h {self.run_dir}`), then "
+                f"`finetty train --resume {self.run_dir}` continues from the last checkpoint.",
+                title="Final model not saved",
+            ) from None
+
+    def _write_final(self, model: Any, state_dict: dict[str, Any] | None = None) -> Path:
+        """Written under ``.tmp-final`` and renamed, like a checkpoint: a full disk leaves no
+        half-written model under the final name, and an existing ``final/`` is never replaced.
+        A failed write removes the staging folder and raises again."""
         target = self.run_dir / "final"
         staging = self.run_dir / ".tmp-final"
+        if target.exists():
+            raise RunDirError(
+                f"{target} exists already; finetty never overwrites a run's final model.",
+                hint="Move it away to keep it, or train further in a new run.",
+            )
+        from engine.checkpoint import require_finite
+
+        trained = (p for p in model.named_parameters() if p[1].requires_grad)
+        require_finite(state_dict.items() if state_dict else trained, f"The final model ({target})")
         self.sink.emit(StateChanged(state="saving", detail="final model"))
-        model.save_pretrained(staging, state_dict=state_dict)
-        self.tokenizer.chat_template = self.chat_template
-        self.tokenizer.save_pretrained(staging)
-        os.replace(staging, target)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a crash during an earlier save
+        try:
+            model.save_pretrained(staging, state_dict=state_dict)
+            self.tokenizer.chat_template = self.chat_template
+            self.tokenizer.save_pretrained(staging)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return target
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether a save failed for lack of room or rights (a full disk, ENOSPC; a file over the
+    size limit, EFBIG; a read-only remount) rather than a bug: OSError from Python,
+    SafetensorError from safetensors, RuntimeError from torch's writer, and a bare Exception
+    carrying "(os error N)" from the tokenizers library."""
+    from safetensors import SafetensorError
+
+    if isinstance(exc, OSError | SafetensorError | RuntimeError):
+        return True
+    return type(exc) is Exception and "(os error" in str(exc)

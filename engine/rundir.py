@@ -7,15 +7,18 @@ exports/ and log.txt.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 from typing import Any
 
+from engine import runlock
 from engine.errors import RunDirError
 from engine.events import (
     Alarm,
@@ -40,21 +43,47 @@ def runs_root(override: str | None = None) -> Path:
 
 
 def new_run_dir(name: str, root: Path) -> Path:
+    """A new, empty run directory: ``root/name/<stamp>``, or ``<stamp>-2``, ``-3``... when taken.
+
+    mkdir is the one atomic claim: several processes started in the same second each get their
+    own folder, because a name another one created first just moves on to the next suffix.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = root / name / stamp
-    suffix = 1
     try:
-        while path.exists():
-            suffix += 1
-            path = root / name / f"{stamp}-{suffix}"
-        path.mkdir(parents=True)
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for suffix in range(1, MAX_SAME_SECOND + 1):
+            path = root / name / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
     except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise RunDirError(
-            f"Cannot create the run directory under {root}: {reason}.",
-            hint="Pass a writable folder with --run-dir (or $FINETTY_RUNS).",
-        ) from None
-    return path
+        raise _run_dir_error(root, exc) from None
+    raise RunDirError(
+        f"Cannot create the run directory under {root / name}: {MAX_SAME_SECOND} runs named "
+        f"{stamp}[-N] exist already.",
+        hint="Wait a second and start it again, or use another --run-dir.",
+    )
+
+
+# More runs of one preset started within one second than anyone means to start.
+MAX_SAME_SECOND = 1000
+
+
+def _run_dir_error(root: Path, exc: OSError | ValueError) -> RunDirError:
+    """The error for a runs root that cannot take a new run, with the fix for its cause."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        hint = f"Free disk space (check with `df -h {root}`), or pass another --run-dir."
+    elif code in (errno.ENOTDIR, errno.EEXIST):
+        hint = f"{root} (or a folder above it) is a file: pass a folder with --run-dir (or $FINETTY_RUNS)."
+    elif isinstance(exc, ValueError):
+        hint = "The runs root or the preset name holds a NUL character: remove it."
+    else:
+        hint = "Pass a writable folder with --run-dir (or $FINETTY_RUNS)."
+    return RunDirError(f"Cannot create the run directory under {root}: {reason}.", hint=hint)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -78,15 +107,19 @@ def all_runs(root: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (p / "events.jsonl").stat().st_mtime, reverse=True)
 
 
-def resolve_run(ref: str, root: Path) -> Path:
-    """A run directory by path, or ``latest``."""
+def resolve_run(ref: str, root: Path, *, name: str | None = None) -> Path:
+    """A run directory by path, or ``latest``: the newest run (of preset ``name``, if given)
+    that started training. A run that ended before its first step is no one's ``latest``."""
     if ref == "latest":
-        runs = all_runs(root)
-        if not runs:
+        runs = (run for run in all_runs(root) if name is None or run.parent.name == name)
+        latest = next((run for run in runs if not never_trained(run)), None)
+        if latest is None:
+            where = root / name if name else root
             raise RunDirError(
-                f"No runs found under {root}.", hint="Start one with `finetty train smollm2-demo`."
+                f"No runs found under {where}.",
+                hint=f"Start one with `finetty train {name or 'smollm2-demo'}`.",
             )
-        return runs[0]
+        return latest
     path = Path(ref).expanduser()
     if not (path / "events.jsonl").is_file():
         raise RunDirError(
@@ -94,6 +127,53 @@ def resolve_run(ref: str, root: Path) -> Path:
             hint=f"Pass a folder under {root}/<name>/, or `latest`.",
         )
     return path
+
+
+def how_to_finish(run_dir: Path) -> str:
+    """What to do about a run that has no final model yet, from what it is doing now."""
+    from engine.checkpoint import complete_checkpoints
+
+    pid = runlock.holder(run_dir)
+    if pid is not None:
+        who = f"process {pid}" if pid else "another process"
+        return (
+            f"It is being trained right now by {who}: follow it with `finetty watch {run_dir}` "
+            "and come back when it has finished. Do not resume it while it runs."
+        )
+    if complete_checkpoints(run_dir / "checkpoints"):
+        return f"It stopped before the end: continue it with `finetty train --resume {run_dir}`."
+    return "It ended without a checkpoint to continue from: start a new run."
+
+
+# How much of events.jsonl to read for its run_started event (it comes within the first KBs).
+STARTED_SCAN_BYTES = 16 << 20
+
+
+def never_trained(run_dir: Path) -> bool:
+    """True for a run that ended, or whose process died, before training started (no
+    run_started event): a config or dataset mistake found after its folder was made."""
+    try:
+        with open(run_dir / "events.jsonl", "rb") as handle:
+            for line in handle:
+                if b'"run_started"' in line or b'"finished"' in line:
+                    event = _event(line)
+                    if event.get("type") == "run_started":
+                        return False
+                    if event.get("type") == "finished" and event.get("status") == "finished":
+                        return False  # it ran to its end (a stop while loading does not count)
+                if handle.tell() > STARTED_SCAN_BYTES:
+                    return False  # a run that wrote this much has trained
+    except OSError:
+        return False  # unreadable: not ours to hide
+    return runlock.holder(run_dir) is None  # still loading: it is the newest run being started
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(line)
+    except (ValueError, RecursionError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 class RunDirSink:
@@ -201,46 +281,117 @@ def human_line(event: Event) -> str | None:
     return None
 
 
-@dataclass
 class CommandReader:
-    """Reads commands appended to <run_dir>/commands.jsonl by other processes (`finetty watch`)."""
+    """Reads commands appended to <run_dir>/commands.jsonl by other processes (`finetty watch`).
 
-    path: Path
-    offset: int = 0
+    The file is the only thing others may write, so it is read defensively: a symbolic link is
+    refused (never followed, never chmodded); a file truncated or replaced behind the reader's
+    back (``>`` instead of ``>>``, an editor's save) is noticed and read again from its start;
+    and a command carrying an id (``send_command`` writes one) is applied once, however often
+    it is read. (A rewrite that starts with exactly the bytes already read reads as an append.)
+    """
 
-    def __post_init__(self) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._identity: tuple[int, int] | None = None
+        self._tail = b""  # the last line read: a rewrite below the offset changes it
+        self._mtime = 0  # when the file was last read up to its end: a same-size rewrite moves it
+        self._seen: set[str] = set()
         # Only the owner may drive the run: the channel is private, also when a resume finds it.
-        fd = os.open(self.path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
         try:
+            fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _channel_error(path, exc) from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise RunDirError(
+                    f"{path} is not a regular file, so it cannot be the run's command channel.",
+                    hint=f"Remove it (`rm {path}`); finetty makes its own.",
+                )
             os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
-        self.offset = self.path.stat().st_size
+        # Commands written before this process started belong to an earlier one: skip them,
+        # and remember their ids, so that a rewrite of the file cannot replay them either.
+        for command_id, _ in self._read_new():
+            if command_id:
+                self._seen.add(command_id)
 
     def poll(self) -> list[str]:
+        return [command for command_id, command in self._read_new() if self._fresh(command_id)]
+
+    def _fresh(self, command_id: str | None) -> bool:
+        if command_id is None:
+            return True
+        if command_id in self._seen:
+            return False
+        self._seen.add(command_id)
+        return True
+
+    def _read_new(self) -> list[tuple[str | None, str]]:
+        """(id, command) for every complete line past the offset, rereading a rewritten file."""
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return []
-        if size <= self.offset:
-            return []
-        with open(self.path, "rb") as handle:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return []  # gone, or replaced by a symbolic link: nothing is read through a link
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return []
+            identity = (info.st_dev, info.st_ino)
+            if (
+                identity != self._identity
+                or info.st_size < self.offset
+                or (info.st_size == self.offset and info.st_mtime_ns != self._mtime)
+                or not self._tail_intact(handle)
+            ):
+                # Replaced, truncated, or rewritten in place (`>` of a line as long as before).
+                self._identity, self.offset, self._tail = identity, 0, b""
+            self._mtime = info.st_mtime_ns
+            if info.st_size <= self.offset:
+                return []
             handle.seek(self.offset)
-            chunk = handle.read()
+            chunk = handle.read(info.st_size - self.offset)
         end = chunk.rfind(b"\n")
         if end < 0:
             return []  # a line still being written
         # Offsets count bytes: junk that is not UTF-8 must not shift where the next line starts.
         self.offset += end + 1
-        commands = []
-        for line in chunk[:end].splitlines():
-            try:
-                command = json.loads(line.decode("utf-8")).get("command")
-            except (ValueError, AttributeError, RecursionError):
-                continue
-            if isinstance(command, str) and command in COMMANDS:
-                commands.append(command)
-        return commands
+        lines = chunk[:end].split(b"\n")
+        self._tail = lines[-1] + b"\n"
+        return [parsed for parsed in map(_parse_command, lines) if parsed is not None]
+
+    def _tail_intact(self, handle: Any) -> bool:
+        if not self._tail:
+            return True
+        handle.seek(self.offset - len(self._tail))
+        return handle.read(len(self._tail)) == self._tail
+
+
+def _parse_command(line: bytes) -> tuple[str | None, str] | None:
+    try:
+        data = json.loads(line.decode("utf-8"))
+        command = data.get("command")
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not (isinstance(command, str) and command in COMMANDS):
+        return None
+    command_id = data.get("id")
+    return (command_id if isinstance(command_id, str) and command_id else None), command
+
+
+def _channel_error(path: Path, exc: OSError) -> RunDirError:
+    if exc.errno == errno.ELOOP:
+        return RunDirError(
+            f"{path} is a symbolic link; the run's command channel must be a plain file.",
+            hint=f"Remove the link (`rm {path}`); finetty makes its own.",
+        )
+    return RunDirError(
+        f"Cannot open the run's command channel {path}: {exc.strerror or exc}.",
+        hint="The run directory must be writable by the user who trains it.",
+    )
 
 
 def send_command(run_dir: Path, command: str) -> None:
@@ -250,9 +401,13 @@ def send_command(run_dir: Path, command: str) -> None:
             f"Unknown command '{command}'.", hint=f"Use one of: {', '.join(COMMANDS)}."
         )
     path = run_dir / "commands.jsonl"
-    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise _channel_error(path, exc) from None
+    line = json.dumps({"command": command, "id": uuid.uuid4().hex, "time": time.time()}) + "\n"
     with os.fdopen(fd, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"command": command, "time": time.time()}) + "\n")
+        handle.write(line)
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

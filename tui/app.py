@@ -110,7 +110,7 @@ class FinettyApp(App[None]):
     def launch_job(self, preset: Preset, gpus: int) -> None:
         """Several GPUs: torchrun in a session of its own, watched through its run directory.
         Leaving the TUI leaves the job running (`finetty watch latest` comes back to it)."""
-        from engine import rundir
+        from engine import rundir, runlock
         from engine.errors import FinettyError
         from engine.presets import to_yaml
         from tui.launch import LaunchPlan, start_job, torchrun_command
@@ -127,8 +127,9 @@ class FinettyApp(App[None]):
         config.write_text(to_yaml(preset), encoding="utf-8")
         plan = LaunchPlan(gpus, 1, 0, None, 29500)
         self.job = start_job(
-            torchrun_command(plan, [str(config), "--into", str(run_dir)]),
+            torchrun_command(plan, [str(config)]),
             run_dir / "launcher.log",
+            runlock.launch_env(run_dir),
         )
         self.notify(f"{gpus} processes under torchrun; output in {run_dir / 'launcher.log'}")
         self.open_watch(run_dir)

@@ -222,7 +222,7 @@ def report_error(error: FinettyError) -> None:
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine import rundir
-    from engine.errors import ConfigError, RunDirError
+    from engine.errors import ConfigError
     from engine.presets import load_preset, run_config
 
     root = rundir.runs_root(args.run_dir)
@@ -233,19 +233,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--set cannot be combined with --resume.",
                 hint="A resumed run keeps its config.yaml.",
             )
-        scope = root
-        if args.preset and args.resume == "latest":
-            preset, _ = load_preset(args.preset)
-            scope = root / preset.name
-        resume_dir = rundir.resolve_run(args.resume, scope)
-        from engine.checkpoint import complete_checkpoints
-
-        if not complete_checkpoints(resume_dir / "checkpoints"):
-            # Refuse before opening its files: a finished run must not turn into a failed one.
-            raise RunDirError(
-                f"{resume_dir} has no complete checkpoint to resume from.",
-                hint="Start a new run instead (without --resume).",
-            )
+        resume_dir = resume_target(args.resume, args.preset, root)
         preset = run_config(resume_dir)
     elif args.preset:
         preset, _ = load_preset(args.preset, args.overrides)
@@ -253,7 +241,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
-    from engine.distributed import launched_distributed
+    from engine.distributed import launched_distributed, rank_from_env
     from tui.launch import plan_launch, visible_gpu_count
 
     if launched_distributed() and args.gpus is not None:
@@ -278,11 +266,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         check_launch(preset)
         return launch_job(args, plan, preset.name, root=root, resume_dir=resume_dir)
+    from engine import runlock
+
+    # The multi-GPU launcher hands rank 0 the folder it made (never a flag: see engine.runlock).
     new_run_dir = None
-    if args.into:
-        if resume_dir is not None:
-            raise ConfigError("--into cannot be combined with --resume.")
-        new_run_dir = Path(args.into)
+    if launched_distributed() and resume_dir is None and rank_from_env() == 0:
+        new_run_dir = runlock.launched_run_dir()
     if not args.no_tui and not args.json and interactive() and not launched_distributed():
         from tui.app import run_tui
 
@@ -292,14 +281,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+def resume_target(ref: str, preset_ref: str | None, root: Path) -> Path:
+    """The run `--resume` names, checked before any of its files is opened: it must have a
+    checkpoint, must not be finished, and no other process may be training it.
+
+    A preset given with --resume is honoured as a choice of run, never as a new config: `latest`
+    is that preset's newest run, and a run of another preset, or one whose config differs from
+    the preset's, is refused (a resumed run keeps its config.yaml).
+    """
+    from engine import rundir, runlock
+    from engine.checkpoint import complete_checkpoints
+    from engine.errors import ConfigError, RunDirError
+    from engine.presets import load_preset, run_config
+
+    preset = load_preset(preset_ref)[0] if preset_ref else None
+    run_dir = rundir.resolve_run(ref, root, name=preset.name if preset else None)
+    pid = runlock.holder(run_dir)
+    if pid is not None:
+        raise runlock.busy_error(run_dir, pid)
+    status = rundir.read_status(run_dir)
+    final = run_dir / "final"
+    if not complete_checkpoints(run_dir / "checkpoints"):
+        # Refuse before opening its files: a finished run must not turn into a failed one.
+        raise RunDirError(
+            f"{run_dir} has no complete checkpoint to resume from.",
+            hint="Start a new run instead (without --resume).",
+        )
+    if final.exists() or (isinstance(status, dict) and status.get("state") == "finished"):
+        raise RunDirError(
+            f"{run_dir} has finished: its final model is in {final}. Resuming would only "
+            "overwrite it.",
+            hint="To train further, start a new run from the trained model: export it with "
+            f"`finetty export {run_dir} --format merged`, then set model.name_or_path to the "
+            "exported folder in a preset (or --set model.name_or_path=FOLDER).",
+            title="Run already finished",
+        )
+    if preset is not None:
+        differences = config_differences(preset, run_config(run_dir))
+        if differences:
+            raise ConfigError(
+                f"{preset_ref} does not match the config of {run_dir}: "
+                f"{', '.join(differences[:5])}{' ...' if len(differences) > 5 else ''} differ.",
+                hint=f"A resumed run keeps its own config.yaml. Resume it as it was with "
+                f"`finetty train --resume {run_dir}`, or start a new run with the preset.",
+            )
+    return run_dir
+
+
+def config_differences(a, b) -> list[str]:
+    """The dotted keys whose values differ between two presets."""
+
+    def flat(data: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(data, dict):
+            out: dict[str, object] = {}
+            for key, value in data.items():
+                out.update(flat(value, f"{prefix}{key}."))
+            return out
+        return {prefix.rstrip("."): data}
+
+    left, right = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return sorted(key for key in left.keys() | right.keys() if left.get(key) != right.get(key))
+
+
 def launch_job(args, plan, name: str, *, root: Path, resume_dir: Path | None) -> int:
     """Several processes under torchrun; this process watches (TUI) or follows (headless)."""
-    from engine import rundir
+    from engine import rundir, runlock
     from tui.launch import follow_job, start_job, torchrun_command, worker_arguments
 
     run_dir = resume_dir
+    env = None
     if run_dir is None and plan.node_rank == 0:
         run_dir = rundir.new_run_dir(name, root)  # only node 0 writes a run directory
+        env = runlock.launch_env(run_dir)
     command = torchrun_command(plan, worker_arguments(args, run_dir))
     print(
         f"finetty: {plan.world_size} processes ({plan.nproc_per_node} per node x {plan.nnodes} "
@@ -310,11 +363,11 @@ def launch_job(args, plan, name: str, *, root: Path, resume_dir: Path | None) ->
         from tui.app import run_tui
 
         log = run_dir / "launcher.log"
-        process = start_job(command, log)
+        process = start_job(command, log, env)
         print(f"finetty: job pid {process.pid}, its output in {log}", file=sys.stderr)
         # The dashboard watches the run directory; leaving it leaves the job running.
         return run_tui(runs_root=root, watch_dir=run_dir)
-    return follow_job(start_job(command, None), run_dir)
+    return follow_job(start_job(command, None, env), run_dir)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -385,8 +438,19 @@ def run_headless(
         run.stop_signal = "sigterm"
         run.control.stop()
 
+    def on_sighup(signum: int, frame: object) -> None:
+        # The terminal is gone (an SSH drop without tmux): training goes on, as under the TUI
+        # (tui.hangup). Output that would hit the dead terminal goes to /dev/null and log.txt;
+        # the run's own files carry on, and the process ends with a final status.
+        from tui.hangup import detach_stdio
+
+        log = run.run_dir / "log.txt" if run.dir_sink is not None else None
+        detach_stdio(log)
+
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGTERM, on_sigterm)
+    if hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, on_sighup)  # under nohup it stays ignored
     peer = None
     with reporter:
         run.start()
@@ -409,7 +473,7 @@ def run_headless(
         return EXIT_FAILED
     if result.error is not None and not json_mode:
         report_error(result.error)
-    if not json_mode:
+    if not json_mode and result.run_dir.is_dir():  # a never-trained one was removed
         reporter.err.print(f"run directory: {result.run_dir}")
     return worker_exit_code(run, result.exit_code)
 
@@ -480,7 +544,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     rows = []
     for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
-        status = rundir.read_status(path)
+        status = readable_status(rundir.read_status(path))
         state = shown_state(status)  # engine.runstate: "died" for a live run whose process is gone
         started, updated = status.get("started"), status.get("updated")
         rows.append(
@@ -503,9 +567,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
     for row in rows:
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        duration = (
-            time.strftime("%H:%M:%S", time.gmtime(row["duration_s"])) if row["duration_s"] else "-"
-        )
+        duration = format_hms(row["duration_s"]) if row["duration_s"] else "-"
         step = f"{row['step']}/{row['total_steps'] or '?'}"
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:
@@ -513,6 +575,52 @@ def cmd_runs(args: argparse.Namespace) -> int:
         if row["last_checkpoint"] and row["state"] not in ("finished", "running", "paused"):
             print(f"          last checkpoint: {row['last_checkpoint']}")
     return 0
+
+
+# status.json is a file anyone can edit: each field `finetty runs` shows, and its type.
+STATUS_FIELDS = {
+    "state": str,
+    "phase": str,
+    "pid": int,
+    "step": int,
+    "total_steps": int,
+    "best_loss": float,
+    "started": float,
+    "updated": float,
+    "error": str,
+    "last_checkpoint": str,
+}
+
+
+def readable_status(status: object) -> dict[str, object]:
+    """The fields of a status.json that have the type `finetty runs` expects; any other value
+    (a string pid, a NaN loss, a list) is dropped, so that one damaged file cannot stop the list."""
+    import math
+
+    if not isinstance(status, dict):
+        return {}
+    clean: dict[str, object] = {}
+    for key, kind in STATUS_FIELDS.items():
+        value = status.get(key)
+        if isinstance(value, bool) or value is None:
+            continue
+        if (kind is str and isinstance(value, str)) or (
+            kind is int and isinstance(value, int) and 0 <= value < 2**63
+        ):
+            clean[key] = value
+        elif kind is float and isinstance(value, int | float) and math.isfinite(value):
+            clean[key] = float(value)
+    if not 0 < int(clean.get("pid", 0)) < 2**22:  # Linux's pid_max: anything else is no pid
+        clean.pop("pid", None)
+    return clean
+
+
+def format_hms(seconds: float) -> str:
+    """H:MM:SS for any length (time.strftime wraps at a day and overflows on huge values)."""
+    if seconds < 0:
+        return "-"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

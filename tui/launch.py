@@ -1,8 +1,9 @@
 """`finetty train PRESET --gpus N`: one process per GPU under torchrun.
 
 The launcher does not train. It makes the run directory (so that it knows what to watch), starts
-`python -m torch.distributed.run ... -m tui.cli train ... --into RUN_DIR` in a session of its
-own, and then either follows it in the terminal (headless) or opens the dashboard on the run
+`python -m torch.distributed.run ... -m tui.cli train ...` in a session of its own (the run
+directory goes to rank 0 through the environment, engine.runlock.launch_env), and then either
+follows it in the terminal (headless) or opens the dashboard on the run
 directory (TUI). Started in its own session, the job outlives the TUI and the SSH connection,
 and Ctrl+C reaches only the launcher, which turns it into one SIGTERM: torchrun forwards that to
 every rank, and rank 0 checkpoints and stops the whole job between two steps.
@@ -61,8 +62,6 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PORT",
         help=f"port on node 0 (default {DEFAULT_MASTER_PORT})",
     )
-    # Internal: the launcher hands every rank the run directory it made.
-    group.add_argument("--into", help=argparse.SUPPRESS)
 
 
 def plan_launch(args: argparse.Namespace, *, use_cpu: bool, visible_gpus: int) -> LaunchPlan | None:
@@ -152,15 +151,16 @@ def worker_arguments(args: argparse.Namespace, run_dir: Path | None) -> list[str
         out += ["--run-dir", args.run_dir]
     if args.resume:
         out += ["--resume", str(run_dir or args.resume)]
-    elif run_dir is not None:
-        out += ["--into", str(run_dir)]
     if args.json:
         out.append("--json")
     return out
 
 
-def start_job(command: list[str], log_path: Path | None) -> subprocess.Popen:
-    """torchrun in a new session: no terminal signal or hang-up reaches it directly."""
+def start_job(
+    command: list[str], log_path: Path | None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """torchrun in a new session: no terminal signal or hang-up reaches it directly.
+    ``env``: extra variables (the run directory hand-over of engine.runlock.launch_env)."""
     output = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
@@ -170,7 +170,7 @@ def start_job(command: list[str], log_path: Path | None) -> subprocess.Popen:
             stdout=output,
             stderr=output,
             cwd=os.getcwd(),
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
     finally:
         if output is not None:

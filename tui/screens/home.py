@@ -6,6 +6,7 @@ the app decides where each goes (dashboard, wizard, review).
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +21,7 @@ from textual.widgets import Button, DataTable, Footer, Static
 
 from engine import units
 from engine.presets import list_presets
-from engine.rundir import all_runs, read_status, runs_root
+from engine.rundir import all_runs, never_trained, read_status, runs_root
 from engine.runstate import LIVE_WORDS, shown_state
 
 LIVE_STATES = LIVE_WORDS  # status.json words of a run whose process should be alive
@@ -174,7 +175,9 @@ class HomeScreen(Screen):
         table.add_column("run", width=room)
         for label, width in RUN_COLUMNS:
             table.add_column(label, width=width)
-        for run_dir in all_runs(self.root)[:MAX_RUNS]:
+        # A run that ended before its first step (its error was shown then) is not listed.
+        trained = (run for run in all_runs(self.root) if not never_trained(run))
+        for run_dir in itertools.islice(trained, MAX_RUNS):
             name, *rest = run_row(run_dir)
             name = name if len(name) <= room else name[: room - 1] + "…"
             table.add_row(name, *rest, key=str(run_dir))
