@@ -126,3 +126,15 @@ def test_adapter_with_an_edited_rank_is_a_short_message(
     flat = " ".join(err.split())
     assert "does not fit the model" in flat and "size mismatch" in flat
     assert "adapter_config.json" in flat
+
+
+def test_the_repl_shows_each_loading_stage(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # nothing to say: the REPL ends at once
+    assert main(["chat", str(tiny_model_dir), "--no-tui"]) == 0
+    err = capsys.readouterr().err
+    assert f"loading {tiny_model_dir}" in err and "on the cpu..." in err
+    assert "model ready (" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,8 +16,9 @@ def chat_repl(args: argparse.Namespace, target: ChatTarget) -> int:
     from engine.generate import stream_reply
     from engine.inference import load_chat_model
 
-    print("loading model...", file=sys.stderr)
-    chat = load_chat_model(target)
+    started = time.monotonic()
+    chat = load_chat_model(target, progress=lambda stage: print(f"{stage}...", file=sys.stderr))
+    print(f"model ready ({time.monotonic() - started:.0f}s)", file=sys.stderr)
     print(
         f"chatting with {chat.description}; an empty line or Ctrl+D quits, /reset clears.",
         file=sys.stderr,

@@ -27,7 +27,7 @@ from pathlib import Path
 from engine.export.files import Progress, no_progress
 
 FAULT_ENV = "FINETTY_TEST_FAULT"
-FAULT_POINTS = ("llama-verify", "llama-quantize", "merged-save", "gguf-write")
+FAULT_POINTS = ("llama-verify", "llama-quantize", "merged-save")
 # What a signal that ends a child usually means, for the message.
 SIGNAL_MEANINGS = {
     signal.SIGSEGV: "an invalid memory access in native code",
