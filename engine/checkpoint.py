@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RunDirError, TrainingError, is_blocked_pickle
+from engine.errors import RunDirError, TrainingError, weights_only_refusal
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"
@@ -359,13 +359,8 @@ def read_torch_file(file: Path) -> Any:
     except FileNotFoundError:
         raise RunDirError(f"{file} is missing.", hint=_EARLIER) from None
     except pickle.UnpicklingError as exc:
-        if is_blocked_pickle(exc):
-            raise RunDirError(
-                f"{file} holds pickled Python objects other than tensors; finetty does not load "
-                "them, since unpickling them can run code. finetty never writes such a file.",
-                hint=_EARLIER,
-            ) from None
-        raise RunDirError(f"{file} is damaged ({describe_os_error(exc)}).", hint=_EARLIER) from None
+        refused = weights_only_refusal(exc) or "is damaged: it does not unpickle"
+        raise RunDirError(f"{file} {refused}.", hint=_EARLIER) from None
     except EOFError:
         raise RunDirError(f"{file} is truncated (it ends early).", hint=_EARLIER) from None
     except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:

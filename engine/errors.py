@@ -89,17 +89,16 @@ class OutOfMemoryError(TrainingError):
     default_title = "Out of memory"
 
 
-def is_blocked_pickle(exc: BaseException) -> bool:
-    """Whether ``exc`` is torch.load refusing a pickle that holds more than tensors and plain
-    data. Its own message suggests ``weights_only=False``, which would run that pickle's code:
-    callers replace the message rather than show it."""
+def weights_only_refusal(exc: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused, in words that follow a file's name; None
+    when ``exc`` is no such refusal. torch's own text advises ``weights_only=False``, which would
+    run the pickle's code, so callers show this instead of it."""
     text = str(exc)
-class NoTerminalError(FinettyError):
-    """A full-screen command was started without a terminal (a pipe, a file, /dev/null)."""
-
-    exit_code = EXIT_BAD_INPUT
-    kind = "no_terminal"
-    default_title = "This needs a terminal"
-
-
-    return "Weights only load failed" in text or "Unsupported global" in text
+    if "unsupported global" in text.lower():
+        return (
+            "holds pickled Python objects other than tensors; finetty never unpickles those, "
+            "since loading them can run code"
+        )
+    if "Weights only load failed" in text:
+        return "is damaged: its data is not what torch.save writes"
+    return None

@@ -233,14 +233,14 @@ def _bnb_config(bits: int, quant_type: str, double_quant: bool, dtype: Any):
 
 
 def _load_error(what: str, source: ModelSource, exc: Exception) -> ModelLoadError:
-    from engine.errors import is_blocked_pickle
+    from engine.errors import weights_only_refusal
 
-    if is_blocked_pickle(exc):
+    refused = weights_only_refusal(exc)
+    if refused is not None:
         # torch's own text advises weights_only=False, which would run the pickle's code.
         return ModelLoadError(
-            f"Cannot load the {what} from '{source.display}': its pickle (.bin/.pt) weights hold "
-            "Python objects other than tensors, and finetty never unpickles those (they can run "
-            "code when loaded), even with model.allow_pickle_weights: true.",
+            f"Cannot load the {what} from '{source.display}': its pickle (.bin/.pt) weights "
+            f"file {refused} (even with model.allow_pickle_weights: true).",
             hint="Use a copy of the model saved as safetensors, or convert these weights to "
             "safetensors on a machine you trust (load them there, then save_pretrained).",
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +179,8 @@ DAMAGE = {
     "truncated scheduler": ("scheduler.pt", _truncate(0.3), "truncated"),
     "truncated rng": ("rng.pt", _truncate(0.5), "truncated"),
     "rng: a blocked pickle": ("rng.pt", _blocked_pickle, "can run code"),
+    "optimizer: ten zero bytes": ("optimizer.pt", _write(b"\0" * 10), "damaged"),
+    "rng: a plain pickle": ("rng.pt", _write(pickle.dumps({"torch": [1, 2]})), "damaged"),
     "rng: wrong tensor": ("rng.pt", None, "not a torch random state"),
     "python rng `{`": ("rng_python.json", _write("{"), "not valid JSON"),
     "python rng: wrong shape": ("rng_python.json", _write("[3, [1, 2], null]"), "random state"),
@@ -231,7 +234,8 @@ def test_a_damaged_checkpoint_is_refused_by_name_before_anything_is_applied(
         )
     message = caught.value.message
     assert str(folder / name) in message and DAMAGE[kind][2] in message, message
-    assert "weights_only" not in str(caught.value)  # never the unsafe way round a blocked pickle
+    assert "weights_only" not in str(caught.value)  # never torch's unsafe way round its refusal
+    assert "can run code" not in message or "blocked" in kind
     assert caught.value.hint and caught.value.exit_code == 2
     assert bool((model.weight == 7.0).all())
 
