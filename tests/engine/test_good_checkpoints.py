@@ -126,6 +126,27 @@ def test_a_checkpoint_with_non_finite_tensors_is_never_written(tmp_path: Path, p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
 
 
+def test_a_final_model_with_non_finite_weights_is_never_written(
+    make_preset, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = Run(make_preset(), RecordingSink(), runs_root=tmp_path)
+    try:
+        run.tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        with torch.no_grad():
+            model.model.norm.weight[3] = float("inf")
+        with pytest.raises(TrainingError, match="final model") as caught:
+            run._write_final(model)
+    finally:
+        run.dir_sink.close()
+        if getattr(run, "lock", None) is not None:
+            run.lock.release()
+    assert "model.norm.weight" in caught.value.message
+    assert not (run.run_dir / "final").exists() and not (run.run_dir / ".tmp-final").exists()
+
+
 # -- damaged checkpoints --------------------------------------------------------------------------
 
 
