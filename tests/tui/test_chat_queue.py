@@ -132,3 +132,16 @@ def test_closing_a_real_reply_stream_stops_the_model(tiny_model_dir: Path) -> No
     time.sleep(0.3)
     assert calls == stopped_at  # nothing runs after close() returned
     assert not any(t.name == "finetty-generate" for t in threading.enumerate())
+
+
+async def test_leaving_while_waiting_for_training_to_pause_leaves_at_once(wait_for) -> None:
+    gate = threading.Event()  # training never pauses in this test
+    app = SceneApp(lambda: ChatScreen(lambda *a: iter(["late"]), description="stub", gate=gate))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await type_and_send(pilot, "hi")
+        await pilot.pause()
+        assert screen.busy
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is not screen, timeout=3)
+        assert screen.history["tuned"] == []

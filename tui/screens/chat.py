@@ -272,7 +272,8 @@ class ChatScreen(Screen[None]):
         self, conversations: dict[str, list[dict[str, str]]], s: GenerationSettings
     ) -> None:
         if self.gate is not None:
-            self.gate.wait()
+            while not self.gate.wait(0.1) and not self.cancel.is_set():
+                pass  # training has not paused yet; leaving meanwhile cancels the wait too
         assert self.reply_stream is not None  # noqa: S101 - checked before starting
         for column, messages in conversations.items():
             if self.cancel.is_set():
