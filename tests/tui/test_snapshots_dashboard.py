@@ -1,6 +1,5 @@
 """Snapshots at 80×24 of the run screens, from the same scenes as screenshots/: the recorded demo
-run replayed (tests/data/demo_run), and made-up events where a screen needs what the recording
-lacks (a GPU, an export)."""
+runs replayed (tests/data/demo_run*), and a scripted exporter for the export dialog."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.tui.scenes.run_screens import ask, chat_scene, dashboard_scene, finished_scene
-from tests.tui.scenes.synthetic import demo_events, export_scene, make_run_dir
+from tests.tui.scenes.run_screens import ask, chat_scene, dashboard_scene, finished_scene, gpu_scene
+from tests.tui.scenes.synthetic import export_scene, make_run_dir
 
 
 def test_dashboard_mid_run(snap_compare) -> None:
@@ -21,7 +20,7 @@ def test_dashboard_finished(snap_compare) -> None:
 
 
 def test_dashboard_on_a_gpu(snap_compare) -> None:
-    assert snap_compare(dashboard_scene(demo_events(gpus=1)), terminal_size=(80, 24))
+    assert snap_compare(gpu_scene(), terminal_size=(80, 24))
 
 
 def test_chat_side_by_side(snap_compare) -> None:

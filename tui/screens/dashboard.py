@@ -101,6 +101,7 @@ class DashboardScreen(Screen[None]):
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
         self.progress: Progress | None = None  # of an evaluation, while one runs
+        self.progress_ended = 0.0  # time of the last step or state change, which ends one
         self.exact: dict[str, ExactMatch] = {}
         self.failure: Failed | None = None
         self.quitting = False
@@ -213,10 +214,15 @@ class DashboardScreen(Screen[None]):
         resumes = len(self.run_state.resumes)
         self.run_state.apply(event)
         log.add_event(event)
-        if isinstance(event, Progress):  # an evaluation's count replaces the steps' for now
-            self.progress = event
+        # An evaluation's count replaces the steps' for now. The bridge hands a drain's gauges
+        # over after its series events, so a count sent before the step or state change that
+        # ended it can arrive after them: such a count is over already.
+        if isinstance(event, Progress):
+            if event.time > self.progress_ended:
+                self.progress = event
         elif isinstance(event, Step) or event.type == "state":
             self.progress = None
+            self.progress_ended = max(self.progress_ended, event.time)
         if isinstance(event, Step):
             self.last_step = event
             chart.add_step(event.step, event.loss, event.learning_rate)

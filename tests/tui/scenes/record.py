@@ -1,11 +1,13 @@
 """Records tests/data/demo_run, the run that the screenshots and run-screen snapshots replay.
 
-    .venv/bin/python -m tests.tui.scenes.record            # trains the demo: ~4 min on 2 cores
+    .venv/bin/python -m tests.tui.scenes.record            # trains the demo (minutes on a CPU)
     .venv/bin/python -m tests.tui.scenes.record --run DIR  # records a finished demo run instead
+    python3 -m tests.tui.scenes.record --events-only --out tests/data/demo_run_gpu  # on a GPU box
 
 1. Trains the demo preset headless in a temporary folder, with the command a user types:
    ``finetty train smollm2-demo --no-tui --run-dir runs`` (real training of the embedded
-   SmolLM2-135M on the CPU). The script lowers its own priority (nice 10) first.
+   SmolLM2-135M, on the CPU where CUDA_VISIBLE_DEVICES hides the GPUs). The script lowers its
+   own priority (nice 10) first.
 2. Copies the run's events.jsonl to tests/data/demo_run/ as the engine wrote it.
 3. Loads the finished run as ``finetty chat RUN`` does and records what the chat pane answers
    with its default settings (greedy, 256 new tokens at most) to held-out prompts of the
@@ -38,9 +40,10 @@ def train(work: Path) -> Path:
     """Runs the demo preset headless under ``work``; returns the run directory (relative)."""
     env = {**os.environ, "TZ": "UTC", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("FINETTY_RUNS", None)
-    finetty = Path(sys.executable).with_name("finetty")
-    command = [str(finetty), "train", PRESET, "--no-tui", "--run-dir", "runs"]
-    print("recording:", " ".join(command), flush=True)
+    # `finetty` is tui.cli's entry point; -m runs the same code where the package is not installed.
+    command = [sys.executable, "-m", "tui.cli", "train", PRESET, "--no-tui", "--run-dir", "runs"]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    print("recording: finetty", " ".join(command[3:]), flush=True)
     subprocess.run(command, cwd=work, env=env, check=True)
     (run_dir,) = (work / "runs" / PRESET).iterdir()
     return run_dir.relative_to(work)
@@ -97,7 +100,12 @@ def record_chat(run_dir: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a finished smollm2-demo run to record instead")
+    parser.add_argument("--events-only", action="store_true", help="record no chat replies")
+    parser.add_argument(
+        "--out", type=Path, default=FIXTURE, help=f"where to write (default {FIXTURE})"
+    )
     args = parser.parse_args()
+    out = args.out.resolve()  # before the chdir below
     os.nice(10)  # real training on a shared box: give way to everything else
     os.environ.update(TZ="UTC", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     if args.run is not None:
@@ -109,11 +117,14 @@ def main() -> None:
         run_dir = train(work)
     os.chdir(work)  # the run's paths are relative to its folder, as the screens show them
     finished(run_dir)
-    chat = record_chat(run_dir)
-    FIXTURE.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "events.jsonl", EVENTS)
-    CHAT.write_text(json.dumps(chat, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {EVENTS.relative_to(REPO)} and {CHAT.relative_to(REPO)} from {work / run_dir}")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "events.jsonl", out / EVENTS.name)
+    print(f"wrote {out / EVENTS.name} from {work / run_dir}", flush=True)
+    if not args.events_only:
+        chat = record_chat(run_dir)
+        text = json.dumps(chat, indent=2, ensure_ascii=False) + "\n"
+        (out / CHAT.name).write_text(text, encoding="utf-8")
+        print(f"wrote {out / CHAT.name}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The recorded demo run that the screenshots and the run-screen snapshots replay.
+"""The recorded demo runs that the screenshots and the run-screen snapshots replay.
 
 tests/data/demo_run/ holds what ``python -m tests.tui.scenes.record`` wrote from a real
 ``finetty train smollm2-demo`` on a CPU: the run's events.jsonl as the engine wrote it, and
-chat.json with the chat pane's greedy replies from the run's base and tuned models. Nothing here
+chat.json with the chat pane's greedy replies from the run's base and tuned models.
+tests/data/demo_run_gpu/ holds the events of the same command on a GPU (``--events-only``). Nothing here
 makes up a number or a reply: a scene shows a prefix of the recorded events (what the live
 dashboard showed at that moment) or a recorded reply, and a prompt that was not recorded is an
 error rather than an invented answer.
@@ -20,21 +21,22 @@ from typing import Any
 from engine.events import CheckpointSaved, Event, Step, event_from_dict
 
 FIXTURE = Path(__file__).resolve().parents[2] / "data" / "demo_run"
+GPU_FIXTURE = FIXTURE.with_name("demo_run_gpu")
 EVENTS = FIXTURE / "events.jsonl"
 CHAT = FIXTURE / "chat.json"
 
 
 @cache
-def recorded_events() -> tuple[Event, ...]:
-    """Every event of the recorded run, in the order the engine wrote them."""
-    lines = EVENTS.read_text(encoding="utf-8").splitlines()
+def recorded_events(fixture: Path = FIXTURE) -> tuple[Event, ...]:
+    """Every event of a recorded run, in the order the engine wrote them."""
+    lines = (fixture / EVENTS.name).read_text(encoding="utf-8").splitlines()
     return tuple(event_from_dict(json.loads(line)) for line in lines if line.strip())
 
 
-def live_until(step: int) -> list[Event]:
+def live_until(step: int, fixture: Path = FIXTURE) -> list[Event]:
     """The events the dashboard had received when the run had just finished ``step``: every
     event up to that step's, and the periodic ones (hardware, log) written before the next step."""
-    events = list(recorded_events())
+    events = list(recorded_events(fixture))
     for index, event in enumerate(events):
         if isinstance(event, Step) and event.step == step:
             for end in range(index + 1, len(events)):
@@ -47,6 +49,7 @@ def live_until(step: int) -> list[Event]:
 @dataclass(frozen=True)
 class Exchange:
     prompt: str
+    expected: str  # the built-in dataset's answer
     base: str
     tuned: str
 

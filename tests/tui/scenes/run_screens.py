@@ -2,7 +2,7 @@
 
     python -m tests.tui.scenes.run_screens [OUT_DIR]
 
-Each scene replays the recorded demo run (tests/data/demo_run, see recorded.py) into the real
+Each scene replays a recorded demo run (tests/data/demo_run*, see recorded.py) into the real
 screens: the dashboard gets the events the engine wrote, up to a step for the live view or all of
 them for the finished run, and the chat pane answers with the replies the run's base and tuned
 models gave to the recorded prompts.
@@ -24,11 +24,11 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 
 from engine.events import Event, RunStarted
-from tests.tui.scenes.recorded import live_until, recorded_chat, recorded_events
+from tests.tui.scenes.recorded import GPU_FIXTURE, live_until, recorded_chat, recorded_events
 from tui.bridge import UiBridge
 
 CSS = Path(__file__).resolve().parents[3] / "tui" / "app.tcss"
-LIVE_STEP = 40  # the live dashboard: two thirds in, just after the step-40 checkpoint
+LIVE_STEP = 36  # the live dashboard: past half way, between the checkpoints at 20 and 40
 
 
 class RecordingControl:
@@ -74,6 +74,11 @@ def dashboard_scene(events: list[Event] | None = None, control: object | None = 
 def finished_scene() -> SceneApp:
     """The dashboard when the recorded run had finished: every event it wrote."""
     return dashboard_scene(list(recorded_events()))
+
+
+def gpu_scene() -> SceneApp:
+    """The live dashboard of the same demo recorded on a GPU, at step LIVE_STEP."""
+    return dashboard_scene(live_until(LIVE_STEP, GPU_FIXTURE))
 
 
 def chat_scene(compare: bool = True) -> SceneApp:
@@ -126,6 +131,7 @@ def scenes() -> list[tuple[str, Callable[[], SceneApp], Callable | None]]:
     return [
         ("dashboard", dashboard_scene, None),
         ("dashboard-finished", finished_scene, None),
+        ("dashboard-gpu", gpu_scene, None),
         ("chat", chat_scene, ask),
         ("help", dashboard_scene, lambda pilot: pilot.press("question_mark")),
     ]

@@ -50,7 +50,9 @@ def make_fake_runs(root: Path) -> Path:
     for age, (name, stamp, status) in enumerate(FAKE_RUNS):
         run_dir = runs / name / stamp
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "events.jsonl").write_text("", encoding="utf-8")
+        # A run_started line: the home screen skips runs that never started training.
+        started = {"type": "run_started", "v": 1, "name": name, "run_dir": str(run_dir)}
+        (run_dir / "events.jsonl").write_text(json.dumps(started) + "\n", encoding="utf-8")
         (run_dir / "status.json").write_text(json.dumps({"name": name, **status}), encoding="utf-8")
         stamp_time = 1_800_000_000 - age * 3600  # newest first, whatever the clock says
         os.utime(run_dir / "events.jsonl", (stamp_time, stamp_time))
