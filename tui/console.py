@@ -73,6 +73,7 @@ class ConsoleReporter:
         self.failed: Failed | None = None
         self.progress: Progress | None = None
         self._progress_printed: float | None = None
+        self.event_span: tuple[float, float] | None = None  # first and newest event times
 
     def __enter__(self) -> ConsoleReporter:
         if self.live_mode:
@@ -111,6 +112,8 @@ class ConsoleReporter:
 
     def _record(self, event: Event) -> None:
         self.run_state.apply(event)
+        first, newest = self.event_span or (event.time, event.time)
+        self.event_span = (first, max(event.time, newest))
         if isinstance(event, Progress):
             self.progress = event
         elif isinstance(event, StateChanged | Step):
@@ -162,7 +165,10 @@ class ConsoleReporter:
         else:
             bar.add_row(
                 ProgressBar(total=total, completed=done, width=40),
-                Text(f"step {done}/{total}  ETA {duration(step.eta_s if step else None)}"),
+                Text(
+                    f"step {done}/{total}  ETA {duration(step.eta_s if step else None)}"
+                    + ("" if step else f"  elapsed {duration(self._elapsed())}")
+                ),
             )
         parts.append(bar)
         if step:
@@ -183,6 +189,11 @@ class ConsoleReporter:
         for line in self.log:
             parts.append(Text(line, style="dim", overflow="ellipsis", no_wrap=True))
         return Group(*parts)
+
+    def _elapsed(self) -> float | None:
+        """Seconds from the run's first event to its newest (hardware samples come every 2 s):
+        the clock that moves while the model loads, before any step."""
+        return self.event_span[1] - self.event_span[0] if self.event_span else None
 
     # -- results on stdout ---------------------------------------------------------------------
     def print_result(self) -> None:

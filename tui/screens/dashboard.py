@@ -101,6 +101,7 @@ class DashboardScreen(Screen[None]):
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
         self.progress: Progress | None = None  # of an evaluation, while one runs
+        self.event_span: tuple[float, float] | None = None  # first and newest event times
         self.progress_ended = 0.0  # time of the last step or state change, which ends one
         self.exact: dict[str, ExactMatch] = {}
         self.failure: Failed | None = None
@@ -191,7 +192,9 @@ class DashboardScreen(Screen[None]):
             self.query_one(ThroughputPanel).show(self.last_step)
         if HardwareSample in kinds:
             self.query_one(HardwarePanel).show()
-        if kinds - {HardwareSample, LogLine, Eval, CheckpointSaved}:
+        # Before the first step (loading, evaluating) the hardware samples, every 2 s, move the
+        # elapsed clock: the header never sits still while the model loads.
+        if kinds - {HardwareSample, LogLine, Eval, CheckpointSaved} or self.last_step is None:
             self._paint_header()
         if ExactMatch in kinds:
             self._paint_results()
@@ -214,6 +217,8 @@ class DashboardScreen(Screen[None]):
         resumes = len(self.run_state.resumes)
         self.run_state.apply(event)
         log.add_event(event)
+        first, newest = self.event_span or (event.time, event.time)
+        self.event_span = (first, max(event.time, newest))
         # An evaluation's count replaces the steps' for now. The bridge hands a drain's gauges
         # over after its series events, so a count sent before the step or state change that
         # ended it can arrive after them: such a count is over already.
@@ -289,9 +294,13 @@ class DashboardScreen(Screen[None]):
         epoch = f"epoch {step.epoch:.2f} · " if step else ""
         self.query_one("#progress-label", Static).update(
             f"step {done}/{total or '?'} · {epoch}ETA {duration(step.eta_s if step else None)}"
-            f" · elapsed {duration(step.elapsed_s if step else None)}",
+            f" · elapsed {duration(step.elapsed_s if step else self._elapsed())}",
             layout=False,
         )
+
+    def _elapsed(self) -> float | None:
+        """Seconds from the run's first event to its newest: the clock before the first step."""
+        return self.event_span[1] - self.event_span[0] if self.event_span else None
 
     def _paint_results(self) -> None:
         if not self.exact:
