@@ -25,7 +25,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 
 from tui.messages import ReplyDelta, ReplyDone
-from tui.widgets.chat_log import ChatLog
+from tui.widgets.chat_log import ChatLog, ChatMessage
 
 if TYPE_CHECKING:
     from engine.inference import ChatTarget
@@ -125,6 +125,7 @@ class ChatScreen(Screen[None]):
         self.queued: list[tuple[str, GenerationSettings]] = []
         self.cancel = threading.Event()  # set on leaving: the reply stops at the next token
         self.load_stage, self.load_started = "", 0.0
+        self.loading_line: ChatMessage | None = None  # the note that shows the load's progress
 
     def compose(self) -> ComposeResult:
         yield Static(f"[b]chat[/] · {escape(self.description)}", id="chat-title")
@@ -154,8 +155,7 @@ class ChatScreen(Screen[None]):
         if self.reply_stream is None and self.loader is not None:
             self.pending = {"load": ""}
             self.load_stage, self.load_started = "loading the model", time.monotonic()
-            self.query_one("#tuned", ChatLog).add("note", "loading the model…")
-            self.loading_line = self.query_one("#tuned", ChatLog).children[-1]
+            self.loading_line = self.query_one("#tuned", ChatLog).add("note", "loading the model…")
             self.set_interval(0.5, self.show_loading)
             self.load_model()
 
@@ -165,8 +165,8 @@ class ChatScreen(Screen[None]):
             return
         elapsed = time.monotonic() - self.load_started
         queued = f" · {len(self.queued)} message(s) queued" if self.queued else ""
-        with contextlib.suppress(Exception):  # the line is gone once the log was cleared
-            self.loading_line.update(f"{self.load_stage}… {elapsed:.0f}s{queued}")  # type: ignore[attr-defined]
+        if self.loading_line is not None:  # clearing the log is refused while it loads
+            self.loading_line.replace(f"{self.load_stage}… {elapsed:.0f}s{queued}")
 
     def _stage(self, text: str) -> None:
         self.load_stage = text

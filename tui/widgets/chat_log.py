@@ -30,6 +30,11 @@ class ChatMessage(Static):
         self.text += delta
         self._paint()
 
+    def replace(self, text: str) -> None:
+        """New text for this message (a note that shows a load's stage and clock)."""
+        self.text = text
+        self._paint()
+
     def _paint(self) -> None:
         label = ROLE_LABEL.get(self.role, self.role)
         body = Text()
