@@ -6,9 +6,12 @@ import math
 
 
 def duration(seconds: float | None) -> str:
-    """``45s``, ``2m41s``, ``1h05m``, ``2d03h``; ``--`` when unknown (an ETA not known yet)."""
-    if seconds is None or not math.isfinite(seconds):
+    """``45s``, ``2m41s``, ``1h05m``, ``2d03h``; ``--`` when unknown (an ETA not known yet, or
+    a nonsense figure such as a negative time read from a hand-edited status.json)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < -1:
         return "--"
+    if seconds >= 100_000 * 86400:
+        return ">99999d"
     total = max(0, round(seconds))
     if total < 60:
         return f"{total}s"

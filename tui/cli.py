@@ -539,7 +539,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import rundir, runstate
+    from engine import rundir, runstate, units
     from engine.runstate import shown_state
 
     rows = []
@@ -567,7 +567,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
     for row in rows:
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        duration = format_hms(row["duration_s"]) if row["duration_s"] else "-"
+        duration = units.duration(row["duration_s"]) if row["duration_s"] else "-"
         step = f"{row['step']}/{row['total_steps'] or '?'}"
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:
@@ -613,14 +613,6 @@ def readable_status(status: object) -> dict[str, object]:
     if not 0 < int(clean.get("pid", 0)) < 2**22:  # Linux's pid_max: anything else is no pid
         clean.pop("pid", None)
     return clean
-
-
-def format_hms(seconds: float) -> str:
-    """H:MM:SS for any length (time.strftime wraps at a day and overflows on huge values)."""
-    if seconds < 0:
-        return "-"
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

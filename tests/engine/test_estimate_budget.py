@@ -214,3 +214,34 @@ def test_one_parameter_count_for_the_wizard_the_estimate_and_the_log(tiny_model_
     demo = shape_for("embedded:smollm2-135m-instruct")
     line = trainable_summary(state, demo)
     assert line.startswith("trainable  4.88M of 139M (3.50%)"), line
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, "--"), (float("nan"), "--"), (-5, "--"), (-0.4, "0s"), (0, "0s"), (59.4, "59s"),
+     (161, "2m41s"), (3599, "59m59s"), (3600, "1h00m"), (47 * 3600 + 61, "47h01m"),
+     (49 * 3600, "2d01h"), (1e308, ">99999d")],
+)  # fmt: skip
+def test_one_duration_format(seconds: float | None, text: str) -> None:
+    """Issue 17: one duration appeared in four formats (02:41, 0:02:41, 2m41s, 161 s)."""
+    from engine.units import duration
+
+    assert duration(seconds) == text
+
+
+def test_the_estimate_the_log_and_runs_write_durations_alike(tmp_path: Path) -> None:
+    from engine.events import Finished
+    from engine.rundir import human_line
+
+    preset, _ = load_preset("smollm2-demo")
+    assert "ETA 2m" in format_estimate(estimate_for(preset, None))
+    line = human_line(Finished("finished", 60, {}, {}, 161.0))
+    assert line == "finished at step 60 in 2m41s"
+    run = tmp_path / "smollm2-demo" / "20261204-010101"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60,
+        "total_steps": 60, "started": 1000.0, "updated": 1161.0}))  # fmt: skip
+    (run / "events.jsonl").write_text(Finished("finished", 60, {}, {}, 161.0).to_json() + "\n")
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "runs", "--run-dir", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert " 2m41s " in out, out
