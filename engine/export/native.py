@@ -165,7 +165,8 @@ def _llama_generate(request: dict) -> dict:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["llama-generate"]:
         result = _llama_generate(json.loads(sys.stdin.read()))
-        sys.stdout.write(json.dumps(result))
+        sys.stdout.flush()
+        sys.stdout.write("\n" + json.dumps(result) + "\n")  # the last line is the answer
         return 0
     if argv[:1] == ["llama-quantize"]:  # source target TYPE
         fault_point("llama-quantize")  # before the import, as for llama-generate

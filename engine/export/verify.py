@@ -212,7 +212,12 @@ def verify_llama_cpp(
             )
     if not outcome.ok:
         raise _llama_failure(name, outcome, timeout)
-    result = json.loads(outcome.stdout)
+    result = _answer(outcome.stdout)
+    if result is None:
+        raise VerificationError(
+            f"llama.cpp's check of {name} ended without an answer.",
+            hint=f"Its last output: {outcome.stderr_tail() or outcome.stdout[-300:] or '(none)'}",
+        )
     if "load_error" in result:
         raise VerificationError(f"llama.cpp cannot load {name}: {result['load_error']}")
     if result["tokens"] != ids:
@@ -229,6 +234,16 @@ def verify_llama_cpp(
         f"llama.cpp: loads, same prompt tokens, generated {len(generated)} tokens "
         f"({same}/{min(len(generated), len(expected))} equal to the HF greedy continuation)" + note
     )
+
+
+def _answer(stdout: str) -> dict | None:
+    """The child's JSON answer: its last line (native code may print before it)."""
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    try:
+        answer = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
 
 
 def _llama_child(request: dict, timeout: float, progress: Any, label: str) -> Any:

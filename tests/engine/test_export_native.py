@@ -16,7 +16,7 @@ import pytest
 
 from engine.export import native, verify
 from engine.export.child import export_in_child
-from engine.export.files import ExportError, ExportFailed
+from engine.export.files import ExportError, ExportFailed, VerificationError
 from tests.engine.test_export import make_run
 
 HAS_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is not None
@@ -200,3 +200,17 @@ def test_gguf_export_survives_a_llama_cpp_crash(run_dir: Path, tmp_path: Path) -
     text = clean(result, 1)
     assert "llama.cpp crashed with SIGSEGV" in text
     assert list(tmp_path.iterdir()) == []  # no .partial-*, nothing under the target name
+
+
+def test_llama_cpp_child_without_an_answer_is_a_failed_check(
+    reference, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, tokenizer = reference
+    staging = tmp_path / "x.gguf"
+    staging.write_bytes(b"GGUF")
+    # Native code printing on stdout and exiting 0 without the JSON answer.
+    command = [sys.executable, "-c", "print('ggml_init: something'); print('{broken')"]
+    monkeypatch.setattr(native, "llama_generate_command", lambda: command)
+    with pytest.raises(VerificationError) as caught:
+        verify.verify_llama_cpp(staging, ref, tokenizer)
+    assert "ended without an answer" in caught.value.message
