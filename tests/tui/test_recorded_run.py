@@ -83,6 +83,9 @@ async def test_finished_scene_shows_the_recorded_exact_match() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert app.screen.state == "finished"
+        # The evaluation that ended the run is over: the line reads the steps again.
+        label = str(app.screen.query_one("#progress-label", Static).render())
+        assert label.startswith("step 60/60"), label
         results = str(app.screen.query_one("#results", Static).render())
         assert f"({before.correct}/{before.total})" in results
         assert f"({after.correct}/{after.total})" in results

@@ -225,7 +225,7 @@ class DashboardScreen(Screen[None]):
         if isinstance(event, Progress):
             if event.time > self.progress_ended:
                 self.progress = event
-        elif isinstance(event, Step) or event.type == "state":
+        elif isinstance(event, (Step, Finished, Failed)) or event.type == "state":
             self.progress = None
             self.progress_ended = max(self.progress_ended, event.time)
         if isinstance(event, Step):

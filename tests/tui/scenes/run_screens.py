@@ -11,6 +11,7 @@ models gave to the recorded prompts.
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from textual.app import App
 from textual.pilot import Pilot
@@ -117,12 +119,21 @@ def svg_to_png(svg: str, path: Path) -> None:
     )
 
     def braille(match: re.Match[str]) -> str:
-        text = match.group(0)
+        attrs, text = match.group(1), html.unescape(match.group(2))
         if not _BRAILLE.search(text):
-            return text
-        return text.replace("<text ", '<text style="font-family: DejaVu Sans" ', 1)
+            return match.group(0)
+        # cairosvg ignores textLength, and DejaVu Sans's braille is wider than a cell: a long
+        # run of plot dots would spill past the chart. One element per cell keeps the grid.
+        x = float(re.search(r'\bx="([\d.]+)"', attrs).group(1))
+        cell = float(re.search(r'textLength="([\d.]+)"', attrs).group(1)) / len(text)
+        rest = re.sub(r'\s(?:x|textLength)="[^"]*"', "", attrs)
+        return "".join(
+            f'<text style="font-family: DejaVu Sans" x="{x + i * cell:.1f}"{rest}>{escape(char)}</text>'
+            for i, char in enumerate(text)
+            if not char.isspace() and char != "\u2800"  # blank cells draw nothing
+        )
 
-    svg = re.sub(r"<text [^>]*>[^<]*</text>", braille, svg)
+    svg = re.sub(r"<text( [^>]*)>([^<]*)</text>", braille, svg)
     cairosvg.svg2png(bytestring=svg.encode("utf-8"), write_to=str(path))
 
 
