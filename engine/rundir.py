@@ -129,6 +129,34 @@ def resolve_run(ref: str, root: Path, *, name: str | None = None) -> Path:
     return path
 
 
+def check_resumable(run_dir: Path, *, need_checkpoint: bool = True) -> None:
+    """Refuse a resume before any file of the run is opened: no other process may be training
+    it, it must have a checkpoint (``need_checkpoint``; the resume itself reports it otherwise),
+    and it must not be finished (its final/ is never replaced)."""
+    from engine.checkpoint import complete_checkpoints
+
+    pid = runlock.holder(run_dir)
+    if pid is not None:
+        raise runlock.busy_error(run_dir, pid)
+    if need_checkpoint and not complete_checkpoints(run_dir / "checkpoints"):
+        # A finished or failed run must not turn into a newly failed one.
+        raise RunDirError(
+            f"{run_dir} has no complete checkpoint to resume from.",
+            hint="Start a new run instead (without --resume).",
+        )
+    status = read_status(run_dir)
+    final = run_dir / "final"
+    if final.exists() or (isinstance(status, dict) and status.get("state") == "finished"):
+        raise RunDirError(
+            f"{run_dir} has finished: its final model is in {final}. Resuming would only "
+            "overwrite it.",
+            hint="To train further, start a new run from the trained model: export it with "
+            f"`finetty export {run_dir} --format merged`, then set model.name_or_path to the "
+            "exported folder in a preset (or --set model.name_or_path=FOLDER).",
+            title="Run already finished",
+        )
+
+
 def how_to_finish(run_dir: Path) -> str:
     """What to do about a run that has no final model yet, from what it is doing now."""
     from engine.checkpoint import complete_checkpoints

@@ -162,6 +162,8 @@ def test_resuming_a_finished_run_is_refused_and_final_is_untouched(
     before = snapshot(run.run_dir)
     code = main(["train", "--resume", "latest", "--no-tui", "--run-dir", str(root)])
     refused(code, capsys.readouterr().err, "has finished", str(run.run_dir / "final"), "new run")
+    with pytest.raises(RunDirError, match="has finished"):  # any caller of the engine, too
+        Run(make_preset(), RecordingSink(), resume_dir=run.run_dir)
     assert snapshot(run.run_dir) == before
 
 
