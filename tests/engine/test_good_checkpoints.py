@@ -498,3 +498,22 @@ def test_a_blocked_pickle_in_model_weights_never_suggests_the_unsafe_option(
     error = caught.value
     assert str(folder) in error.message and "can run code" in error.message
     assert "weights_only" not in str(error) and "safetensors" in error.hint
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_diverging_update_on_the_gpu_stops_before_it_is_saved(
+    make_preset, tmp_path: Path, dtype: str
+) -> None:
+    """The GPU's own path: figures read a step late (no host wait per step), bf16 autocast."""
+    preset = _diverging(make_preset, max_steps=6, save_steps=1)
+    preset = preset.model_copy(update={"model": preset.model.model_copy(update={"dtype": dtype})})
+    sink = RecordingSink()
+    result = Run(preset, sink, runs_root=tmp_path).execute()
+    assert result.status == "failed" and result.exit_code == 1, result.error
+    alarms = [a for a in sink.of_type(Alarm) if a.kind == "non_finite"]
+    assert len(alarms) == 1 and f"at step {alarms[0].step}" in result.error.message
+    saved = checkpoint.complete_checkpoints(result.run_dir / "checkpoints")
+    assert all(int(p.name.split("-")[1]) < alarms[0].step for p in saved)
+    assert all(map(_all_finite, saved)) and not (result.run_dir / "final").exists()
