@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +54,28 @@ def prepare_for_training(
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        names = sorted(
-            {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if "." in name}
-        )
+        names = linear_module_names(model)
+        targets = lora.target_modules
+        asked = [targets] if isinstance(targets, str) else list(targets)
+        close = {m for name in asked for m in difflib.get_close_matches(name, names, n=1)}
+        mean = f"Did you mean {', '.join(sorted(close))}? " if close else ""
+        known = f", or linear layers of this model: {', '.join(names)}" if names else ""
         raise ConfigError(
-            f"lora.target_modules: {exc}",
-            hint=f"Use all-linear, or module names of this model, e.g. {', '.join(names[:12])}.",
+            f"lora.target_modules: {exc}", hint=f"{mean}Use all-linear{known}."
         ) from None
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The names LoRA can target (q_proj, ..., lm_head): the last part of each linear layer's
+    path, in model order, once each. Layer numbers ("0", "11") are path parts, never names."""
+    import torch
+
+    names: dict[str, None] = {}
+    for path, module in model.named_modules():
+        leaf = path.rsplit(".", 1)[-1]
+        if isinstance(module, torch.nn.Linear) and leaf and not leaf.isdigit():
+            names.setdefault(leaf)
+    return list(names)
 
 
 def enable_transformers_checkpointing(model: Any) -> None:

@@ -6,13 +6,32 @@ TUI. This module imports no torch: it must stay cheap for ``finetty --help`` and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from engine.terminal_text import first_unprintable
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 BUILTIN_DATASET = "builtin:finetty-skills"
+
+# Upper bounds, so that every value that passes validation also survives the arithmetic done
+# with it later (step counts, schedules, the estimator's float maths, tensor scales).
+MAX_STEPS = 100_000_000
+MAX_EPOCHS = 10_000
+MAX_BATCH = 65_536
+MAX_ROWS = 1_000_000_000
+MAX_LORA_ALPHA = 1e6
+MAX_SEQ_LENGTH = 1_048_576
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
@@ -22,6 +41,33 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _plain_input(cls, value: object, info: ValidationInfo) -> object:
+        # Python counts True as 1: `max_steps: true` would quietly mean one step.
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _numeric(annotation) and not _numeric(annotation, bool):
+                raise PydanticCustomError("bool_not_number", "must be a number, not true or false")
+        # Preset text reaches the screen and log.txt: an escape code there would be obeyed.
+        for text in value if isinstance(value, list) else [value]:
+            found = first_unprintable(text) if isinstance(text, str) else None
+            if found:
+                raise PydanticCustomError(
+                    "control_character",
+                    "holds a control character ({escape} at character {index}); remove it",
+                    {"escape": found[1], "index": found[0] + 1},
+                )
+        return value
+
+
+def _numeric(annotation: object, *kinds: type) -> bool:
+    """Whether a field's type (``int | None``, ``int | Literal["auto"]``...) includes one of
+    ``kinds`` (default: int or float)."""
+    if annotation in (kinds or (int, float)):
+        return True
+    return any(_numeric(arg, *kinds) for arg in get_args(annotation))
 
 
 class ModelSection(Section):
@@ -39,7 +85,7 @@ class ModelSection(Section):
     """4-bit data type."""
     bnb_4bit_use_double_quant: bool = True
     """Quantize the quantization constants too (saves ~0.4 bit per weight)."""
-    max_seq_length: int = Field(2048, ge=16, le=1_048_576)
+    max_seq_length: int = Field(2048, ge=16, le=MAX_SEQ_LENGTH)
     """Longest tokenized example; longer rows are truncated (and counted)."""
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = (
         "auto"
@@ -79,9 +125,9 @@ class DatasetSection(Section):
     """responses: loss on assistant tokens only; all: loss on every token."""
     packing: bool = False
     """Pack several examples into each sequence (attention stays within each example)."""
-    val_size: float = Field(0.0, ge=0)
+    val_size: float = Field(0.0, ge=0, le=MAX_ROWS)
     """Held-out share for evaluation: a fraction below 1, or a number of rows."""
-    max_rows: int | None = Field(None, ge=1)
+    max_rows: int | None = Field(None, ge=1, le=MAX_ROWS)
     """Use at most this many rows (after the split slice)."""
 
     @field_validator("path")
@@ -97,8 +143,9 @@ class DatasetSection(Section):
 class LoraSection(Section):
     r: int = Field(16, ge=1, le=4096)
     """LoRA rank."""
-    lora_alpha: float = Field(16, gt=0)
-    """LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA)."""
+    lora_alpha: float = Field(16, gt=0, le=MAX_LORA_ALPHA)
+    """LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA); at most 1e6
+    (past that the scaled outputs overflow 16-bit and 32-bit floats)."""
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
     target_modules: str | list[str] = "all-linear"
@@ -141,36 +188,36 @@ class TrainingSection(Section):
     """Learning-rate schedule after warm-up."""
     per_device_train_batch_size: int | Literal["auto"] = 8
     """Micro-batch size per device; auto finds the largest that fits and keeps the global batch."""
-    per_device_eval_batch_size: int = Field(8, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1, le=MAX_BATCH)
     """Micro-batch size for evaluation."""
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=MAX_BATCH)
     """Micro-batches per optimizer step."""
-    num_train_epochs: float = Field(1.0, gt=0)
-    """Passes over the training data (ignored when max_steps > 0)."""
-    max_steps: int = Field(-1, ge=-1)
-    """Total optimizer steps; -1 derives them from num_train_epochs."""
+    num_train_epochs: float = Field(1.0, gt=0, le=MAX_EPOCHS)
+    """Passes over the training data, at most 10,000 (ignored when max_steps > 0)."""
+    max_steps: int = Field(-1, ge=-1, le=MAX_STEPS)
+    """Total optimizer steps, at most 100 million; -1 derives them from num_train_epochs."""
     optim: Optim = "adamw_torch"
     """Optimizer; the 8-bit ones need bitsandbytes and CUDA."""
-    weight_decay: float = Field(0.0, ge=0)
-    """Decoupled weight decay."""
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    """Decoupled weight decay, 0 to 1 (each step scales weights by 1 - learning_rate * decay)."""
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    """Gradient clipping norm; 0 disables clipping."""
-    warmup_steps: int = Field(0, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0, le=1)
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6)
+    """Gradient clipping norm, at most 1e6; 0 disables clipping."""
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     """Linear warm-up steps (takes precedence over warmup_ratio)."""
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     """Warm-up as a share of the total steps."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~20-30% more time."""
-    logging_steps: int = Field(1, ge=1)
+    logging_steps: int = Field(1, ge=1, le=MAX_STEPS)
     """Emit a step event every this many optimizer steps."""
-    eval_steps: int | None = Field(None, ge=1)
+    eval_steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     """Evaluate on the validation split every this many steps (and at the end)."""
-    save_steps: int = Field(200, ge=0)
+    save_steps: int = Field(200, ge=0, le=MAX_STEPS)
     """Write a resumable checkpoint every this many steps; 0 only at the end and on stop."""
-    save_total_limit: int | None = Field(3, ge=1)
+    save_total_limit: int | None = Field(3, ge=1, le=MAX_STEPS)
     """Keep only the newest this many checkpoints."""
     seed: int = Field(0, ge=0, lt=2**32)
     """Seed for data order, LoRA initialisation and dropout."""
@@ -203,6 +250,8 @@ class TrainingSection(Section):
     def _batch(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
             raise ValueError("must be at least 1, or auto")
+        if isinstance(value, int) and value > MAX_BATCH:
+            raise ValueError(f"must be at most {MAX_BATCH:,}, or auto")
         return value
 
 
@@ -315,6 +364,35 @@ class Preset(Section):
                 ],
             )
         return self
+
+    def hardware_problems(self, *, cuda: bool) -> list[tuple[tuple[str, ...], str]]:
+        """What this machine cannot run, each at the key to change: (key path, message).
+
+        ``cuda``: whether a CUDA GPU is usable here. The CLI (before a run directory exists),
+        the run itself and the wizard's method step all ask this one function.
+        """
+        problems: list[tuple[tuple[str, ...], str]] = []
+        on_gpu = cuda and not self.training.use_cpu
+        where = "training.use_cpu is true" if cuda else "none is available here"
+        bits = 4 if self.model.load_in_4bit else 8 if self.model.load_in_8bit else None
+        if bits and not on_gpu:
+            key = ("method",) if self.method == "qlora" else ("model", f"load_in_{bits}bit")
+            problems.append(
+                (
+                    key,
+                    f"{bits}-bit loading (QLoRA / load_in_{bits}bit) needs a CUDA GPU, and {where}; "
+                    "use method: lora (or full) with load_in_4bit/load_in_8bit off, or a GPU box",
+                )
+            )
+        if "8bit" in self.training.optim and not on_gpu:
+            problems.append(
+                (
+                    ("training", "optim"),
+                    f"{self.training.optim} needs bitsandbytes on a CUDA GPU, and {where}; "
+                    "use adamw_torch on the CPU",
+                )
+            )
+        return problems
 
     @property
     def quantized(self) -> bool:

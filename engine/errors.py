@@ -7,6 +7,8 @@ to fix it. Front-ends render them (a modal in the TUI, a stderr panel headless) 
 
 from __future__ import annotations
 
+from engine.terminal_text import printable
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -22,10 +24,13 @@ class FinettyError(Exception):
     default_title: str = "finetty error"
 
     def __init__(self, message: str, *, hint: str | None = None, title: str | None = None) -> None:
+        # Messages quote user text (keys, rows, file names): escape codes in it are shown as
+        # text on every screen and in log.txt, never obeyed.
+        message = printable(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
-        self.title = title or self.default_title
+        self.hint = printable(hint) if hint else hint
+        self.title = printable(title or self.default_title)
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\nHint: {self.hint}"
@@ -47,7 +52,7 @@ class ConfigError(FinettyError):
         problems: list[str] | None = None,
     ) -> None:
         super().__init__(message, hint=hint, title=title)
-        self.problems = problems or [message]
+        self.problems = [printable(problem) for problem in problems] if problems else [self.message]
 
 
 class DatasetError(FinettyError):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import embedded
-from engine.errors import ConfigError, ModelLoadError
+from engine.errors import ModelLoadError
 
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow")
 
@@ -113,20 +113,6 @@ def select_attention(requested: str, device: str) -> str:
         if major >= 8 and importlib.util.find_spec("flash_attn") is not None:
             return "flash_attention_2"
     return "sdpa"
-
-
-def check_hardware(*, device: str, quant_bits: int | None, optim: str) -> None:
-    """Refuse combinations this machine cannot run, before anything is loaded."""
-    if device != "cuda" and quant_bits:
-        raise ConfigError(
-            f"{quant_bits}-bit loading (QLoRA / load_in_{quant_bits}bit) needs a CUDA GPU, and none is available here.",
-            hint="Use method: lora (or full) with load_in_4bit/load_in_8bit off, or run on a GPU box.",
-        )
-    if device != "cuda" and "8bit" in optim:
-        raise ConfigError(
-            f"training.optim: {optim} needs bitsandbytes on a CUDA GPU, and none is available here.",
-            hint="Use training.optim: adamw_torch on the CPU.",
-        )
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine.config import Preset
 from engine.errors import ConfigError
+from engine.input_files import regular_file_problem
+from engine.terminal_text import printable
 
 SET_LINE = 0  # in the lines map: the key was set by --set
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -50,12 +52,14 @@ def list_presets() -> list[PresetInfo]:
 
 
 def _description(path: Path) -> str:
+    if regular_file_problem(path):
+        return "(unreadable)"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = load_yaml_text(path.read_text(encoding="utf-8"))[1]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError):
         return "(unreadable)"
     if isinstance(data, dict):
-        return str(data.get("description") or "")
+        return printable(str(data.get("description") or ""))  # shown as is by `finetty presets`
     return "(not a preset)"
 
 
@@ -63,6 +67,9 @@ def find_preset(name_or_path: str) -> Path:
     """A preset by file path, or by name among the user and bundled presets."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        problem = regular_file_problem(path)
+        if problem:
+            raise ConfigError(f"Preset: {problem}.", hint="Give the path of a preset .yaml file.")
         if path.is_file():
             return path
         raise ConfigError(
@@ -99,6 +106,9 @@ def run_config(run_dir: Path) -> Preset:
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     """The mapping in a YAML file, and the line of every key (for error messages)."""
+    problem = regular_file_problem(path)
+    if problem:
+        raise ConfigError(f"{problem}.", hint="Give the path of a preset .yaml file.")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -109,8 +119,9 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror}).") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = load_yaml_text(text)
+    except AliasBombError as exc:
+        raise ConfigError(f"{path}: refused: {exc}.", hint=ALIAS_HINT) from None
     except RecursionError:
         raise ConfigError(
             f"{path}: not valid YAML (nested too deeply).", hint="Check brackets and indentation."
@@ -146,6 +157,67 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return data, lines
 
 
+MAX_YAML_VALUES = 100_000
+"""Most values a preset (or one --set value) may expand to once aliases are followed.
+
+A real preset has about a hundred. Aliases (``*name``) share a node, so nine levels of ten-key
+mappings that alias the level below are 870 bytes of text and 10**9 values in memory."""
+ALIAS_HINT = "Write the values out instead of repeating them through &anchors and *aliases."
+
+
+class AliasBombError(ValueError):
+    """YAML whose aliases expand past MAX_YAML_VALUES values, or refer to themselves."""
+
+
+def load_yaml_text(text: str) -> tuple[yaml.Node | None, Any]:
+    """Parse YAML safely (``safe_load`` types) with aliases bounded; returns (node, data).
+
+    The node graph is composed first (aliases stay shared there, so this is cheap), its
+    expanded size counted, and only then are Python values built from it.
+    """
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is None:
+        return None, None
+    _check_expanded_size(node)
+    return node, yaml.constructor.SafeConstructor().construct_document(node)
+
+
+def _check_expanded_size(root: yaml.Node) -> None:
+    sizes: dict[int, int] = {}  # node id -> values it expands to
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done:
+            open_nodes.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_YAML_VALUES:
+                raise AliasBombError(
+                    f"YAML aliases expand to more than {MAX_YAML_VALUES:,} values "
+                    "(a preset has about a hundred)"
+                )
+            continue
+        if id(node) in open_nodes:
+            raise AliasBombError("a YAML alias refers to the value that contains it")
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        for child in children:
+            if id(child) in open_nodes:
+                raise AliasBombError("a YAML alias refers to the value that contains it")
+            stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
 def _collect_lines(
     node: yaml.Node | None,
     prefix: tuple[str, ...],
@@ -170,8 +242,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
             hint="For example: --set training.learning_rate=1e-4",
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml_text(raw)[1] if raw.strip() else ""
+    except AliasBombError as exc:
+        raise ConfigError(f"--set {key.strip()}: refused: {exc}.", hint=ALIAS_HINT) from None
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: taken as the text typed
         value = raw
     return key.strip().split("."), value
 
@@ -184,12 +258,47 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         target = result
         for key in keys[:-1]:
             child = target.get(key)
-            if not isinstance(child, dict):
+            if not isinstance(child, dict):  # a scalar where a section belongs holds no keys
                 child = {}
                 target[key] = child
             target = child
-        target[keys[-1]] = value
+        if _is_section(keys) and not isinstance(value, dict):
+            example = next(iter(_section_model(keys).model_fields))
+            raise ConfigError(
+                f"--set {item}: {'.'.join(keys)} is a section of keys; "
+                "a single value would replace the whole section.",
+                hint=f"Set one key inside it, e.g. --set {'.'.join(keys)}.{example}=...",
+            )
+        current = target.get(keys[-1])
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge_into(current, value)  # the section's other keys stay as the preset set them
+        else:
+            target[keys[-1]] = value
     return result
+
+
+def _merge_into(target: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        else:
+            target[key] = value
+
+
+def _section_model(keys: list[str]) -> type[BaseModel] | None:
+    """The schema section that ``keys`` names (e.g. ["training"]), or None for a plain key."""
+    model: type[BaseModel] = Preset
+    for part in keys:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _is_section(keys: list[str]) -> bool:
+    return _section_model(keys) is not None
 
 
 def _deep_copy(data: Any) -> Any:
@@ -211,6 +320,26 @@ def validate(data: dict[str, Any], *, source: str = "preset", lines: dict | None
             hint="Fix the keys above; `finetty presets` lists working examples.",
             problems=problems,
         ) from None
+
+
+def hardware_problems(preset: Preset, *, cuda: bool, source: str = "preset") -> list[str]:
+    """``Preset.hardware_problems`` worded as validation words its problems (``SOURCE KEY: ...``)."""
+    return [
+        f"{source} {'.'.join(key)}: {message}"
+        for key, message in preset.hardware_problems(cuda=cuda)
+    ]
+
+
+def check_hardware(preset: Preset, *, cuda: bool, source: str = "preset") -> None:
+    """Refuse, before anything is created or loaded, what this machine cannot run."""
+    problems = hardware_problems(preset, cuda=cuda, source=source)
+    if problems:
+        raise ConfigError(
+            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''} on this machine:\n"
+            + "\n".join(f"  - {problem}" for problem in problems),
+            hint="Change the keys above, or run on a machine with a CUDA GPU.",
+            problems=problems,
+        )
 
 
 def _describe(error: dict[str, Any], source: str, lines: dict[tuple[str, ...], int]) -> str:

@@ -123,8 +123,6 @@ class Run:
         if resume_dir is not None:
             self.run_dir = resume_dir
             if self.rank == 0:
-                # For every caller, not only the CLI: a finished run is never trained again.
-                rundir.check_resumable(resume_dir, need_checkpoint=False)
                 self.lock = runlock.acquire(resume_dir)
         elif self.rank != 0:
             self.run_dir = new_run_dir or Path(os.devnull)  # never written by this rank
@@ -354,6 +352,7 @@ class Run:
         from engine import models
         from engine.adapters import LoraSettings, prepare_for_training
         from engine.data import prepare_dataset
+        from engine.presets import check_hardware
         from engine.trainer import Trainer, TrainSettings
 
         p = self.preset
@@ -364,7 +363,7 @@ class Run:
             # Rank 0 made (or was given) the run directory; a sharded checkpoint needs it on all.
             self.run_dir = Path(distributed.broadcast(str(self.run_dir), self.dist))
         quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
-        models.check_hardware(device=device, quant_bits=quant_bits, optim=p.training.optim)
+        check_hardware(p, cuda=device == "cuda")  # the CLI asked already; API callers too
         source = models.resolve_source(
             p.model.name_or_path, allow_pickle=p.model.allow_pickle_weights
         )
@@ -383,11 +382,7 @@ class Run:
         self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
         from engine.data import load_records
 
-        records = (
-            builtin_data.records("train")
-            if builtin
-            else load_records(p.dataset.path, p.dataset.split)
-        )
+        records = load_records(p.dataset.path, p.dataset.split)  # builtin: its split checked
         self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
         loaded = models.load_model(
             source,

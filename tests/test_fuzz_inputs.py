@@ -243,7 +243,7 @@ def test_preset_cases(tmp_path: Path, runs: Path, capsys, no_run, text: str, fra
     ("argv", "fragment"),
     [
         (["train", "{tmp}/missing.yaml"], "Preset file not found"),
-        (["train", "{tmp}/folder.yaml"], "Preset file not found"),
+        (["train", "{tmp}/folder.yaml"], "is a folder, not a regular file"),
         (["train", "no-such-preset-name"], "No preset named"),
         (["train", "{preset}", "--set", "training.learning_rate=[1"], "training.learning_rate"),
         (["train", "{preset}", "--set", "training.learnin_rate=1"], "--set training.learnin_rate"),

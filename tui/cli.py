@@ -122,7 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     from tui.export_cmd import add_export_parser  # light: argparse/json/time only
 
     add_export_parser(sub)
+    parser.set_defaults(commands=tuple(sub.choices))  # for preset_argument
     return parser
+
+
+def preset_argument(word: str, parser: argparse.ArgumentParser) -> bool:
+    """Whether `finetty WORD` names a preset (a .yaml path, or a bundled or user preset's name)
+    rather than a command: the README promises a name works wherever a path does."""
+    if word.startswith("-") or word in parser.get_default("commands"):
+        return False
+    if word.endswith((".yaml", ".yml")):
+        return True
+    from engine.errors import ConfigError
+    from engine.presets import find_preset
+
+    try:
+        find_preset(word)
+    except ConfigError:
+        return False  # neither: argparse names the commands
+    return True
 
 
 def require_terminal(what: str, instead: str, *, preset: str | None = None) -> None:
@@ -158,8 +176,8 @@ def interactive() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0].endswith((".yaml", ".yml")):
-        # `finetty PRESET.yaml`: the TUI, straight to the review screen of that preset.
+    if argv and preset_argument(argv[0], parser):
+        # `finetty PRESET` (.yaml or name): the TUI, straight to the review screen of that preset.
         try:
             require_terminal(
                 f"`finetty {argv[0]}` opens that preset's review screen",
@@ -241,6 +259,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
+    from engine.models import select_device
+    from engine.presets import check_hardware
+
+    # Once, before any run directory exists; the wizard asks the same function.
+    source = str(resume_dir / "config.yaml") if resume_dir else args.preset
+    check_hardware(preset, cuda=select_device(use_cpu=False) == "cuda", source=source)
     from engine.distributed import launched_distributed, rank_from_env
     from tui.launch import plan_launch, visible_gpu_count
 
@@ -289,13 +313,33 @@ def resume_target(ref: str, preset_ref: str | None, root: Path) -> Path:
     is that preset's newest run, and a run of another preset, or one whose config differs from
     the preset's, is refused (a resumed run keeps its config.yaml).
     """
-    from engine import rundir
-    from engine.errors import ConfigError
+    from engine import rundir, runlock
+    from engine.checkpoint import complete_checkpoints
+    from engine.errors import ConfigError, RunDirError
     from engine.presets import load_preset, run_config
 
     preset = load_preset(preset_ref)[0] if preset_ref else None
     run_dir = rundir.resolve_run(ref, root, name=preset.name if preset else None)
-    rundir.check_resumable(run_dir)
+    pid = runlock.holder(run_dir)
+    if pid is not None:
+        raise runlock.busy_error(run_dir, pid)
+    status = rundir.read_status(run_dir)
+    final = run_dir / "final"
+    if not complete_checkpoints(run_dir / "checkpoints"):
+        # Refuse before opening its files: a finished run must not turn into a failed one.
+        raise RunDirError(
+            f"{run_dir} has no complete checkpoint to resume from.",
+            hint="Start a new run instead (without --resume).",
+        )
+    if final.exists() or (isinstance(status, dict) and status.get("state") == "finished"):
+        raise RunDirError(
+            f"{run_dir} has finished: its final model is in {final}. Resuming would only "
+            "overwrite it.",
+            hint="To train further, start a new run from the trained model: export it with "
+            f"`finetty export {run_dir} --format merged`, then set model.name_or_path to the "
+            "exported folder in a preset (or --set model.name_or_path=FOLDER).",
+            title="Run already finished",
+        )
     if preset is not None:
         differences = config_differences(preset, run_config(run_dir))
         if differences:
@@ -519,7 +563,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import rundir, runstate, units
+    from engine import rundir, runstate
     from engine.runstate import shown_state
 
     rows = []
@@ -547,7 +591,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
     for row in rows:
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        duration = units.duration(row["duration_s"]) if row["duration_s"] else "-"
+        duration = format_hms(row["duration_s"]) if row["duration_s"] else "-"
         step = f"{row['step']}/{row['total_steps'] or '?'}"
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:
@@ -593,6 +637,14 @@ def readable_status(status: object) -> dict[str, object]:
     if not 0 < int(clean.get("pid", 0)) < 2**22:  # Linux's pid_max: anything else is no pid
         clean.pop("pid", None)
     return clean
+
+
+def format_hms(seconds: float) -> str:
+    """H:MM:SS for any length (time.strftime wraps at a day and overflows on huge values)."""
+    if seconds < 0:
+        return "-"
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

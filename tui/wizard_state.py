@@ -19,7 +19,14 @@ import yaml
 from engine.config import Preset
 from engine.data.templates import SPECIAL_NAMES, resolve_chat_template
 from engine.errors import ConfigError, FinettyError
-from engine.presets import find_preset, parse_override, read_yaml, user_presets_dir, validate
+from engine.presets import (
+    find_preset,
+    hardware_problems,
+    parse_override,
+    read_yaml,
+    user_presets_dir,
+    validate,
+)
 
 SOURCE = "preset"
 _PROBLEM = re.compile(rf"^{SOURCE} (\S+): (.*)$", re.DOTALL)
@@ -74,6 +81,7 @@ class WizardState:
     base: dict[str, Any] = field(default_factory=defaults)
     source: Path | None = None  # the preset file it was loaded from or saved to
     texts: dict[str, str] = field(default_factory=dict)
+    cuda: bool | None = None  # whether a CUDA GPU is usable; None: ask this machine
 
     @classmethod
     def from_file(cls, name_or_path: str | Path) -> WizardState:
@@ -114,12 +122,16 @@ class WizardState:
         self.texts[key] = text
 
     def problems(self) -> list[str]:
-        """Every problem, worded as the CLI words it (``preset KEY: message``)."""
+        """Every problem, worded as the CLI words it (``preset KEY: message``), including what
+        this machine cannot run (QLoRA without CUDA), from the function `finetty train` asks."""
         found: list[str] = []
         try:
-            validate(self.data, source=SOURCE)
+            preset = validate(self.data, source=SOURCE)
         except ConfigError as exc:
             found = list(exc.problems)
+        else:
+            cuda = cuda_here() if self.cuda is None else self.cuda
+            found = hardware_problems(preset, cuda=cuda, source=SOURCE)
         template = self.get("dataset.chat_template")
         if isinstance(template, str) and template.strip().lower() not in SPECIAL_NAMES:
             try:
@@ -177,6 +189,13 @@ class WizardState:
         self.source = path
         self.base = preset.model_dump(mode="json")
         self.data = _merge(defaults(), self.base)
+
+
+def cuda_here() -> bool:
+    """Whether the wizard's device (the one its fit line estimates for) is a CUDA GPU."""
+    from tui.screens import wizard_model  # imported late: that screen imports this module
+
+    return wizard_model.device_spec() is not None
 
 
 def save_path(name: str) -> Path:

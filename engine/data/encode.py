@@ -93,16 +93,46 @@ def assistant_spans(
     return spans
 
 
-def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """Token ids and character offsets of ``text``; needs a fast (Rust) tokenizer."""
+def tokenize_with_offsets(
+    tokenizer: Any, text: str, max_length: int | None = None
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of ``text`` (its start, when ``max_length`` is given:
+    see ``tokenize_start``); needs a fast (Rust) tokenizer."""
     if not getattr(tokenizer, "is_fast", False):
         raise DatasetError(
             f"The tokenizer {type(tokenizer).__name__} is not a fast tokenizer, so tokens cannot "
             "be mapped back to characters for assistant-only training.",
             hint="Load the model's fast tokenizer (tokenizer.json), or set train_on: all.",
         )
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenize_start(tokenizer, text, max_length, special=False, offsets=True)
     return list(encoded["input_ids"]), [tuple(pair) for pair in encoded["offset_mapping"]]
+
+
+# A row is cut, by characters, before the tokenizer sees it: a 200 MB row once cost the Rust
+# tokenizer gigabytes (and aborted it). The first cut is generous (8 characters a token, where
+# text averages about 4) and widens until the tokens it gives run GUARD_TOKENS past max_length,
+# so that the tokens kept never come from near the cut, where a word is split.
+CHARS_PER_TOKEN = 8
+GUARD_TOKENS = 16
+
+
+def tokenize_start(
+    tokenizer: Any, text: str, max_length: int | None, *, special: bool, offsets: bool = False
+) -> Any:
+    """The tokenizer's encoding of ``text``, or of a prefix of it whose first ``max_length``
+    tokens are those of the whole text: memory and time grow with max_length, not the row."""
+    kwargs: dict[str, Any] = {"add_special_tokens": special}
+    if offsets:
+        kwargs["return_offsets_mapping"] = True
+    if max_length is None:
+        return tokenizer(text, **kwargs)
+    cut = (max_length + GUARD_TOKENS) * CHARS_PER_TOKEN
+    while cut < len(text):
+        encoded = tokenizer(text[:cut], **kwargs)
+        if len(encoded["input_ids"]) >= max_length + GUARD_TOKENS:
+            return encoded
+        cut *= 4  # few characters a token (long words, CJK, emoji bytes): widen the window
+    return tokenizer(text, **kwargs)
 
 
 def encode_conversation(
@@ -116,11 +146,11 @@ def encode_conversation(
     _check_max_length(max_length)
     full = render(tokenizer, messages, chat_template, generation=False)
     if train_on == "all":
-        ids = list(tokenizer(full, add_special_tokens=False)["input_ids"])
+        ids = list(tokenize_start(tokenizer, full, max_length, special=False)["input_ids"])
         labels = list(ids)
     elif train_on == "responses":
         spans = assistant_spans(tokenizer, messages, chat_template, full)
-        ids, offsets = tokenize_with_offsets(tokenizer, full)
+        ids, offsets = tokenize_with_offsets(tokenizer, full, max_length)
         labels = _label_spans(ids, offsets, spans)
     else:
         raise DatasetError(
@@ -132,7 +162,7 @@ def encode_conversation(
 def encode_text(tokenizer: Any, text: str, max_length: int) -> EncodedExample:
     """Plain text for continued pre-training: the tokenizer's specials (BOS) + eos, all trained."""
     _check_max_length(max_length)
-    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    ids = list(tokenize_start(tokenizer, text, max_length, special=True)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None and (not ids or ids[-1] != eos):
         ids.append(eos)  # so the model learns where a document ends

@@ -17,7 +17,7 @@ from engine.data.encode import (
     encode_conversation,
     encode_text,
 )
-from engine.data.formats import FORMATS, detect_format, to_conversations
+from engine.data.formats import FORMATS, describe_format, detect_format, to_conversations
 from engine.data.sources import display_name, load_records, row_number
 from engine.data.templates import resolve_chat_template
 from engine.errors import DatasetError
@@ -83,6 +83,15 @@ def prepare_dataset(
     elif fmt not in FORMATS:
         raise DatasetError(
             f"Unknown dataset format '{fmt}'.", hint=f"Use auto or one of {', '.join(FORMATS)}."
+        )
+    if fmt == "text" and train_on == "responses":
+        # Plain text has no replies to pick out: training on every token instead would be a
+        # different run from the one asked for, so say so instead.
+        raise DatasetError(
+            f"{display_name(path)}: the rows are {describe_format('text')}, which has no "
+            "assistant replies, but dataset.train_on is responses (loss on replies only).",
+            hint="Set dataset.train_on: all to train on every token, or give chat rows "
+            "(messages, conversations, or instruction/output).",
         )
     conversations = to_conversations(records, fmt, path)
     template = resolve_chat_template(tokenizer, chat_template)

@@ -10,10 +10,14 @@ import csv
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine import builtin_data
+from engine.config import BUILTIN_DATASET
 from engine.errors import DatasetError
+from engine.input_files import regular_file_problem
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth")
@@ -107,7 +111,10 @@ def slice_range(n: int, start: tuple[int, bool] | None, stop: tuple[int, bool] |
 
 
 def load_records(path: str, split: str | None = "train") -> list[dict[str, Any]]:
-    """Rows of a local .jsonl/.json/.csv/.parquet file or a hub dataset, sliced by ``split``."""
+    """Rows of a local .jsonl/.json/.csv/.parquet file, the built-in dataset or a hub dataset,
+    sliced by ``split``."""
+    if path == BUILTIN_DATASET:
+        return _load_builtin(split)
     local = Path(path).expanduser()
     if local.exists():
         return _load_local(local, split)
@@ -120,8 +127,32 @@ def load_records(path: str, split: str | None = "train") -> list[dict[str, Any]]
     )
 
 
+def _load_builtin(split: str | None) -> Records:
+    """The built-in dataset's training rows; its held-out split is the exact-match evaluation's."""
+    rows = builtin_data.records("train")
+    if split is None:
+        return Records(rows, list(range(1, len(rows) + 1)))
+    split_name, start, stop = parse_split(split)
+    if split_name != "train":
+        raise DatasetError(
+            f"{BUILTIN_DATASET} has one split to train on, 'train'; '{split}' was asked for.",
+            hint="Use split: train (or a slice such as train[:100]); its held-out rows are "
+            "kept for the exact-match evaluation.",
+        )
+    return _sliced(
+        BUILTIN_DATASET, Records(rows, list(range(1, len(rows) + 1))), start, stop, split
+    )
+
+
 def _load_local(path: Path, split: str | None) -> Records:
     name = path.name
+    problem = regular_file_problem(path)
+    if problem and not path.is_dir():  # a folder gets its own message below
+        raise DatasetError(
+            f"dataset.path: {problem}.",
+            hint="Point dataset.path at a .jsonl/.json/.csv/.parquet file (copy the output of "
+            "a pipe or a device into a file first).",
+        )
     if path.is_dir():
         if any((path / marker).exists() for marker in ("config.json", "model.safetensors")):
             raise DatasetError(
@@ -153,14 +184,14 @@ def _load_local(path: Path, split: str | None) -> Records:
                 hint="Use split: train (or a slice such as train[90%:]); "
                 "for a validation set, use val_size.",
             )
+    if suffix == ".jsonl":
+        return _parse_jsonl(name, path, start, stop)
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     if not data.strip():
-        raise DatasetError(f"{name} is empty.", hint="Point dataset.path at a file with rows.")
-    if suffix == ".jsonl":
-        return _parse_jsonl(name, data, start, stop)
+        raise _empty(name)
     if suffix == ".parquet":
         rows, numbers = _parse_parquet(name, path)
     else:
@@ -192,25 +223,47 @@ def _decode(name: str, data: bytes) -> str:
         ) from exc
 
 
-def _parse_jsonl(name: str, data: bytes, start: Any, stop: Any) -> Records:
-    # Slice on raw lines first so a 100k-row file sliced to 1000 parses only 1000 rows.
-    lines: list[tuple[int, int, bytes]] = []
+def _empty(name: str) -> DatasetError:
+    return DatasetError(f"{name} is empty.", hint="Point dataset.path at a file with rows.")
+
+
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset, bytes) of each line, read one line at a time."""
     offset = 0
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if raw.strip():
-            lines.append((number, offset, raw))
-        offset += len(raw) + 1
-    picked = slice_range(len(lines), start, stop)
+    try:
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                yield number, offset, raw
+                offset += len(raw)
+    except OSError as exc:
+        raise DatasetError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
+
+
+def _parse_jsonl(name: str, path: Path, start: Any, stop: Any) -> Records:
+    # Two streaming passes: count the rows (for the split slice), then parse only the rows the
+    # slice keeps. Only one line is in memory at a time, however large the file.
+    count = sum(1 for _number, _offset, raw in _jsonl_lines(path) if raw.strip())
+    if not count:
+        raise _empty(name)
+    picked = slice_range(count, start, stop)
     if not picked:
         raise DatasetError(
-            f"{name}: the split selects no rows (the file has {len(lines)}).",
+            f"{name}: the split selects no rows (the file has {count}).",
             hint="Widen the slice, or check that the file has the rows you expect.",
         )
     rows: list[dict[str, Any]] = []
     numbers: list[int] = []
     problems: list[str] = []
     bad = 0
-    for number, offset, raw in lines[picked.start : picked.stop]:
+    index = -1
+    for number, offset, raw in _jsonl_lines(path):
+        if not raw.strip():
+            continue
+        index += 1
+        if index < picked.start:
+            continue
+        if index >= picked.stop:
+            break
         problem = None
         try:
             text = raw.decode("utf-8-sig" if offset == 0 else "utf-8")
@@ -283,6 +336,8 @@ def _json_limit(exc: Exception) -> str:
 
 def _parse_csv(name: str, text: str) -> list[dict[str, Any]]:
     reader = csv.reader(io.StringIO(text, newline=""))
+    # The csv module refuses fields over 128 KiB by default; no field can be longer than the file.
+    limit = csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     try:
         header = next(reader, None)
         if not header:
@@ -301,6 +356,8 @@ def _parse_csv(name: str, text: str) -> list[dict[str, Any]]:
             f"{name}, line {reader.line_num}: not valid CSV ({exc}).",
             hint="Check quoting on that line.",
         ) from exc
+    finally:
+        csv.field_size_limit(limit)
     if problems:
         raise bad_rows_error(
             name, problems, len(problems), hint="Quote fields that contain commas or newlines."

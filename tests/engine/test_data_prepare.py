@@ -74,7 +74,7 @@ def test_bad_val_size(smol_tokenizer: Any, val_size: Any, message: str) -> None:
 
 def test_records_and_max_rows(smol_tokenizer: Any) -> None:
     records = [{"text": f"Document number {i}."} for i in range(6)]
-    prepared = prepare(smol_tokenizer, path="inline", records=records, max_rows=4)
+    prepared = prepare(smol_tokenizer, path="inline", records=records, max_rows=4, train_on="all")
     assert prepared.format == "text" and prepared.stats.rows == 4
     first = prepared.train[0]
     assert smol_tokenizer.decode(first.input_ids) == "Document number 0.<|im_end|>"

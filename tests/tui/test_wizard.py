@@ -154,6 +154,7 @@ async def test_back_and_forward_keep_values_even_invalid_ones() -> None:
 @pytest.mark.parametrize("preset", ["llama-3.1-8b-qlora-finetome", "smollm2-demo"])
 async def test_loading_a_preset_fills_every_field(preset: str) -> None:
     state = WizardState.from_file(preset)
+    state.cuda = True  # a GPU box: QLoRA presets are valid there (test_wizard_validation.py: CPU)
     for step in range(5):
         app = SceneApp(lambda step=step: step_screen(step, state))
         async with app.run_test(size=(80, 24)) as pilot:
@@ -170,7 +171,7 @@ async def test_loading_a_preset_fills_every_field(preset: str) -> None:
 
 
 async def test_qlora_turns_on_4bit_and_full_hides_lora() -> None:
-    state = WizardState()
+    state = WizardState(cuda=True)
     app = SceneApp(lambda: step_screen(2, state))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()

@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import ComposeResult
 
-from engine import builtin_data
-from engine.config import BUILTIN_DATASET
+from engine.config import MAX_SEQ_LENGTH
 from engine.data import (
     describe_format,
     detect_format,
@@ -28,6 +27,7 @@ from engine.data import (
     to_conversations,
 )
 from engine.errors import FinettyError
+from engine.terminal_text import printable
 from tui.screens.wizard import WizardStep
 from tui.widgets.histogram import LengthHistogram
 from tui.widgets.token_preview import PreviewRow, TokenPreview
@@ -36,7 +36,8 @@ from tui.wizard_state import WizardState
 PREVIEW_ROWS = 3
 PREVIEW_TOKENS = 300  # per row: enough to see the template, short enough to scroll past
 SAMPLE_ROWS = 500  # rows encoded for the histogram
-NO_LIMIT = 1 << 30
+# Past any max_seq_length the schema allows, and bounded: a row is tokenized only that far.
+NO_LIMIT = MAX_SEQ_LENGTH + 1
 _RECORDS: dict[tuple[str, str], list[dict[str, Any]]] = {}
 _TOKENIZERS: dict[tuple[str, str | None, bool], Any] = {}
 _LOAD_LOCK = threading.Lock()
@@ -64,9 +65,7 @@ def records_for(path: str, split: str) -> list[dict[str, Any]]:
     key = (path, split)
     if key not in _RECORDS:
         _RECORDS.clear()  # one dataset at a time: hub datasets can be large
-        # The built-in dataset is generated, as engine.run does (it has its own held-out split).
-        builtin = path == BUILTIN_DATASET
-        _RECORDS[key] = builtin_data.records("train") if builtin else load_records(path, split)
+        _RECORDS[key] = load_records(path, split)  # the built-in dataset included, as engine.run
     return _RECORDS[key]
 
 
@@ -112,7 +111,7 @@ def build_preview(state: WizardState, status: Callable[[str], None]) -> Preview:
     rows = []
     for example in encoded[:PREVIEW_ROWS]:
         ids = example.input_ids[: min(max_length, PREVIEW_TOKENS)]
-        pieces = [tokenizer.decode([token]) for token in ids]
+        pieces = [printable(tokenizer.decode([token])) for token in ids]  # escape codes shown
         trained = [label != -100 for label in example.labels[: len(ids)]]
         rows.append(PreviewRow(pieces, trained, truncated=len(example) > max_length))
     label = ("detected " if fmt == "auto" else "") + describe_format(detected)
