@@ -8,13 +8,24 @@ run directory, reads commands and emits events; the others follow its decisions.
 Control traffic (commands, loss, hardware samples) goes over a gloo group on the CPU, so that it
 never queues behind the gradient all-reduce on the GPUs, and a dead peer surfaces as an error on
 a TCP connection instead of a silent NCCL hang.
+
+The end of a job is ordered (``shutdown``): each rank marks in torchrun's store that it got to
+the end, rank 0 waits a bounded time for every mark and names the ranks that never made it, and
+no other thread touches the store while the group is torn down. The processes then leave
+without the interpreter's own teardown (``leave``): destroy_process_group does not stop gloo's
+threads while DDP still holds the group, and C++ threads running into a finalizing interpreter
+abort the process (SIGABRT, "terminate called without an active exception"); a rank that
+aborts after the run leaves torchrun on node 0 waiting 300 s for it at its exit barrier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
+import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +33,13 @@ from typing import Any
 # Long enough for a checkpoint of a large model on a slow disk; a paused run sends heartbeats.
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 FAILURE_KEY = "finetty/failed/{rank}"
+ENDED_KEY = "finetty/ended/{rank}"
+# How long rank 0, at its own end, waits for the other ranks to get to theirs. They finish
+# their share before rank 0 (which alone writes the final model), so this is slack, not work.
+END_TIMEOUT = datetime.timedelta(seconds=60)
+# The store is used by the engine thread and by rank 0's main thread (peer_failures); teardown
+# takes this lock so that no thread is inside the store while the group goes away.
+_STORE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -77,11 +95,74 @@ def init_from_env(use_cpu: bool) -> DistContext:
     return DistContext(rank, local_rank, world, local_world, control)
 
 
-def shutdown() -> None:
+def shutdown(
+    ctx: DistContext, *, clean: bool, timeout: datetime.timedelta = END_TIMEOUT
+) -> list[int]:
+    """End this rank's part of the job; on rank 0, the ranks that did not get to the end.
+
+    ``clean``: the run finished or stopped, so every rank is on its way out and rank 0 waits
+    (at most ``timeout``) for their marks. After a failure nobody waits: the others may be dead.
+    """
     import torch.distributed as dist
 
-    if dist.is_initialized():
+    with _STORE_LOCK:
+        if not dist.is_initialized():
+            return []
+        store = _store()
+        unended: list[int] = []
+        if store is not None:
+            unended = _meet_at_the_end(store, ctx, timeout) if clean else []
         dist.destroy_process_group()
+        return unended
+
+
+def _meet_at_the_end(store: Any, ctx: DistContext, timeout: datetime.timedelta) -> list[int]:
+    """Mark this rank's end; rank 0 waits for the others' marks and returns the missing ranks."""
+    try:
+        store.set(ENDED_KEY.format(rank=ctx.rank), "1")
+    except Exception:  # noqa: BLE001 - node 0's store gone: rank 0 reports this rank as missing
+        return []
+    if not ctx.is_main:
+        return []
+    keys = [ENDED_KEY.format(rank=rank) for rank in range(1, ctx.world_size)]
+    try:
+        store.wait(keys, timeout)
+        return []
+    except Exception:  # noqa: BLE001 - a timeout: find out whose mark is missing
+        pass
+    missing = []
+    for rank, key in enumerate(keys, start=1):
+        try:
+            if not store.check([key]):
+                missing.append(rank)
+        except Exception:  # noqa: BLE001 - a store that stopped answering: nobody is confirmed
+            return list(range(1, ctx.world_size))
+    return missing
+
+
+def unended_message(ranks: Sequence[int], timeout: datetime.timedelta = END_TIMEOUT) -> str:
+    """What rank 0 says about ranks that did not get to the end of the job."""
+    names = ", ".join(str(rank) for rank in ranks)
+    return (
+        f"Rank{'s' if len(ranks) > 1 else ''} {names} did not get to the end of the job within "
+        f"{timeout.total_seconds():.0f} s of rank 0: {'they' if len(ranks) > 1 else 'it'} "
+        "died or hung after training. Rank 0's run directory is complete; the output of the "
+        "node running that rank says why (torchrun's summary names its exit code)."
+    )
+
+
+def leave(code: int) -> None:
+    """End a rank's process now, skipping the interpreter's teardown (see the module docstring).
+
+    Everything this process wrote is closed by then; only Python's own buffers need a flush."""
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken pipe: nothing more can reach it anyway.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code)
 
 
 def shard(examples: Sequence[Any], ctx: DistContext | None) -> list[Any]:
@@ -142,19 +223,20 @@ def report_failure(ctx: DistContext, kind: str, title: str, message: str, hint: 
 
 
 def peer_failures(ctx: DistContext) -> list[dict[str, Any]]:
-    """Errors other ranks left in the store, lowest rank first."""
-    store = _store()
-    if store is None:
-        return []
-    found = []
-    for rank in range(ctx.world_size):
-        key = FAILURE_KEY.format(rank=rank)
-        try:
-            if rank != ctx.rank and store.check([key]):
-                found.append(json.loads(store.get(key)))
-        except Exception:  # noqa: BLE001 - a store that stopped answering has nothing to say
-            break
-    return found
+    """Errors other ranks left in the store, lowest rank first (none once the group is gone)."""
+    with _STORE_LOCK:  # waits out a shutdown, after which there is no store to ask
+        store = _store()
+        if store is None:
+            return []
+        found = []
+        for rank in range(ctx.world_size):
+            key = FAILURE_KEY.format(rank=rank)
+            try:
+                if rank != ctx.rank and store.check([key]):
+                    found.append(json.loads(store.get(key)))
+            except Exception:  # noqa: BLE001 - a store that stopped answering has nothing to say
+                break
+        return found
 
 
 def lost_peer(exc: BaseException) -> bool:

@@ -111,6 +111,8 @@ class Run:
         # and report a failure through torch.distributed's store (see engine.distributed).
         self.rank = distributed.rank_from_env() if distributed.launched_distributed() else 0
         self.dist: distributed.DistContext | None = None
+        # Rank 0 of a job: the ranks that did not get to the end with it (engine.distributed).
+        self.unended_ranks: list[int] = []
         self.hardware_interval = hardware_interval
         self._accuracy: dict[str, float] = {}
         self.stop_signal: str = "user"  # "user" (Ctrl+C, stop command) or "sigterm"
@@ -291,7 +293,8 @@ class Run:
             if discard:
                 self._discard_run_dir()
             if self.dist is not None:
-                distributed.shutdown()
+                ended = self.result is not None and self.result.status != "failed"
+                self.unended_ranks = distributed.shutdown(self.dist, clean=ended)
 
     def _discard_run_dir(self) -> None:
         """Remove the never-trained folder this process made (and its preset's, if now empty)."""

@@ -20,7 +20,14 @@ import pytest
 import yaml
 
 from engine.errors import ConfigError
-from tui.launch import LaunchPlan, job_exit_code, plan_launch, torchrun_command, worker_arguments
+from tui.launch import (
+    LaunchPlan,
+    job_exit_code,
+    job_ranks,
+    plan_launch,
+    torchrun_command,
+    worker_arguments,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,8 +226,12 @@ def _end_job(launcher: subprocess.Popen) -> None:
         except (OSError, IndexError, ValueError):
             continue
         if parent == launcher.pid:
+            # torchrun starts each rank in a session of its own: the ranks first, then torchrun.
+            for _, rank_pid in job_ranks(int(entry.name)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(rank_pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(entry.name), signal.SIGKILL)  # torchrun and its ranks
+                os.killpg(int(entry.name), signal.SIGKILL)
     launcher.kill()
     launcher.wait(timeout=30)
 

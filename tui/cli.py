@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, FinettyError
@@ -499,7 +500,7 @@ def run_headless(
         report_error(result.error)
     if not json_mode and result.run_dir.is_dir():  # a never-trained one was removed
         reporter.err.print(f"run directory: {result.run_dir}")
-    return worker_exit_code(run, result.exit_code)
+    return leave_job(run, worker_exit_code(run, result.exit_code), reporter.err.print)
 
 
 def worker_exit_code(run, code: int) -> int:
@@ -531,7 +532,22 @@ def run_follower_rank(preset, *, resume_dir: Path | None, new_run_dir: Path | No
         run.stop_signal = "sigterm"
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    return worker_exit_code(run, run.execute().exit_code)
+    code = worker_exit_code(run, run.execute().exit_code)
+    return leave_job(run, code, lambda text: print(text, file=sys.stderr))
+
+
+def leave_job(run, code: int, say: Callable[[str], object]) -> int:
+    """How a rank's process ends under torchrun: rank 0 names the ranks that did not get to the
+    end with it and exits non-zero, and every rank leaves without the interpreter's teardown,
+    where gloo's threads can abort it (engine.distributed.leave). Returns only outside a job."""
+    from engine import distributed
+
+    if run.unended_ranks:
+        say(distributed.unended_message(run.unended_ranks))
+        code = EXIT_FAILED
+    if run.dist is not None:
+        distributed.leave(code)
+    return code
 
 
 def run_probe(preset, *, root: Path, steps: int, price: float | None, json_mode: bool) -> int:

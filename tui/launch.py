@@ -12,10 +12,12 @@ every rank, and rank 0 checkpoints and stops the whole job between two steps.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,9 @@ from engine.errors import (
 )
 
 DEFAULT_MASTER_PORT = 29500
+# Once status.json says the run is over, how long torchrun gets to end: every rank leaving,
+# rank 0 waiting for the others (engine.distributed.END_TIMEOUT) and the nodes meeting.
+END_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -195,11 +200,83 @@ def follow_job(process: subprocess.Popen, run_dir: Path | None) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = process.wait()
+        code = wait_for_job(process, run_dir)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if code is None:
+        return EXIT_FAILED
     return job_exit_code(code, run_dir, interrupts["signal"])
+
+
+def wait_for_job(process: subprocess.Popen, run_dir: Path | None) -> int | None:
+    """torchrun's exit code, or None for a job that outlived its run by END_GRACE_S: then
+    whatever still runs is named, by rank, and ended.
+
+    Only node 0 has the run directory to tell when the run is over; on the other nodes torchrun
+    waits at most its exit barrier (300 s) for node 0, which this bounds on node 0's side.
+    """
+    from engine import rundir
+    from engine.runstate import TERMINAL
+
+    over_at: float | None = None
+    while True:
+        try:
+            return process.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            pass
+        if over_at is None:
+            if run_dir is not None and rundir.read_status(run_dir).get("state") in TERMINAL:
+                over_at = time.monotonic()
+        elif time.monotonic() - over_at > END_GRACE_S:
+            print(stuck_job_message(job_ranks(process.pid)), file=sys.stderr)
+            _end_job(process)
+            return None
+
+
+def stuck_job_message(ranks: list[tuple[int, int]]) -> str:
+    """What the launcher says about a job still running END_GRACE_S after its run ended."""
+    grace = f"{END_GRACE_S:.0f} s after the run ended"
+    if ranks:
+        names = ", ".join(f"rank {rank} (pid {pid})" for rank, pid in ranks)
+        return (
+            f"finetty: {names} on this node did not exit {grace}; ending the job. The run "
+            "directory is complete; the job's output above shows where the rank stopped."
+        )
+    return (
+        f"finetty: torchrun on this node was still waiting for the other node(s) {grace}: a rank "
+        "there died or hung at the end (that node's output names it); ending the job here. "
+        "The run directory is complete."
+    )
+
+
+def job_ranks(torchrun_pid: int) -> list[tuple[int, int]]:
+    """(rank, pid) of the workers torchrun still runs on this node, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != torchrun_pid:
+                continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        rank = next((item[5:] for item in environ if item.startswith(b"RANK=")), None)
+        if rank is not None and rank.isdigit():
+            found.append((int(rank), int(entry.name)))
+    return sorted(found)
+
+
+def _end_job(process: subprocess.Popen) -> None:
+    """SIGTERM to torchrun (it forwards it to its ranks), then SIGKILL to torchrun and ranks."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        _signal_group(process, signal.SIGKILL)
+        process.wait()
 
 
 def job_exit_code(torchrun_code: int, run_dir: Path | None, stop_signal: int | None) -> int:
@@ -211,7 +288,8 @@ def job_exit_code(torchrun_code: int, run_dir: Path | None, stop_signal: int | N
 
     state = rundir.read_status(run_dir).get("state") if run_dir is not None else None
     if state == "finished":
-        return EXIT_OK
+        # The run is complete, but a rank that failed at the end must not read as success.
+        return EXIT_OK if torchrun_code == 0 else EXIT_FAILED
     if state == "stopped":
         return EXIT_TERMINATED if stop_signal == signal.SIGTERM else EXIT_STOPPED
     if state == "failed" or torchrun_code != 0:
@@ -222,7 +300,12 @@ def job_exit_code(torchrun_code: int, run_dir: Path | None, stop_signal: int | N
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
     try:
         if sig == signal.SIGKILL:
-            os.killpg(process.pid, sig)  # torchrun and every rank
+            # torchrun starts each rank in a session of its own: killing torchrun's group alone
+            # would leave the ranks running on the GPUs.
+            for _, pid in job_ranks(process.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, sig)
+            os.killpg(process.pid, sig)  # torchrun
         else:
             process.send_signal(sig)  # torchrun forwards it to every rank
     except ProcessLookupError:
