@@ -176,7 +176,7 @@ def test_wizard_fit_line_review_and_cli_show_one_estimate(tmp_path: Path) -> Non
     figures = json.loads(cli.stdout)
     state = WizardState.from_file(preset_path)
     line = fit_line(state)
-    assert f"{figures['memory']['total']:.1f} of" in line
+    assert f"{figures['memory']['total']:.1f} of" in line and "(rows measured)" in line
     text = estimate_text(state.preset())
     plain = subprocess.run(
         [sys.executable, "-m", "tui.cli", "estimate", str(preset_path)],

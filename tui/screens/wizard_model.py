@@ -74,6 +74,8 @@ def fit_line(state: WizardState) -> str:
         return f"[$text-warning]fit     cannot estimate yet: {first}[/]"
     where = result.device if result.on_gpu else "the CPU (RAM)"
     used = f"{result.memory.total:.1f} of {result.capacity_gib:g} GiB"
+    # Which row length the figure assumes, as the estimate's notes say it.
+    used += " (rows measured)" if result.lengths == "measured" else " (rows at max_seq_length)"
     if result.fits:
         return f"[$text-success]fit     ✓ fits on {where}: {used}[/]"
     advice = f"; {result.advice[0]}" if result.advice else ""
