@@ -257,8 +257,8 @@ def load_checkpoint(
 
 
 _EARLIER = (
-    "finetty resumes from the newest checkpoint that passes these checks; delete or move this "
-    "one to let an earlier one be used, or start a new run."
+    "A resume uses the newest checkpoint that passes these checks, so an earlier one is taken "
+    "instead; to use this one, restore the file from a copy."
 )
 
 
