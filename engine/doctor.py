@@ -236,7 +236,7 @@ def check_llama_cpp() -> list[Check]:
 
 def check_presets() -> list[Check]:
     """Which bundled and user presets fit the first GPU (or this machine's RAM)."""
-    from engine.estimate import estimate
+    from engine.estimate import estimate_for
     from engine.presets import list_presets, load_preset
 
     gpus = detect_gpus()
@@ -246,7 +246,7 @@ def check_presets() -> list[Check]:
     for info in list_presets():
         try:
             preset = load_preset(str(info.path))[0]
-            result = estimate(preset, gpu)
+            result = estimate_for(preset, gpu)  # what `finetty estimate` says of it
         except Exception:  # noqa: BLE001 - an unreadable preset or unknown shape: say which
             unknown.append(info.name)
             continue
