@@ -272,14 +272,15 @@ class RunStates(RuleBasedStateMachine):
     def attach(self) -> None:
         self._act("attach")
         self.viewer = WatchViewer(self.run_dir)
-        self._settle(self.expected)
+        self.expected = self._settle(self.expected, "finished")  # it may have trained to its end
 
     def detach(self) -> None:
         self._act("detach")
         assert self.viewer is not None
         self.viewer.detach()
         self.viewer = None
-        self._settle(self.expected)  # leaving a viewer changes nothing about the run
+        # Leaving a viewer changes nothing about the run (which may have trained to its end).
+        self.expected = self._settle(self.expected, "finished")
 
     def resume_from_checkpoint(self) -> None:
         self._act("resume-from-checkpoint")
@@ -352,7 +353,7 @@ def write_preset(make_preset, folder: Path, **training: object) -> Path:
 def machine(make_preset, tmp_path_factory):
     """A fresh run folder per example; the class is what hypothesis instantiates."""
     preset = write_preset(
-        make_preset, tmp_path_factory.mktemp("preset"), max_steps=120, save_steps=0
+        make_preset, tmp_path_factory.mktemp("preset"), max_steps=300, save_steps=0
     )
 
     class Machine(RunStates):
