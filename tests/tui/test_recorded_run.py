@@ -7,6 +7,7 @@ Issue 17: the README's pictures were staged scenes (eval lines of ``ppl 2.00`` a
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from textual.widgets import Static
@@ -100,3 +101,19 @@ async def test_chat_scene_shows_the_recorded_replies() -> None:
         for column, reply in (("tuned", exchange.tuned), ("base", exchange.base)):
             shown = list(app.screen.query_one(f"#{column}", ChatLog).query(ChatMessage))
             assert [m.text for m in shown] == [exchange.prompt, reply], column
+
+
+async def test_home_scene_lists_the_recorded_run_and_no_checkout_path(monkeypatch) -> None:
+    from tests.tui.scenes import wizard
+    from tui.screens import wizard_model
+
+    monkeypatch.setattr(wizard_model, "device_spec", wizard_model.device_spec)
+    monkeypatch.setenv("FINETTY_PRESETS", "")
+    app = wizard.scenes()["home"]()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wizard.settle(app)
+        await pilot.pause()
+        svg = app.export_screenshot()
+    (started,) = of_type(RunStarted)
+    assert started.name in svg and "finished" in svg and "60/60" in svg
+    assert str(Path.cwd()) not in svg  # the snapshot must not depend on where the repo lives

@@ -35,6 +35,15 @@ RUN_COLUMNS = (("started", 11), ("state", 8), ("step", 7), ("best loss", 9), ("t
 CHROME = 8  # body padding, the focus bar and the scrollbar
 
 
+def shown_path(path: Path) -> str:
+    """A path as the user would type it here: relative below the current folder (the bundled
+    presets from a checkout), absolute elsewhere."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def run_state(status: dict[str, Any]) -> str:
     """The state to show: a live state whose process is gone is "died" (engine.runstate)."""
     return shown_state(status)
@@ -163,7 +172,7 @@ class HomeScreen(Screen):
         if event.data_table.id == "presets" and event.row_key.value is not None:
             info = next((p for p in self.presets if str(p.path) == event.row_key.value), None)
             detail = self.query_one("#preset-detail", Static)
-            detail.update(f"{info.description}\n{info.path}" if info else "")
+            detail.update(f"{info.description}\n{shown_path(info.path)}" if info else "")
 
     def refresh_runs(self) -> None:
         table = self.query_one("#runs", DataTable)
