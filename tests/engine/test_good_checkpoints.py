@@ -303,6 +303,43 @@ def test_any_truncated_file_falls_back_to_the_previous_checkpoint(
     assert torch.equal(loaded["model"].weight, expected.weight)
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(
+        ["step", "epoch", "examples_done_in_epoch", "tokens_seen", "elapsed_s", "best_loss"]
+    ),
+    value=JSON_VALUES,
+)  # fmt: skip
+def test_any_value_in_trainer_state_is_taken_as_is_or_refused_by_name(
+    tmp_path_factory, key: str, value: object
+) -> None:
+    """Before: a string step raised TypeError at the first comparison, a list or a float step
+    crashed later, and 999999 or -5 were taken as they were."""
+    folder = _save(tmp_path_factory.mktemp("ckpt"), 3)
+    _edit_state(key, value)(folder / "trainer_state.json")
+    try:
+        state, _ = _fresh_load(folder)
+    except RunDirError as refused:
+        assert str(folder / "trainer_state.json") in refused.message and key in refused.message
+        return
+    taken = getattr(state, key)
+    assert taken == value and type(taken) is type(value)
+    assert (not isinstance(value, bool) and value is not None) or key == "best_loss"
+    if key == "step":
+        assert value == 3
+
+
 def test_no_good_checkpoint_is_a_clear_error_naming_each(tmp_path: Path) -> None:
     directory = tmp_path / "checkpoints"
     for step, kind in ((1, "empty safetensors"), (2, "state `{`")):
