@@ -179,6 +179,12 @@ class FinettyApp(App[None]):
             self.launch_error = error
             self.call_from_thread(self._show_error, error.title, error.message, error.hint)
             return
+        if resume_dir is not None:
+            # A resumed run is one run: the dashboard shows its earlier segments too.
+            from engine.runstate import read_events
+
+            for event in read_events(run.run_dir / "events.jsonl"):
+                bridge.emit(event)
         run.start()
         self.run_handle = run  # published once started: a watcher never sees a run not yet alive
         dashboard.post_message(RunAttached(run))

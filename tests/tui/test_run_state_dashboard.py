@@ -108,3 +108,27 @@ async def test_watch_follows_a_resumed_run_to_its_end(make_preset, tmp_path: Pat
     status = rundir.read_status(first.run_dir)
     assert (status["state"], status["step"], status["segments"]) == ("finished", 6, 2)
     assert status["resumes"] == [3]
+
+
+async def test_a_resume_in_the_tui_shows_the_whole_run(make_preset, tmp_path: Path, wait_for):
+    """`finetty train --resume` with the dashboard: the earlier segment's steps, then a resume
+    marker, then the new ones (it showed only the new segment)."""
+    from tui.app import FinettyApp
+
+    class StopAt3(RecordingSink):
+        def emit(self, event) -> None:
+            super().emit(event)
+            if isinstance(event, Step) and event.step == 3:
+                first.control.stop()
+
+    first = Run(make_preset(max_steps=6, save_steps=0), StopAt3(), runs_root=tmp_path)
+    assert first.execute().status == "stopped"
+    app = FinettyApp(make_preset(), runs_root=tmp_path, resume_dir=first.run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await wait_for(pilot, lambda: screen.state == "finished", timeout=180)
+        chart = screen.query_one(LossChart)
+        assert chart.steps == [1, 2, 3, 4, 5, 6] and chart.resumes == [3]
+        await pilot.press("q")
+    assert app.run_handle is not None and app.run_handle.join(timeout=60).status == "finished"
