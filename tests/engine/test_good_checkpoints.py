@@ -3,6 +3,7 @@ checkpoint never blocks a resume: it is refused by name and the one before it is
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -554,3 +555,23 @@ def test_a_diverging_update_on_the_gpu_stops_before_it_is_saved(
     saved = checkpoint.complete_checkpoints(result.run_dir / "checkpoints")
     assert all(int(p.name.split("-")[1]) < alarms[0].step for p in saved)
     assert all(map(_all_finite, saved)) and not (result.run_dir / "final").exists()
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_a_read_only_checkpoint_folder_is_not_blamed_on_the_disk_filling_up(
+    tmp_path: Path, monkeypatch, code: int
+) -> None:
+    """Before: "Free disk space (check with `df -h ...`)" for a read-only mount or a folder
+    without write permission (what the OS says, raised where safetensors writes)."""
+    import safetensors.torch
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    _save(tmp_path, 1)
+    monkeypatch.setattr(safetensors.torch, "save_file", refuse)
+    with pytest.raises(TrainingError) as caught:
+        _save(tmp_path, 2)
+    assert os.strerror(code) in caught.value.message
+    assert "not writable" in caught.value.hint and "disk space" not in caught.value.hint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1"]
