@@ -145,7 +145,7 @@ class LoraSection(Section):
     """LoRA rank."""
     lora_alpha: float = Field(16, gt=0, le=MAX_LORA_ALPHA)
     """LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA); at most 1e6
-    (past that the scaled outputs overflow 16-bit and 32-bit floats)."""
+    (useful values are far smaller; 1e308 overflowed 32-bit floats)."""
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the LoRA input."""
     target_modules: str | list[str] = "all-linear"
