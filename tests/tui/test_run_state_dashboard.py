@@ -132,3 +132,25 @@ async def test_a_resume_in_the_tui_shows_the_whole_run(make_preset, tmp_path: Pa
         assert chart.steps == [1, 2, 3, 4, 5, 6] and chart.resumes == [3]
         await pilot.press("q")
     assert app.run_handle is not None and app.run_handle.join(timeout=60).status == "finished"
+
+
+async def test_chat_under_watch_says_why_it_waits(wait_for) -> None:
+    """Issue 17: under `finetty watch`, c on a paused run was refused with "wait until it has
+    loaded", which never happens there: the model is in the training process."""
+    from tests.tui.scenes.run_screens import SceneApp
+    from tui.bridge import UiBridge
+
+    bridge = UiBridge()
+    for event in [*demo_events(steps=5), StateChanged(state="paused")]:
+        bridge.emit(event)
+    control = RecordingControl()
+    app = SceneApp(lambda: DashboardScreen(bridge, control=control, watch=True, title="demo"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.screen.state == "paused")
+        notes: list[str] = []
+        app.screen.notify = lambda message, **_: notes.append(message)
+        await pilot.press("c")
+        await pilot.pause()
+        [note] = notes
+        assert "This run is paused" in note and "final model" in note
+        assert "wait until it has loaded" not in note

@@ -452,8 +452,16 @@ class DashboardScreen(Screen[None]):
             )
         elif self.run_dir is not None and (self.run_dir / "final").is_dir():
             screen = ChatScreen(loader=run_dir_loader(self.run_dir), description=str(self.run_dir))
+        elif self.watch or self.run is None:
+            # The model being trained lives in the training process; this one can only open
+            # the final model, which is written when the run finishes.
+            self.notify(
+                f"This run is {self.state}: chat here opens its final model, written when the "
+                "run finishes. In the training process's own dashboard, c chats with it now."
+            )
+            return
         else:
-            self.notify("Chat needs the model: wait until it has loaded or the run has finished.")
+            self.notify("Chat needs the model: wait until it has loaded.")
             return
         self.app.push_screen(screen, self._chat_closed)
 
