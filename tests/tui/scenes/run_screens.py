@@ -15,7 +15,6 @@ import html
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,7 +152,6 @@ async def main(out: Path) -> None:
     time.tzset()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.chdir(tempfile.mkdtemp(prefix="finetty-shots-"))
     for name, make, before in scenes():
         app = make()
         async with app.run_test(size=(80, 24)) as pilot:
