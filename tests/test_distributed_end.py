@@ -29,6 +29,9 @@ import datetime, json, os, signal, sys, time
 from pathlib import Path
 from engine import distributed
 
+if os.environ["MODE"] == "ignores_sigterm":  # as finetty's ranks, stuck in a collective
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    time.sleep(600)
 ctx = distributed.init_from_env(use_cpu=True)
 if ctx.rank == 0:
     signal.signal(signal.SIGTERM, lambda *_: None)  # as finetty's rank 0: it ends on its own
@@ -140,6 +143,13 @@ def test_launcher_ends_a_job_whose_rank_hangs_after_the_run(
     assert not _alive(int(found[1]))  # the launcher ended it, with torchrun
 
 
+def _ends_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -153,3 +163,44 @@ def test_a_finished_run_whose_job_failed_at_the_end_is_not_a_success(tmp_path: P
     assert launch.job_exit_code(0, tmp_path, None) == EXIT_OK
     # torchrun reports a rank that died after the final model was written.
     assert launch.job_exit_code(1, tmp_path, None) == EXIT_FAILED
+
+
+def test_ctrl_c_twice_kills_every_rank_not_only_torchrun(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrun starts each rank in a session of its own: killing torchrun's process group
+    alone left ranks that ignore SIGTERM running (on a rented GPU, billed)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    monkeypatch.setenv("MODE", "ignores_sigterm")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.chdir(ROOT)
+    process = launch.start_job(_torchrun(script), None)
+    ranks: list[tuple[int, int]] = []
+
+    def press_ctrl_c_twice() -> None:
+        deadline = time.monotonic() + 120
+        while len(ranks) < 2 and time.monotonic() < deadline:
+            ranks[:] = launch.job_ranks(process.pid)
+            time.sleep(0.5)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)  # follow_job's handler: stop, then kill
+            time.sleep(1.5)
+
+    presser = threading.Thread(target=press_ctrl_c_twice, daemon=True)
+    watchdog = threading.Timer(180, _kill_session, args=(process,))
+    presser.start()
+    watchdog.start()
+    try:
+        launch.follow_job(process, None)
+    finally:
+        watchdog.cancel()
+        presser.join(timeout=10)
+        alive = [pid for _, pid in ranks if not _ends_within(pid, 5.0)]
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        _kill_session(process)
+    assert len(ranks) == 2
+    assert not alive, f"ranks left running after Ctrl+C twice: {alive}"
