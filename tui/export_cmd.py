@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,53 +43,87 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 class StderrProgress:
-    """One line per step on stderr; fractions (with an ETA) update the same line on a terminal,
-    and are printed as lines every ``LOG_EVERY`` seconds into a pipe or a log file."""
+    """Phase progress on stderr. On a terminal the current step's line is rewritten in place
+    (fractions with an ETA, and ``tick()`` moves its clock every second, so nothing sits
+    still); into a pipe or a log file each step is one line, and updates of a step are logged
+    every ``LOG_EVERY`` seconds."""
 
     LOG_EVERY = 5.0
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
-        self.last = ""
+        self.last = ""  # the current step's first message
+        self.shown = ""  # what its line shows now
+        self.open = False  # a terminal line not yet ended by a newline
         self.started = time.monotonic()
         self.step_started, self.step_fraction = self.started, 0.0
         self.logged = 0.0
+        self.lock = threading.Lock()  # tick() runs on its own thread
 
     def __call__(self, message: str, fraction: float | None = None) -> None:
-        now = time.monotonic()
-        stamp = f"[{now - self.started:6.1f}s]"
-        # A message that extends the last one ("verifying X (3s)") updates that step's line.
-        ticking = bool(self.last) and message.startswith(self.last) and message != self.last
-        if ticking and fraction is None:
-            if self.tty:
-                sys.stderr.write(f"\r{stamp} {message}\x1b[K")
-                sys.stderr.flush()
-            elif now - self.logged >= self.LOG_EVERY:
-                self.logged = now
-                sys.stderr.write(f"{stamp} {message}\n")
-                sys.stderr.flush()
-            return
-        if fraction is not None and 0 < fraction < 1:
-            if fraction < self.step_fraction:
-                self.step_started = now  # a new measured step
-            self.step_fraction = fraction
-            spent = now - self.step_started
-            eta = f", ETA {spent * (1 - fraction) / fraction:.0f}s" if spent >= 1 else ""
-            line = f"{stamp} {message} ({fraction:.0%}{eta})"
-            if self.tty:
-                sys.stderr.write(f"\r{line}\x1b[K")
-                sys.stderr.flush()
-            elif now - self.logged >= self.LOG_EVERY:
-                self.logged = now
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
-            return
-        self.step_started, self.step_fraction = now, 0.0
-        if self.tty and self.last:
-            sys.stderr.write("\r\x1b[K")
-        sys.stderr.write(f"{stamp} {message}\n")
+        with self.lock:
+            now = time.monotonic()
+            partial = fraction is not None and 0 < fraction < 1
+            # A message that extends the last one ("verifying X (3s)") updates that step.
+            extends = bool(self.last) and message.startswith(self.last) and message != self.last
+            if partial:
+                if fraction < self.step_fraction:
+                    self.step_started = now  # a new measured step
+                self.step_fraction = fraction
+                spent = now - self.step_started
+                eta = f", ETA {spent * (1 - fraction) / fraction:.0f}s" if spent >= 1 else ""
+                self._update(f"{message} ({fraction:.0%}{eta})", now)
+            elif extends and fraction is None:
+                self._update(message, now)
+            else:
+                self.step_started, self.step_fraction = now, 0.0
+                self.last = message
+                self._end_line()
+                self.shown = message
+                self._write(message, now, end="" if self.tty else "\n")
+                self.open = self.tty
+
+    def tick(self) -> None:
+        """On a terminal: redraw the current line with the time now (a moving clock)."""
+        with self.lock:
+            if self.tty and self.open:
+                self._write(self.shown, time.monotonic(), end="")
+
+    def close(self) -> None:
+        with self.lock:
+            self._end_line()
+
+    def _update(self, text: str, now: float) -> None:
+        self.shown = text
+        if self.tty:
+            self._write(text, now, end="")
+            self.open = True
+        elif now - self.logged >= self.LOG_EVERY:
+            self.logged = now
+            self._write(text, now, end="\n")
+
+    def _end_line(self) -> None:
+        if self.open:
+            sys.stderr.write("\n")
+            self.open = False
+
+    def _write(self, text: str, now: float, *, end: str) -> None:
+        prefix = "\r" if self.tty else ""
+        clear = "\x1b[K" if self.tty else ""
+        sys.stderr.write(f"{prefix}[{now - self.started:6.1f}s] {text}{clear}{end}")
         sys.stderr.flush()
-        self.last = message
+
+
+def ticking(progress: StderrProgress) -> threading.Event:
+    """Call ``progress.tick()`` every second until the returned event is set."""
+    done = threading.Event()
+
+    def run() -> None:
+        while not done.wait(1.0):
+            progress.tick()
+
+    threading.Thread(target=run, name="finetty-export-clock", daemon=True).start()
+    return done
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -101,17 +136,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     quants = [q.strip().lower() for item in (args.quants or ["q8_0"]) for q in item.split(",")]
     # In a child process: a native crash or the out-of-memory killer ends it, not this command,
     # which then reports how it died and removes the unfinished files.
-    report = export_in_child(
-        args.run,
-        list(dict.fromkeys(args.formats)),
-        quants=[q for q in quants if q],
-        out=Path(args.out) if args.out else None,
-        ollama_files=args.ollama,
-        force=args.force,
-        dtype=args.dtype,
-        runs_root=Path(args.run_dir) if args.run_dir else None,
-        progress=StderrProgress(),
-    )
+    progress = StderrProgress()
+    clock = ticking(progress)
+    try:
+        report = export_in_child(
+            args.run,
+            list(dict.fromkeys(args.formats)),
+            quants=[q for q in quants if q],
+            out=Path(args.out) if args.out else None,
+            ollama_files=args.ollama,
+            force=args.force,
+            dtype=args.dtype,
+            runs_root=Path(args.run_dir) if args.run_dir else None,
+            progress=progress,
+        )
+    finally:
+        clock.set()
+        progress.close()
     if args.json:
         print(json.dumps({"run_dir": str(report.run_dir), "out_dir": str(report.out_dir),
                           "items": [item.to_dict() for item in report.items]}, indent=2))  # fmt: skip

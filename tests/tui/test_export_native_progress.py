@@ -136,3 +136,25 @@ async def test_a_dashboard_export_that_dies_leaves_this_process_running(
         assert "SIGKILL" in result and "out-of-memory" in result
         assert "export failed" in str(screen.query_one("#status", Static).render())
         assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".partial-")]
+
+
+def test_on_a_terminal_the_step_line_keeps_a_moving_clock(monkeypatch) -> None:
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    clock = iter([0.0, 0.0, 1.0, 2.0, 3.0, 3.5, 4.0])
+    monkeypatch.setattr("tui.export_cmd.time.monotonic", lambda: next(clock))
+    progress = StderrProgress()
+    progress.tty = True  # as on a terminal
+    progress("merged: loading the base", None)  # a step with no measure of its own
+    progress.tick()
+    progress.tick()
+    progress("merged: saving safetensors", None)
+    progress("merged: saving safetensors: 1.0 MiB of ~4.0 MiB", 0.25)
+    progress.close()
+    text = err.getvalue()
+    first, second = text.split("\n")[:2]
+    stamps = [part.split("]")[0] for part in first.split("\r") if part]
+    assert stamps == ["[   0.0s", "[   1.0s", "[   2.0s"]  # the clock moved on the same line
+    assert "merged: loading the base" in first.split("\r")[-1]
+    assert "saving safetensors: 1.0 MiB of ~4.0 MiB (25%" in second
+    assert text.endswith("\n")  # closed: the next output starts on its own line
