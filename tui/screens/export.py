@@ -1,7 +1,10 @@
 """Export dialog: adapter, merged 16-bit model, GGUF (+ Ollama Modelfile), as `finetty export` does.
 
-The form maps one to one onto ``engine.export.export_run``; the export runs on a thread worker and
-reports through ``progress`` messages, so the UI stays live. What was written is listed with its
+The form maps one to one onto ``engine.export.export_run``, which runs in a child process
+(``engine.export.child``): a native crash or the out-of-memory killer there ends that child,
+never this process, which may be training. A thread worker waits for it and relays ``progress``
+messages, so the UI stays live; the status line's clock moves twice a second, the bar pulses
+where a step has no measure, and shows the fraction and an ETA where it has. What was written is listed with its
 size, its round-trip checks and the ``ollama create`` command; an export error shows its message
 and hint here, and the form stays editable for another try.
 """
