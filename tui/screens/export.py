@@ -4,9 +4,9 @@ The form maps one to one onto ``engine.export.export_run``, which runs in a chil
 (``engine.export.child``): a native crash or the out-of-memory killer there ends that child,
 never this process, which may be training. A thread worker waits for it and relays ``progress``
 messages, so the UI stays live; the status line's clock moves twice a second, the bar pulses
-where a step has no measure, and shows the fraction and an ETA where it has. What was written is listed with its
-size, its round-trip checks and the ``ollama create`` command; an export error shows its message
-and hint here, and the form stays editable for another try.
+where a step has no measure, and shows the fraction and an ETA where it has. What was written
+is listed with its size, its round-trip checks and the ``ollama create`` command; an export
+error shows its message and hint here, and the form stays editable for another try.
 """
 
 from __future__ import annotations
