@@ -27,6 +27,7 @@ from engine.presets import (
     user_presets_dir,
     validate,
 )
+from engine.terminal_text import printable
 
 SOURCE = "preset"
 _PROBLEM = re.compile(rf"^{SOURCE} (\S+): (.*)$", re.DOTALL)
@@ -50,11 +51,12 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def as_text(value: Any) -> str:
-    """How a value shows in an input: YAML flow style, with None as an empty field."""
+    """How a value shows in an input: YAML flow style, with None as an empty field, and control
+    characters written out (a preset's escape codes are shown, never sent to the terminal)."""
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return printable(value)
     return (
         yaml.safe_dump(value, default_flow_style=True, width=10_000)
         .strip()

@@ -114,3 +114,12 @@ def test_a_preset_name_opens_the_review_screen(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize("word", ["train", "runs", "no-such-preset"])
 def test_commands_and_unknown_words_are_not_taken_for_presets(word: str) -> None:
     assert not cli.preset_argument(word, cli.build_parser())
+
+
+def test_a_preset_with_escape_codes_shows_them_escaped_and_flags_the_key(tmp_path: Path) -> None:
+    # Before: the review's description field held the raw "\x1b[2J", sent as is to the terminal.
+    preset = tmp_path / "evil.yaml"
+    preset.write_text(yaml.safe_dump({"name": "evil", "description": "\x1b[2Jhi\x07"}))
+    state = WizardState.from_file(preset)
+    assert state.text("description") == "\\x1b[2Jhi\\x07"
+    assert "control character" in state.field_errors()["description"]
