@@ -260,12 +260,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
-    from engine.models import select_device
-    from engine.presets import check_hardware
+    if preset.hardware_problems(cuda=False):  # a CUDA-only setting: ask torch (~1 s) only then
+        from engine.models import select_device
+        from engine.presets import check_hardware
 
-    # Once, before any run directory exists; the wizard asks the same function.
-    source = str(resume_dir / "config.yaml") if resume_dir else args.preset
-    check_hardware(preset, cuda=select_device(use_cpu=False) == "cuda", source=source)
+        # Once, before any run directory exists; the wizard asks the same function.
+        source = str(resume_dir / "config.yaml") if resume_dir else args.preset
+        check_hardware(preset, cuda=select_device(use_cpu=False) == "cuda", source=source)
     from engine.distributed import launched_distributed, rank_from_env
     from tui.launch import plan_launch, visible_gpu_count
 
