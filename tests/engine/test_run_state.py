@@ -64,6 +64,24 @@ def test_saving_returns_to_the_state_it_came_from() -> None:
         state.apply(StateChanged("training"))  # the bug: a save in a pause "resumed" the run
 
 
+def test_a_step_outside_training_contradicts_the_machine() -> None:
+    state = RunState(strict=True)
+    for event in (StateChanged("loading"), started(), StateChanged("training"), step_event(1)):
+        state.apply(event)
+    state.apply(StateChanged("paused"))
+    with pytest.raises(TransitionError, match=r"a step \(2\) while paused"):
+        state.apply(step_event(2))
+
+
+def test_recorded_runs_follow_the_machine() -> None:
+    """The demo runs recorded for the screenshots (CPU and H200): every event is legal."""
+    recordings = sorted((Path(__file__).parents[1] / "data").glob("demo_run*/events.jsonl"))
+    assert recordings
+    for path in recordings:
+        state = RunState.from_events(runstate.read_events(path), strict=True)
+        assert (state.state, state.step) == ("finished", state.total_steps)
+
+
 def test_a_resume_is_a_new_segment_of_the_same_run() -> None:
     state = RunState(strict=True)
     first = [StateChanged("loading"), started(), StateChanged("training"), step_event(1, 2.5)]
