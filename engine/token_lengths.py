@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from engine.errors import FinettyError
+from engine.errors import DatasetError, FinettyError
 
 SAMPLE_ROWS = 2000  # rows tokenized for an estimate; a bigger dataset is scaled from them
 
@@ -154,9 +154,11 @@ def measure(preset: Any) -> DatasetLengths | None:
     """The token lengths of ``preset``'s dataset, or None where they cannot be measured offline
     and cheaply (a hub dataset, no tokenizer file). Bad rows raise the engine's DatasetError,
     exactly as the run would."""
+    from jinja2 import TemplateError
+
     from engine import builtin_data
     from engine.config import BUILTIN_DATASET
-    from engine.data import load_records, prepare_dataset
+    from engine.data import load_records
 
     data = preset.dataset
     if data.path == BUILTIN_DATASET:
@@ -172,19 +174,16 @@ def measure(preset: Any) -> DatasetLengths | None:
         records = records[: data.max_rows]
     rows = len(records)
     sample = records[:SAMPLE_ROWS]
-    prepared = prepare_dataset(
-        LightTokenizer(folder),
-        path=data.path,
-        split=data.split,
-        fmt=data.format,
-        chat_template=data.chat_template,
-        train_on=data.train_on,
-        max_length=preset.model.max_seq_length,
-        packing=data.packing,
-        val_size=_sample_val_size(data.val_size, rows),
-        seed=preset.training.seed,
-        records=sample,
-    )
+    try:
+        tokenizer = LightTokenizer(folder)
+    except Exception:  # noqa: BLE001 - a tokenizer.json the Rust library cannot read: not measured
+        return None
+    try:
+        prepared = _prepare(preset, tokenizer, sample, rows)
+    except DatasetError as exc:
+        if isinstance(exc.__cause__, TemplateError):
+            return None  # a template this renderer does not support: the run's may, so no verdict
+        raise  # a bad row: the run would refuse it the same way
     lengths = tuple(len(example) for example in prepared.train)
     scale = rows / max(len(sample), 1)
     return DatasetLengths(
@@ -195,6 +194,25 @@ def measure(preset: Any) -> DatasetLengths | None:
         train_sequences=max(1, round(len(lengths) * scale)),
         longest=prepared.stats.max_length,
         truncated=prepared.stats.truncated,
+    )
+
+
+def _prepare(preset: Any, tokenizer: LightTokenizer, sample: list[Any], rows: int) -> Any:
+    from engine.data import prepare_dataset
+
+    data = preset.dataset
+    return prepare_dataset(
+        tokenizer,
+        path=data.path,
+        split=data.split,
+        fmt=data.format,
+        chat_template=data.chat_template,
+        train_on=data.train_on,
+        max_length=preset.model.max_seq_length,
+        packing=data.packing,
+        val_size=_sample_val_size(data.val_size, rows),
+        seed=preset.training.seed,
+        records=sample,
     )
 
 

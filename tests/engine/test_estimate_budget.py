@@ -245,3 +245,20 @@ def test_the_estimate_the_log_and_runs_write_durations_alike(tmp_path: Path) -> 
     out = subprocess.run([sys.executable, "-m", "tui.cli", "runs", "--run-dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert " 2m41s " in out, out
+
+
+def test_a_template_the_light_renderer_cannot_read_is_not_measured(
+    tiny_model_dir: Path, tmp_path: Path, chat_jsonl: Path
+) -> None:
+    """No wrong verdict from the estimator's renderer: transformers' own may render it."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "chat_template.jinja").write_text("{{ messages | transformers_only_filter }}")
+    p = Preset.model_validate({
+        "model": {"name_or_path": str(model), "max_seq_length": 64},
+        "dataset": {"path": str(chat_jsonl), "chat_template": "model"},
+    })  # fmt: skip
+    assert measure(p) is None
+    assert estimate_for(p, None).lengths == "max_seq_length"
