@@ -132,4 +132,5 @@ def test_bad_dataset_fails_with_exit_2_and_failed_event(make_preset, tmp_path: P
     assert result.status == "failed" and result.exit_code == 2
     failed = next(e for e in sink.events if type(e).__name__ == "Failed")
     assert "bad.jsonl" in failed.message and failed.hint
-    assert rundir.read_status(result.run_dir)["state"] == "failed"
+    # A run that never trained leaves no folder behind for `latest` to land on (issue 17).
+    assert not result.run_dir.exists()
