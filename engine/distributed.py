@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
 import json
 import os
 import sys
@@ -105,15 +106,24 @@ def shutdown(
     """
     import torch.distributed as dist
 
-    with _STORE_LOCK:
-        if not dist.is_initialized():
-            return []
-        store = _store()
-        unended: list[int] = []
-        if store is not None:
-            unended = _meet_at_the_end(store, ctx, timeout) if clean else []
-        dist.destroy_process_group()
-        return unended
+    # The teardown itself must not hang a node either (a store that stopped answering, a
+    # destroy that never returns, maybe holding the GIL): past this, faulthandler's own thread
+    # prints where each thread stood and exits the process with 1.
+    limit = 2 * timeout.total_seconds() + 10
+    with contextlib.suppress(OSError, ValueError, RuntimeError):  # no descriptor behind stderr
+        faulthandler.dump_traceback_later(limit, exit=True)
+    try:
+        with _STORE_LOCK:
+            if not dist.is_initialized():
+                return []
+            store = _store()
+            unended: list[int] = []
+            if store is not None:
+                unended = _meet_at_the_end(store, ctx, timeout) if clean else []
+            dist.destroy_process_group()
+            return unended
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _meet_at_the_end(store: Any, ctx: DistContext, timeout: datetime.timedelta) -> list[int]:

@@ -39,6 +39,10 @@ distributed.sum_floats([1.0], ctx)  # the job's last collective
 mode = os.environ["MODE"]
 if ctx.rank == 1 and mode == "dies":
     os._exit(3)  # gone before its end: no mark in the store
+if ctx.rank == 1 and mode == "store_stops":
+    os.kill(os.getppid(), signal.SIGSTOP)  # torchrun's agent, which holds the store
+    while Path(f"/proc/{os.getppid()}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.01)  # stopped for sure before this rank's mark goes to it
 if ctx.rank == 1 and mode == "hangs":
     os.kill(os.getpid(), signal.SIGSTOP)  # stuck for good, short of its end
 if mode == "hangs_after_run":  # the launcher test: rank 0's run is over, rank 1 never exits
@@ -204,3 +208,43 @@ def test_ctrl_c_twice_kills_every_rank_not_only_torchrun(
         _kill_session(process)
     assert len(ranks) == 2
     assert not alive, f"ranks left running after Ctrl+C twice: {alive}"
+
+
+def test_a_rank_whose_teardown_hangs_leaves_on_its_own(tmp_path: Path) -> None:
+    """The store stops answering at the end (rank 1 stops its host, torchrun's agent): rank 0,
+    waiting there for rank 1's mark, still ends in bounded time: through its watchdog (a
+    traceback of where it stood) when the store call blocks, with the missing-rank message when
+    the call fails."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    job = subprocess.Popen(
+        _torchrun(script), cwd=ROOT, env=_env(MODE="store_stops"), start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
+    reader.start()
+    started = time.monotonic()
+    said = (
+        "Timeout (0:00:16)!",  # faulthandler's, on its way to exit(1)
+        "Rank 1 did not get to the end of the job within 3 s of rank 0",
+    )
+
+    def told() -> bool:
+        return any(text in line for line in lines for text in said)
+
+    try:
+        while time.monotonic() - started < 150 and not told():
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job.pid, signal.SIGCONT)
+        try:
+            job.wait(timeout=90)
+        finally:
+            _kill_session(job)
+    reader.join(timeout=10)
+    assert told(), "".join(lines)[-3000:]
+    # 16 s after rank 0's end; the rest is start-up on a loaded CPU. Without it: 30 minutes.
+    assert elapsed < 120, f"{elapsed:.0f} s"
