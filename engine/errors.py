@@ -94,6 +94,14 @@ class OutOfMemoryError(TrainingError):
     default_title = "Out of memory"
 
 
+class NoTerminalError(FinettyError):
+    """A full-screen command was started without a terminal (a pipe, a file, /dev/null)."""
+
+    exit_code = EXIT_BAD_INPUT
+    kind = "no_terminal"
+    default_title = "This needs a terminal"
+
+
 def weights_only_refusal(exc: BaseException) -> str | None:
     """What ``torch.load(weights_only=True)`` refused, in words that follow a file's name; None
     when ``exc`` is no such refusal. torch's own text advises ``weights_only=False``, which would

@@ -125,6 +125,8 @@ class Run:
         if resume_dir is not None:
             self.run_dir = resume_dir
             if self.rank == 0:
+                # For every caller, not only the CLI: a finished run is never trained again.
+                rundir.check_resumable(resume_dir, need_checkpoint=False)
                 self.lock = runlock.acquire(resume_dir)
         elif self.rank != 0:
             self.run_dir = new_run_dir or Path(os.devnull)  # never written by this rank

@@ -315,33 +315,13 @@ def resume_target(ref: str, preset_ref: str | None, root: Path) -> Path:
     is that preset's newest run, and a run of another preset, or one whose config differs from
     the preset's, is refused (a resumed run keeps its config.yaml).
     """
-    from engine import rundir, runlock
-    from engine.checkpoint import complete_checkpoints
-    from engine.errors import ConfigError, RunDirError
+    from engine import rundir
+    from engine.errors import ConfigError
     from engine.presets import load_preset, run_config
 
     preset = load_preset(preset_ref)[0] if preset_ref else None
     run_dir = rundir.resolve_run(ref, root, name=preset.name if preset else None)
-    pid = runlock.holder(run_dir)
-    if pid is not None:
-        raise runlock.busy_error(run_dir, pid)
-    status = rundir.read_status(run_dir)
-    final = run_dir / "final"
-    if not complete_checkpoints(run_dir / "checkpoints"):
-        # Refuse before opening its files: a finished run must not turn into a failed one.
-        raise RunDirError(
-            f"{run_dir} has no complete checkpoint to resume from.",
-            hint="Start a new run instead (without --resume).",
-        )
-    if final.exists() or (isinstance(status, dict) and status.get("state") == "finished"):
-        raise RunDirError(
-            f"{run_dir} has finished: its final model is in {final}. Resuming would only "
-            "overwrite it.",
-            hint="To train further, start a new run from the trained model: export it with "
-            f"`finetty export {run_dir} --format merged`, then set model.name_or_path to the "
-            "exported folder in a preset (or --set model.name_or_path=FOLDER).",
-            title="Run already finished",
-        )
+    rundir.check_resumable(run_dir)
     if preset is not None:
         differences = config_differences(preset, run_config(run_dir))
         if differences:
@@ -580,7 +560,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import rundir, runstate
+    from engine import rundir, runstate, units
     from engine.runstate import shown_state
 
     rows = []
@@ -608,7 +588,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print("no runs yet: start one with `finetty train smollm2-demo`", file=sys.stderr)
     for row in rows:
         best = f"{row['best_loss']:.4f}" if row["best_loss"] is not None else "-"
-        duration = format_hms(row["duration_s"]) if row["duration_s"] else "-"
+        duration = units.duration(row["duration_s"]) if row["duration_s"] else "-"
         step = f"{row['step']}/{row['total_steps'] or '?'}"
         print(f"{row['state']:9} {step:>11} best {best:>8} {duration:>9}  {row['run_dir']}")
         if row["error"]:
@@ -654,14 +634,6 @@ def readable_status(status: object) -> dict[str, object]:
     if not 0 < int(clean.get("pid", 0)) < 2**22:  # Linux's pid_max: anything else is no pid
         clean.pop("pid", None)
     return clean
-
-
-def format_hms(seconds: float) -> str:
-    """H:MM:SS for any length (time.strftime wraps at a day and overflows on huge values)."""
-    if seconds < 0:
-        return "-"
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
