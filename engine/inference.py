@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import models, rundir
+from engine import models, rundir, units, weight_files
 from engine.errors import ModelLoadError, RunDirError
 
 
@@ -97,6 +97,7 @@ def load_chat_model(
         device=device,
         dtype=models.select_dtype("auto", device),
         attention=models.select_attention("auto", device),
+        progress=weight_bytes(say),
     )
     model = loaded.model
     if target.adapter is not None:
@@ -127,6 +128,7 @@ def _load_run(run_dir: Path, say: LoadProgress) -> ChatModel:
             revision=preset.model.revision,
             trust_remote_code=preset.model.trust_remote_code,
             allow_pickle=preset.model.allow_pickle_weights,
+            progress=weight_bytes(say),
         )
         say(f"loading the adapter from {final}")
         model = _with_adapter(loaded.model, final)
@@ -134,12 +136,26 @@ def _load_run(run_dir: Path, say: LoadProgress) -> ChatModel:
         local = models.ModelSource("local", str(final))
         say(f"loading the model from {final}{_weights_size(local)} on the {device}")
         loaded = models.load_model(
-            models.ModelSource("local", str(final)), device=device, dtype=dtype, attention=attention
+            models.ModelSource("local", str(final)),
+            device=device,
+            dtype=dtype,
+            attention=attention,
+            progress=weight_bytes(say),
         )
         model = loaded.model
     say("loading the tokenizer")
     tokenizer = models.load_tokenizer(models.ModelSource("local", str(final)))
     return ChatModel(model, tokenizer, tokenizer.chat_template, f"{preset.name} ({run_dir})")
+
+
+def weight_bytes(say: LoadProgress) -> weight_files.Report:
+    """The weight files' bytes read so far, as a loading stage: ``weights 96/256 MiB, ETA 3s``."""
+
+    def report(done: int, total: int, elapsed: float) -> None:
+        eta = elapsed / done * (total - done) if done else None
+        say(f"weights {done / 2**20:.0f}/{total / 2**20:.0f} MiB, ETA {units.duration(eta)}")
+
+    return report
 
 
 def _weights_size(source: models.ModelSource) -> str:

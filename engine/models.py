@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import embedded
+from engine import embedded, weight_files
 from engine.errors import ModelLoadError
 
 DATASET_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt", ".arrow")
@@ -150,12 +150,16 @@ def load_model(
     revision: str | None = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
+    progress: weight_files.Report | None = None,
 ) -> LoadedModel:
+    """``progress``: told the bytes of a local model's weights read so far (see weight_files)."""
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
     tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
     location, kwargs = _from_pretrained_args(source, revision, trust_remote_code)
+    if progress is not None and source.kind != "gguf":
+        read_weights_ahead(Path(location), progress)
     kwargs.update(dtype=dtype, attn_implementation=attention)
     if not allow_pickle:
         kwargs["use_safetensors"] = source.kind != "gguf"
@@ -183,6 +187,14 @@ def load_model(
         else "none",
     }
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, info=info)
+
+
+def read_weights_ahead(folder: Path, progress: weight_files.Report) -> None:
+    """Read a local folder's safetensors once with a byte count, where they fit in the page
+    cache (a hub id, a GGUF file and pickle weights are left to the loader)."""
+    files = weight_files.weight_files(folder)
+    if files and weight_files.fits_in_page_cache(sum(p.stat().st_size for p in files)):
+        weight_files.read_ahead(files, progress)
 
 
 def _quiet_transformers() -> None:

@@ -40,6 +40,7 @@ from engine.events import (
     FanoutSink,
     Finished,
     LogLine,
+    Progress,
     RunStarted,
     StateChanged,
 )
@@ -400,6 +401,7 @@ class Run:
             revision=p.model.revision,
             trust_remote_code=p.model.trust_remote_code,
             allow_pickle=p.model.allow_pickle_weights,
+            progress=self._loading_progress,
         )
         self.tokenizer = loaded.tokenizer
         from engine.kernels import apply_fused_kernels
@@ -596,6 +598,20 @@ class Run:
             if heldout:
                 self._exact_match(model, heldout, "after")
         return outcome, paths
+
+    def _loading_progress(self, done: int, total: int, elapsed: float) -> None:
+        """The model's weight files read so far, as a Progress event in MiB with an ETA."""
+        eta = elapsed / done * (total - done) if done > 0 else None
+        self.sink.emit(
+            Progress(
+                task="loading model weights",
+                done=round(done / 2**20, 1),
+                total=max(1, round(total / 2**20)),
+                unit="MiB",
+                elapsed_s=round(elapsed, 2),
+                eta_s=None if eta is None else round(eta, 1),
+            )
+        )
 
     def _cuda_graphs(self) -> bool | None:
         """training.cuda_graphs for this process: off under DDP, whose gradient hooks need
