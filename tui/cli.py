@@ -416,7 +416,7 @@ def run_headless(
 
     if launched_distributed() and rank_from_env() != 0:
         return run_follower_rank(preset, resume_dir=resume_dir, new_run_dir=new_run_dir)
-    reporter = ConsoleReporter(json_mode=json_mode)
+    reporter = ConsoleReporter(json_mode=json_mode, failure_panel=not json_mode)
     run = Run(preset, reporter, runs_root=root, resume_dir=resume_dir, new_run_dir=new_run_dir)
     interrupts = {"count": 0, "first": 0.0}
 

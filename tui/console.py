@@ -54,9 +54,17 @@ class ConsoleReporter:
     """An EventSink that renders events for a terminal or a log file."""
 
     def __init__(
-        self, *, json_mode: bool = False, live: bool | None = None, stdout: TextIO | None = None
+        self,
+        *,
+        json_mode: bool = False,
+        live: bool | None = None,
+        stdout: TextIO | None = None,
+        failure_panel: bool = False,
     ) -> None:
+        """``failure_panel``: the caller prints a failure as an error panel of its own
+        (`finetty train --no-tui`), so the reporter does not state it a second time."""
         self.stdout = stdout or sys.stdout
+        self.failure_panel = failure_panel
         self.json_mode = json_mode
         self.err = Console(stderr=True, highlight=False)
         self.live_mode = self.err.is_terminal if live is None else live
@@ -95,6 +103,8 @@ class ConsoleReporter:
             self.stdout.flush()
         if isinstance(event, Progress) and not self.live_mode:
             self._print_progress(event)
+        elif self.failure_panel and isinstance(event, Failed):
+            return
         elif not self.live_mode and not isinstance(event, HardwareSample):
             line = exact_match_line(event) if isinstance(event, ExactMatch) else human_line(event)
             if isinstance(event, DatasetStats):
@@ -133,7 +143,10 @@ class ConsoleReporter:
             self.failed = event
         elif isinstance(event, DatasetStats):
             self.log.append(_dataset_line(event))
-        if isinstance(event, LogLine | Failed) or type(event).__name__ in (
+        shown_by_caller = self.failure_panel and isinstance(event, Failed)
+        if (isinstance(event, LogLine | Failed) and not shown_by_caller) or type(
+            event
+        ).__name__ in (
             "CheckpointSaved",
             "Eval",
         ):
