@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import psutil
 
 from engine.config import Preset
-from engine.gpus import CPU_GFLOPS_PER_CORE, GpuSpec, training_flops
+from engine.gpus import CPU_TRAINING_SHARE, GpuSpec, cpu_matmul_flops, training_flops
 from engine.graph_work import graphs_wanted, host_bound
 from engine.loss import CHUNKABLE, chunk_rows
 from engine.shapes import ModelShape, shape_for
@@ -425,8 +425,8 @@ def estimate(
     cost = eta / 3600 * hourly_price if (eta is not None and hourly_price is not None) else None
     if gpu is None:
         notes.append(
-            f"CPU run: memory is RAM; speed from ~{CPU_GFLOPS_PER_CORE:.0f} GFLOP/s per core "
-            "(measured)"
+            f"CPU run: memory is RAM; speed {CPU_TRAINING_SHARE:.0%} of this CPU's float32 "
+            f"matmul rate ({cpu_matmul_flops() / 1e9:.0f} GFLOP/s, measured now)"
         )
     elif plan.dtype == "bfloat16" and not gpu.bf16:
         notes.append(f"{gpu.name} has no bf16: use model.dtype auto (fp16)")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from engine.errors import ConfigError
@@ -81,17 +83,54 @@ _DETECTED = (
 # Model FLOPs (recompute counted) per peak FLOP on finetty's path: the 8B rows on an H200 (devT,
 # engine.estimate.step_time).
 GPU_MFU = 0.63
-# Effective fp32 training rate, model FLOPs at the micro-batches' padded lengths: the CPU demo
-# (SmolLM2-135M LoRA, 60 steps of 8 rows padded to 55 tokens on average, 0.251 TFLOP a step)
-# trained in 161 s on this project's idle 2-core CI machine (bench/RESULTS.md).
-CPU_GFLOPS_PER_CORE = 47.0
+# The CPU demo's training rate as a share of the CPU's float32 matmul rate: SmolLM2-135M LoRA,
+# 60 steps of 8 rows padded to 55 tokens on average (0.251 TFLOP a step), trained at 1.38 s a
+# step (182 GFLOP/s) on an idle 2-core AMD EPYC whose matmul rate below measured 244-263 GFLOP/s,
+# typically 250 (bench/RESULTS.md, 2026-12-04). The same kind of box has been seen at half that
+# speed (161 s for those 60 steps on 2026-11-27), so no constant rate can be budgeted on.
+CPU_TRAINING_SHARE = 0.73
+CPU_FALLBACK_GFLOPS_PER_CORE = 47.0  # where numpy cannot measure: the slower box's rate
+MATMUL_PROBE_S = 0.25
 
 
 def training_flops(gpu: GpuSpec | None) -> tuple[float, float]:
-    """(achieved FLOP/s, assumed MFU): peak x MFU on a GPU; a measured per-core rate on a CPU."""
+    """(achieved FLOP/s, assumed MFU): peak x MFU on a GPU; on a CPU a share of the matmul rate
+    measured here (cpu_matmul_flops)."""
     if gpu is not None:
         return gpu.tflops * 1e12 * GPU_MFU, GPU_MFU
-    return cpu_cores() * CPU_GFLOPS_PER_CORE * 1e9, 1.0
+    return cpu_matmul_flops() * CPU_TRAINING_SHARE, CPU_TRAINING_SHARE
+
+
+def cpu_matmul_flops() -> float:
+    """This CPU's float32 matmul rate on every core it may use, in FLOP/s: a quarter-second
+    1024x1024 measurement (numpy's BLAS, as fast as torch's here), once per process. A busy
+    machine measures slower, as it will also train slower. ``$FINETTY_CPU_GFLOPS`` gives the
+    rate instead (the same estimate from every process, e.g. in CI)."""
+    given = os.environ.get("FINETTY_CPU_GFLOPS", "")
+    with contextlib.suppress(ValueError):
+        if 0 < float(given) < 1e6:
+            return float(given) * 1e9
+    return _measured_matmul_flops()
+
+
+@functools.cache
+def _measured_matmul_flops() -> float:
+    try:
+        import numpy as np
+    except ImportError:
+        return cpu_cores() * CPU_FALLBACK_GFLOPS_PER_CORE * 1e9
+    n = 1024
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b  # warm-up: thread pool start and page faults
+    best = float("inf")
+    started = time.perf_counter()
+    while time.perf_counter() - started < MATMUL_PROBE_S:
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
 
 
 def cpu_cores() -> int:
