@@ -58,7 +58,11 @@ def stream_reply(
         """Ends generation at the next token once the consumer has closed this stream."""
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+            # On the ids' device: transformers ORs it with its own criteria there (on a GPU a
+            # CPU tensor raised "Expected all tensors to be on the same device").
+            return torch.full(
+                (input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device
+            )
 
     text = render_prompt(tokenizer, messages, chat_template)
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)

@@ -302,3 +302,17 @@ def test_cuda_graph_layers_with_dropout_match_eager_layers(
     draws the same masks again, so losses and updates match the eager path."""
     graphs = _graphs_against_eager(tiny_model_dir, method, accumulate=1, dropout=0.2)
     assert graphs.random_ok == {0, 1}
+
+
+def test_a_chat_reply_streams_from_a_model_on_the_gpu(tiny_model_dir: Path) -> None:
+    """December 4 2026: the reply's stop criterion made its tensor on the CPU, and transformers
+    raised "Expected all tensors to be on the same device" on cuda:0."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.generate import stream_reply
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to("cuda")
+    messages = [{"role": "user", "content": "Hello"}]
+    reply = "".join(stream_reply(model, tokenizer, messages, max_new_tokens=8))
+    assert isinstance(reply, str)
