@@ -14,10 +14,11 @@
    built-in dataset: from the tuned model, and from the base (the adapter switched off, as the
    pane's "base vs tuned" does). chat.json keeps each prompt with both replies.
 
-The committed recordings were made on a 16-core machine with one H200: demo_run with
-``CUDA_VISIBLE_DEVICES=`` (a CPU run; the 2-core development box, shared, was at 90 s a step),
-demo_run_gpu with ``--events-only`` (there the chat pane's reply failed on CUDA, on December 4
-2026: generate's stopping criteria met tensors on cuda:0 and on the CPU).
+The committed demo_run was recorded on this project's 2-core CPU box, idle, with ``--run`` on a
+``finetty train smollm2-demo --no-tui`` run of commit 4879541 (60 steps in 83 s, exact match 0%
+-> 71%). demo_run_gpu was recorded on one H200 with ``--events-only``: there the chat pane's
+reply failed on CUDA on December 4 2026 (generate's stopping criteria made its tensor on the
+CPU; fixed since).
 
 Then run ``make screenshots`` and the snapshot tests (``--snapshot-update`` where the picture
 changed, after looking at it).
