@@ -267,6 +267,20 @@ def shown_state(status: dict[str, Any]) -> str:
     return DIED if state in LIVE_WORDS and not alive else state
 
 
+def shown_duration_s(status: dict[str, Any], now: float) -> float | None:
+    """How long a run has taken, for `finetty runs` and the home screen alike: its segments'
+    own elapsed time once one has ended (model loading included), else from its start to
+    ``now`` while it is live, or to its last update; None without a numeric start."""
+    elapsed = status.get("elapsed_s")
+    if isinstance(elapsed, int | float) and not isinstance(elapsed, bool):
+        return float(elapsed)
+    started, updated = status.get("started"), status.get("updated")
+    if not isinstance(started, int | float) or isinstance(started, bool):
+        return None
+    end = now if shown_state(status) in LIVE_WORDS else updated
+    return (end if isinstance(end, int | float) else started) - started
+
+
 def read_events(path: Path) -> list[Event]:
     """Every whole, parseable event of an events.jsonl (a torn or foreign line is skipped)."""
     try:

@@ -567,7 +567,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
         status = readable_status(rundir.read_status(path))
         state = shown_state(status)  # engine.runstate: "died" for a live run whose process is gone
-        started, updated = status.get("started"), status.get("updated")
         rows.append(
             {
                 "run_dir": str(path),
@@ -576,7 +575,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 "step": status.get("step", 0),
                 "total_steps": status.get("total_steps"),
                 "best_loss": status.get("best_loss"),
-                "duration_s": (updated - started) if started and updated else None,
+                "duration_s": runstate.shown_duration_s(status, time.time()),
                 "error": status.get("error"),
                 "last_checkpoint": status.get("last_checkpoint"),
             }
@@ -608,6 +607,7 @@ STATUS_FIELDS = {
     "best_loss": float,
     "started": float,
     "updated": float,
+    "elapsed_s": float,
     "error": str,
     "last_checkpoint": str,
 }

@@ -22,7 +22,7 @@ from textual.widgets import Button, DataTable, Footer, Static
 from engine import units
 from engine.presets import list_presets
 from engine.rundir import all_runs, never_trained, read_status, runs_root
-from engine.runstate import LIVE_WORDS, shown_state
+from engine.runstate import LIVE_WORDS, shown_duration_s, shown_state
 
 LIVE_STATES = LIVE_WORDS  # status.json words of a run whose process should be alive
 STATE_STYLES = {
@@ -50,14 +50,8 @@ def run_state(status: dict[str, Any]) -> str:
 
 
 def duration(status: dict[str, Any]) -> str:
-    seconds = status.get("elapsed_s")
-    if not isinstance(seconds, int | float):
-        started, updated = status.get("started"), status.get("updated")
-        if not isinstance(started, int | float):
-            return "–"
-        end = time.time() if run_state(status) in LIVE_STATES else updated
-        seconds = (end if isinstance(end, int | float) else started) - started
-    return units.duration(seconds)
+    seconds = shown_duration_s(status, time.time())
+    return "–" if seconds is None else units.duration(seconds)
 
 
 def run_row(run_dir: Path) -> tuple[str, str | Content, ...]:
