@@ -1,4 +1,4 @@
-"""CLI edge cases of area E: full-screen commands without a terminal, and `finetty chat` flags.
+"""CLI edge cases: full-screen commands without a terminal, and `finetty chat` flags.
 
 Without a terminal, `finetty PRESET.yaml` and `finetty watch` used to start the TUI anyway: escape
 codes into the file, and a process that never exits. Bad chat flags used to load the model first
