@@ -30,9 +30,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from engine.events import RecordingSink, RunStarted, Step
-    from engine.presets import load_preset
-    from engine.run import Run
+    from engine.config.presets import load_preset
+    from engine.core.events import RecordingSink, RunStarted, Step
+    from engine.train.run import Run
 
     overrides = [
         f"training.max_steps={args.steps}",

@@ -128,29 +128,30 @@ def flops_per_token(shape: str, seq: int) -> float:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
-    from engine import distributed, models
-    from engine.adapters import LoraSettings, prepare_for_training
-    from engine.control import RunControl
-    from engine.events import RecordingSink, Step
-    from engine.kernels import apply_fused_kernels
-    from engine.trainer import Trainer, TrainSettings
+    from engine.core.events import RecordingSink, Step
+    from engine.models import loading
+    from engine.models.adapters import LoraSettings, prepare_for_training
+    from engine.parallel import distributed
+    from engine.runs.control import RunControl
+    from engine.speed.kernels import apply_fused_kernels
+    from engine.train.trainer import Trainer, TrainSettings
 
     if args.stock_optimizer:
         import bitsandbytes as bnb
 
-        import engine.optim8bit
+        import engine.speed.optim8bit
 
-        engine.optim8bit.sync_free_adamw8bit = lambda: bnb.optim.AdamW8bit
+        engine.speed.optim8bit.sync_free_adamw8bit = lambda: bnb.optim.AdamW8bit
     if args.no_liger_loss:
-        import engine.loss
+        import engine.speed.loss
 
-        engine.loss.USE_LIGER_LOSS = False
+        engine.speed.loss.USE_LIGER_LOSS = False
     if args.peft_casts:
         import contextlib
 
-        import engine.adapters
+        import engine.models.adapters
 
-        engine.adapters.adapter_input_casts_off = lambda model, amp: contextlib.nullcontext()
+        engine.models.adapters.adapter_input_casts_off = lambda model, amp: contextlib.nullcontext()
     cuda = args.device == "cuda"
     if cuda:
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -166,8 +167,8 @@ def run(args: argparse.Namespace) -> dict:
 
         torch.distributed.barrier()
         folder = prepare_model(args.shape, Path(args.model_root), args.device)
-    loaded = models.load_model(
-        models.ModelSource("local", str(folder)),
+    loaded = loading.load_model(
+        loading.ModelSource("local", str(folder)),
         device=args.device,
         dtype=torch.bfloat16 if cuda else torch.float32,
         attention="sdpa",
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> dict:
         gradient_checkpointing=args.plain,  # the plain reference: transformers' checkpointing
     )
     if not args.plain:
-        from engine.fast_path import apply_fast_path
+        from engine.speed.fast_path import apply_fast_path
 
         kernels += apply_fast_path(
             model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
@@ -214,7 +215,7 @@ def run(args: argparse.Namespace) -> dict:
         docs = realistic_examples(args.batch * args.steps * world, args.seq, vocab)
         data = docs if args.batching == "pad" else pack_examples(docs, args.seq)
         if args.batching == "pack-varlen":
-            from engine import varlen
+            from engine.speed import varlen
 
             varlen.use_for(model)
             kernels.append("varlen attention (packed documents)")
@@ -302,7 +303,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _graph_report(model) -> dict:
-    from engine.layer_checkpoint import graphs_of
+    from engine.speed.layer_checkpoint import graphs_of
 
     graphs = graphs_of(model)
     if graphs is None:
@@ -504,9 +505,9 @@ def host_report(profiler) -> list[str]:
 
 
 def predicted(args: argparse.Namespace, folder: Path) -> dict:
-    from engine.estimate import estimate
-    from engine.gpus import detect_gpus, spec_for
-    from engine.presets import validate
+    from engine.config.presets import validate
+    from engine.plan.estimate import estimate
+    from engine.plan.gpus import detect_gpus, spec_for
 
     preset = validate(
         {
@@ -568,7 +569,7 @@ def main() -> None:
     parser.add_argument(
         "--no-grouped-lora",
         action="store_true",
-        help="q/k/v and gate/up one by one, not grouped (engine.grouped_lora, the default)",
+        help="q/k/v and gate/up one by one, not grouped (engine.speed.grouped_lora, the default)",
     )
     parser.add_argument(
         "--cuda-graphs",
@@ -576,7 +577,7 @@ def main() -> None:
         help="CUDA graphs for every checkpointed layer call (the default: where host-bound)",
     )
     parser.add_argument(
-        "--no-cuda-graphs", action="store_true", help="no CUDA graphs (engine.layer_graphs)"
+        "--no-cuda-graphs", action="store_true", help="no CUDA graphs (engine.speed.layer_graphs)"
     )
     parser.add_argument("--lora-dropout", type=float, default=0.0)
     parser.add_argument(
@@ -596,7 +597,7 @@ def main() -> None:
         "(the default: where a layer call is host-bound)",
     )
     parser.add_argument(
-        "--no-liger-loss", action="store_true", help="engine.loss's own frozen-head loss"
+        "--no-liger-loss", action="store_true", help="engine.speed.loss's own frozen-head loss"
     )
     parser.add_argument(
         "--no-offload", action="store_true", help="keep checkpointed layer inputs on the GPU"

@@ -6,7 +6,7 @@ hidden size 64 on the CPU, one thread, LoRA r8 on every linear layer.
 Prints, per configuration, the median over rounds of each round's fastest forward+backward
 time: PEFT's path, with transformers' checkpointing, finetty's fused LoRA, and fused LoRA with
 finetty's per-layer checkpointing, the last two also with the projections that share an input
-grouped (engine.grouped_lora, not the default). On a GPU a small model's step is bound by this
+grouped (engine.speed.grouped_lora, not the default). On a GPU a small model's step is bound by this
 time (plus kernel launches), not by its matmuls.
 """
 
@@ -29,7 +29,7 @@ def build(layers: int, fused: bool, checkpointing: bool, grouped: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from engine.fast_path import apply_fast_path
+    from engine.speed.fast_path import apply_fast_path
 
     torch.manual_seed(0)
     config = Qwen2Config(
@@ -66,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from engine.loss import chunked_loss_sum
+    from engine.speed.loss import chunked_loss_sum
 
     torch.set_num_threads(1)
     ids = torch.randint(0, 256, (2, 16))

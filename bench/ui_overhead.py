@@ -94,7 +94,7 @@ class EngineCpu:
 
 def headless(preset, root: Path, engine: EngineCpu) -> Path:
     """What `finetty train --no-tui` does with stderr off a TTY: plain lines, joined at 0.2 s."""
-    from engine.run import Run
+    from engine.train.run import Run
     from tui.console import ConsoleReporter
 
     reporter = ConsoleReporter(live=False, stdout=io.StringIO())
@@ -161,7 +161,7 @@ def main() -> None:
     from tui.cli import quiet_libraries
 
     quiet_libraries()
-    from engine.presets import load_preset
+    from engine.config.presets import load_preset
 
     overrides = [
         f"training.max_steps={args.steps}",

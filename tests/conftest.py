@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted to an HF folder (30 s the first time, then cached)."""
-    from engine.embedded import ensure_converted
+    from engine.models.embedded import ensure_converted
 
     return ensure_converted("smollm2-135m-instruct")
 
@@ -76,7 +76,7 @@ def chat_jsonl(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_preset(tiny_model_dir: Path, chat_jsonl: Path):
     """Build a validated preset for fast runs on the tiny model; keyword args override training keys."""
-    from engine.presets import validate
+    from engine.config.presets import validate
 
     def build(**training: object):
         return validate(_tiny_preset_data(tiny_model_dir, chat_jsonl, **training))

@@ -49,7 +49,7 @@ def test_light_commands_never_import_torch(argv: list[str]) -> None:
 
 def test_engine_never_imports_a_ui() -> None:
     loaded = modules_after(
-        "import engine.run, engine.trainer, engine.events, engine.rundir, engine.config, engine.presets, engine.hardware"
+        "import engine.train.run, engine.train.trainer, engine.core.events, engine.runs.rundir, engine.config.schema, engine.config.presets, engine.train.hardware"
     )
     assert not {"tui", "textual", "rich"} & {name.split(".")[0] for name in loaded}
 
@@ -152,7 +152,7 @@ def test_signal_checkpoints_then_exits_with_documented_code(
 ) -> None:
     import signal as signals
 
-    from engine import checkpoint, rundir
+    from engine.runs import checkpoint, rundir
 
     proc, root = _start_training(make_preset, tmp_path, steps=10_000)
     _wait_for_step(proc)

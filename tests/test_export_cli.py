@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import FinettyError
-from tests.engine.test_export import make_run
+from engine.core.errors import FinettyError
+from tests.engine.export.test_export import make_run
 from tui.export_cmd import add_export_parser, cmd_export
 
 

@@ -22,8 +22,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from engine.config import Preset
-from engine.errors import DatasetError
+from engine.config.schema import Preset
+from engine.core.errors import DatasetError
 from tui import cli
 from tui.cli import main
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine.test_export import make_run
+from tests.engine.export.test_export import make_run
 from tui.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +83,12 @@ def test_watch_without_a_terminal_points_to_runs_and_the_log(run_dir: Path) -> N
 def test_bad_chat_flags_are_refused_before_loading(
     flags: list[str], fragment: str, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    import engine.inference
+    import engine.models.inference
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before the flags were checked")
 
-    monkeypatch.setattr(engine.inference, "load_chat_model", never)
+    monkeypatch.setattr(engine.models.inference, "load_chat_model", never)
     assert main(["chat", "embedded:smollm2-135m-instruct", "--no-tui", *flags]) == 2
     err = capsys.readouterr().err
     assert fragment in " ".join(err.split()), err

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import rundir
-from engine.config import Preset
-from engine.control import RunControl
-from engine.errors import ModelLoadError
-from engine.events import CheckpointSaved, Event, RecordingSink, Step
-from engine.models import resolve_source
-from engine.run import Run
+from engine.config.schema import Preset
+from engine.core.errors import ModelLoadError
+from engine.core.events import CheckpointSaved, Event, RecordingSink, Step
+from engine.models.loading import resolve_source
+from engine.runs import rundir
+from engine.runs.control import RunControl
+from engine.train.run import Run
 from tui.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine import checkpoint, rundir
-from engine.events import CheckpointSaved, RecordingSink, Step
-from engine.run import Run
+from engine.core.events import CheckpointSaved, RecordingSink, Step
+from engine.runs import checkpoint, rundir
+from engine.train.run import Run
 from tui import cli
 from tui.cli import main
 
@@ -185,7 +185,7 @@ def anyio_backend() -> str:
 
 
 # -- several viewers ------------------------------------------------------------------------------
-VIEWER = "import sys; from pathlib import Path; from engine.rundir import send_command; send_command(Path(sys.argv[1]), sys.argv[2])"
+VIEWER = "import sys; from pathlib import Path; from engine.runs.rundir import send_command; send_command(Path(sys.argv[1]), sys.argv[2])"
 
 
 def test_two_viewers_in_two_processes_are_both_honoured(make_preset, tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_two_viewers_in_two_processes_are_both_honoured(make_preset, tmp_path: P
 def test_concurrent_writers_never_tear_a_command(tmp_path: Path) -> None:
     reader = rundir.CommandReader(tmp_path / "commands.jsonl")
     code = (
-        "import sys; from pathlib import Path; from engine.rundir import send_command\n"
+        "import sys; from pathlib import Path; from engine.runs.rundir import send_command\n"
         "for _ in range(200): send_command(Path(sys.argv[1]), sys.argv[2])"
     )
     writers = [
@@ -231,7 +231,7 @@ def test_concurrent_writers_never_tear_a_command(tmp_path: Path) -> None:
 # Ctrl+C (abort at once) can end the process in time.
 SLOW_SAVE = """
 import sys, time
-import engine.checkpoint as checkpoint
+import engine.runs.checkpoint as checkpoint
 original = checkpoint.save_checkpoint
 def slow(*args, **kwargs):
     time.sleep(60)

@@ -1,6 +1,6 @@
 """The Textual app: wiring only. Screens do the work; the engine loads on a worker thread.
 
-Nothing heavy is imported here (no torch, peft or engine.run) so the first screen paints at once.
+Nothing heavy is imported here (no torch, peft or engine.train.run) so the first screen paints at once.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tui.messages import RunAttached
 from tui.screens.dashboard import DashboardScreen
 
 if TYPE_CHECKING:
-    from engine.config import Preset
+    from engine.config.schema import Preset
 
 
 class FinettyApp(App[None]):
@@ -49,7 +49,7 @@ class FinettyApp(App[None]):
         self.resume_dir = resume_dir
         self.watch_dir = watch_dir
         self.start_screen = start_screen
-        self.run_handle: Any = None  # engine.run.Run once launched
+        self.run_handle: Any = None  # engine.train.run.Run once launched
         self.job: Any = None  # subprocess.Popen of a multi-GPU job started from here
         self.launch_error: Any = None  # a FinettyError raised before the run started
         self.detached = False  # the user left the dashboard with "leave the run going"
@@ -84,7 +84,7 @@ class FinettyApp(App[None]):
         self.push_screen(step_screen(step, state))
 
     def open_review(self, preset_ref: str | Path) -> None:
-        from engine.errors import FinettyError
+        from engine.core.errors import FinettyError
 
         try:
             self.open_wizard(4, preset_ref)
@@ -110,13 +110,13 @@ class FinettyApp(App[None]):
     def launch_job(self, preset: Preset, gpus: int) -> None:
         """Several GPUs: torchrun in a session of its own, watched through its run directory.
         Leaving the TUI leaves the job running (`finetty watch latest` comes back to it)."""
-        from engine import rundir, runlock
-        from engine.errors import FinettyError
-        from engine.presets import to_yaml
+        from engine.config.presets import to_yaml
+        from engine.core.errors import FinettyError
+        from engine.runs import rundir, runlock
         from tui.launch import LaunchPlan, start_job, torchrun_command
 
         try:
-            from engine.sharded import check_launch
+            from engine.parallel.sharded import check_launch
 
             check_launch(preset)
             run_dir = rundir.new_run_dir(preset.name, self.runs_root or rundir.runs_root())
@@ -157,19 +157,19 @@ class FinettyApp(App[None]):
         bridge: UiBridge,
         dashboard: DashboardScreen,
     ) -> None:
-        from engine.errors import FinettyError
+        from engine.core.errors import FinettyError
         from tui.cli import quiet_libraries
 
         quiet_libraries()
-        from engine.run import Run
+        from engine.train.run import Run
 
         try:
             if isinstance(preset, str):
-                from engine.presets import load_preset
+                from engine.config.presets import load_preset
 
                 preset, _ = load_preset(preset, self.overrides)
             if preset is None and resume_dir is not None:
-                from engine.presets import run_config
+                from engine.config.presets import run_config
 
                 preset = run_config(resume_dir)
             if preset is None:
@@ -181,7 +181,7 @@ class FinettyApp(App[None]):
             return
         if resume_dir is not None:
             # A resumed run is one run: the dashboard shows its earlier segments too.
-            from engine.runstate import read_events
+            from engine.runs.runstate import read_events
 
             for event in read_events(run.run_dir / "events.jsonl"):
                 bridge.emit(event)
@@ -249,7 +249,7 @@ def run_tui(
     ``preset`` may be a validated Preset or a name/file (with ``overrides``) that the worker loads
     after the first paint; a bad one then shows in a modal and exits with 2.
     """
-    from engine.errors import EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED
+    from engine.core.errors import EXIT_OK, EXIT_STOPPED, EXIT_TERMINATED
 
     app = FinettyApp(
         preset,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from textual.message_pump import MessagePump
 
-from engine.events import Event, Failed
-from engine.runstate import TERMINAL, RunState, parse_event_line
+from engine.core.events import Event, Failed
+from engine.runs.runstate import TERMINAL, RunState, parse_event_line
 from tui.messages import EventsReady
 
 
@@ -97,7 +97,7 @@ class RunDirControl:
         self.run_dir = run_dir
 
     def _send(self, command: str) -> None:
-        from engine.rundir import send_command
+        from engine.runs.rundir import send_command
 
         send_command(self.run_dir, command)
 
@@ -170,7 +170,7 @@ class JsonlTail:
 
     def _check_process(self) -> None:
         """A run whose process is gone without a final event would otherwise look alive."""
-        from engine.rundir import pid_alive, read_status
+        from engine.runs.rundir import pid_alive, read_status
 
         status = read_status(self.path.parent)
         pid = status.get("pid")

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from textual.app import App
 
-from engine.errors import EXIT_OK, FinettyError
+from engine.core.errors import EXIT_OK, FinettyError
 from tui.screens.chat import ChatScreen, GenerationSettings, Loader, ReplyStream, chat_loader
 
 if TYPE_CHECKING:
-    from engine.inference import ChatTarget
+    from engine.models.inference import ChatTarget
 
 
 class ChatApp(App[None]):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, FinettyError
+from engine.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, FinettyError
 
 EPILOG = """examples:
   finetty                                 the TUI: recent runs, presets, new-run wizard
@@ -134,8 +134,8 @@ def preset_argument(word: str, parser: argparse.ArgumentParser) -> bool:
         return False
     if word.endswith((".yaml", ".yml")):
         return True
-    from engine.errors import ConfigError
-    from engine.presets import find_preset
+    from engine.config.presets import find_preset
+    from engine.core.errors import ConfigError
 
     try:
         find_preset(word)
@@ -149,12 +149,12 @@ def require_terminal(what: str, instead: str, *, preset: str | None = None) -> N
     a file or pipe and wait forever for keys that cannot come. A named preset is checked first,
     so a missing one reads the same as in `finetty train`."""
     if preset is not None:
-        from engine.presets import find_preset
+        from engine.config.presets import find_preset
 
         find_preset(preset)
     if interactive():
         return
-    from engine.errors import NoTerminalError
+    from engine.core.errors import NoTerminalError
 
     ends = [n for n, s in (("input", sys.stdin), ("output", sys.stdout)) if not _is_tty(s)]
     raise NoTerminalError(
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if not interactive():
             parser.print_help()
             return 0
-        from engine import rundir
+        from engine.runs import rundir
         from tui.app import run_tui
 
         return run_tui(runs_root=rundir.runs_root())
@@ -240,9 +240,9 @@ def report_error(error: FinettyError) -> None:
 
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from engine import rundir
-    from engine.errors import ConfigError
-    from engine.presets import load_preset, run_config
+    from engine.config.presets import load_preset, run_config
+    from engine.core.errors import ConfigError
+    from engine.runs import rundir
 
     root = rundir.runs_root(args.run_dir)
     resume_dir = None
@@ -261,13 +261,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             "finetty train needs a preset.", hint="For example: finetty train smollm2-demo"
         )
     if preset.hardware_problems(cuda=False):  # a CUDA-only setting: ask torch (~1 s) only then
-        from engine.models import select_device
-        from engine.presets import check_hardware
+        from engine.config.presets import check_hardware
+        from engine.models.loading import select_device
 
         # Once, before any run directory exists; the wizard asks the same function.
         source = str(resume_dir / "config.yaml") if resume_dir else args.preset
         check_hardware(preset, cuda=select_device(use_cpu=False) == "cuda", source=source)
-    from engine.distributed import launched_distributed, rank_from_env
+    from engine.parallel.distributed import launched_distributed, rank_from_env
     from tui.launch import plan_launch, visible_gpu_count
 
     if launched_distributed() and args.gpus is not None:
@@ -288,13 +288,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             preset, root=root, steps=args.probe_steps, price=args.price, json_mode=args.json
         )
     if plan is not None:
-        from engine.sharded import check_launch
+        from engine.parallel.sharded import check_launch
 
         check_launch(preset)
         return launch_job(args, plan, preset.name, root=root, resume_dir=resume_dir)
-    from engine import runlock
+    from engine.runs import runlock
 
-    # The multi-GPU launcher hands rank 0 the folder it made (never a flag: see engine.runlock).
+    # The multi-GPU launcher hands rank 0 the folder it made (never a flag: see engine.runs.runlock).
     new_run_dir = None
     if launched_distributed() and resume_dir is None and rank_from_env() == 0:
         new_run_dir = runlock.launched_run_dir()
@@ -315,9 +315,9 @@ def resume_target(ref: str, preset_ref: str | None, root: Path) -> Path:
     is that preset's newest run, and a run of another preset, or one whose config differs from
     the preset's, is refused (a resumed run keeps its config.yaml).
     """
-    from engine import rundir
-    from engine.errors import ConfigError
-    from engine.presets import load_preset, run_config
+    from engine.config.presets import load_preset, run_config
+    from engine.core.errors import ConfigError
+    from engine.runs import rundir
 
     preset = load_preset(preset_ref)[0] if preset_ref else None
     run_dir = rundir.resolve_run(ref, root, name=preset.name if preset else None)
@@ -351,7 +351,7 @@ def config_differences(a, b) -> list[str]:
 
 def launch_job(args, plan, name: str, *, root: Path, resume_dir: Path | None) -> int:
     """Several processes under torchrun; this process watches (TUI) or follows (headless)."""
-    from engine import rundir, runlock
+    from engine.runs import rundir, runlock
     from tui.launch import follow_job, start_job, torchrun_command, worker_arguments
 
     run_dir = resume_dir
@@ -377,7 +377,7 @@ def launch_job(args, plan, name: str, *, root: Path, resume_dir: Path | None) ->
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from engine import rundir
+    from engine.runs import rundir
     from tui.app import run_tui
 
     root = rundir.runs_root(args.run_dir)
@@ -410,8 +410,8 @@ def run_headless(
     new_run_dir: Path | None = None,
 ) -> int:
     quiet_libraries()
-    from engine.distributed import launched_distributed, rank_from_env
-    from engine.run import Run
+    from engine.parallel.distributed import launched_distributed, rank_from_env
+    from engine.train.run import Run
     from tui.console import ConsoleReporter
 
     if launched_distributed() and rank_from_env() != 0:
@@ -498,8 +498,8 @@ def run_follower_rank(preset, *, resume_dir: Path | None, new_run_dir: Path | No
     Signals are rank 0's business (torchrun forwards them to every rank); this rank ends when
     rank 0 broadcasts a stop, or when the job is torn down.
     """
-    from engine.events import Event, Failed
-    from engine.run import Run
+    from engine.core.events import Event, Failed
+    from engine.train.run import Run
 
     class FailurePrinter:
         def emit(self, event: Event) -> None:
@@ -520,8 +520,8 @@ def run_follower_rank(preset, *, resume_dir: Path | None, new_run_dir: Path | No
 def leave_job(run, code: int, say: Callable[[str], object]) -> int:
     """How a rank's process ends under torchrun: rank 0 names the ranks that did not get to the
     end with it and exits non-zero, and every rank leaves without the interpreter's teardown,
-    where gloo's threads can abort it (engine.distributed.leave). Returns only outside a job."""
-    from engine import distributed
+    where gloo's threads can abort it (engine.parallel.distributed.leave). Returns only outside a job."""
+    from engine.parallel import distributed
 
     if run.unended_ranks:
         say(distributed.unended_message(run.unended_ranks))
@@ -536,7 +536,7 @@ def run_probe(preset, *, root: Path, steps: int, price: float | None, json_mode:
     quiet_libraries()
     from dataclasses import asdict
 
-    from engine.probe import format_probe, probe
+    from engine.diagnose.probe import format_probe, probe
 
     def progress(text: str) -> None:
         print(f"probe: {text}", file=sys.stderr, flush=True)
@@ -551,7 +551,7 @@ def run_probe(preset, *, root: Path, steps: int, price: float | None, json_mode:
 
 # -- listings ------------------------------------------------------------------------------------
 def cmd_presets(args: argparse.Namespace) -> int:
-    from engine.presets import list_presets, user_presets_dir
+    from engine.config.presets import list_presets, user_presets_dir
 
     for info in list_presets():
         print(f"{info.name:36} {info.origin:8} {info.description}")
@@ -560,13 +560,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from engine import rundir, runstate, units
-    from engine.runstate import shown_state
+    from engine.core import units
+    from engine.runs import rundir, runstate
+    from engine.runs.runstate import shown_state
 
     rows = []
     for path in rundir.all_runs(rundir.runs_root(args.run_dir)):
         status = readable_status(rundir.read_status(path))
-        state = shown_state(status)  # engine.runstate: "died" for a live run whose process is gone
+        state = shown_state(
+            status
+        )  # engine.runs.runstate: "died" for a live run whose process is gone
         rows.append(
             {
                 "run_dir": str(path),
@@ -637,9 +640,9 @@ def readable_status(status: object) -> dict[str, object]:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from engine.estimate import estimate_for, format_estimate
-    from engine.gpus import detect_gpus, gpu_spec, spec_for
-    from engine.presets import load_preset
+    from engine.config.presets import load_preset
+    from engine.plan.estimate import estimate_for, format_estimate
+    from engine.plan.gpus import detect_gpus, gpu_spec, spec_for
 
     preset, _ = load_preset(args.preset, args.overrides)
     if args.gpu:
@@ -658,7 +661,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from engine.doctor import checks_to_json, run_checks
+    from engine.diagnose.doctor import checks_to_json, run_checks
 
     checks = run_checks()
     if args.json:
@@ -673,8 +676,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from engine.generate import generation_problems
-    from engine.inference import resolve_chat_target
+    from engine.models.generate import generation_problems
+    from engine.models.inference import resolve_chat_target
 
     # Before anything loads: a bad flag is a message in a second, not a traceback after the model.
     problems = generation_problems(args.temperature, args.top_p, args.max_new_tokens)

@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from engine.events import (
+from engine.core.events import (
     DatasetStats,
     Event,
     ExactMatch,
@@ -30,9 +30,9 @@ from engine.events import (
     StateChanged,
     Step,
 )
-from engine.rundir import human_line
-from engine.runstate import RunState
-from engine.units import duration
+from engine.core.units import duration
+from engine.runs.rundir import human_line
+from engine.runs.runstate import RunState
 
 format_duration = duration  # tui.screens.export's name for it
 
@@ -73,7 +73,7 @@ class ConsoleReporter:
         self.started: RunStarted | None = None
         self.last_step: Step | None = None
         self.hardware: HardwareSample | None = None
-        self.run_state = RunState()  # engine.runstate: the one place events become a state
+        self.run_state = RunState()  # engine.runs.runstate: the one place events become a state
         self.log: deque[str] = deque(maxlen=6)
         self.before: ExactMatch | None = None
         self.after: ExactMatch | None = None

@@ -81,7 +81,7 @@ class Hangup:
 
     def continue_headless(self, run: Any) -> int:
         """Wait for ``run`` without a UI; SIGTERM still stops it with a checkpoint."""
-        from engine.errors import EXIT_FAILED, EXIT_OK
+        from engine.core.errors import EXIT_FAILED, EXIT_OK
 
         if run is None:
             return EXIT_OK

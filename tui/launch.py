@@ -2,7 +2,7 @@
 
 The launcher does not train. It makes the run directory (so that it knows what to watch), starts
 `python -m torch.distributed.run ... -m tui.cli train ...` in a session of its own (the run
-directory goes to rank 0 through the environment, engine.runlock.launch_env), and then either
+directory goes to rank 0 through the environment, engine.runs.runlock.launch_env), and then either
 follows it in the terminal (headless) or opens the dashboard on the run
 directory (TUI). Started in its own session, the job outlives the TUI and the SSH connection,
 and Ctrl+C reaches only the launcher, which turns it into one SIGTERM: torchrun forwards that to
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import (
+from engine.core.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_STOPPED,
@@ -31,7 +31,7 @@ from engine.errors import (
 
 DEFAULT_MASTER_PORT = 29500
 # Once status.json says the run is over, how long torchrun gets to end: every rank leaving,
-# rank 0 waiting for the others (engine.distributed.END_TIMEOUT) and the nodes meeting.
+# rank 0 waiting for the others (engine.parallel.distributed.END_TIMEOUT) and the nodes meeting.
 END_GRACE_S = 120.0
 
 
@@ -116,7 +116,7 @@ def plan_launch(args: argparse.Namespace, *, use_cpu: bool, visible_gpus: int) -
 
 def visible_gpu_count() -> int:
     """CUDA GPUs this process may use: NVML's count, narrowed by CUDA_VISIBLE_DEVICES."""
-    from engine.gpus import detect_gpus
+    from engine.plan.gpus import detect_gpus
 
     count = len(detect_gpus())
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -165,7 +165,7 @@ def start_job(
     command: list[str], log_path: Path | None, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """torchrun in a new session: no terminal signal or hang-up reaches it directly.
-    ``env``: extra variables (the run directory hand-over of engine.runlock.launch_env)."""
+    ``env``: extra variables (the run directory hand-over of engine.runs.runlock.launch_env)."""
     output = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - the child owns it
     try:
         return subprocess.Popen(
@@ -216,8 +216,8 @@ def wait_for_job(process: subprocess.Popen, run_dir: Path | None) -> int | None:
     Only node 0 has the run directory to tell when the run is over; on the other nodes torchrun
     waits at most its exit barrier (300 s) for node 0, which this bounds on node 0's side.
     """
-    from engine import rundir
-    from engine.runstate import TERMINAL
+    from engine.runs import rundir
+    from engine.runs.runstate import TERMINAL
 
     over_at: float | None = None
     while True:
@@ -284,7 +284,7 @@ def job_exit_code(torchrun_code: int, run_dir: Path | None, stop_signal: int | N
 
     torchrun itself reports any unhappy worker as 1, which would hide a clean stop.
     """
-    from engine import rundir
+    from engine.runs import rundir
 
     state = rundir.read_status(run_dir).get("state") if run_dir is not None else None
     if state == "finished":

@@ -8,13 +8,13 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.inference import ChatTarget
+    from engine.models.inference import ChatTarget
 
 
 def chat_repl(args: argparse.Namespace, target: ChatTarget) -> int:
     """``target`` comes checked from cmd_chat; ``args`` carries the generation flags."""
-    from engine.generate import stream_reply
-    from engine.inference import load_chat_model
+    from engine.models.generate import stream_reply
+    from engine.models.inference import load_chat_model
 
     started = time.monotonic()
     chat = load_chat_model(target, progress=lambda stage: print(f"{stage}...", file=sys.stderr))

@@ -1,7 +1,7 @@
 """The draft preset the wizard screens edit, validated by the engine exactly as the CLI does.
 
 Values typed into a field are parsed like ``--set KEY=VALUE`` (YAML scalars) and the draft runs
-through ``engine.presets.validate``, so each field shows the CLI's own message for its key.
+through ``engine.config.presets.validate``, so each field shows the CLI's own message for its key.
 The typed text is kept per key, so going back and forward never loses what was entered, even
 when it does not parse yet.
 """
@@ -16,10 +16,7 @@ from typing import Any
 
 import yaml
 
-from engine.config import Preset
-from engine.data.templates import SPECIAL_NAMES, resolve_chat_template
-from engine.errors import ConfigError, FinettyError
-from engine.presets import (
+from engine.config.presets import (
     find_preset,
     hardware_problems,
     parse_override,
@@ -27,7 +24,10 @@ from engine.presets import (
     user_presets_dir,
     validate,
 )
-from engine.terminal_text import printable
+from engine.config.schema import Preset
+from engine.core.errors import ConfigError, FinettyError
+from engine.core.terminal_text import printable
+from engine.data.templates import SPECIAL_NAMES, resolve_chat_template
 
 SOURCE = "preset"
 _PROBLEM = re.compile(rf"^{SOURCE} (\S+): (.*)$", re.DOTALL)
@@ -184,7 +184,7 @@ class WizardState:
         return " ".join(parts)
 
     def save(self, preset: Preset, path: Path) -> None:
-        from engine.presets import to_yaml
+        from engine.config.presets import to_yaml
 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_yaml(preset), encoding="utf-8")
@@ -206,7 +206,7 @@ def save_path(name: str) -> Path:
 
 def _preset_ref(path: Path) -> str:
     """A bundled or user preset by name (as `finetty presets` lists it), else by path."""
-    from engine.presets import list_presets
+    from engine.config.presets import list_presets
 
     for info in list_presets():
         if info.path.resolve() == path.resolve():

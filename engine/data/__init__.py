@@ -1,4 +1,7 @@
-"""Dataset loading, validation, chat templates and encoding: from a file to token ids."""
+"""Datasets as the trainer sees them: sources (local files, hub datasets, the built-in set),
+format detection, chat templates, tokenizing with assistant-only labels, packing.
+
+May import engine.config and engine.core. Torch-free."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from engine.core.errors import DatasetError
 from engine.data.templates import CHAT_TEMPLATES
-from engine.errors import DatasetError
 
 IGNORE_INDEX = -100
 TrainOn = Literal["responses", "all"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from engine.core.errors import DatasetError
 from engine.data.sources import bad_rows_error, display_name, row_number
-from engine.errors import DatasetError
 
 Message = dict[str, str]
 Conversation = list[Message] | str

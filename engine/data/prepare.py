@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.core.errors import DatasetError
 from engine.data.encode import (
     IGNORE_INDEX,
     EncodedExample,
@@ -20,7 +21,6 @@ from engine.data.encode import (
 from engine.data.formats import FORMATS, describe_format, detect_format, to_conversations
 from engine.data.sources import display_name, load_records, row_number
 from engine.data.templates import resolve_chat_template
-from engine.errors import DatasetError
 
 HISTOGRAM_BUCKETS = 10
 MAX_LISTED_ROWS = 10

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine import builtin_data
-from engine.config import BUILTIN_DATASET
-from engine.errors import DatasetError
-from engine.input_files import regular_file_problem
+from engine.config.schema import BUILTIN_DATASET
+from engine.core.errors import DatasetError
+from engine.core.input_files import regular_file_problem
+from engine.data import builtin_data
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 MODEL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from engine.errors import DatasetError
+from engine.core.errors import DatasetError
 
 ALPACA_SYSTEM = (
     "Below is an instruction that describes a task. "

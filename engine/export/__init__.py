@@ -145,9 +145,9 @@ def _model_config(info: RunInfo) -> dict:
         return json.loads((info.final / "config.json").read_text(encoding="utf-8"))
     from transformers import AutoConfig
 
-    from engine import embedded, models
+    from engine.models.loading import embedded, loading
 
-    source = models.resolve_source(info.preset.model.name_or_path)
+    source = loading.resolve_source(info.preset.model.name_or_path)
     kwargs: dict = {"trust_remote_code": info.preset.model.trust_remote_code}
     location = source.location
     if source.kind == "embedded":

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import rundir
 from engine.export.files import ExportError, Progress, no_progress, staged
+from engine.runs import rundir
 
 _TOKENIZER_FILES = (
     "tokenizer.json",
@@ -27,7 +27,7 @@ _TOKENIZER_FILES = (
 class RunInfo:
     run_dir: Path
     final: Path
-    preset: Any  # engine.config.Preset
+    preset: Any  # engine.config.schema.Preset
     is_adapter: bool
 
     @property
@@ -37,7 +37,7 @@ class RunInfo:
 
 def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
     """A finished run by path or ``latest``: its validated config and its ``final/`` folder."""
-    from engine.presets import run_config
+    from engine.config.presets import run_config
 
     path = Path(ref).expanduser()
     if ref == "latest" or not (path / "config.yaml").is_file():
@@ -52,7 +52,7 @@ def read_run(ref: str, runs_root: Path | None = None) -> RunInfo:
 def _from_sharded_checkpoint(path: Path, preset: Any) -> Path:
     """A multi-GPU (FSDP) full fine-tune stopped before final/: merge its newest sharded
     checkpoint into ordinary safetensors beside it, and export that."""
-    from engine.checkpoint import complete_checkpoints
+    from engine.runs.checkpoint import complete_checkpoints
 
     checkpoints = complete_checkpoints(path / "checkpoints")
     if not checkpoints or not (checkpoints[-1] / "sharded").is_dir():
@@ -60,7 +60,7 @@ def _from_sharded_checkpoint(path: Path, preset: Any) -> Path:
             f"{path} has no final/ model (the run has not finished).",
             hint="Export a finished run, or resume this one with `finetty train --resume`.",
         )
-    from engine.sharded import consolidate
+    from engine.parallel.sharded import consolidate
 
     return consolidate(checkpoints[-1], preset, checkpoints[-1] / "consolidated")
 
@@ -71,13 +71,13 @@ def load_base(info: RunInfo, dtype: Any) -> tuple[Any, Any]:
     QLoRA runs trained on 4-bit weights; merging into those would bake the quantization error
     into the result, so the base is always reloaded in 16 (or 32) bits here.
     """
-    from engine import models
+    from engine.models import loading
 
     model_cfg = info.preset.model
-    source = models.resolve_source(
+    source = loading.resolve_source(
         model_cfg.name_or_path, allow_pickle=model_cfg.allow_pickle_weights
     )
-    loaded = models.load_model(
+    loaded = loading.load_model(
         source,
         device="cpu",
         dtype=dtype,
@@ -91,14 +91,14 @@ def load_base(info: RunInfo, dtype: Any) -> tuple[Any, Any]:
 
 
 def load_run_tokenizer(info: RunInfo) -> Any:
-    from engine import models
+    from engine.models import loading
 
-    return models.load_tokenizer(models.ModelSource("local", str(info.final)))
+    return loading.load_tokenizer(loading.ModelSource("local", str(info.final)))
 
 
 def load_with_adapter(info: RunInfo, dtype: Any, adapter_dir: Path | None = None) -> Any:
     """Base + adapter (unmerged) in ``dtype``, through plain ``PeftModel.from_pretrained``."""
-    from engine.inference import load_adapter
+    from engine.models.inference import load_adapter
 
     base, tokenizer = load_base(info, dtype)
     model = load_adapter(base, adapter_dir or info.final)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine import errors
+from engine.core import errors
 from engine.export.files import ExportFailed, Progress, no_progress, remove
 from engine.export.native import exit_text
 

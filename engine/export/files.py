@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from engine.errors import EXIT_BAD_INPUT, EXIT_FAILED, FinettyError
+from engine.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, FinettyError
 
 Progress = Callable[[str, "float | None"], None]
 _MARGIN_BYTES = 64 * 1024 * 1024  # headroom for metadata, tokenizer files and file-system slack

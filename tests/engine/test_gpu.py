@@ -15,8 +15,8 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-from engine.events import RecordingSink, RunStarted, Step  # noqa: E402
-from engine.run import Run  # noqa: E402
+from engine.core.events import RecordingSink, RunStarted, Step  # noqa: E402
+from engine.train.run import Run  # noqa: E402
 
 
 def _run(make_preset, tmp_path: Path, **changes):
@@ -68,7 +68,7 @@ def test_fp16_fast_path_matches_bf16(make_preset, tmp_path: Path, method: str) -
 
 
 def test_auto_dtype_is_bf16_only_where_the_gpu_has_it_natively() -> None:
-    from engine.models import select_dtype
+    from engine.models.loading import select_dtype
 
     major, _ = torch.cuda.get_device_capability()
     assert select_dtype("auto", "cuda") == (torch.bfloat16 if major >= 8 else torch.float16)
@@ -98,7 +98,7 @@ def test_fast_path_matches_plain_path(
     assert "checkpoint:offload-to-host" in kernels and any("fused-lora" in k for k in kernels)
     assert any(k.startswith("checkpoint:no-down-proj-recompute") for k in kernels)
     assert "checkpoint:cuda-graphs(auto)" in kernels  # the default on one GPU
-    monkeypatch.setattr("engine.trainer.supports_chunked_loss", lambda model: False)
+    monkeypatch.setattr("engine.train.trainer.supports_chunked_loss", lambda model: False)
     _, plain = _run(
         make_preset, tmp_path / "plain", training__use_liger_kernel=False,
         training__fused_lora=False, training__gradient_checkpointing=False, **common,
@@ -115,7 +115,7 @@ def test_out_of_memory_halves_the_auto_micro_batch(
     import json
     import random
 
-    from engine.events import LogLine
+    from engine.core.events import LogLine
 
     rng = random.Random(0)
     words = [
@@ -146,8 +146,8 @@ def test_out_of_memory_halves_the_auto_micro_batch(
     preset = make_preset(max_steps=2, save_steps=0, per_device_train_batch_size="auto")
     preset.dataset.path, preset.dataset.format, preset.dataset.train_on = str(data), "text", "all"
     preset.dataset.val_size, preset.model.max_seq_length = 0, 512
-    monkeypatch.setattr("engine.run.Run._auto_micro_batch", lambda self: 2048)
-    monkeypatch.setattr("engine.trainer.supports_chunked_loss", lambda model: False)
+    monkeypatch.setattr("engine.train.run.Run._auto_micro_batch", lambda self: 2048)
+    monkeypatch.setattr("engine.train.trainer.supports_chunked_loss", lambda model: False)
     sink = RecordingSink()
     result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
     retries = [e.text for e in sink.of_type(LogLine) if "Out of memory" in e.text]
@@ -165,7 +165,7 @@ def test_two_gpus_match_one(make_preset, tmp_path: Path, method: str) -> None:
     import subprocess
     import sys
 
-    from engine.presets import to_yaml
+    from engine.config.presets import to_yaml
 
     preset = make_preset(max_steps=6, save_steps=3, per_device_train_batch_size=4)
     preset.model.dtype = "bfloat16"
@@ -214,15 +214,15 @@ def _train_layers(
 ):
     """Six optimizer steps of the fast path on fixed-shape random batches (the last one of
     another length), straight through the model: per-step losses, adapter weights, graphs."""
-    from engine import models
-    from engine.adapters import LoraSettings, prepare_for_training
-    from engine.fast_path import apply_fast_path
-    from engine.kernels import apply_fused_kernels
-    from engine.layer_checkpoint import graphs_of
+    from engine.models import loading
+    from engine.models.adapters import LoraSettings, prepare_for_training
+    from engine.speed.fast_path import apply_fast_path
+    from engine.speed.kernels import apply_fused_kernels
+    from engine.speed.layer_checkpoint import graphs_of
 
     torch.manual_seed(0)
-    loaded = models.load_model(
-        models.ModelSource("local", str(folder)), device="cuda", dtype=torch.bfloat16,
+    loaded = loading.load_model(
+        loading.ModelSource("local", str(folder)), device="cuda", dtype=torch.bfloat16,
         attention="sdpa", quant_bits=4 if qlora else None,
     )  # fmt: skip
     apply_fused_kernels(loaded.model, device="cuda", requested=None)
@@ -287,7 +287,7 @@ def _graphs_against_eager(folder: Path, method: str, accumulate: int, dropout: f
 def test_cuda_graph_layers_match_eager_layers(
     tiny_model_dir: Path, method: str, accumulate: int
 ) -> None:
-    """Checkpointed layers replayed as CUDA graphs (engine.layer_graphs) give the eager fast
+    """Checkpointed layers replayed as CUDA graphs (engine.speed.layer_graphs) give the eager fast
     path's losses and adapter updates: captured on the third call, replayed after, and a batch
     of another length runs eagerly."""
     _graphs_against_eager(tiny_model_dir, method, accumulate)
@@ -309,7 +309,7 @@ def test_a_chat_reply_streams_from_a_model_on_the_gpu(tiny_model_dir: Path) -> N
     raised "Expected all tensors to be on the same device" on cuda:0."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.generate import stream_reply
+    from engine.models.generate import stream_reply
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).to("cuda")

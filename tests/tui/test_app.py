@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Checkbox, Static
 
-from engine.events import Finished
+from engine.core.events import Finished
 from tests.tui.scenes.synthetic import demo_events
 from tui.app import FinettyApp
 from tui.screens.dashboard import DashboardScreen
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.anyio
 def test_app_import_stays_light() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import tui.app; "
-        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'engine.run') "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'engine.train.run') "
         "if m in sys.modules]; print(heavy, time.perf_counter() - t)"
     )
     out = subprocess.run(
@@ -112,7 +112,7 @@ async def test_real_tiny_run_from_the_app(tmp_path: Path, make_preset, wait_for)
 
 
 def test_watch_reports_a_run_whose_process_died(tmp_path: Path) -> None:
-    from engine.events import RecordingSink
+    from engine.core.events import RecordingSink
     from tui.bridge import JsonlTail
 
     dead = subprocess.run(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Input
 
-from engine.errors import ModelLoadError
-from engine.inference import ChatTarget, resolve_chat_target
+from engine.core.errors import ModelLoadError
+from engine.models.inference import ChatTarget, resolve_chat_target
 from tui import cli
 from tui.chat_app import ChatApp
 from tui.screens.chat import ChatScreen, GenerationSettings, ReplyStream, chat_loader

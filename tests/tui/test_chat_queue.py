@@ -109,7 +109,7 @@ def test_closing_a_real_reply_stream_stops_the_model(tiny_model_dir: Path) -> No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.generate import stream_reply
+    from engine.models.generate import stream_reply
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()

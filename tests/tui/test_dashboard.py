@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Static
 
-from engine.events import ExactMatch, Failed, Finished, HardwareSample, StateChanged
+from engine.core.events import ExactMatch, Failed, Finished, HardwareSample, StateChanged
 from tests.tui.scenes.run_screens import RecordingControl, dashboard_scene
 from tests.tui.scenes.synthetic import demo_events, hardware, step
 from tui.screens.confirm import ConfirmScreen

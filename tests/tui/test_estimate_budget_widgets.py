@@ -11,7 +11,7 @@ from rich.console import Console
 from textual.app import App, ComposeResult
 from textual.widgets import Sparkline, Static
 
-from engine.events import HardwareSample, Progress, StateChanged
+from engine.core.events import HardwareSample, Progress, StateChanged
 from tests.tui.scenes.run_screens import dashboard_scene
 from tui.console import ConsoleReporter
 from tui.widgets.log_tail import LogTail

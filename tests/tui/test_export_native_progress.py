@@ -109,7 +109,7 @@ async def test_the_dialog_clock_moves_while_a_step_reports_nothing(
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
-    from tests.engine.test_export import make_run
+    from tests.engine.export.test_export import make_run
 
     return make_run(tmp_path_factory.mktemp("runs"), tiny_model_dir)
 

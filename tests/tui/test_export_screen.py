@@ -11,7 +11,7 @@ from textual.widgets import Button, Checkbox, Input, ProgressBar, Static
 
 from engine.export import Exported, ExportReport
 from engine.export.files import human_size, path_size
-from tests.engine.test_export import make_run
+from tests.engine.export.test_export import make_run
 from tests.tui.scenes.run_screens import SceneApp
 from tests.tui.scenes.synthetic import export_scene, exported, make_run_dir
 from tui.screens.export import ExportScreen

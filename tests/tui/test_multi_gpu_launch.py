@@ -28,7 +28,7 @@ def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_review_launches_two_processes_and_watches_them(
     two_gpus: None, make_preset, tmp_path: Path, wait_for
 ) -> None:
-    from engine.presets import to_yaml
+    from engine.config.presets import to_yaml
 
     preset_file = tmp_path / "tiny.yaml"
     preset = make_preset(use_cpu=True, max_steps=4, save_steps=100)

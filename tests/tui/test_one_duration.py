@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from engine.events import Finished
-from engine.rundir import human_line
-from engine.runstate import shown_duration_s
+from engine.core.events import Finished
+from engine.runs.rundir import human_line
+from engine.runs.runstate import shown_duration_s
 from tui.cli import main
 from tui.screens.home import duration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Static
 
-from engine.probe import DEFAULT_STEPS, ProbeResult
+from engine.diagnose.probe import DEFAULT_STEPS, ProbeResult
 from tests.tui.scenes.wizard import settle
 from tui.app import FinettyApp
 from tui.screens.review import ReviewScreen
@@ -32,7 +32,7 @@ def estimate_text(app) -> str:
 async def test_probe_button_shows_measured_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_for
 ) -> None:
-    import engine.probe
+    import engine.diagnose.probe
 
     calls: list[tuple] = []
 
@@ -41,7 +41,7 @@ async def test_probe_button_shows_measured_figures(
         progress("step 1/4: 5.00 s")
         return FAKE
 
-    monkeypatch.setattr(engine.probe, "probe", fake_probe)
+    monkeypatch.setattr(engine.diagnose.probe, "probe", fake_probe)
     app = FinettyApp(start_screen="review", preset_path="smollm2-demo", runs_root=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
@@ -60,13 +60,13 @@ async def test_probe_button_shows_measured_figures(
 async def test_probe_failure_is_shown_with_its_hint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wait_for
 ) -> None:
-    import engine.probe
-    from engine.errors import OutOfMemoryError
+    import engine.diagnose.probe
+    from engine.core.errors import OutOfMemoryError
 
     def failing_probe(preset, steps, runs_root, **kwargs):
         raise OutOfMemoryError("CUDA out of memory at micro-batch 8.", hint="Lower the batch.")
 
-    monkeypatch.setattr(engine.probe, "probe", failing_probe)
+    monkeypatch.setattr(engine.diagnose.probe, "probe", failing_probe)
     app = FinettyApp(start_screen="review", preset_path="smollm2-demo", runs_root=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
@@ -78,7 +78,7 @@ async def test_probe_failure_is_shown_with_its_hint(
 
 
 async def test_real_probe_of_the_tiny_model(make_preset, tmp_path: Path, wait_for) -> None:
-    from engine.presets import to_yaml
+    from engine.config.presets import to_yaml
 
     preset_file = tmp_path / "tiny.yaml"
     preset_file.write_text(to_yaml(make_preset()), encoding="utf-8")

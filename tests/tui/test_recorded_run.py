@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
-from engine import builtin_data
-from engine.events import CheckpointSaved, ExactMatch, Finished, RunStarted, Step
+from engine.core.events import CheckpointSaved, ExactMatch, Finished, RunStarted, Step
+from engine.data import builtin_data
 from tests.tui.scenes.recorded import live_until, recorded_chat, recorded_events
 from tests.tui.scenes.run_screens import LIVE_STEP, ask, chat_scene, dashboard_scene, finished_scene
 from tui.widgets.chat_log import ChatLog, ChatMessage

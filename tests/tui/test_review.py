@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Button, Input, Static
 
-from engine.presets import load_preset
+from engine.config.presets import load_preset
 from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens.review import ConfirmOverwrite, ReviewScreen
 from tui.wizard_state import WizardState

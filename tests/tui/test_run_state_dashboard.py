@@ -1,4 +1,4 @@
-"""The dashboard's state comes from engine.runstate: footer keys per state, the three-way quit,
+"""The dashboard's state comes from engine.runs.runstate: footer keys per state, the three-way quit,
 and `finetty watch` following every segment of a resumed run."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from textual.widgets import Static
 
-from engine import rundir
-from engine.events import Finished, RecordingSink, StateChanged, Step
-from engine.run import Run
+from engine.core.events import Finished, RecordingSink, StateChanged, Step
+from engine.runs import rundir
+from engine.train.run import Run
 from tests.tui.scenes.run_screens import RecordingControl, dashboard_scene
 from tests.tui.scenes.synthetic import demo_events
 from tui.screens.dashboard import DashboardScreen

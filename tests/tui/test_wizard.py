@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from textual.widgets import Checkbox, Input, Select
 
-from engine.errors import ModelLoadError
+from engine.core.errors import ModelLoadError
 from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens import wizard_dataset
 from tui.screens.home import HomeScreen
@@ -89,8 +89,8 @@ async def test_walk_from_home_to_launch(tmp_path: Path) -> None:
 
 def cli_message(key: str, value: str) -> str:
     """What `finetty train smollm2-demo --set key=value` says about that key."""
-    from engine.errors import ConfigError
-    from engine.presets import load_preset
+    from engine.config.presets import load_preset
+    from engine.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         load_preset("smollm2-demo", [f"{key}={value}"])
@@ -119,8 +119,8 @@ async def test_validation_messages_are_the_clis(step: int, key: str, text: str) 
 
 
 async def test_unknown_chat_template_message() -> None:
+    from engine.core.errors import DatasetError
     from engine.data import resolve_chat_template
-    from engine.errors import DatasetError
 
     app = SceneApp(lambda: step_screen(1, WizardState()))
     async with app.run_test(size=(80, 24)) as pilot:

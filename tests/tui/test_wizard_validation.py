@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from engine.config import Preset
-from engine.gpus import GPUS
-from engine.presets import hardware_problems
+from engine.config.presets import hardware_problems
+from engine.config.schema import Preset
+from engine.plan.gpus import GPUS
 from tests.tui.scenes.wizard import SceneApp, settle
 from tui import cli
 from tui.screens import wizard_model

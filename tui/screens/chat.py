@@ -28,7 +28,7 @@ from tui.messages import ReplyDelta, ReplyDone
 from tui.widgets.chat_log import ChatLog, ChatMessage
 
 if TYPE_CHECKING:
-    from engine.inference import ChatTarget
+    from engine.models.inference import ChatTarget
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ Loader = Callable[[Callable[[str], None]], tuple[ReplyStream, bool]]
 
 def model_reply_stream(model: Any, tokenizer: Any, chat_template: str | None) -> ReplyStream:
     def reply(messages: list[dict[str, str]], s: GenerationSettings, variant: str) -> Iterator[str]:
-        from engine.generate import stream_reply
+        from engine.models.generate import stream_reply
 
         base = model.disable_adapter() if variant == "base" else contextlib.nullcontext()
         was_training = model.training
@@ -72,7 +72,7 @@ def chat_loader(target: str | ChatTarget) -> Loader:
     """Loads what `finetty chat TARGET` names; only a PEFT model has a base to compare."""
 
     def load(progress: Callable[[str], None]) -> tuple[ReplyStream, bool]:
-        from engine.inference import load_chat_model
+        from engine.models.inference import load_chat_model
 
         chat = load_chat_model(target, progress=progress)
         stream = model_reply_stream(chat.model, chat.tokenizer, chat.chat_template)
@@ -216,7 +216,7 @@ class ChatScreen(Screen[None]):
             )
         except ValueError:
             settings = None
-        from engine.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, generation_problems
+        from engine.models.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, generation_problems
 
         if settings is None or generation_problems(
             settings.temperature, settings.top_p, settings.max_new_tokens

@@ -19,8 +19,7 @@ from textual.markup import escape
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from engine import runstate
-from engine.events import (
+from engine.core.events import (
     CheckpointSaved,
     DatasetStats,
     Eval,
@@ -34,8 +33,9 @@ from engine.events import (
     RunStarted,
     Step,
 )
-from engine.runstate import RunState
-from engine.units import duration
+from engine.core.units import duration
+from engine.runs import runstate
+from engine.runs.runstate import RunState
 from tui.bridge import UiBridge
 from tui.console import lengths_phrase, progress_line
 from tui.messages import EventsReady, RunAttached
@@ -93,7 +93,7 @@ class DashboardScreen(Screen[None]):
         super().__init__(id="dashboard")
         self.bridge = bridge
         self.control = control
-        self.run: Any = None  # engine.run.Run when the run lives in this process
+        self.run: Any = None  # engine.train.run.Run when the run lives in this process
         self.run_dir = run_dir
         self.watch = watch
         self.name_hint = title

@@ -277,7 +277,7 @@ class ExportScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="export")
     def export_worker(self, formats: list[str], options: dict[str, Any]) -> None:
-        from engine.errors import FinettyError
+        from engine.core.errors import FinettyError
 
         last = 0.0
 

@@ -19,10 +19,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, DataTable, Footer, Static
 
-from engine import units
-from engine.presets import list_presets
-from engine.rundir import all_runs, never_trained, read_status, runs_root
-from engine.runstate import LIVE_WORDS, shown_duration_s, shown_state
+from engine.config.presets import list_presets
+from engine.core import units
+from engine.runs.rundir import all_runs, never_trained, read_status, runs_root
+from engine.runs.runstate import LIVE_WORDS, shown_duration_s, shown_state
 
 LIVE_STATES = LIVE_WORDS  # status.json words of a run whose process should be alive
 STATE_STYLES = {
@@ -45,7 +45,7 @@ def shown_path(path: Path) -> str:
 
 
 def run_state(status: dict[str, Any]) -> str:
-    """The state to show: a live state whose process is gone is "died" (engine.runstate)."""
+    """The state to show: a live state whose process is gone is "died" (engine.runs.runstate)."""
     return shown_state(status)
 
 

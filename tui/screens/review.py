@@ -21,9 +21,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-from engine.config import Preset
-from engine.errors import ConfigError, FinettyError
-from engine.presets import list_presets, to_yaml
+from engine.config.presets import list_presets, to_yaml
+from engine.config.schema import Preset
+from engine.core.errors import ConfigError, FinettyError
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import save_path
 
@@ -47,7 +47,7 @@ def hang(text: str, width: int = PANEL_WIDTH) -> str:
 
 def estimate_text(preset: Preset) -> str:
     """What `finetty estimate` prints for this preset on this machine's device."""
-    from engine.estimate import estimate_for, format_estimate
+    from engine.plan.estimate import estimate_for, format_estimate
     from tui.screens.wizard_model import device_spec
 
     try:
@@ -257,7 +257,7 @@ class ReviewScreen(WizardStep):
     # -- the probe (started by the app, which knows the runs folder) ---------------------------
     def start_probe(self, preset: Preset, runs_root: Path | None) -> None:
         """Run a few real steps on a worker; the estimate panel shows progress, then the result."""
-        from engine.probe import DEFAULT_STEPS
+        from engine.diagnose.probe import DEFAULT_STEPS
 
         self.probing = True
         self.query_one("#probe", Button).disabled = True
@@ -270,7 +270,7 @@ class ReviewScreen(WizardStep):
         from tui.cli import quiet_libraries
 
         quiet_libraries()
-        from engine import probe as probing
+        from engine.diagnose import probe as probing
 
         def progress(text: str) -> None:  # called on the engine's thread: post, never block
             self.post_message(self.ProbeUpdate(preset, f"probing: {text}…"))

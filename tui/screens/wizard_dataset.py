@@ -15,7 +15,9 @@ from typing import Any, ClassVar
 from textual import work
 from textual.app import ComposeResult
 
-from engine.config import MAX_SEQ_LENGTH
+from engine.config.schema import MAX_SEQ_LENGTH
+from engine.core.errors import FinettyError
+from engine.core.terminal_text import printable
 from engine.data import (
     describe_format,
     detect_format,
@@ -26,8 +28,6 @@ from engine.data import (
     template_names,
     to_conversations,
 )
-from engine.errors import FinettyError
-from engine.terminal_text import printable
 from tui.screens.wizard import WizardStep
 from tui.widgets.histogram import LengthHistogram
 from tui.widgets.token_preview import PreviewRow, TokenPreview
@@ -44,7 +44,7 @@ _LOAD_LOCK = threading.Lock()
 
 
 def default_tokenizer_loader(name: str, revision: str | None, trust: bool) -> Any:
-    from engine.models import load_tokenizer, resolve_source
+    from engine.models.loading import load_tokenizer, resolve_source
 
     return load_tokenizer(resolve_source(name), revision=revision, trust_remote_code=trust)
 
@@ -65,7 +65,9 @@ def records_for(path: str, split: str) -> list[dict[str, Any]]:
     key = (path, split)
     if key not in _RECORDS:
         _RECORDS.clear()  # one dataset at a time: hub datasets can be large
-        _RECORDS[key] = load_records(path, split)  # the built-in dataset included, as engine.run
+        _RECORDS[key] = load_records(
+            path, split
+        )  # the built-in dataset included, as engine.train.run
     return _RECORDS[key]
 
 

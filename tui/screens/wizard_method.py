@@ -9,9 +9,9 @@ from typing import ClassVar
 from textual import work
 from textual.app import ComposeResult
 
-from engine.errors import FinettyError
-from engine.shapes import ModelShape
-from engine.units import count, share
+from engine.core.errors import FinettyError
+from engine.core.units import count, share
+from engine.plan.shapes import ModelShape
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import WizardState
 
@@ -82,7 +82,7 @@ class MethodStep(WizardStep):
 
     @work(thread=True, exclusive=True, group="method-shape")
     def load_shape(self, name: str) -> None:
-        from engine.shapes import shape_for
+        from engine.plan.shapes import shape_for
 
         try:
             shape: ModelShape | str = shape_for(name)

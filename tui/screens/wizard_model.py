@@ -9,9 +9,9 @@ from typing import ClassVar
 from textual import work
 from textual.app import ComposeResult
 
-from engine.errors import FinettyError
-from engine.gpus import GpuSpec, detect_gpus, spec_for
-from engine.units import count
+from engine.core.errors import FinettyError
+from engine.core.units import count
+from engine.plan.gpus import GpuSpec, detect_gpus, spec_for
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import WizardState
 
@@ -34,8 +34,8 @@ def device_spec() -> GpuSpec | None:
 
 def model_summary(state: WizardState) -> str:
     """Kind, architecture, parameter count and fit, as markup lines. Reads files; run it off-thread."""
-    from engine.models import resolve_source
-    from engine.shapes import shape_for
+    from engine.models.loading import resolve_source
+    from engine.plan.shapes import shape_for
 
     name = str(state.get("model.name_or_path") or "").strip()
     if not name:
@@ -65,7 +65,7 @@ def model_summary(state: WizardState) -> str:
 
 def fit_line(state: WizardState) -> str:
     """The fit of the whole config, from the estimate `finetty estimate` prints."""
-    from engine.estimate import estimate_for
+    from engine.plan.estimate import estimate_for
 
     try:
         result = estimate_for(state.preset(), device_spec())

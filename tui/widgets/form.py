@@ -1,7 +1,7 @@
 """Form fields bound to preset keys: a label, an input that fits the key's type, an error line.
 
 The widget kinds come from the pydantic schema (bool -> Checkbox, a closed Literal -> Select,
-anything else -> Input), and each field's help text is the docstring under it in engine/config.py.
+anything else -> Input), and each field's help text is the docstring under it in engine/config/schema.py.
 Fields post ``FormField.Changed(key, text)``; the screen updates the draft and sets the errors.
 """
 
@@ -17,7 +17,7 @@ from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
-from engine.config import Preset
+from engine.config.schema import Preset
 from tui.wizard_state import as_text
 
 

@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from engine.events import GpuSample, HardwareSample
+from engine.core.events import GpuSample, HardwareSample
 
 HISTORY = 120
 

@@ -7,8 +7,8 @@ import time
 from rich.text import Text
 from textual.widgets import RichLog
 
-from engine.events import Event
-from engine.rundir import human_line
+from engine.core.events import Event
+from engine.runs.rundir import human_line
 
 PREFIX = {"warning": "! ", "error": "!! "}
 

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Sparkline, Static
 
-from engine.events import Step
+from engine.core.events import Step
 
 
 class ThroughputPanel(Vertical):

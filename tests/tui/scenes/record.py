@@ -63,7 +63,7 @@ def finished(run_dir: Path) -> None:
 
 def prompts() -> list[tuple[str, str]]:
     """(prompt, expected answer): the first held-out example of each built-in task."""
-    from engine import builtin_data
+    from engine.data import builtin_data
 
     examples = builtin_data.generate("heldout")
     return [
@@ -74,8 +74,8 @@ def prompts() -> list[tuple[str, str]]:
 
 def record_chat(run_dir: Path) -> dict:
     """The chat pane's replies, through the pane's own reply stream on the loaded run."""
-    from engine import builtin_data
-    from engine.inference import load_chat_model
+    from engine.data import builtin_data
+    from engine.models.inference import load_chat_model
     from tui.screens.chat import GenerationSettings, model_reply_stream
 
     chat = load_chat_model(str(run_dir))

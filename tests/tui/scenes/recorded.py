@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from engine.events import CheckpointSaved, Event, Step, event_from_dict
+from engine.core.events import CheckpointSaved, Event, Step, event_from_dict
 
 FIXTURE = Path(__file__).resolve().parents[2] / "data" / "demo_run"
 GPU_FIXTURE = FIXTURE.with_name("demo_run_gpu")

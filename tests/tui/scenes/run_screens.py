@@ -24,7 +24,7 @@ from textual.app import App
 from textual.pilot import Pilot
 from textual.screen import Screen
 
-from engine.events import Event, RunStarted
+from engine.core.events import Event, RunStarted
 from tests.tui.scenes.recorded import GPU_FIXTURE, live_until, recorded_chat, recorded_events
 from tui.bridge import UiBridge
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from textual.pilot import Pilot
 
-from engine.events import (
+from engine.core.events import (
     CheckpointSaved,
     DatasetStats,
     Eval,

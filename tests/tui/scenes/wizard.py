@@ -62,8 +62,8 @@ def make_fake_runs(root: Path) -> Path:
 def make_recorded_run(root: Path) -> Path:
     """root/runs holding only the recorded demo run, its events replayed through the engine's
     RunDirSink, so events.jsonl, log.txt and status.json are what the run itself wrote."""
-    from engine.events import RunStarted
-    from engine.rundir import RunDirSink
+    from engine.core.events import RunStarted
+    from engine.runs.rundir import RunDirSink
 
     events = recorded_events()
     started = next(e for e in events if isinstance(e, RunStarted))
@@ -123,7 +123,7 @@ class SceneApp(App):
 def isolate() -> Path:
     """The recorded run, an empty user presets folder and a fixed GPU (an L4), so scenes look
     the same on every box: the fit and the estimate otherwise depend on this machine's RAM."""
-    from engine.gpus import GPUS
+    from engine.plan.gpus import GPUS
     from tui.screens import wizard_model
 
     os.environ["FINETTY_PRESETS"] = str(SCENE_ROOT / "user-presets")
