@@ -145,7 +145,7 @@ def _model_config(info: RunInfo) -> dict:
         return json.loads((info.final / "config.json").read_text(encoding="utf-8"))
     from transformers import AutoConfig
 
-    from engine.models.loading import embedded, loading
+    from engine.models import embedded, loading
 
     source = loading.resolve_source(info.preset.model.name_or_path)
     kwargs: dict = {"trust_remote_code": info.preset.model.trust_remote_code}

@@ -135,7 +135,7 @@ def test_resuming_a_run_that_is_training_is_refused_with_its_pid(
 
 def test_the_lock_names_another_process_and_dies_with_it(tmp_path: Path) -> None:
     code = (
-        "import sys, time; from pathlib import Path; from engine import runlock\n"
+        "import sys, time; from pathlib import Path; from engine.runs import runlock\n"
         "lock = runlock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)"
     )
     child = subprocess.Popen(
