@@ -508,11 +508,15 @@ def test_every_command_in_the_file_is_applied_exactly_once(tmp_path_factory, ope
     lines = [(json.loads(path.read_text())["id"], "pause")]
     applied = {lines[0][0]}
     fresh = iter(range(10**6))
+    # What the reader has consumed: the file's bytes at the last poll, on the same inode (None
+    # after a rename: the reader then reads the new file from its start, whatever it holds).
+    read: list[str | None] = [path.read_text()]
 
     def poll() -> None:
         expected = [command for key, command in lines if key not in applied]
         applied.update(key for key, _ in lines)
         assert reader.poll() == expected, (operations, lines)
+        read[0] = path.read_text()
 
     for kind, commands in operations:
         if kind == "send":
@@ -522,12 +526,13 @@ def test_every_command_in_the_file_is_applied_exactly_once(tmp_path_factory, ope
             lines += [(line["id"], line["command"]) for line in sent]
         elif kind == "truncate":
             time.sleep(0.02)  # the file clock's tick: a human's next `>` comes later still
-            old = path.read_text()
             new = "".join(json.dumps({"command": c}) + "\n" for c in commands)
             path.write_text(new)
             # A rewrite that only extends what was read cannot be told from an append: those
-            # first lines stay the ones already applied. Any other rewrite is read anew.
-            same = len(lines) if old and new != old and new.startswith(old) else 0
+            # first lines stay the ones already applied (and what was sent after the last poll
+            # is overwritten unread). Any other rewrite is read anew.
+            done = read[0]
+            same = len(done.splitlines()) if done and new != done and new.startswith(done) else 0
             lines = lines[:same] + [(f"no-id-{next(fresh)}", c) for c in commands[same:]]
             poll()
         elif kind == "replace":
@@ -539,6 +544,7 @@ def test_every_command_in_the_file_is_applied_exactly_once(tmp_path_factory, ope
             ]
             (folder / "tmp").write_text("".join(kept + added))
             os.replace(folder / "tmp", path)
+            read[0] = None
             lines = [line for line in lines if not line[0].startswith("no-id-")]
             lines += list(zip(ids, commands, strict=True))
         else:
