@@ -30,8 +30,8 @@ import torch
 
 from engine.plan.graph_work import HOST_BOUND_WORK, host_bound
 from engine.speed.fast_lora import (
-    _SKIP_BASE_ATTR,
     FUSED_ATTR,
+    SKIP_BASE_ATTR,
     dense_or_4bit,
     keeping_dequantized_weights,
     skip_base_forward,
@@ -342,15 +342,15 @@ class _ForwardsSkipped:
     def __enter__(self) -> None:
         for module in self.modules:
             if getattr(module, FUSED_ATTR, False):
-                setattr(module, _SKIP_BASE_ATTR, True)
+                setattr(module, SKIP_BASE_ATTR, True)
             else:
                 self.previous[id(module)] = module.__dict__.get("forward")
                 module.forward = functools.partial(skip_base_forward, module)
 
     def __exit__(self, *exc: object) -> None:
         for module in self.modules:
-            if getattr(module, _SKIP_BASE_ATTR, False):
-                setattr(module, _SKIP_BASE_ATTR, False)
+            if getattr(module, SKIP_BASE_ATTR, False):
+                setattr(module, SKIP_BASE_ATTR, False)
             elif self.previous.get(id(module)) is not None:
                 module.forward = self.previous[id(module)]
             else:
