@@ -180,14 +180,14 @@ def test_saved_middle_is_what_the_recompute_uses() -> None:
         model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
         save_layer_middle=True,
     )  # fmt: skip
-    real = layer_checkpoint._SameGradient.forward
-    layer_checkpoint._SameGradient.forward = staticmethod(
+    real = layer_checkpoint.SameGradient.forward
+    layer_checkpoint.SameGradient.forward = staticmethod(
         lambda ctx, recomputed, saved: saved * 1.01
     )
     try:
         _, grads = loss_and_grads(model)
     finally:
-        layer_checkpoint._SameGradient.forward = staticmethod(real)
+        layer_checkpoint.SameGradient.forward = staticmethod(real)
     assert any(not torch.allclose(grads[name], want[1][name]) for name in grads)
 
 
