@@ -193,9 +193,11 @@ def consolidate(checkpoint: Path, preset: Any, target: Path) -> Path:
     wanted = {"model": model.state_dict()}
     # Tied weights are saved under one name; the tie fills the other.
     dcp.load(
-        wanted, checkpoint_id=shards, planner=DefaultLoadPlanner(allow_partial_load=True),
+        wanted,
+        checkpoint_id=shards,
+        planner=DefaultLoadPlanner(allow_partial_load=True),
         no_dist=True,
-    )  # fmt: skip
+    )
     model.load_state_dict(wanted["model"])
     tokenizer = loading.load_tokenizer(source)
     tokenizer.chat_template = resolve_chat_template(tokenizer, preset.dataset.chat_template)

@@ -105,10 +105,13 @@ def write_failure_hint(exc: Exception, directory: Path, inside: Iterable[Path] =
     resume = "then continue from the last checkpoint with `finetty train --resume latest`."
     if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         blocker = next(
-            (p for p in [*reversed(directory.parents), directory, *inside]
-             if p.exists() and not p.is_dir()),
+            (
+                p
+                for p in [*reversed(directory.parents), directory, *inside]
+                if p.exists() and not p.is_dir()
+            ),
             directory,
-        )  # fmt: skip
+        )
         return f"{blocker} is a file where finetty needs a folder: move it elsewhere, {resume}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (

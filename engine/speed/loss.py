@@ -87,9 +87,13 @@ def chunked_loss_sum(
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.size(0), rows):
         total = total + checkpoint(
-            _head_loss, head, hidden[start : start + rows], targets[start : start + rows], cap,
+            _head_loss,
+            head,
+            hidden[start : start + rows],
+            targets[start : start + rows],
+            cap,
             use_reentrant=False,
-        )  # fmt: skip
+        )
     return total
 
 
@@ -119,8 +123,9 @@ def _frozen_plain_head(head: Any) -> bool:
     )
 
 
-def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any,
-                         cap: float | None, rows: int) -> Any:  # fmt: skip
+def _frozen_head_forward(
+    ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any, cap: float | None, rows: int
+) -> Any:
     import torch
 
     from engine.speed.casting import NoAutocast, compute_dtype, to_dtype

@@ -160,9 +160,14 @@ def _lora_llama(lora_dropout: float, attention_dropout: float = 0.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, attention_dropout=attention_dropout,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=attention_dropout,
+    )
     adapter = LoraConfig(r=4, lora_dropout=lora_dropout, target_modules=["q_proj", "v_proj"])
     return get_peft_model(LlamaForCausalLM(config), adapter)
 
