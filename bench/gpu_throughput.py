@@ -26,28 +26,62 @@ from pathlib import Path
 
 SHAPES = {  # config.json values of the real checkpoints; weights are random here
     "llama8b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "tie_word_embeddings": False, "hidden_act": "silu",
-        "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "rope_scaling": {
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "torch_dtype": "bfloat16",
     },
     "tiny": {  # a smoke test of this script on the CPU: --shape tiny --device cpu
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": 1000, "max_position_embeddings": 512,
-        "eos_token_id": 2, "torch_dtype": "float32",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+        "max_position_embeddings": 512,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
     },
     "qwen05b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896,
-        "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
-        "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768,
-        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True, "hidden_act": "silu",
-        "bos_token_id": 151643, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": True,
+        "hidden_act": "silu",
+        "bos_token_id": 151643,
+        "eos_token_id": 151643,
+        "torch_dtype": "bfloat16",
     },
-}  # fmt: skip
+}
 PEAK_TFLOPS = 989.4  # H100/H200 SXM dense bf16 datasheet, as the anchors use
 GIB = 2**30
 
@@ -193,18 +227,36 @@ def run(args: argparse.Namespace) -> dict:
         from engine.speed.fast_path import apply_fast_path
 
         kernels += apply_fast_path(
-            model, device=args.device, uses_adapter=args.mode != "full", gradient_checkpointing=True,
-            fused_lora=not args.no_fused_lora, activation_offloading=not args.no_offload,
-            sharded=sharded, save_layer_middle=False if args.no_save_middle else None,
+            model,
+            device=args.device,
+            uses_adapter=args.mode != "full",
+            gradient_checkpointing=True,
+            fused_lora=not args.no_fused_lora,
+            activation_offloading=not args.no_offload,
+            sharded=sharded,
+            save_layer_middle=False if args.no_save_middle else None,
             grouped_lora=not args.no_grouped_lora,
             cuda_graphs=True if args.cuda_graphs else False if args.no_cuda_graphs else None,
-            graph_dropout=not args.no_graph_dropout, keep_dequantized=False if args.no_keep_dequantized else True if args.keep_dequantized else None,
-        )  # fmt: skip
+            graph_dropout=not args.no_graph_dropout,
+            keep_dequantized=False
+            if args.no_keep_dequantized
+            else True
+            if args.keep_dequantized
+            else None,
+        )
     settings = TrainSettings(
-        micro_batch=args.batch, max_steps=args.steps, optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
-        learning_rate=2e-4, save_steps=0, device=args.device, pad_token_id=0, chunked_loss=not args.plain, seed=0,
-        amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None, sharded=sharded,
-    )  # fmt: skip
+        micro_batch=args.batch,
+        max_steps=args.steps,
+        optim="adamw_8bit" if cuda and not sharded else "adamw_torch",
+        learning_rate=2e-4,
+        save_steps=0,
+        device=args.device,
+        pad_token_id=0,
+        chunked_loss=not args.plain,
+        seed=0,
+        amp_dtype=torch.bfloat16 if cuda and args.mode != "full" and not args.plain else None,
+        sharded=sharded,
+    )
     sink = RecordingSink()
     vocab = SHAPES[args.shape]["vocab_size"]
     if args.batching == "fixed":
@@ -644,8 +696,15 @@ def main() -> None:
         if row.get("follower"):
             return  # rank 0 prints the job's row
     except Exception as exc:  # noqa: BLE001 - a failed config is a row too (e.g. OOM), never a lost table
-        row = {"session": args.session, "stack": "finetty", "mode": args.mode, "shape": args.shape,
-               "batch": args.batch, "seq": args.seq, "error": f"{type(exc).__name__}: {exc}"[:500]}  # fmt: skip
+        row = {
+            "session": args.session,
+            "stack": "finetty",
+            "mode": args.mode,
+            "shape": args.shape,
+            "batch": args.batch,
+            "seq": args.seq,
+            "error": f"{type(exc).__name__}: {exc}"[:500],
+        }
     row.update(
         card=versions()["gpu"],
         # The device's copy of the tree carries a stale .git: the caller names the commit sent.

@@ -33,16 +33,23 @@ def build(layers: int, fused: bool, checkpointing: bool, grouped: bool):
 
     torch.manual_seed(0)
     config = Qwen2Config(
-        vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2,
-    )  # fmt: skip
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = Qwen2ForCausalLM(config).requires_grad_(False)
     model = get_peft_model(model, LoraConfig(r=8, target_modules="all-linear"))
     if fused:
         apply_fast_path(
-            model, device="cpu", uses_adapter=True, gradient_checkpointing=checkpointing,
+            model,
+            device="cpu",
+            uses_adapter=True,
+            gradient_checkpointing=checkpointing,
             grouped_lora=grouped,
-        )  # fmt: skip
+        )
     elif checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model.train()

@@ -73,13 +73,20 @@ def session_ratios(rows: list[dict], variant: str | None = None) -> list[Ratio]:
         their_speed = statistics.median(r["tokens_per_s"] for r in theirs)
         ratios.append(
             Ratio(
-                session, shape, mode, batch, seq,
-                round(our_speed, 1), len(ours), round(their_speed, 1), len(theirs),
+                session,
+                shape,
+                mode,
+                batch,
+                seq,
+                round(our_speed, 1),
+                len(ours),
+                round(their_speed, 1),
+                len(theirs),
                 round(our_speed / their_speed, 3),
                 _median([r.get("peak_alloc_gib") for r in ours]),
                 _median([r.get("peak_alloc_gib") for r in theirs]),
             )
-        )  # fmt: skip
+        )
     return ratios
 
 

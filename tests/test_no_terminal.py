@@ -30,9 +30,13 @@ def finetty(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     code = "import sys; from tui.cli import entry; sys.argv[0] = 'finetty'; entry()"
     return subprocess.run(
         [sys.executable, "-c", code, *argv],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=cwd, timeout=60,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
         env=os.environ | {"COLUMNS": "1000"},
-    )  # fmt: skip
+    )
 
 
 def refused(result: subprocess.CompletedProcess) -> str:

@@ -256,9 +256,17 @@ class TrainingSection(Section):
 
 
 ExportFormat = Literal[
-    "adapter", "merged_16bit", "gguf_f16", "gguf_bf16", "gguf_q8_0",
-    "gguf_q4_k_m", "gguf_q5_k_m", "gguf_q6_k", "gguf_q3_k_m", "gguf_q2_k",
-]  # fmt: skip
+    "adapter",
+    "merged_16bit",
+    "gguf_f16",
+    "gguf_bf16",
+    "gguf_q8_0",
+    "gguf_q4_k_m",
+    "gguf_q5_k_m",
+    "gguf_q6_k",
+    "gguf_q3_k_m",
+    "gguf_q2_k",
+]
 
 
 class ExportSection(Section):

@@ -40,8 +40,13 @@ class Exported:
     command: str | None = None  # `ollama create ...` for a Modelfile
 
     def to_dict(self) -> dict[str, object]:
-        return {"kind": self.kind, "path": str(self.path), "size": self.size,
-                "checks": self.checks, "command": self.command}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "size": self.size,
+            "checks": self.checks,
+            "command": self.command,
+        }
 
 
 @dataclass
@@ -77,8 +82,10 @@ def export_run(
     modelfiles = {q: out_dir / f"{stem}-{q}.Modelfile" for q in quants} if ollama_files else {}
     # Everything that can refuse the export is checked before any model is loaded.
     if "adapter" in formats and not info.is_adapter:
-        raise ExportError(f"{info.run_dir} is a full fine-tune; it has no adapter to export.",
-                          hint="Use --format merged or --format gguf for this run.")  # fmt: skip
+        raise ExportError(
+            f"{info.run_dir} is a full fine-tune; it has no adapter to export.",
+            hint="Use --format merged or --format gguf for this run.",
+        )
     quantizer = None
     if quants:
         model_type = gguf_writer.check_architecture(_model_config(info))
@@ -114,8 +121,18 @@ def export_run(
     if quants:
         with tempfile.TemporaryDirectory(prefix=".partial-work-", dir=out_dir) as work:
             source = _gguf_source(info, report, Path(work), merge_dtype, force, progress)
-            _export_gguf(info, source, quants, ggufs, modelfiles, quantizer, Path(work), report,
-                         force=force, progress=progress)  # fmt: skip
+            _export_gguf(
+                info,
+                source,
+                quants,
+                ggufs,
+                modelfiles,
+                quantizer,
+                Path(work),
+                report,
+                force=force,
+                progress=progress,
+            )
     progress("export: done", 1.0)
     return report
 
@@ -124,15 +141,21 @@ def check_choices(formats: Sequence[str], quants: Sequence[str], dtype: str | No
     """Refuse unknown formats, GGUF types and dtypes; the export dialog checks its form with it."""
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ExportError(f"Unknown export format: {', '.join(bad) or '(none)'}.",
-                          hint=f"Use one or more of: {', '.join(FORMATS)}.")  # fmt: skip
+        raise ExportError(
+            f"Unknown export format: {', '.join(bad) or '(none)'}.",
+            hint=f"Use one or more of: {', '.join(FORMATS)}.",
+        )
     if "gguf" in formats and not quants:  # e.g. `--quant ,`: a list with no type in it
-        raise ExportError("GGUF was asked for with no GGUF type (the --quant list is empty).",
-                          hint=f"Name at least one, e.g. --quant q8_0 (choices: {', '.join(QUANTS)}).")  # fmt: skip
+        raise ExportError(
+            "GGUF was asked for with no GGUF type (the --quant list is empty).",
+            hint=f"Name at least one, e.g. --quant q8_0 (choices: {', '.join(QUANTS)}).",
+        )
     bad = [q for q in quants if q not in QUANTS]
     if bad:
-        raise ExportError(f"Unknown GGUF quantization: {', '.join(bad)}.",
-                          hint=f"Use one or more of: {', '.join(QUANTS)}.")  # fmt: skip
+        raise ExportError(
+            f"Unknown GGUF quantization: {', '.join(bad)}.",
+            hint=f"Use one or more of: {', '.join(QUANTS)}.",
+        )
     if dtype is not None and dtype not in ("bf16", "fp16"):
         raise ExportError(f"Unknown --dtype {dtype}.", hint="Use bf16 or fp16.")
 

@@ -49,11 +49,15 @@ def export_in_child(
     from engine.export import Exported, ExportReport
 
     request = {
-        "run": str(run), "formats": list(formats), "quants": list(quants),
-        "out": str(out) if out is not None else None, "ollama_files": ollama_files,
-        "force": force, "dtype": dtype,
+        "run": str(run),
+        "formats": list(formats),
+        "quants": list(quants),
+        "out": str(out) if out is not None else None,
+        "ollama_files": ollama_files,
+        "force": force,
+        "dtype": dtype,
         "runs_root": str(runs_root) if runs_root is not None else None,
-    }  # fmt: skip
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.export.child"],
         stdin=subprocess.PIPE,
@@ -225,14 +229,26 @@ def child_main() -> int:
         )
         send({"error": _error_dict(failed)})
         return 0
-    send({"report": {"run_dir": str(report.run_dir), "out_dir": str(report.out_dir),
-                     "items": [item.to_dict() for item in report.items]}})  # fmt: skip
+    send(
+        {
+            "report": {
+                "run_dir": str(report.run_dir),
+                "out_dir": str(report.out_dir),
+                "items": [item.to_dict() for item in report.items],
+            }
+        }
+    )
     return 0
 
 
 def _error_dict(error: errors.FinettyError) -> dict[str, Any]:
-    return {"class": type(error).__name__, "message": error.message, "hint": error.hint,
-            "title": error.title, "exit_code": error.exit_code}  # fmt: skip
+    return {
+        "class": type(error).__name__,
+        "message": error.message,
+        "hint": error.hint,
+        "title": error.title,
+        "exit_code": error.exit_code,
+    }
 
 
 if __name__ == "__main__":

@@ -89,8 +89,15 @@ def quantize(
     if quantizer.kind == "binary":
         command = [quantizer.location, str(source), str(target), name]
     else:
-        command = [quantizer.location, "-m", "engine.export.native", "llama-quantize",
-                   str(source), str(target), name]  # fmt: skip
+        command = [
+            quantizer.location,
+            "-m",
+            "engine.export.native",
+            "llama-quantize",
+            str(source),
+            str(target),
+            name,
+        ]
     timeout = native.file_timeout(source, *QUANTIZE_TIMEOUT)
     # llama.cpp writes the target as it goes: its size on disk is the measured progress.
     expected = int(source.stat().st_size * bits_per_weight(quant) / 16)  # from 16-bit weights

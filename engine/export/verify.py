@@ -194,8 +194,13 @@ def verify_llama_cpp(
 
     ids = [int(t) for t in ref.ids[0][0, : ref.prompt_lengths[0]]]
     expected = [int(t) for t in ref.ids[0][0, ref.prompt_lengths[0] :]]
-    request = {"path": str(path), "text": tokenizer.decode(ids), "ids": ids,
-               "new_tokens": NEW_TOKENS, "n_batch": None}  # fmt: skip
+    request = {
+        "path": str(path),
+        "text": tokenizer.decode(ids),
+        "ids": ids,
+        "new_tokens": NEW_TOKENS,
+        "n_batch": None,
+    }
     timeout = native.file_timeout(path, *VERIFY_TIMEOUT)
     name = name or path.name  # the target's name: ``path`` may be a hidden staging file
     label = f"verifying {name} in llama.cpp (child process)"

@@ -128,7 +128,7 @@ def load_tokenizer(
 ):
     from transformers import AutoTokenizer
 
-    location, kwargs = _from_pretrained_args(source, revision, trust_remote_code)
+    location, kwargs = from_pretrained_args(source, revision, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
     except Exception as exc:  # noqa: BLE001 - wrapped with the source named
@@ -157,7 +157,7 @@ def load_model(
 
     _quiet_transformers()
     tokenizer = load_tokenizer(source, revision=revision, trust_remote_code=trust_remote_code)
-    location, kwargs = _from_pretrained_args(source, revision, trust_remote_code)
+    location, kwargs = from_pretrained_args(source, revision, trust_remote_code)
     if progress is not None and source.kind != "gguf":
         read_weights_ahead(Path(location), progress)
     kwargs.update(dtype=dtype, attn_implementation=attention)
@@ -204,9 +204,10 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def _from_pretrained_args(
+def from_pretrained_args(
     source: ModelSource, revision: str | None, trust_remote_code: bool
 ) -> tuple[str, dict[str, Any]]:
+    """Where from_pretrained reads ``source`` from, and the keyword arguments it needs there."""
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if source.kind == "embedded":
         return str(embedded.ensure_converted(source.location)), kwargs

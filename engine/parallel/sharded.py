@@ -108,12 +108,12 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), staging / "scheduler.pt")
         ckpt.save_rng_state(staging)
         (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
-        ckpt._fsync_tree(staging)
+        ckpt.fsync_tree(staging)
         (staging / ckpt.MARKER).write_text("ok\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        ckpt._fsync_tree(directory, files=False)
+        ckpt.fsync_tree(directory, files=False)
         ckpt.prune_checkpoints(directory, keep)
     dist.barrier()
     return final
@@ -186,16 +186,18 @@ def consolidate(checkpoint: Path, preset: Any, target: Path) -> Path:
     source = loading.resolve_source(
         preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights
     )
-    location, kwargs = loading._from_pretrained_args(
+    location, kwargs = loading.from_pretrained_args(
         source, preset.model.revision, preset.model.trust_remote_code
     )
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     wanted = {"model": model.state_dict()}
     # Tied weights are saved under one name; the tie fills the other.
     dcp.load(
-        wanted, checkpoint_id=shards, planner=DefaultLoadPlanner(allow_partial_load=True),
+        wanted,
+        checkpoint_id=shards,
+        planner=DefaultLoadPlanner(allow_partial_load=True),
         no_dist=True,
-    )  # fmt: skip
+    )
     model.load_state_dict(wanted["model"])
     tokenizer = loading.load_tokenizer(source)
     tokenizer.chat_template = resolve_chat_template(tokenizer, preset.dataset.chat_template)

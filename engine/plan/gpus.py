@@ -62,22 +62,47 @@ GPUS: dict[str, GpuSpec] = {
 }
 
 ALIASES = {
-    "tesla-t4": "t4", "v100": "v100-16gb", "a100": "a100-80gb", "a100-40g": "a100-40gb",
-    "a100-80g": "a100-80gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb", "h100": "h100-80gb",
-    "h100-sxm": "h100-80gb", "h100-80g": "h100-80gb", "h200-141gb": "h200", "3090": "rtx3090",
-    "4090": "rtx4090", "5090": "rtx5090", "rtx-3090": "rtx3090", "rtx-4090": "rtx4090",
-    "rtx-5090": "rtx5090", "a6000": "rtx-a6000", "rtxa6000": "rtx-a6000",
-}  # fmt: skip
+    "tesla-t4": "t4",
+    "v100": "v100-16gb",
+    "a100": "a100-80gb",
+    "a100-40g": "a100-40gb",
+    "a100-80g": "a100-80gb",
+    "a100-40": "a100-40gb",
+    "a100-80": "a100-80gb",
+    "h100": "h100-80gb",
+    "h100-sxm": "h100-80gb",
+    "h100-80g": "h100-80gb",
+    "h200-141gb": "h200",
+    "3090": "rtx3090",
+    "4090": "rtx4090",
+    "5090": "rtx5090",
+    "rtx-3090": "rtx3090",
+    "rtx-4090": "rtx4090",
+    "rtx-5090": "rtx5090",
+    "a6000": "rtx-a6000",
+    "rtxa6000": "rtx-a6000",
+}
 
 # Detected NVML names -> table keys, most specific first ("A100-SXM4-40GB", "H100 80GB HBM3").
 _DETECTED = (
-    (r"\bh100\b.*\bpcie\b", "h100-pcie"), (r"\bh100\b", "h100-80gb"), (r"\bh200\b", "h200"),
-    (r"\bb200\b", "b200"), (r"\ba100\b.*\b40gb\b", "a100-40gb"), (r"\ba100\b", "a100-80gb"),
-    (r"\ba10g\b", "a10g"), (r"\ba10\b", "a10"), (r"\bl40s\b", "l40s"), (r"\bl4\b", "l4"),
-    (r"\bt4\b", "t4"), (r"\bv100\b.*\b32gb\b", "v100-32gb"), (r"\bv100\b", "v100-16gb"),
-    (r"\brtx a6000\b", "rtx-a6000"), (r"\b3090\b", "rtx3090"), (r"\b4090\b", "rtx4090"),
+    (r"\bh100\b.*\bpcie\b", "h100-pcie"),
+    (r"\bh100\b", "h100-80gb"),
+    (r"\bh200\b", "h200"),
+    (r"\bb200\b", "b200"),
+    (r"\ba100\b.*\b40gb\b", "a100-40gb"),
+    (r"\ba100\b", "a100-80gb"),
+    (r"\ba10g\b", "a10g"),
+    (r"\ba10\b", "a10"),
+    (r"\bl40s\b", "l40s"),
+    (r"\bl4\b", "l4"),
+    (r"\bt4\b", "t4"),
+    (r"\bv100\b.*\b32gb\b", "v100-32gb"),
+    (r"\bv100\b", "v100-16gb"),
+    (r"\brtx a6000\b", "rtx-a6000"),
+    (r"\b3090\b", "rtx3090"),
+    (r"\b4090\b", "rtx4090"),
     (r"\b5090\b", "rtx5090"),
-)  # fmt: skip
+)
 
 
 # Model FLOPs (recompute counted) per peak FLOP on finetty's path: the 8B rows on an H200 (devT,
@@ -166,8 +191,14 @@ def spec_for(gpu: DetectedGpu) -> GpuSpec:
     """The table entry of a detected GPU with its real memory; a cautious guess if unlisted."""
     matched = match_gpu(gpu.name)
     if matched is not None:
-        return GpuSpec(matched.key, gpu.name, gpu.memory_gib, matched.bf16, matched.tflops,
-                       matched.bandwidth_gbs)  # fmt: skip
+        return GpuSpec(
+            matched.key,
+            gpu.name,
+            gpu.memory_gib,
+            matched.bf16,
+            matched.tflops,
+            matched.bandwidth_gbs,
+        )
     major = gpu.compute_capability[0] if gpu.compute_capability else 7
     # Unknown card: assume a mid-range part (~an A10G) so step times err on the slow side.
     return GpuSpec("unknown", gpu.name, gpu.memory_gib, major >= 8, 70, 600, known=False)

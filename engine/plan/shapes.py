@@ -82,8 +82,9 @@ class ModelShape:
         embeddings = self.embedding_param_count()
         return total + (embeddings if self.tie_word_embeddings else 2 * embeddings)
 
-    def flops_per_token(self, seq_len: int, *, full: bool, lora_params: int = 0,
-                        recompute: bool = False) -> int:  # fmt: skip
+    def flops_per_token(
+        self, seq_len: int, *, full: bool, lora_params: int = 0, recompute: bool = False
+    ) -> int:
         """Training FLOPs per token (forward + backward, + a recomputed forward if asked).
 
         Full fine-tuning 6N (Kaplan et al. 2020: forward 2N, backward 4N); a frozen base with
@@ -139,8 +140,18 @@ class ModelShape:
         return total
 
 
-def _shape(arch: str, v: int, h: int, i: int, layers: int, heads: int, kv: int, head_dim: int,
-           tied: bool, **extra: Any) -> ModelShape:  # fmt: skip
+def _shape(
+    arch: str,
+    v: int,
+    h: int,
+    i: int,
+    layers: int,
+    heads: int,
+    kv: int,
+    head_dim: int,
+    tied: bool,
+    **extra: Any,
+) -> ModelShape:
     return ModelShape(arch, v, h, i, layers, heads, kv, head_dim, tied, **extra)
 
 
@@ -164,7 +175,7 @@ BUILTIN_SHAPES: dict[str, ModelShape] = {
     "smollm2-135m": _shape(_LLAMA, 49152, 576, 1536, 30, 9, 3, 64, True),
     "smollm2-360m": _shape(_LLAMA, 49152, 960, 2560, 32, 15, 5, 64, True),
     "smollm2-1.7b": _shape(_LLAMA, 49152, 2048, 8192, 24, 32, 32, 64, True),
-}  # fmt: skip
+}
 
 # Name parts that don't change the shape: owner prefixes, chat/instruct tags, pre-quantized repos.
 _NOISE = {"meta", "instruct", "it", "chat", "base", "bnb", "4bit", "unsloth", "hf", "embedded"}

@@ -79,12 +79,12 @@ def save_checkpoint(
             torch.save(scaler.state_dict(), staging / "scaler.pt")
         save_rng_state(staging)
         (staging / "trainer_state.json").write_text(json.dumps(asdict(state), indent=2))
-        _fsync_tree(staging)  # on power loss the marker must never outlive the data
+        fsync_tree(staging)  # on power loss the marker must never outlive the data
         (staging / MARKER).write_text("ok\n")
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        _fsync_tree(directory, files=False)
+        fsync_tree(directory, files=False)
     except (OSError, RuntimeError, SafetensorError) as exc:
         # A full disk surfaces as OSError from Python, SafetensorError from safetensors and
         # RuntimeError from torch.save's zip writer.
@@ -105,10 +105,13 @@ def write_failure_hint(exc: Exception, directory: Path, inside: Iterable[Path] =
     resume = "then continue from the last checkpoint with `finetty train --resume latest`."
     if code in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         blocker = next(
-            (p for p in [*reversed(directory.parents), directory, *inside]
-             if p.exists() and not p.is_dir()),
+            (
+                p
+                for p in [*reversed(directory.parents), directory, *inside]
+                if p.exists() and not p.is_dir()
+            ),
             directory,
-        )  # fmt: skip
+        )
         return f"{blocker} is a file where finetty needs a folder: move it elsewhere, {resume}"
     if code in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (
@@ -158,7 +161,9 @@ def require_finite(named: Iterable[tuple[str, Any]], what: str) -> None:
         )
 
 
-def _fsync_tree(folder: Path, *, files: bool = True) -> None:
+def fsync_tree(folder: Path, *, files: bool = True) -> None:
+    """Flush ``folder`` (and, with ``files``, every file below it) to disk, so that a marker or
+    a rename written after it never outlives the data on power loss."""
     paths = [p for p in folder.rglob("*") if p.is_file()] if files else []
     for path in [*paths, folder]:
         fd = os.open(path, os.O_RDONLY)

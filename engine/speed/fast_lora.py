@@ -29,12 +29,14 @@ from typing import Any
 
 import torch
 
-_SKIP_BASE_ATTR = "_finetty_skip_base"
+from engine.speed.casting import NoAutocast, compute_dtype, to_dtype
+
+SKIP_BASE_ATTR = "_finetty_skip_base"  # set on a fused module: its forward skips the base matmul
 FUSED_ATTR = "_finetty_fused"
 _RESOLVED_ATTR = "_finetty_resolved"
 
 
-_recompute = threading.local()
+_recompute = threading.local()  # .keep: inside keeping_dequantized_weights()
 
 
 @contextlib.contextmanager
@@ -50,12 +52,9 @@ def keeping_dequantized_weights() -> Iterator[None]:
         _recompute.keep = previous
 
 
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the matmuls run in: autocast's where it is on, else the input's."""
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
+def dequantized_weights_kept() -> bool:
+    """Inside keeping_dequantized_weights() on this thread."""
+    return getattr(_recompute, "keep", False)
 
 
 def is_4bit(base: Any) -> bool:
@@ -78,31 +77,7 @@ def base_weight(base: Any, dtype: torch.dtype, four_bit: bool | None = None) -> 
         import bitsandbytes.functional as bnbf
 
         weight = bnbf.dequantize_4bit(weight.data, weight.quant_state)
-    return _cast(weight, dtype)
-
-
-def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # A no-op .to() still costs microseconds of host time, hundreds of times a step.
-    return tensor if tensor.dtype is dtype else tensor.to(dtype)
-
-
-class _NoAutocast:
-    """Autocast off inside the function (its dtypes are explicit); entered only when on."""
-
-    def __init__(self, device_type: str) -> None:
-        self.context = (
-            torch.autocast(device_type, enabled=False)
-            if torch.is_autocast_enabled(device_type)
-            else None
-        )
-
-    def __enter__(self) -> None:
-        if self.context is not None:
-            self.context.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.context is not None:
-            self.context.__exit__(*exc)
+    return to_dtype(weight, dtype)
 
 
 class LoraLinearFunction(torch.autograd.Function):
@@ -122,11 +97,11 @@ class LoraLinearFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         dtype = compute_dtype(x)
         shape = x.shape
-        x2 = _cast(x.reshape(-1, shape[-1]), dtype)
-        d2 = x2 if dropped is None else _cast(dropped.reshape(-1, shape[-1]), dtype)
-        a, b = _cast(lora_a, dtype), _cast(lora_b, dtype)
+        x2 = to_dtype(x.reshape(-1, shape[-1]), dtype)
+        d2 = x2 if dropped is None else to_dtype(dropped.reshape(-1, shape[-1]), dtype)
+        a, b = to_dtype(lora_a, dtype), to_dtype(lora_b, dtype)
         ctx.weight = None
-        with _NoAutocast(x.device.type):
+        with NoAutocast(x.device.type):
             t = d2 @ a.t()  # [N, r]
             if skip_base:  # nothing reads this output: only t is needed, for lora_B's gradient
                 out = x2.new_zeros((), dtype=dtype).expand(x2.shape[0], b.shape[0])
@@ -134,12 +109,12 @@ class LoraLinearFunction(torch.autograd.Function):
                 weight = base_weight(base, dtype, four_bit)
                 bias = base.bias
                 out = (
-                    torch.addmm(_cast(bias, dtype), x2, weight.t())
+                    torch.addmm(to_dtype(bias, dtype), x2, weight.t())
                     if bias is not None
                     else torch.mm(x2, weight.t())
                 )
                 out.addmm_(t, b.t(), alpha=scaling)
-                if four_bit and ctx.needs_input_grad[0] and getattr(_recompute, "keep", False):
+                if four_bit and ctx.needs_input_grad[0] and dequantized_weights_kept():
                     ctx.weight = weight
         ctx.save_for_backward(d2, t, a, b)
         ctx.base, ctx.scaling, ctx.separate_dropout = base, scaling, dropped is not None
@@ -151,14 +126,14 @@ class LoraLinearFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
         d2, t, a, b = ctx.saved_tensors
         scaling, dtype = ctx.scaling, ctx.dtype
-        g = _cast(grad_out.reshape(-1, grad_out.shape[-1]), dtype)
+        g = to_dtype(grad_out.reshape(-1, grad_out.shape[-1]), dtype)
         need_x, need_dropped, need_a, need_b = ctx.needs_input_grad[:4]
         grad_x = grad_dropped = grad_a = grad_b = None
         gb = g @ b  # [N, r]
         if need_b:
-            grad_b = _cast((g.t() @ t).mul_(scaling), ctx.b_dtype)
+            grad_b = to_dtype((g.t() @ t).mul_(scaling), ctx.b_dtype)
         if need_a:
-            grad_a = _cast((gb.t() @ d2).mul_(scaling), ctx.a_dtype)
+            grad_a = to_dtype((gb.t() @ d2).mul_(scaling), ctx.a_dtype)
         if need_x:
             weight = (
                 ctx.weight if ctx.weight is not None else base_weight(ctx.base, dtype, ctx.four_bit)
@@ -184,7 +159,7 @@ class FrozenLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        g = _cast(grad_out.reshape(-1, grad_out.shape[-1]), ctx.dtype)
+        g = to_dtype(grad_out.reshape(-1, grad_out.shape[-1]), ctx.dtype)
         grad_x = g @ base_weight(ctx.base, ctx.dtype)
         return grad_x.view(ctx.x_shape), None, None
 
@@ -211,7 +186,7 @@ def fast_path_reason(module: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class _Resolved:
+class ResolvedAdapter:
     """A module's adapter, looked up once: PEFT's properties and nn.Module attribute lookups
     cost more host time than the small adapter matmuls themselves on a small model."""
 
@@ -224,13 +199,13 @@ class _Resolved:
     four_bit: bool
 
 
-def _resolve(module: Any) -> _Resolved | None:
+def _resolve(module: Any) -> ResolvedAdapter | None:
     if fast_path_reason(module) is not None:
         return None
     name = module.active_adapters[0]
     dropout = module.lora_dropout[name]
     base = module.get_base_layer()
-    resolved = _Resolved(
+    resolved = ResolvedAdapter(
         module._active_adapter,
         module.lora_A[name].weight,
         module.lora_B[name].weight,
@@ -243,7 +218,7 @@ def _resolve(module: Any) -> _Resolved | None:
     return resolved
 
 
-def current_adapter(module: Any) -> _Resolved | None:
+def current_adapter(module: Any) -> ResolvedAdapter | None:
     """The module's active adapter as the fused path runs it; None when PEFT's own forward
     must run (adapters disabled or merged, or the adapter changed to one it cannot take)."""
     # Plain attributes (instance or class defaults), not PEFT's properties: cheaper per call.
@@ -268,7 +243,7 @@ def fused_forward(module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> to
         resolved.lora_b,
         resolved.scaling,
         resolved.base,
-        module.__dict__.get(_SKIP_BASE_ATTR, False),
+        module.__dict__.get(SKIP_BASE_ATTR, False),
         resolved.four_bit,
     )
 

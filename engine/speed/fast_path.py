@@ -64,10 +64,15 @@ def apply_fast_path(
         # Host memory is only "elsewhere" for a GPU; unset means on there.
         offload = device == "cuda" and activation_offloading is not False
         installed = layer_checkpoint.install(
-            model, offload=offload, save_middle=save_layer_middle,
-            cuda_graphs=graphs_wanted(cuda_graphs, cuda=device == "cuda", uses_adapter=uses_adapter),
-            graph_dropout=graph_dropout, keep_dequantized=keep_dequantized,
-        )  # fmt: skip
+            model,
+            offload=offload,
+            save_middle=save_layer_middle,
+            cuda_graphs=graphs_wanted(
+                cuda_graphs, cuda=device == "cuda", uses_adapter=uses_adapter
+            ),
+            graph_dropout=graph_dropout,
+            keep_dequantized=keep_dequantized,
+        )
     if installed is None:
         from engine.models.adapters import enable_transformers_checkpointing
 

@@ -22,16 +22,14 @@ from typing import Any
 
 import torch
 
+from engine.speed.casting import NoAutocast, compute_dtype, to_dtype
 from engine.speed.fast_lora import (
-    _SKIP_BASE_ATTR,
     FUSED_ATTR,
-    _cast,
-    _NoAutocast,
-    _recompute,
-    _Resolved,
+    SKIP_BASE_ATTR,
+    ResolvedAdapter,
     base_weight,
-    compute_dtype,
     current_adapter,
+    dequantized_weights_kept,
     fused_forward,
 )
 
@@ -45,17 +43,19 @@ class GroupedLoraFunction(torch.autograd.Function):
     """out_i = x @ W_i^T + bias_i + s_i * (x @ A_i^T) @ B_i^T for every member i, W_i frozen."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, members: tuple[_Resolved, ...], *adapters: torch.Tensor):  # type: ignore[override]
+    def forward(
+        ctx: Any, x: torch.Tensor, members: tuple[ResolvedAdapter, ...], *adapters: torch.Tensor
+    ):  # type: ignore[override]
         count = len(members)
         dtype = compute_dtype(x)
         shape = x.shape
-        x2 = _cast(x.reshape(-1, shape[-1]), dtype)
-        a_list = [_cast(a, dtype) for a in adapters[:count]]
-        b_list = [_cast(b, dtype) for b in adapters[count:]]
-        keep = ctx.needs_input_grad[0] and getattr(_recompute, "keep", False)
+        x2 = to_dtype(x.reshape(-1, shape[-1]), dtype)
+        a_list = [to_dtype(a, dtype) for a in adapters[:count]]
+        b_list = [to_dtype(b, dtype) for b in adapters[count:]]
+        keep = ctx.needs_input_grad[0] and dequantized_weights_kept()
         ctx.weights = [None] * count
         outs = []
-        with _NoAutocast(x.device.type):
+        with NoAutocast(x.device.type):
             a_all = torch.cat(a_list)
             t = x2 @ a_all.t()  # [N, sum of ranks]
             start = 0
@@ -64,7 +64,7 @@ class GroupedLoraFunction(torch.autograd.Function):
                 weight = base_weight(member.base, dtype, member.four_bit)
                 bias = member.base.bias
                 out = (
-                    torch.addmm(_cast(bias, dtype), x2, weight.t())
+                    torch.addmm(to_dtype(bias, dtype), x2, weight.t())
                     if bias is not None
                     else torch.mm(x2, weight.t())
                 )
@@ -93,10 +93,10 @@ class GroupedLoraFunction(torch.autograd.Function):
                 scaled.append(x2.new_zeros(x2.shape[0], rank))
                 start += rank
                 continue
-            g = _cast(grad.reshape(-1, grad.shape[-1]), dtype)
+            g = to_dtype(grad.reshape(-1, grad.shape[-1]), dtype)
             scaled.append((g @ b).mul_(member.scaling))
             if ctx.needs_input_grad[2 + count + index]:
-                grad_b[index] = _cast(
+                grad_b[index] = to_dtype(
                     (g.t() @ t[:, start : start + rank]).mul_(member.scaling), member.lora_b.dtype
                 )
             if need_x:
@@ -109,7 +109,7 @@ class GroupedLoraFunction(torch.autograd.Function):
         # Each A gradient as its own GEMM, as the members one by one compute it: stacked, the
         # GEMM's shape (and so its rounding) would differ.
         grad_a = [
-            _cast(part.t() @ x2, m.lora_a.dtype) if ctx.needs_input_grad[2 + index] else None
+            to_dtype(part.t() @ x2, m.lora_a.dtype) if ctx.needs_input_grad[2 + index] else None
             for index, (part, m) in enumerate(zip(scaled, members, strict=True))
         ]
         gb = torch.cat(scaled, dim=1)
@@ -127,10 +127,10 @@ class _Group:
         self.modules = modules
         self.pending: tuple[torch.Tensor, dict[int, torch.Tensor]] | None = None
 
-    def resolved(self) -> tuple[_Resolved, ...] | None:
+    def resolved(self) -> tuple[ResolvedAdapter, ...] | None:
         members = []
         for module in self.modules:
-            if module.__dict__.get(_SKIP_BASE_ATTR, False):
+            if module.__dict__.get(SKIP_BASE_ATTR, False):
                 return None
             state = current_adapter(module)
             if state is None or (state.dropout is not None and state.dropout.training):

@@ -8,6 +8,7 @@ bf16 rounding); tests/engine/test_gpu.py compares losses against the unfused pat
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from typing import Any
 
 
@@ -28,20 +29,21 @@ def apply_fused_kernels(model: Any, *, device: str, requested: bool | None) -> l
                 hint="pip install liger-kernel, or set training.use_liger_kernel: false.",
             )
         return []
-    from liger_kernel.transformers.monkey_patch import (
-        MODEL_TYPE_TO_APPLY_LIGER_FN,
-        _apply_liger_kernel_to_instance,
-    )
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
 
-    if model.config.model_type not in MODEL_TYPE_TO_APPLY_LIGER_FN:
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(model.config.model_type)
+    if apply is None:
         return []
-    _apply_liger_kernel_to_instance(
-        model,
-        rope=True,
-        rms_norm=True,
-        swiglu=True,
-        geglu=True,
-        cross_entropy=False,
-        fused_linear_cross_entropy=False,
-    )
+    wanted = {
+        "rope": True,
+        "rms_norm": True,
+        "swiglu": True,
+        "geglu": True,
+        "cross_entropy": False,
+        "fused_linear_cross_entropy": False,
+    }
+    # Each architecture's function takes only the kernels it has (llama swiglu, gemma geglu);
+    # given the instance, it patches that model's modules, not just the classes.
+    accepted = inspect.signature(apply).parameters
+    apply(model=model, **{name: on for name, on in wanted.items() if name in accepted})
     return ["liger:rms_norm", "liger:rope", "liger:swiglu"]

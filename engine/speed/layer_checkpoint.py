@@ -30,8 +30,8 @@ import torch
 
 from engine.plan.graph_work import HOST_BOUND_WORK, host_bound
 from engine.speed.fast_lora import (
-    _SKIP_BASE_ATTR,
     FUSED_ATTR,
+    SKIP_BASE_ATTR,
     dense_or_4bit,
     keeping_dequantized_weights,
     skip_base_forward,
@@ -172,11 +172,11 @@ class _Middle:
         if self.mode == "stash":
             self.value = hidden.detach()
         elif self.mode == "replay":
-            hidden = _SameGradient.apply(hidden, self.value)
+            hidden = SameGradient.apply(hidden, self.value)
         return self.original(hidden, *args, **kwargs)
 
 
-class _SameGradient(torch.autograd.Function):
+class SameGradient(torch.autograd.Function):
     """The saved value in place of the recomputed one (whose o_proj term was left out), with
     the recomputed one's gradient: h = x + o, so dh flows to x and to o_proj as before."""
 
@@ -190,8 +190,10 @@ class _SameGradient(torch.autograd.Function):
         return grad, None
 
 
-@dataclass
-class _LayerCall:
+@dataclass(frozen=True, kw_only=True)
+class _LayerSetup:
+    """What install() decided for one decoder layer: built once, read by each of its calls."""
+
     layer: Any
     forward: Any  # the layer's own forward
     index: int
@@ -204,56 +206,74 @@ class _LayerCall:
     # where the layer call is host-bound (engine.plan.graph_work), judged by layer_weights
     keep_dequantized: bool | None
     layer_weights: int
-    args: tuple
-    kwargs: dict
 
 
 class _CheckpointedLayer(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx: Any, hidden: torch.Tensor, anchor: torch.Tensor, call: _LayerCall
-    ) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        anchor: torch.Tensor,
+        setup: _LayerSetup,
+        args: tuple,
+        kwargs: dict,
+    ) -> torch.Tensor:
         del anchor
         device_type = hidden.device.type
-        ctx.call = call
+        ctx.setup, ctx.args, ctx.kwargs = setup, args, kwargs
         ctx.autocast = (
             torch.is_autocast_enabled(device_type),
             torch.get_autocast_dtype(device_type),
             torch.is_autocast_cache_enabled(),
         )
-        ctx.rng = _rng_state(hidden.device) if call.random else None
+        ctx.rng = _rng_state(hidden.device) if setup.random else None
         graphed = None
-        if call.graphs is not None:
-            graphed = call.graphs.forward(
-                call.index, hidden, call.args, call.kwargs, functools.partial(_first_forward, call),
-                stashes_middle=call.middle is not None, random=call.random,
-            )  # fmt: skip
+        if setup.graphs is not None:
+            graphed = setup.graphs.forward(
+                setup.index,
+                hidden,
+                args,
+                kwargs,
+                run=functools.partial(_first_forward, setup),
+                stashes_middle=setup.middle is not None,
+                random=setup.random,
+            )
         if graphed is not None:
             ctx.graph_key, out, middle = graphed
         else:
             ctx.graph_key = None
             with torch.no_grad():
-                out, middle = _first_forward(call, hidden, call.args, call.kwargs)
+                out, middle = _first_forward(setup, hidden, args, kwargs)
         saved = [hidden.detach()] if middle is None else [hidden.detach(), middle]
-        ctx.saved = call.store.put(call.index, saved)
+        ctx.saved = setup.store.put(setup.index, saved)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):  # type: ignore[override]
-        call: _LayerCall = ctx.call
-        saved = call.store.take(ctx.saved)
-        middle = saved[1] if call.middle is not None else None
+        setup: _LayerSetup = ctx.setup
+        args, kwargs = ctx.args, ctx.kwargs
+        saved = setup.store.take(ctx.saved)
+        middle = saved[1] if setup.middle is not None else None
         need_input_grad = ctx.needs_input_grad[0]
-        ctx.call = ctx.saved = None
-        if ctx.graph_key is not None and call.graphs is not None:
-            graphed, grad = call.graphs.backward(
-                call.index, ctx.graph_key, saved[0], middle, grad_out, call.args, call.kwargs,
-                functools.partial(_trained_parameters, call.layer), need_input_grad,
-                functools.partial(_recompute, call, ctx.autocast, False),
+        ctx.setup = ctx.args = ctx.kwargs = ctx.saved = None
+        if ctx.graph_key is not None and setup.graphs is not None:
+            graphed, grad = setup.graphs.backward(
+                setup.index,
+                ctx.graph_key,
+                saved[0],
+                args,
+                kwargs,
+                middle=middle,
+                grad_out=grad_out,
+                params=functools.partial(_trained_parameters, setup.layer),
+                need_input_grad=need_input_grad,
+                recompute=functools.partial(
+                    _recompute, setup, autocast=ctx.autocast, cache_enabled=False
+                ),
                 rng=ctx.rng[1] if ctx.rng is not None else None,
-            )  # fmt: skip
+            )
             if graphed:
-                return grad, None, None
+                return grad, None, None, None, None
         hidden = saved[0].detach().requires_grad_(need_input_grad)
         device = hidden.device
         replay = (
@@ -265,24 +285,30 @@ class _CheckpointedLayer(torch.autograd.Function):
             if ctx.rng is not None:
                 _set_rng_state(device, ctx.rng)
             out = _recompute(
-                call, ctx.autocast, ctx.autocast[2], hidden, middle, call.args, call.kwargs
+                setup,
+                hidden,
+                middle,
+                args,
+                kwargs,
+                autocast=ctx.autocast,
+                cache_enabled=ctx.autocast[2],
             )
         if out.requires_grad:  # False when nothing in this layer trains and its input is frozen
             torch.autograd.backward(out, grad_out)
-        return (hidden.grad if need_input_grad else None), None, None
+        return (hidden.grad if need_input_grad else None), None, None, None, None
 
 
 def _first_forward(
-    call: _LayerCall, hidden: torch.Tensor, args: tuple, kwargs: dict
+    setup: _LayerSetup, hidden: torch.Tensor, args: tuple, kwargs: dict
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The layer's forward (the caller turns grad off), and its stashed post-attention
     residual when the recompute is to skip o_proj."""
-    middle = call.middle
+    middle = setup.middle
     if middle is None:
-        return call.forward(hidden, *args, **kwargs), None
+        return setup.forward(hidden, *args, **kwargs), None
     middle.mode = "stash"
     try:
-        out = call.forward(hidden, *args, **kwargs)
+        out = setup.forward(hidden, *args, **kwargs)
     finally:
         middle.mode = "off"
     value, middle.value = middle.value, None
@@ -292,39 +318,52 @@ def _first_forward(
 
 
 def _recompute(
-    call: _LayerCall, autocast: tuple[bool, torch.dtype, bool], cache_enabled: bool,
-    hidden: torch.Tensor, middle_value: torch.Tensor | None, args: tuple, kwargs: dict,
-) -> torch.Tensor:  # fmt: skip
+    setup: _LayerSetup,
+    hidden: torch.Tensor,
+    middle_value: torch.Tensor | None,
+    args: tuple,
+    kwargs: dict,
+    *,
+    autocast: tuple[bool, torch.dtype, bool],
+    cache_enabled: bool,
+) -> torch.Tensor:
     """The layer again, with grad and the first forward's autocast state, without the base
     matmuls whose outputs its backward never reads."""
-    middle = call.middle
+    keep = keeps_dequantized_weights(
+        setup.keep_dequantized, hidden, layer_weights=setup.layer_weights
+    )
+    device_type = hidden.device.type
+    middle = setup.middle
     if middle is not None:
         middle.mode, middle.value = "replay", middle_value
     enabled, dtype, _ = autocast
-    skipped = [call.layer.mlp.down_proj] if call.skip_down else []
+    skipped = [setup.layer.mlp.down_proj] if setup.skip_down else []
     if middle is not None:
-        skipped.append(call.layer.self_attn.o_proj)
+        skipped.append(setup.layer.self_attn.o_proj)
     try:
         with (
             torch.enable_grad(),
-            torch.autocast(hidden.device.type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled),
+            torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=cache_enabled),
             _ForwardsSkipped(skipped),
-            keeping_dequantized_weights() if _keeps(call, hidden) else contextlib.nullcontext(),
-        ):  # fmt: skip
-            return call.forward(hidden, *args, **kwargs)
+            keeping_dequantized_weights() if keep else contextlib.nullcontext(),
+        ):
+            return setup.forward(hidden, *args, **kwargs)
     finally:
         if middle is not None:
             middle.mode, middle.value = "off", None
 
 
-def _keeps(call: _LayerCall, hidden: torch.Tensor) -> bool:
-    """Keeping saves a second dequantization in the backward, for one layer's weights in
-    memory: worth it where the host sets the pace (+3.2% at 8B QLoRA, 1 x 2048 tokens), not
-    where the GPU does (the same speed at 8 x 2048, 0.26 GiB less without; bench/RESULTS.md,
-    devV)."""
-    if call.keep_dequantized is not None:
-        return call.keep_dequantized
-    return host_bound(tokens_of(hidden), call.layer_weights)
+def keeps_dequantized_weights(
+    asked: bool | None, hidden: torch.Tensor, *, layer_weights: int
+) -> bool:
+    """Whether a 4-bit layer's recompute keeps its dequantized weights for the backward:
+    ``asked`` when set, else where the layer call on ``hidden`` is host-bound. Keeping saves a
+    second dequantization in the backward, for one layer's weights in memory: worth it where
+    the host sets the pace (+3.2% at 8B QLoRA, 1 x 2048 tokens), not where the GPU does (the
+    same speed at 8 x 2048, 0.26 GiB less without; bench/RESULTS.md, devV)."""
+    if asked is not None:
+        return asked
+    return host_bound(tokens_of(hidden), layer_weights)
 
 
 def _trained_parameters(layer: Any) -> list[torch.nn.Parameter]:
@@ -342,15 +381,15 @@ class _ForwardsSkipped:
     def __enter__(self) -> None:
         for module in self.modules:
             if getattr(module, FUSED_ATTR, False):
-                setattr(module, _SKIP_BASE_ATTR, True)
+                setattr(module, SKIP_BASE_ATTR, True)
             else:
                 self.previous[id(module)] = module.__dict__.get("forward")
                 module.forward = functools.partial(skip_base_forward, module)
 
     def __exit__(self, *exc: object) -> None:
         for module in self.modules:
-            if getattr(module, _SKIP_BASE_ATTR, False):
-                setattr(module, _SKIP_BASE_ATTR, False)
+            if getattr(module, SKIP_BASE_ATTR, False):
+                setattr(module, SKIP_BASE_ATTR, False)
             elif self.previous.get(id(module)) is not None:
                 module.forward = self.previous[id(module)]
             else:
@@ -371,17 +410,11 @@ def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor
 
 
 def _checkpointed_forward(
-    layer: Any, original: Any, index: int, store: ActivationStore, skip_down: bool,
-    middle: _Middle | None, random: bool, graphs: LayerGraphs | None,
-    keep_dequantized: bool | None, weights: int, hidden: torch.Tensor, *args: Any, **kwargs: Any,
-) -> torch.Tensor:  # fmt: skip
-    if not (layer.training and torch.is_grad_enabled()):
-        return original(hidden, *args, **kwargs)
-    call = _LayerCall(
-        layer, original, index, store, skip_down, middle, random, graphs, keep_dequantized,
-        weights, args, kwargs,
-    )  # fmt: skip
-    return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, call)
+    setup: _LayerSetup, hidden: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    if not (setup.layer.training and torch.is_grad_enabled()):
+        return setup.forward(hidden, *args, **kwargs)
+    return _CheckpointedLayer.apply(hidden, _GRAD_ANCHOR, setup, args, kwargs)
 
 
 def decoder_layers(model: Any) -> list[Any] | None:
@@ -440,10 +473,14 @@ def _attention_dropout(module: Any) -> bool:
 
 
 def install(
-    model: Any, *, offload: bool, save_middle: bool | None = None,
-    cuda_graphs: bool | None = False, graph_dropout: bool = True,
+    model: Any,
+    *,
+    offload: bool,
+    save_middle: bool | None = None,
+    cuda_graphs: bool | None = False,
+    graph_dropout: bool = True,
     keep_dequantized: bool | None = None,
-) -> list[str] | None:  # fmt: skip
+) -> list[str] | None:
     """Checkpoint every decoder layer this way. Returns what was applied, or None when the
     model's layers were not found (the caller then uses transformers' checkpointing).
 
@@ -485,11 +522,19 @@ def install(
             graphs.weights[index] = weights
             if random and graph_dropout and dropout_only(layer):
                 graphs.random_ok.add(index)
-        original = layer.forward
-        layer.forward = functools.partial(
-            _checkpointed_forward, layer, original, index, store, skip, middle, random, graphs,
-            keep_dequantized, weights,
-        )  # fmt: skip
+        setup = _LayerSetup(
+            layer=layer,
+            forward=layer.forward,
+            index=index,
+            store=store,
+            skip_down=skip,
+            middle=middle,
+            random=random,
+            graphs=graphs,
+            keep_dequantized=keep_dequantized,
+            layer_weights=weights,
+        )
+        layer.forward = functools.partial(_checkpointed_forward, setup)
     applied = ["checkpoint:per-layer"]
     if graphs is not None:
         applied.append("checkpoint:cuda-graphs" + ("" if cuda_graphs else "(auto)"))

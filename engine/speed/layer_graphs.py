@@ -155,9 +155,16 @@ class LayerGraphs:
     _streak: dict[int, tuple[tuple, int]] = field(default_factory=dict)
 
     def forward(
-        self, index: int, hidden: torch.Tensor, args: tuple, kwargs: dict, run: Forward,
-        stashes_middle: bool, random: bool = False,
-    ) -> tuple[tuple, torch.Tensor, torch.Tensor | None] | None:  # fmt: skip
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        args: tuple,
+        kwargs: dict,
+        *,
+        run: Forward,
+        stashes_middle: bool,
+        random: bool = False,
+    ) -> tuple[tuple, torch.Tensor, torch.Tensor | None] | None:
         """The layer's output (and stashed middle) from its forward graph, with the signature
         for the backward; None: run it eagerly. ``random``: the layer draws random numbers
         (dropout), which only layers in ``random_ok`` may do here; the graph then draws them
@@ -175,9 +182,15 @@ class LayerGraphs:
             if not self.worth_it(index, hidden) or not self._due(index, key):
                 return None
             graph = self._capture_forward(
-                index, key, tensors, args, kwargs, run, stashes_middle,
-                torch.cuda.get_rng_state(hidden.device) if random else None,
-            )  # fmt: skip
+                index,
+                key,
+                tensors,
+                args,
+                kwargs,
+                run=run,
+                stashes_middle=stashes_middle,
+                rng=torch.cuda.get_rng_state(hidden.device) if random else None,
+            )
             if graph is None:
                 return None
         slots = self._slots[key]
@@ -187,11 +200,20 @@ class LayerGraphs:
         return key, slots.out.clone(), middle
 
     def backward(
-        self, index: int, key: tuple, hidden: torch.Tensor, middle: torch.Tensor | None,
-        grad_out: torch.Tensor, args: tuple, kwargs: dict,
-        params: Callable[[], list[torch.nn.Parameter]], need_input_grad: bool,
-        recompute: Recompute, rng: torch.Tensor | None = None,
-    ) -> tuple[bool, torch.Tensor | None]:  # fmt: skip
+        self,
+        index: int,
+        key: tuple,
+        hidden: torch.Tensor,
+        args: tuple,
+        kwargs: dict,
+        *,
+        middle: torch.Tensor | None,
+        grad_out: torch.Tensor,
+        params: Callable[[], list[torch.nn.Parameter]],
+        need_input_grad: bool,
+        recompute: Recompute,
+        rng: torch.Tensor | None = None,
+    ) -> tuple[bool, torch.Tensor | None]:
         """(graphed, the input's gradient): the parameters' gradients are added to ``.grad``.
         graphed False: nothing was done, run it eagerly. ``rng``: the CUDA generator's state at
         the forward, set for the recompute (and put back after) so that it draws the same
@@ -211,9 +233,19 @@ class LayerGraphs:
             if not trained and not need_input_grad:  # nothing to differentiate
                 return False, None
             entry = self._capture_backward(
-                index, key, slots, tensors, middle, grad_out, args, kwargs, trained,
-                need_input_grad, recompute, rng,
-            )  # fmt: skip
+                index,
+                key,
+                slots,
+                tensors,
+                args,
+                kwargs,
+                middle=middle,
+                grad_out=grad_out,
+                params=trained,
+                need_input_grad=need_input_grad,
+                recompute=recompute,
+                rng=rng,
+            )
             if entry is None:
                 return False, None
         slots.load_backward(tensors, middle, grad_out)
@@ -250,9 +282,17 @@ class LayerGraphs:
         return key in self._slots or len(self._slots) < self.max_signatures
 
     def _capture_forward(
-        self, index: int, key: tuple, tensors: list[torch.Tensor], args: tuple, kwargs: dict,
-        run: Forward, stashes_middle: bool, rng: torch.Tensor | None,
-    ) -> Any:  # fmt: skip
+        self,
+        index: int,
+        key: tuple,
+        tensors: list[torch.Tensor],
+        args: tuple,
+        kwargs: dict,
+        *,
+        run: Forward,
+        stashes_middle: bool,
+        rng: torch.Tensor | None,
+    ) -> Any:
         """``rng`` (a layer with dropout): the warm-up and the capture leave the generator at
         this state, so that the replay after them draws what the eager forward would."""
         slots = self._slots.get(key)
@@ -284,11 +324,21 @@ class LayerGraphs:
         return graph
 
     def _capture_backward(
-        self, index: int, key: tuple, slots: _Slots, tensors: list[torch.Tensor],
-        middle: torch.Tensor | None, grad_out: torch.Tensor, args: tuple, kwargs: dict,
-        params: list[torch.nn.Parameter], need_input_grad: bool, recompute: Recompute,
+        self,
+        index: int,
+        key: tuple,
+        slots: _Slots,
+        tensors: list[torch.Tensor],
+        args: tuple,
+        kwargs: dict,
+        *,
+        middle: torch.Tensor | None,
+        grad_out: torch.Tensor,
+        params: list[torch.nn.Parameter],
+        need_input_grad: bool,
+        recompute: Recompute,
         rng: torch.Tensor | None,
-    ) -> _Backward | None:  # fmt: skip
+    ) -> _Backward | None:
         """``recompute`` sets the forward's autocast state itself (this runs in autograd's
         backward, where the caller's is not in force), with its cache off."""
         slots.load_backward(tensors, middle, grad_out)

@@ -87,9 +87,13 @@ def chunked_loss_sum(
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.size(0), rows):
         total = total + checkpoint(
-            _head_loss, head, hidden[start : start + rows], targets[start : start + rows], cap,
+            _head_loss,
+            head,
+            hidden[start : start + rows],
+            targets[start : start + rows],
+            cap,
             use_reentrant=False,
-        )  # fmt: skip
+        )
     return total
 
 
@@ -119,11 +123,12 @@ def _frozen_plain_head(head: Any) -> bool:
     )
 
 
-def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any,
-                         cap: float | None, rows: int) -> Any:  # fmt: skip
+def _frozen_head_forward(
+    ctx: Any, hidden: Any, targets: Any, weight: Any, bias: Any, cap: float | None, rows: int
+) -> Any:
     import torch
 
-    from engine.speed.fast_lora import _cast, _NoAutocast, compute_dtype
+    from engine.speed.casting import NoAutocast, compute_dtype, to_dtype
 
     want_grad = ctx.needs_input_grad[0]
     total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -131,11 +136,11 @@ def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias:
     # The matmuls run in the dtype the head's own forward would use (autocast's, if on); the
     # head is cast once, not once per chunk.
     dtype = compute_dtype(hidden)
-    h, w = _cast(hidden, dtype), _cast(weight, dtype)
-    b = None if bias is None else _cast(bias, dtype)
+    h, w = to_dtype(hidden, dtype), to_dtype(weight, dtype)
+    b = None if bias is None else to_dtype(bias, dtype)
     for start in range(0, hidden.size(0), rows):
         chunk, target = h[start : start + rows], targets[start : start + rows]
-        with _NoAutocast(hidden.device.type):
+        with NoAutocast(hidden.device.type):
             logits = (torch.addmm(b, chunk, w.t()) if b is not None else chunk @ w.t()).float()
         if cap:
             tanh = torch.tanh(logits / cap)
@@ -149,8 +154,8 @@ def _frozen_head_forward(ctx: Any, hidden: Any, targets: Any, weight: Any, bias:
         probs[torch.arange(target.numel(), device=probs.device), target] -= 1.0
         if cap:
             probs.mul_(1.0 - tanh.square_())
-        with _NoAutocast(hidden.device.type):
-            grad[start : start + rows] = _cast(probs.to(dtype) @ w, grad.dtype)
+        with NoAutocast(hidden.device.type):
+            grad[start : start + rows] = to_dtype(probs.to(dtype) @ w, grad.dtype)
     ctx.save_for_backward(grad if want_grad else None)
     return total
 

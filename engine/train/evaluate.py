@@ -38,9 +38,16 @@ class Tracker:
         self.last = now
         elapsed = now - self.started
         eta = elapsed / done * (self.total - done) if done > 0 else None
-        self.emit(Progress(task=self.task, done=round(done, 2), total=self.total,
-                           unit="examples", elapsed_s=round(elapsed, 2),
-                           eta_s=None if eta is None else round(eta, 1)))  # fmt: skip
+        self.emit(
+            Progress(
+                task=self.task,
+                done=round(done, 2),
+                total=self.total,
+                unit="examples",
+                elapsed_s=round(elapsed, 2),
+                eta_s=None if eta is None else round(eta, 1),
+            )
+        )
 
     def criteria(self, start: int, size: int, prompt_len: int, max_new_tokens: int) -> Any:
         """A StoppingCriteriaList for one batch: called after every generated token."""
@@ -55,9 +62,11 @@ class Tracker:
                 tracker.update(start + size * min(generated / max_new_tokens, 1.0))
                 tracker.stopped = tracker.stopped or tracker.should_stop()
                 return torch.full(
-                    (input_ids.shape[0],), tracker.stopped, dtype=torch.bool,
+                    (input_ids.shape[0],),
+                    tracker.stopped,
+                    dtype=torch.bool,
                     device=input_ids.device,
-                )  # fmt: skip
+                )
 
         return StoppingCriteriaList([Watch()])
 
@@ -138,6 +147,7 @@ def _prompt_width(tokenizer: Any, prompts: list[str], chat_template: str | None)
     """Tokens of the left-padded prompt batch that greedy_replies builds."""
     from engine.models.generate import render_prompt
 
-    texts = [render_prompt(tokenizer, [{"role": "user", "content": p}], chat_template)
-             for p in prompts]  # fmt: skip
+    texts = [
+        render_prompt(tokenizer, [{"role": "user", "content": p}], chat_template) for p in prompts
+    ]
     return max(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)

@@ -35,8 +35,14 @@ def _run(make_preset, tmp_path: Path, **changes):
 
 def test_qlora_4bit_nf4(make_preset, tmp_path: Path) -> None:
     # load_in_4bit first: assignment re-validates, and qlora needs a 4-bit base.
-    started, _ = _run(make_preset, tmp_path, model__load_in_4bit=True, method="qlora", model__dtype="auto",
-                      training__optim="paged_adamw_8bit")  # fmt: skip
+    started, _ = _run(
+        make_preset,
+        tmp_path,
+        model__load_in_4bit=True,
+        method="qlora",
+        model__dtype="auto",
+        training__optim="paged_adamw_8bit",
+    )
     assert started.model["quantization"].startswith("4-bit nf4") and started.device == "cuda"
     assert started.precision == "bfloat16"
 
@@ -75,8 +81,14 @@ def test_auto_dtype_is_bf16_only_where_the_gpu_has_it_natively() -> None:
 
 
 def test_full_finetune_with_8bit_adam(make_preset, tmp_path: Path) -> None:
-    started, _ = _run(make_preset, tmp_path, method="full", model__dtype="auto", training__optim="adamw_8bit",
-                      training__gradient_checkpointing=True)  # fmt: skip
+    started, _ = _run(
+        make_preset,
+        tmp_path,
+        method="full",
+        model__dtype="auto",
+        training__optim="adamw_8bit",
+        training__gradient_checkpointing=True,
+    )
     assert started.trainable_params == started.total_params
 
 
@@ -91,18 +103,25 @@ def test_fast_path_matches_plain_path(
     if method == "qlora":
         common.update(model__load_in_4bit=True, method="qlora")
     started, fast = _run(
-        make_preset, tmp_path / "fast", training__use_liger_kernel=None,
-        training__gradient_checkpointing=True, **common,
-    )  # fmt: skip
+        make_preset,
+        tmp_path / "fast",
+        training__use_liger_kernel=None,
+        training__gradient_checkpointing=True,
+        **common,
+    )
     kernels = started.model.get("kernels")
     assert "checkpoint:offload-to-host" in kernels and any("fused-lora" in k for k in kernels)
     assert any(k.startswith("checkpoint:no-down-proj-recompute") for k in kernels)
     assert "checkpoint:cuda-graphs(auto)" in kernels  # the default on one GPU
     monkeypatch.setattr("engine.train.trainer.supports_chunked_loss", lambda model: False)
     _, plain = _run(
-        make_preset, tmp_path / "plain", training__use_liger_kernel=False,
-        training__fused_lora=False, training__gradient_checkpointing=False, **common,
-    )  # fmt: skip
+        make_preset,
+        tmp_path / "plain",
+        training__use_liger_kernel=False,
+        training__fused_lora=False,
+        training__gradient_checkpointing=False,
+        **common,
+    )
     print(method, "fast", fast, "plain", plain, "kernels", kernels)
     for a, b in zip(fast, plain, strict=True):
         assert abs(a - b) <= 0.01 * abs(b) + 1e-3
@@ -182,8 +201,17 @@ def test_two_gpus_match_one(make_preset, tmp_path: Path, method: str) -> None:
         env = dict(os.environ)
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus
-        cmd = [sys.executable, "-m", "tui.cli", "train", str(file), "--no-tui",
-               "--run-dir", str(tmp_path / runs), *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(file),
+            "--no-tui",
+            "--run-dir",
+            str(tmp_path / runs),
+            *extra,
+        ]
         done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         (events,) = (tmp_path / runs).glob("*/*/events.jsonl")
@@ -222,20 +250,28 @@ def _train_layers(
 
     torch.manual_seed(0)
     loaded = loading.load_model(
-        loading.ModelSource("local", str(folder)), device="cuda", dtype=torch.bfloat16,
-        attention="sdpa", quant_bits=4 if qlora else None,
-    )  # fmt: skip
+        loading.ModelSource("local", str(folder)),
+        device="cuda",
+        dtype=torch.bfloat16,
+        attention="sdpa",
+        quant_bits=4 if qlora else None,
+    )
     apply_fused_kernels(loaded.model, device="cuda", requested=None)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = prepare_for_training(
-        loaded.model, method="qlora" if qlora else "lora",
+        loaded.model,
+        method="qlora" if qlora else "lora",
         lora=LoraSettings(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=targets),
         gradient_checkpointing=False,
-    )  # fmt: skip
+    )
     applied = apply_fast_path(
-        model, device="cuda", uses_adapter=True, gradient_checkpointing=True, cuda_graphs=graphs,
+        model,
+        device="cuda",
+        uses_adapter=True,
+        gradient_checkpointing=True,
+        cuda_graphs=graphs,
         graph_dropout=graphs and dropout > 0,
-    )  # fmt: skip
+    )
     assert ("checkpoint:cuda-graphs" in applied) is graphs
     model.train()  # the layers are checkpointed (and graphed) in training only
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -205,8 +205,10 @@ def test_the_largest_accepted_numbers_survive_the_estimator(picked: set) -> None
     from engine.plan.gpus import gpu_spec
 
     fields = dict(NUMERIC)
-    overrides = [f"{section}.{key}={largest((section, key), fields[section, key])!r}"
-                 for section, key in sorted(picked)]  # fmt: skip
+    overrides = [
+        f"{section}.{key}={largest((section, key), fields[section, key])!r}"
+        for section, key in sorted(picked)
+    ]
     overrides = [item for item in overrides if not item.startswith("training.eval_steps")]
     try:
         preset, _ = load_preset("smollm2-demo", overrides)
@@ -231,9 +233,15 @@ def test_numbers_past_the_bound_are_refused_with_their_key(entry, huge: float) -
 def test_estimate_with_1e308_epochs_is_refused(capsys) -> None:
     # Before: OverflowError (cannot convert float infinity to integer), a traceback.
     code = main(
-        ["estimate", "smollm2-demo", "--set", "training.max_steps=-1", "--set",
-         "training.num_train_epochs=1e308"]
-    )  # fmt: skip
+        [
+            "estimate",
+            "smollm2-demo",
+            "--set",
+            "training.max_steps=-1",
+            "--set",
+            "training.num_train_epochs=1e308",
+        ]
+    )
     refused(code, capsys.readouterr().err, "--set training.num_train_epochs", "less than or equal")
 
 
@@ -377,9 +385,17 @@ def test_a_csv_field_over_128_kib_is_read(tmp_path: Path) -> None:
 WORDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 LONG_TEXT = st.one_of(
     st.lists(WORDS, min_size=60, max_size=400).map(" ".join),
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=300, max_size=3000),
-    st.lists(st.sampled_from(["a", "ab", " ", "\n", "  ", "é", "日本", "🙂", "x" * 40]), min_size=50, max_size=600).map("".join),
-)  # fmt: skip
+    st.text(
+        alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)),
+        min_size=300,
+        max_size=3000,
+    ),
+    st.lists(
+        st.sampled_from(["a", "ab", " ", "\n", "  ", "é", "日本", "🙂", "x" * 40]),
+        min_size=50,
+        max_size=600,
+    ).map("".join),
+)
 
 
 def whole_then_cut(example: Any, max_length: int) -> tuple[list[int], list[int]]:
@@ -458,11 +474,23 @@ def test_a_20_mb_row_trains_in_bounded_memory(base: dict, tmp_path: Path) -> Non
     preset = write(tmp_path / "huge.yaml", data)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     done = subprocess.run(
-        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--run-dir",
-         str(tmp_path / "runs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset),
+            "--no-tui",
+            "--run-dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )  # fmt: skip
+    )
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     assert done.returncode == 0, done.stderr[-3000:]
     events = (next((tmp_path / "runs" / "tiny").iterdir()) / "events.jsonl").read_text()
@@ -489,10 +517,18 @@ def test_text_detected_with_train_on_responses_is_refused(smol_tokenizer) -> Non
     # Before: plain text trained on every token, though train_on said replies only.
     with pytest.raises(DatasetError) as caught:
         prepare_dataset(
-            smol_tokenizer, path="notes.jsonl", split="train", fmt="auto", chat_template="chatml",
-            train_on="responses", max_length=64, packing=False, val_size=0, seed=0,
+            smol_tokenizer,
+            path="notes.jsonl",
+            split="train",
+            fmt="auto",
+            chat_template="chatml",
+            train_on="responses",
+            max_length=64,
+            packing=False,
+            val_size=0,
+            seed=0,
             records=[{"text": "a document"}, {"text": "another"}],
-        )  # fmt: skip
+        )
     assert "notes.jsonl" in caught.value.message and "train_on is responses" in caught.value.message
     assert "train_on: all" in (caught.value.hint or "")
 
@@ -511,9 +547,11 @@ def test_an_unknown_target_module_suggests_real_layer_names(
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with pytest.raises(ConfigError) as caught:
         prepare_for_training(
-            model, method="lora", lora=LoraSettings(r=2, target_modules=targets),
+            model,
+            method="lora",
+            lora=LoraSettings(r=2, target_modules=targets),
             gradient_checkpointing=False,
-        )  # fmt: skip
+        )
     hint = caught.value.hint or ""
     assert "q_proj, k_proj, v_proj, o_proj" in hint and "lm_head" in hint, hint
     assert not any(part.strip(" .").isdigit() for part in hint.split(",")), hint

@@ -13,9 +13,18 @@ from engine.core.errors import ConfigError
 from engine.diagnose.probe import ProbeResult, format_probe, probe, probe_preset
 
 JSON_KEYS = {
-    "measured_peak_gib", "predicted_peak_gib", "measured_step_s", "predicted_step_s",
-    "tokens_per_s", "eta_s", "cost_usd", "device", "total_steps", "steps", "fits",
-}  # fmt: skip
+    "measured_peak_gib",
+    "predicted_peak_gib",
+    "measured_step_s",
+    "predicted_step_s",
+    "tokens_per_s",
+    "eta_s",
+    "cost_usd",
+    "device",
+    "total_steps",
+    "steps",
+    "fits",
+}
 
 
 def test_probe_runs_real_steps_and_leaves_nothing(make_preset, tmp_path: Path) -> None:
@@ -64,13 +73,31 @@ def test_probe_refuses_silly_step_counts(make_preset) -> None:
 
 def test_format_probe_on_a_gpu() -> None:
     result = ProbeResult(
-        preset="llama", device="NVIDIA H100 80GB HBM3", on_gpu=True, steps=4, micro_batch=8,
-        grad_accum=2, seq_len=2048, peak_kind="torch allocated", measured_peak_gib=20.5,
-        predicted_peak_gib=19.0, measured_reserved_gib=21.9, capacity_gib=79.6, fits=True,
-        measured_step_s=1.5, predicted_step_s=1.2, tokens_per_s=20000, predicted_tokens_per_s=25000,
-        step_times_s=(3.0, 1.5, 1.5, 1.5), total_steps=625, eta_s=937.5, predicted_eta_s=750.0,
-        hourly_price=None, cost_usd=None, predicted_cost_usd=None,
-    )  # fmt: skip
+        preset="llama",
+        device="NVIDIA H100 80GB HBM3",
+        on_gpu=True,
+        steps=4,
+        micro_batch=8,
+        grad_accum=2,
+        seq_len=2048,
+        peak_kind="torch allocated",
+        measured_peak_gib=20.5,
+        predicted_peak_gib=19.0,
+        measured_reserved_gib=21.9,
+        capacity_gib=79.6,
+        fits=True,
+        measured_step_s=1.5,
+        predicted_step_s=1.2,
+        tokens_per_s=20000,
+        predicted_tokens_per_s=25000,
+        step_times_s=(3.0, 1.5, 1.5, 1.5),
+        total_steps=625,
+        eta_s=937.5,
+        predicted_eta_s=750.0,
+        hourly_price=None,
+        cost_usd=None,
+        predicted_cost_usd=None,
+    )
     text = format_probe(result)
     assert "on NVIDIA H100 80GB HBM3" in text
     assert "peak (allocated)" in text and "+8%" in text and "+25%" in text
@@ -87,9 +114,19 @@ def test_cli_probe_json(make_preset, tmp_path: Path, capsys: pytest.CaptureFixtu
     preset_file.write_text(to_yaml(make_preset()), encoding="utf-8")
     runs = tmp_path / "runs"
     code = main(
-        ["train", str(preset_file), "--probe", "--probe-steps", "2", "--price", "1.5", "--json",
-         "--run-dir", str(runs)]
-    )  # fmt: skip
+        [
+            "train",
+            str(preset_file),
+            "--probe",
+            "--probe-steps",
+            "2",
+            "--price",
+            "1.5",
+            "--json",
+            "--run-dir",
+            str(runs),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     data = json.loads(out)

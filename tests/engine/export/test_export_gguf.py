@@ -30,9 +30,15 @@ def tiny_family(folder: Path, family: str, tokenizer_dir: Path) -> Path:
     config_name, model_name, extra = FAMILIES[family]
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = getattr(transformers, config_name)(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **extra,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        **extra,
+    )
     torch.manual_seed(0)
     model = getattr(transformers, model_name)(config)
     with torch.no_grad():  # random norms, so a wrong "1 + w" or permutation shows in the logits

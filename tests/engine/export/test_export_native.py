@@ -141,8 +141,12 @@ def finetty(
         env[native.FAULT_ENV] = fault
     return subprocess.run(
         [*prefix, sys.executable, "-c", code, *argv],
-        capture_output=True, text=True, cwd=ROOT, timeout=300, env=env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=env,
+    )
 
 
 def clean(result: subprocess.CompletedProcess, code: int) -> str:
@@ -173,9 +177,14 @@ def test_out_on_a_read_only_filesystem(run_dir: Path, tmp_path: Path) -> None:
         pytest.skip("no mount namespace here")
     shell = f'mount -t tmpfs -o ro none {mount} && exec "$@"'
     result = finetty(
-        "export", str(run_dir), "--format", "adapter", "--out", str(mount / "x"),
+        "export",
+        str(run_dir),
+        "--format",
+        "adapter",
+        "--out",
+        str(mount / "x"),
         prefix=("unshare", "-m", "sh", "-c", shell, "sh"),
-    )  # fmt: skip
+    )
     assert "Read-only file system" in clean(result, 2)
 
 

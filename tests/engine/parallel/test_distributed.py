@@ -111,10 +111,16 @@ def test_two_cpu_processes_match_one(
     assert single.returncode == 0, single.stderr
     # Same global batch: 2 processes x micro-batch 2 x accumulation 1 = 1 x 2 x 2.
     double = _finetty(
-        "train", str(preset), "--no-tui", "--gpus", "2",
-        "--set", "training.gradient_accumulation_steps=1",
-        "--run-dir", str(tmp_path / "two"),
-    )  # fmt: skip
+        "train",
+        str(preset),
+        "--no-tui",
+        "--gpus",
+        "2",
+        "--set",
+        "training.gradient_accumulation_steps=1",
+        "--run-dir",
+        str(tmp_path / "two"),
+    )
     assert double.returncode == 0, double.stderr[-3000:]
     one_dir, two_dir = _only_run(tmp_path / "one"), _only_run(tmp_path / "two")
     one, two = _events(one_dir), _events(two_dir)
@@ -204,13 +210,34 @@ def _free_port() -> int:
 def _start_node(preset: Path, rank: int, port: int, root: Path, log: Path) -> subprocess.Popen:
     with open(log, "wb") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui",
-             "--gpus", "1", "--nnodes", "2", "--node-rank", str(rank),
-             "--master-addr", "127.0.0.1", "--master-port", str(port),
-             "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
-            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"},
-            stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tui.cli",
+                "train",
+                str(preset),
+                "--no-tui",
+                "--gpus",
+                "1",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+                "--set",
+                "training.gradient_accumulation_steps=1",
+                "--run-dir",
+                str(root),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1"},
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _end_job(launcher: subprocess.Popen) -> None:
@@ -254,10 +281,26 @@ def test_stop_command_checkpoints_every_rank_and_resume_continues(
     root = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--gpus", "2",
-         "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset),
+            "--no-tui",
+            "--gpus",
+            "2",
+            "--set",
+            "training.gradient_accumulation_steps=1",
+            "--run-dir",
+            str(root),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         run_dir = _wait_for_steps(root, job, steps=3)
         from engine.runs.rundir import send_command
@@ -292,11 +335,26 @@ def test_a_killed_rank_ends_the_job_instead_of_hanging(
     preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, max_steps=100000, save_steps=0)
     root = tmp_path / "runs"
     job = subprocess.Popen(
-        [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui", "--gpus", "2",
-         "--set", "training.gradient_accumulation_steps=1", "--run-dir", str(root)],
-        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tui.cli",
+            "train",
+            str(preset),
+            "--no-tui",
+            "--gpus",
+            "2",
+            "--set",
+            "training.gradient_accumulation_steps=1",
+            "--run-dir",
+            str(root),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         run_dir = _wait_for_steps(root, job, steps=2)
         rank0_pid = json.loads((run_dir / "status.json").read_text())["pid"]
@@ -393,9 +451,17 @@ def _wait_for_steps(root: Path, job: subprocess.Popen, steps: int) -> Path:
 # -- the launch plan (no processes) --------------------------------------------------------------
 def _args(**values: object) -> argparse.Namespace:
     base = dict(
-        gpus=None, nnodes=1, node_rank=0, master_addr=None, master_port=29500,
-        preset="p.yaml", overrides=[], run_dir=None, resume=None, json=False,
-    )  # fmt: skip
+        gpus=None,
+        nnodes=1,
+        node_rank=0,
+        master_addr=None,
+        master_port=29500,
+        preset="p.yaml",
+        overrides=[],
+        run_dir=None,
+        resume=None,
+        json=False,
+    )
     return argparse.Namespace(**{**base, **values})
 
 
@@ -485,9 +551,16 @@ def test_fsdp_refuses_an_8bit_optimizer_before_starting(
 ) -> None:
     preset = _write_preset(tmp_path, tiny_model_dir, chat_jsonl, method="full")
     result = _finetty(
-        "train", str(preset), "--no-tui", "--gpus", "2", "--set", "training.optim=adamw_8bit",
-        "--run-dir", str(tmp_path / "runs"),
-    )  # fmt: skip
+        "train",
+        str(preset),
+        "--no-tui",
+        "--gpus",
+        "2",
+        "--set",
+        "training.optim=adamw_8bit",
+        "--run-dir",
+        str(tmp_path / "runs"),
+    )
     assert result.returncode == 2
     assert "adamw_torch" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made

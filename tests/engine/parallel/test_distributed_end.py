@@ -63,9 +63,14 @@ distributed.leave(1 if unended else 0)
 
 def _torchrun(script: Path) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
         str(script),
-    ]  # fmt: skip
+    ]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -88,9 +93,14 @@ def test_rank_zero_names_a_rank_that_does_not_get_to_the_end(tmp_path: Path, mod
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     job = subprocess.Popen(
-        _torchrun(script), cwd=ROOT, env=_env(MODE=mode), start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        _torchrun(script),
+        cwd=ROOT,
+        env=_env(MODE=mode),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         output, _ = job.communicate(timeout=120)
     except subprocess.TimeoutExpired:
@@ -218,9 +228,14 @@ def test_a_rank_whose_teardown_hangs_leaves_on_its_own(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     job = subprocess.Popen(
-        _torchrun(script), cwd=ROOT, env=_env(MODE="store_stops"), start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        _torchrun(script),
+        cwd=ROOT,
+        env=_env(MODE="store_stops"),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(job.stdout), daemon=True)
     reader.start()

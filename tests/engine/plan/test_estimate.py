@@ -55,8 +55,14 @@ def test_lora_count_of_llama_8b_r16_all_linear() -> None:
     assert shape_for(LLAMA_8B).lora_param_count(16) == 41_943_040  # what PEFT prints
 
 
-TINY = {"vocab_size": 1000, "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+TINY = {
+    "vocab_size": 1000,
+    "hidden_size": 64,
+    "intermediate_size": 160,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+}
 
 
 @pytest.mark.parametrize(
@@ -146,11 +152,15 @@ def test_gpu_table_and_matching() -> None:
 
 def test_memory_grows_with_batch_and_sequence() -> None:
     h100 = gpu_spec("h100")
-    totals = [memory(make_plan(preset(training={"per_device_train_batch_size": b}), h100)).total
-              for b in (1, 2, 4, 8)]  # fmt: skip
+    totals = [
+        memory(make_plan(preset(training={"per_device_train_batch_size": b}), h100)).total
+        for b in (1, 2, 4, 8)
+    ]
     assert totals == sorted(totals) and len(set(totals)) == 4
-    totals = [memory(make_plan(preset(model={"max_seq_length": s}), h100)).total
-              for s in (512, 1024, 2048, 4096)]  # fmt: skip
+    totals = [
+        memory(make_plan(preset(model={"max_seq_length": s}), h100)).total
+        for s in (512, 1024, 2048, 4096)
+    ]
     assert totals == sorted(totals) and len(set(totals)) == 4
 
 
@@ -175,8 +185,13 @@ def test_gradient_checkpointing_reduces_activations() -> None:
 
 
 def test_recommended_micro_batch_fits_and_keeps_global_batch() -> None:
-    p = preset(training={"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2,
-                         "gradient_checkpointing": True})  # fmt: skip
+    p = preset(
+        training={
+            "per_device_train_batch_size": 16,
+            "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": True,
+        }
+    )
     for key in ("t4", "rtx4090", "a100-40gb", "h100-80gb"):
         gpu = gpu_spec(key)
         result = recommend_micro_batch(p, gpu)
@@ -201,15 +216,21 @@ def test_auto_batch_and_advice() -> None:
         preset(method="full", training={"per_device_train_batch_size": 1}), gpu_spec("rtx4090")
     )
     assert not too_big.fits and too_big.advice
-    needs_q = estimate(preset(method="lora", training={"per_device_train_batch_size": 1,
-                                                       "gradient_checkpointing": True}),
-                       gpu_spec("t4"))  # fmt: skip
+    needs_q = estimate(
+        preset(
+            method="lora",
+            training={"per_device_train_batch_size": 1, "gradient_checkpointing": True},
+        ),
+        gpu_spec("t4"),
+    )
     assert needs_q.needs_qlora and "qlora" in needs_q.advice[0]
 
 
 def test_steps_eta_cost_and_json() -> None:
-    p = preset(training={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
-               dataset={"packing": True})  # fmt: skip
+    p = preset(
+        training={"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2},
+        dataset={"packing": True},
+    )
     e = estimate(p, gpu_spec("h100"), hourly_price=3.0, dataset_tokens=16 * 2048 * 100)
     assert e.total_steps == 100
     assert e.eta_s == pytest.approx(100 * e.step_time_s, rel=1e-3)
@@ -258,15 +279,27 @@ MEASURED: list[tuple[str, str, int, float, dict, float, float]] = [
     ("model", "method", "micro_batch", "dropout", "training", "allocated", "reserved"), MEASURED
 )
 def test_memory_model_matches_h200_measurements(
-    model: str, method: str, micro_batch: int, dropout: float, training: dict,
-    allocated: float, reserved: float,
-) -> None:  # fmt: skip
-    p = Preset.model_validate({
-        "model": {"name_or_path": model, "max_seq_length": 2048}, "method": method,
-        "lora": {"lora_dropout": dropout},
-        "training": {"per_device_train_batch_size": micro_batch, "gradient_checkpointing": True,
-                     "optim": "adamw_8bit", **training},
-    })  # fmt: skip
+    model: str,
+    method: str,
+    micro_batch: int,
+    dropout: float,
+    training: dict,
+    allocated: float,
+    reserved: float,
+) -> None:
+    p = Preset.model_validate(
+        {
+            "model": {"name_or_path": model, "max_seq_length": 2048},
+            "method": method,
+            "lora": {"lora_dropout": dropout},
+            "training": {
+                "per_device_train_batch_size": micro_batch,
+                "gradient_checkpointing": True,
+                "optim": "adamw_8bit",
+                **training,
+            },
+        }
+    )
     predicted = memory(make_plan(p, gpu_spec("h200"), liger_installed=True)).total
     # The predicted peak is what the process takes from the card: within +-15% of the memory
     # PyTorch reserved (plus, above, the CUDA context that reserved leaves out and that the
@@ -277,11 +310,17 @@ def test_memory_model_matches_h200_measurements(
 
 def test_cuda_graphs_are_counted_where_the_engine_would_graph() -> None:
     def graphs_gib(model: str, method: str, micro_batch: int, **training) -> float:
-        p = Preset.model_validate({
-            "model": {"name_or_path": model, "max_seq_length": 2048}, "method": method,
-            "training": {"per_device_train_batch_size": micro_batch,
-                         "gradient_checkpointing": True, **training},
-        })  # fmt: skip
+        p = Preset.model_validate(
+            {
+                "model": {"name_or_path": model, "max_seq_length": 2048},
+                "method": method,
+                "training": {
+                    "per_device_train_batch_size": micro_batch,
+                    "gradient_checkpointing": True,
+                    **training,
+                },
+            }
+        )
         return memory(make_plan(p, gpu_spec("h200"), liger_installed=True)).cuda_graphs
 
     assert graphs_gib(QWEN_05B, "lora", 8) > 0  # 2.4e11 work: host-bound

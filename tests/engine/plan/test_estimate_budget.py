@@ -36,9 +36,18 @@ DEMO_MATMUL_FLOPS = 250e9  # engine.plan.gpus.cpu_matmul_flops on that machine, 
 def test_light_tokenizer_encodes_exactly_like_transformers(
     smol_tokenizer, embedded_dir: Path, template: str, train_on: str
 ) -> None:
-    kwargs = dict(path="builtin:finetty-skills", split="train", fmt="messages",
-                  chat_template=template, train_on=train_on, max_length=80, packing=False,
-                  val_size=0, seed=0, records=builtin_data.records("train"))  # fmt: skip
+    kwargs = dict(
+        path="builtin:finetty-skills",
+        split="train",
+        fmt="messages",
+        chat_template=template,
+        train_on=train_on,
+        max_length=80,
+        packing=False,
+        val_size=0,
+        seed=0,
+        records=builtin_data.records("train"),
+    )
     real = prepare_dataset(smol_tokenizer, **kwargs)
     light = prepare_dataset(LightTokenizer(embedded_dir), **kwargs)
     assert light.stats == real.stats
@@ -47,16 +56,27 @@ def test_light_tokenizer_encodes_exactly_like_transformers(
 
 
 def test_local_file_lengths_match_the_run(smol_tokenizer, chat_jsonl: Path) -> None:
-    p = Preset.model_validate({
-        "model": {"name_or_path": "embedded:smollm2-135m-instruct", "max_seq_length": 40},
-        "dataset": {"path": str(chat_jsonl), "val_size": 4},
-        "training": {"per_device_train_batch_size": 4, "num_train_epochs": 2},
-    })  # fmt: skip
+    p = Preset.model_validate(
+        {
+            "model": {"name_or_path": "embedded:smollm2-135m-instruct", "max_seq_length": 40},
+            "dataset": {"path": str(chat_jsonl), "val_size": 4},
+            "training": {"per_device_train_batch_size": 4, "num_train_epochs": 2},
+        }
+    )
     lengths = measure(p)
     assert lengths is not None and not lengths.sampled
-    real = prepare_dataset(smol_tokenizer, path=str(chat_jsonl), split=None, fmt="auto",
-                           chat_template="auto", train_on="responses", max_length=40,
-                           packing=False, val_size=4, seed=0)  # fmt: skip
+    real = prepare_dataset(
+        smol_tokenizer,
+        path=str(chat_jsonl),
+        split=None,
+        fmt="auto",
+        chat_template="auto",
+        train_on="responses",
+        max_length=40,
+        packing=False,
+        val_size=4,
+        seed=0,
+    )
     assert lengths.train_lengths == tuple(len(ex) for ex in real.train)
     assert (lengths.truncated, lengths.longest) == (real.stats.truncated, real.stats.max_length)
     e = estimate(p, None, lengths=lengths)
@@ -145,9 +165,17 @@ BENCH_ROWS = [
 
 def _bench_row(session: str, mode: str, batch: int, variant: str | None) -> dict:
     rows = [json.loads(line) for line in (ROOT / "bench/results.jsonl").read_text().splitlines()]
-    found = [r for r in rows if r.get("session") == session and r.get("stack") == "finetty"
-             and r.get("shape") == "llama8b" and r.get("mode") == mode and r["batch"] == batch
-             and r.get("variant") == variant and r.get("gpus", 1) == 1]  # fmt: skip
+    found = [
+        r
+        for r in rows
+        if r.get("session") == session
+        and r.get("stack") == "finetty"
+        and r.get("shape") == "llama8b"
+        and r.get("mode") == mode
+        and r["batch"] == batch
+        and r.get("variant") == variant
+        and r.get("gpus", 1) == 1
+    ]
     assert len(found) == 1, (session, mode, batch, variant)
     return found[0]
 
@@ -158,12 +186,18 @@ def test_8b_step_time_within_30_percent_of_the_bench_rows(
 ) -> None:
     row = _bench_row(session, mode, batch, variant)
     measured = row["batch"] * row["seq"] / row["tokens_per_s"]
-    p = Preset.model_validate({
-        "model": {"name_or_path": "meta-llama/Llama-3.1-8B", "max_seq_length": row["seq"]},
-        "method": mode,
-        "training": {"per_device_train_batch_size": batch, "gradient_checkpointing": True,
-                     "optim": "adamw_8bit", **training},
-    })  # fmt: skip
+    p = Preset.model_validate(
+        {
+            "model": {"name_or_path": "meta-llama/Llama-3.1-8B", "max_seq_length": row["seq"]},
+            "method": mode,
+            "training": {
+                "per_device_train_batch_size": batch,
+                "gradient_checkpointing": True,
+                "optim": "adamw_8bit",
+                **training,
+            },
+        }
+    )
     predicted, _ = step_time(make_plan(p, gpu_spec("h200"), liger_installed=True))
     assert 0.7 * measured <= predicted <= 1.3 * measured, (predicted, measured)
 
@@ -186,9 +220,12 @@ def test_wizard_fit_line_review_and_cli_show_one_estimate(tmp_path: Path, monkey
     preset_path = ROOT / "presets" / "smollm2-demo.yaml"
     cli = subprocess.run(
         [sys.executable, "-m", "tui.cli", "estimate", str(preset_path), "--json"],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""},
-    )  # fmt: skip
+    )
     figures = json.loads(cli.stdout)
     state = WizardState.from_file(preset_path)
     line = fit_line(state)
@@ -196,9 +233,12 @@ def test_wizard_fit_line_review_and_cli_show_one_estimate(tmp_path: Path, monkey
     text = estimate_text(state.preset())
     plain = subprocess.run(
         [sys.executable, "-m", "tui.cli", "estimate", str(preset_path)],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
         env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""},
-    ).stdout  # fmt: skip
+    ).stdout
     assert text.strip() == plain.strip()
 
 
@@ -214,13 +254,19 @@ def test_one_parameter_count_for_the_wizard_the_estimate_and_the_log(tiny_model_
     from tui.screens.wizard_method import trainable_summary
     from tui.wizard_state import WizardState
 
-    p = Preset.model_validate({
-        "model": {"name_or_path": str(tiny_model_dir), "max_seq_length": 64}, "method": "lora",
-        "lora": {"r": 4, "target_modules": "all-linear"},
-    })  # fmt: skip
-    model = prepare_for_training(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                 method="lora", lora=LoraSettings(**p.lora.model_dump()),
-                                 gradient_checkpointing=False)  # fmt: skip
+    p = Preset.model_validate(
+        {
+            "model": {"name_or_path": str(tiny_model_dir), "max_seq_length": 64},
+            "method": "lora",
+            "lora": {"r": 4, "target_modules": "all-linear"},
+        }
+    )
+    model = prepare_for_training(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        method="lora",
+        lora=LoraSettings(**p.lora.model_dump()),
+        gradient_checkpointing=False,
+    )
     total, trainable = count_parameters(model)
     assert shape_for(str(tiny_model_dir)).trainable_split("lora", 4) == (trainable, total)
     e = estimate(p, None)
@@ -234,10 +280,21 @@ def test_one_parameter_count_for_the_wizard_the_estimate_and_the_log(tiny_model_
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(None, "--"), (float("nan"), "--"), (-5, "--"), (-0.4, "0s"), (0, "0s"), (59.4, "59s"),
-     (161, "2m41s"), (3599, "59m59s"), (3600, "1h00m"), (47 * 3600 + 61, "47h01m"),
-     (49 * 3600, "2d01h"), (1e308, ">99999d")],
-)  # fmt: skip
+    [
+        (None, "--"),
+        (float("nan"), "--"),
+        (-5, "--"),
+        (-0.4, "0s"),
+        (0, "0s"),
+        (59.4, "59s"),
+        (161, "2m41s"),
+        (3599, "59m59s"),
+        (3600, "1h00m"),
+        (47 * 3600 + 61, "47h01m"),
+        (49 * 3600, "2d01h"),
+        (1e308, ">99999d"),
+    ],
+)
 def test_one_duration_format(seconds: float | None, text: str) -> None:
     """Issue 17: one duration appeared in four formats (02:41, 0:02:41, 2m41s, 161 s)."""
     from engine.core.units import duration
@@ -256,11 +313,25 @@ def test_the_estimate_the_log_and_runs_write_durations_alike(tmp_path: Path, mon
     assert line == "finished at step 60 in 2m41s"
     run = tmp_path / "smollm2-demo" / "20261204-010101"
     run.mkdir(parents=True)
-    (run / "status.json").write_text(json.dumps({"state": "finished", "step": 60,
-        "total_steps": 60, "started": 1000.0, "updated": 1161.0}))  # fmt: skip
+    (run / "status.json").write_text(
+        json.dumps(
+            {
+                "state": "finished",
+                "step": 60,
+                "total_steps": 60,
+                "started": 1000.0,
+                "updated": 1161.0,
+            }
+        )
+    )
     (run / "events.jsonl").write_text(Finished("finished", 60, {}, {}, 161.0).to_json() + "\n")
-    out = subprocess.run([sys.executable, "-m", "tui.cli", "runs", "--run-dir", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "tui.cli", "runs", "--run-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert " 2m41s " in out, out
 
 
@@ -273,9 +344,11 @@ def test_a_template_the_light_renderer_cannot_read_is_not_measured(
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
     (model / "chat_template.jinja").write_text("{{ messages | transformers_only_filter }}")
-    p = Preset.model_validate({
-        "model": {"name_or_path": str(model), "max_seq_length": 64},
-        "dataset": {"path": str(chat_jsonl), "chat_template": "model"},
-    })  # fmt: skip
+    p = Preset.model_validate(
+        {
+            "model": {"name_or_path": str(model), "max_seq_length": 64},
+            "dataset": {"path": str(chat_jsonl), "chat_template": "model"},
+        }
+    )
     assert measure(p) is None
     assert estimate_for(p, None).lengths == "max_seq_length"

@@ -267,12 +267,18 @@ def test_a_damaged_checkpoint_is_refused_by_name_before_anything_is_applied(
 )
 @given(
     name=st.sampled_from(
-        ["trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "rng_python.json",
-         "trainer_state.json"]
+        [
+            "trainable.safetensors",
+            "optimizer.pt",
+            "scheduler.pt",
+            "rng.pt",
+            "rng_python.json",
+            "trainer_state.json",
+        ]
     ),
     keep=st.floats(0.0, 0.999),
     garbage=st.binary(max_size=40),
-)  # fmt: skip
+)
 def test_any_truncated_file_falls_back_to_the_previous_checkpoint(
     tmp_path_factory, name: str, keep: float, garbage: bytes
 ) -> None:
@@ -321,7 +327,7 @@ JSON_VALUES = st.recursive(
         ["step", "epoch", "examples_done_in_epoch", "tokens_seen", "elapsed_s", "best_loss"]
     ),
     value=JSON_VALUES,
-)  # fmt: skip
+)
 def test_any_value_in_trainer_state_is_taken_as_is_or_refused_by_name(
     tmp_path_factory, key: str, value: object
 ) -> None:
@@ -373,14 +379,23 @@ def stopped_run(tmp_path_factory, tiny_model_dir: Path):
     preset = validate(
         {
             "name": "tiny",
-            "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32", "max_seq_length": 64},
+            "model": {
+                "name_or_path": str(tiny_model_dir),
+                "dtype": "float32",
+                "max_seq_length": 64,
+            },
             "dataset": {"path": str(dataset), "format": "auto", "val_size": 4},
             "method": "lora",
             "lora": {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1},
-            "training": {"learning_rate": 5e-3, "per_device_train_batch_size": 4, "max_steps": 5,
-                         "save_steps": 1, "seed": 0},
+            "training": {
+                "learning_rate": 5e-3,
+                "per_device_train_batch_size": 4,
+                "max_steps": 5,
+                "save_steps": 1,
+                "seed": 0,
+            },
         }
-    )  # fmt: skip
+    )
 
     class StopAt3(RecordingSink):
         run: Run
@@ -467,10 +482,15 @@ def untied_model(tokenizer_dir: Path):
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config).eval(), tokenizer
 

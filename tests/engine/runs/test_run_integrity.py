@@ -343,17 +343,24 @@ def test_final_save_over_the_file_size_limit_keeps_the_steps(
         str(root),
     ]
     done = subprocess.run(
-        command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         preexec_fn=_limit_file_size(1 << 20),
-    )  # fmt: skip
+    )
     assert done.returncode == 1, done.stderr
     run_dir = rundir.resolve_run("latest", root)
     check_final_save_failure(run_dir, done.stderr, "File too large")
     # Space back: the resume trains nothing again and saves the final model.
     again = subprocess.run(
         [sys.executable, "-m", "tui.cli", "train", "--resume", str(run_dir), "--no-tui"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr
     assert (run_dir / "final" / "adapter_config.json").is_file()
     assert rundir.read_status(run_dir)["state"] == "finished"
@@ -371,8 +378,11 @@ def test_a_hang_up_leaves_a_headless_run_training_to_a_final_status(
     command = [sys.executable, "-m", "tui.cli", "train", str(preset), "--no-tui"]
     child = subprocess.Popen(
         [*command, "--run-dir", str(root)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:

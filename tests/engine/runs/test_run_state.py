@@ -45,10 +45,19 @@ def step_event(step: int, loss: float = 1.0, total: int = 6) -> Step:
 
 def started(resumed_from: int = 0, total: int = 6, pid: int = 4242) -> RunStarted:
     return RunStarted(
-        run_dir="r", name="tiny", config={}, model={}, total_params=1, trainable_params=1,
-        trainable_percent=100.0, total_steps=total, num_epochs=1.0, global_batch_size=1,
-        resumed_from_step=resumed_from, pid=pid,
-    )  # fmt: skip
+        run_dir="r",
+        name="tiny",
+        config={},
+        model={},
+        total_params=1,
+        trainable_params=1,
+        trainable_percent=100.0,
+        total_steps=total,
+        num_epochs=1.0,
+        global_batch_size=1,
+        resumed_from_step=resumed_from,
+        pid=pid,
+    )
 
 
 # -- the machine alone -----------------------------------------------------------------------

@@ -131,9 +131,13 @@ class RunStates(RuleBasedStateMachine):
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tui.cli", "train", *args, "--no-tui"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # signals go to this process alone, as from another shell
-        )  # fmt: skip
+        )
         log.close()
 
     @property

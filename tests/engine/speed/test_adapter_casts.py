@@ -11,9 +11,14 @@ from engine.train.trainer import batch_loss_sum
 
 def _lora_model() -> torch.nn.Module:
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     torch.manual_seed(0)
     base = LlamaForCausalLM(config).to(torch.bfloat16)  # a 16-bit base, fp32 adapters
     model = prepare_for_training(

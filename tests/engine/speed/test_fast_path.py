@@ -12,9 +12,14 @@ from engine.speed.layer_checkpoint import SKIP_DOWN_FORWARD
 from engine.speed.loss import chunked_loss_sum
 
 COMMON = dict(
-    vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-)  # fmt: skip
+    vocab_size=101,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 def tiny(model_type: str):
@@ -131,9 +136,12 @@ def test_layer_checkpointing_matches_no_checkpointing(
     model = with_lora(tiny(model_type))
     want = loss_and_grads(model, packed)
     applied = apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        model,
+        device="cpu",
+        uses_adapter=True,
+        gradient_checkpointing=True,
         save_layer_middle=middle,
-    )  # fmt: skip
+    )
     assert "checkpoint:per-layer" in applied
     skipped = any(name.startswith("checkpoint:no-down-proj-recompute") for name in applied)
     assert skipped == (model_type in SKIP_DOWN_FORWARD)  # gemma2 normalises the MLP output
@@ -150,9 +158,13 @@ def test_layer_checkpointing_replays_dropout(middle: bool, grouped: bool) -> Non
     model = with_lora(tiny("llama"), dropout=0.3)
     want = loss_and_grads(model, seed=3)
     apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-        save_layer_middle=middle, grouped_lora=grouped,
-    )  # fmt: skip
+        model,
+        device="cpu",
+        uses_adapter=True,
+        gradient_checkpointing=True,
+        save_layer_middle=middle,
+        grouped_lora=grouped,
+    )
     assert_same(loss_and_grads(model, seed=3), want)
 
 
@@ -162,9 +174,12 @@ def test_projections_without_an_adapter_still_pass_their_gradient(middle: bool) 
     model = with_lora(tiny("llama"), targets=["q_proj", "v_proj", "gate_proj"])
     want = loss_and_grads(model)
     applied = apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        model,
+        device="cpu",
+        uses_adapter=True,
+        gradient_checkpointing=True,
         save_layer_middle=middle,
-    )  # fmt: skip
+    )
     assert "checkpoint:no-down-proj-recompute(3/3)" in applied
     assert ("checkpoint:no-o-proj-recompute(3/3)" in applied) == middle
     assert_same(loss_and_grads(model), want)
@@ -177,17 +192,20 @@ def test_saved_middle_is_what_the_recompute_uses() -> None:
     model = with_lora(tiny("llama"))
     want = loss_and_grads(model)
     apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
+        model,
+        device="cpu",
+        uses_adapter=True,
+        gradient_checkpointing=True,
         save_layer_middle=True,
-    )  # fmt: skip
-    real = layer_checkpoint._SameGradient.forward
-    layer_checkpoint._SameGradient.forward = staticmethod(
+    )
+    real = layer_checkpoint.SameGradient.forward
+    layer_checkpoint.SameGradient.forward = staticmethod(
         lambda ctx, recomputed, saved: saved * 1.01
     )
     try:
         _, grads = loss_and_grads(model)
     finally:
-        layer_checkpoint._SameGradient.forward = staticmethod(real)
+        layer_checkpoint.SameGradient.forward = staticmethod(real)
     assert any(not torch.allclose(grads[name], want[1][name]) for name in grads)
 
 

@@ -31,9 +31,13 @@ def test_grouped_under_layer_checkpointing(model_type: str, packed: bool) -> Non
     model = with_lora(tiny(model_type))
     want = loss_and_grads(model, packed)
     applied = apply_fast_path(
-        model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-        save_layer_middle=True, grouped_lora=True,
-    )  # fmt: skip
+        model,
+        device="cpu",
+        uses_adapter=True,
+        gradient_checkpointing=True,
+        save_layer_middle=True,
+        grouped_lora=True,
+    )
     assert "checkpoint:no-o-proj-recompute(3/3)" in applied
     assert_same(loss_and_grads(model, packed), want)
 
@@ -44,9 +48,13 @@ def test_grouped_under_bf16_autocast() -> None:
     for grouped in (False, True):
         model = with_lora(tiny("llama"))
         apply_fast_path(
-            model, device="cpu", uses_adapter=True, gradient_checkpointing=True,
-            save_layer_middle=True, grouped_lora=grouped,
-        )  # fmt: skip
+            model,
+            device="cpu",
+            uses_adapter=True,
+            gradient_checkpointing=True,
+            save_layer_middle=True,
+            grouped_lora=grouped,
+        )
         with torch.autocast("cpu", dtype=torch.bfloat16):
             results.append(loss_and_grads(model))
     (loss, grads), (ref_loss, ref_grads) = results[1], results[0]

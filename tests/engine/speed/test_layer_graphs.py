@@ -125,13 +125,11 @@ def test_only_layer_calls_small_enough_to_be_host_bound_are_graphed() -> None:
 def test_dequantized_weights_are_kept_only_for_host_bound_layer_calls() -> None:
     """devV (bench/RESULTS.md): keeping was worth +3.2% for 8B QLoRA at 1 x 2048 tokens and
     nothing at 8 x 2048, where it cost 0.26 GiB; True and False are kept to as asked."""
-    from types import SimpleNamespace
-
-    from engine.speed.layer_checkpoint import _keeps
+    from engine.speed.layer_checkpoint import keeps_dequantized_weights
 
     def keeps(asked: bool | None, batch: int) -> bool:
-        call = SimpleNamespace(keep_dequantized=asked, layer_weights=218_103_808)
-        return _keeps(call, torch.empty(batch, 2048, 1, device="meta"))
+        hidden = torch.empty(batch, 2048, 1, device="meta")
+        return keeps_dequantized_weights(asked, hidden, layer_weights=218_103_808)
 
     assert keeps(None, 1) and not keeps(None, 8)
     assert keeps(True, 8) and not keeps(False, 1)
@@ -162,9 +160,14 @@ def _lora_llama(lora_dropout: float, attention_dropout: float = 0.0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, attention_dropout=attention_dropout,
-    )  # fmt: skip
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        attention_dropout=attention_dropout,
+    )
     adapter = LoraConfig(r=4, lora_dropout=lora_dropout, target_modules=["q_proj", "v_proj"])
     return get_peft_model(LlamaForCausalLM(config), adapter)
 

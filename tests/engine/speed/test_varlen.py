@@ -23,10 +23,15 @@ def tiny(model_type: str):
     config_cls, model_cls = classes[model_type]
     torch.manual_seed(0)
     config = config_cls(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
         attn_implementation="sdpa",
-    )  # fmt: skip
+    )
     return model_cls(config)
 
 

@@ -32,9 +32,12 @@ def test_padding_carries_a_mask_and_the_trained_positions() -> None:
 
 def test_packed_rows_carry_positions() -> None:
     packed = EncodedExample(
-        [1, 2, 3, 4], [IGNORE, 2, IGNORE, 4], num_trained=2, position_ids=[0, 1, 0, 1],
+        [1, 2, 3, 4],
+        [IGNORE, 2, IGNORE, 4],
+        num_trained=2,
+        position_ids=[0, 1, 0, 1],
         seq_lengths=[2, 2],
-    )  # fmt: skip
+    )
     batch = collate([packed, _example([7, 8], 1)], 0, "cpu")
     assert "attention_mask" not in batch
     assert batch["position_ids"].tolist() == [[0, 1, 0, 1], [0, 1, 0, 1]]

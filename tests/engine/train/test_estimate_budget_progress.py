@@ -26,8 +26,9 @@ def test_evaluation_reports_examples_done_with_an_eta(tiny_model_dir: Path) -> N
     model, tokenizer = _model(tiny_model_dir)
     examples = builtin_data.generate("heldout")[:40]  # two batches: 32 and 8
     events: list[Progress] = []
-    result = exact_match(model, tokenizer, examples, stage="before", max_new_tokens=12,
-                         progress=events.append)  # fmt: skip
+    result = exact_match(
+        model, tokenizer, examples, stage="before", max_new_tokens=12, progress=events.append
+    )
     assert isinstance(result, ExactMatch) and result.total == 40
     assert events[0].done == 0 and events[0].eta_s is None
     assert events[-1].done == 40 and events[-1].eta_s == 0
@@ -47,8 +48,9 @@ def test_evaluation_stops_within_a_token_of_a_stop_request(tiny_model_dir: Path)
         calls["n"] += 1
         return calls["n"] >= 3
 
-    result = exact_match(model, tokenizer, examples, stage="after", max_new_tokens=40,
-                         should_stop=should_stop)  # fmt: skip
+    result = exact_match(
+        model, tokenizer, examples, stage="after", max_new_tokens=40, should_stop=should_stop
+    )
     assert result is None
     assert calls["n"] == 3  # generation ended on the token the stop was seen, not the batch
 
@@ -60,16 +62,30 @@ def test_sigterm_during_the_evaluation_stops_the_run_at_once(
     evaluation ends, its partial score is not reported, and the run stops with its checkpoint."""
     from engine.train.run import Run
 
-    preset = validate({
-        "name": "tiny-eval",
-        "model": {"name_or_path": str(tiny_model_dir), "dtype": "float32", "max_seq_length": 64},
-        "dataset": {"path": "builtin:finetty-skills", "format": "messages", "val_size": 0,
-                    "max_rows": 16},
-        "method": "lora",
-        "lora": {"r": 2, "lora_alpha": 4},
-        "training": {"max_steps": 4, "save_steps": 0, "per_device_train_batch_size": 4,
-                     "eval_exact_match": True},
-    })  # fmt: skip
+    preset = validate(
+        {
+            "name": "tiny-eval",
+            "model": {
+                "name_or_path": str(tiny_model_dir),
+                "dtype": "float32",
+                "max_seq_length": 64,
+            },
+            "dataset": {
+                "path": "builtin:finetty-skills",
+                "format": "messages",
+                "val_size": 0,
+                "max_rows": 16,
+            },
+            "method": "lora",
+            "lora": {"r": 2, "lora_alpha": 4},
+            "training": {
+                "max_steps": 4,
+                "save_steps": 0,
+                "per_device_train_batch_size": 4,
+                "eval_exact_match": True,
+            },
+        }
+    )
 
     class StopOnProgress(RecordingSink):
         control: RunControl | None = None
