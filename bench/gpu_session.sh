@@ -266,6 +266,18 @@ guards() {  # issue 18's non-finite guards on the card: every GPU test, then the
   log "done"
 }
 
+layout() {  # issue 19's behaviour-unchanged check after the engine's re-layout: every GPU test, 8B rows and anchors
+  header layout
+  log "GPU tests (all)"
+  gpu_tests 330 ""
+  prepare llama8b
+  log "8B: finetty, Unsloth"
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  anchors_8b
+  log "done"
+}
+
 collect() {
   mkdir -p "$OUT"
   for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt \
@@ -287,12 +299,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; layout: every GPU test and the 8B rows; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards layout); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|layout|probe] | follow" >&2; exit 2 ;;
 esac
