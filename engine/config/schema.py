@@ -6,20 +6,12 @@ TUI. This module imports no torch: it must stay cheap for ``finetty --help`` and
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from engine.core.terminal_text import first_unprintable
+from engine.config.section import Section
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
 BUILTIN_DATASET = "builtin:finetty-skills"
@@ -35,39 +27,6 @@ MAX_SEQ_LENGTH = 1_048_576
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"}
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", use_attribute_docstrings=True, validate_assignment=True, allow_inf_nan=False
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _plain_input(cls, value: object, info: ValidationInfo) -> object:
-        # Python counts True as 1: `max_steps: true` would quietly mean one step.
-        if isinstance(value, bool) and info.field_name is not None:
-            annotation = cls.model_fields[info.field_name].annotation
-            if _numeric(annotation) and not _numeric(annotation, bool):
-                raise PydanticCustomError("bool_not_number", "must be a number, not true or false")
-        # Preset text reaches the screen and log.txt: an escape code there would be obeyed.
-        for text in value if isinstance(value, list) else [value]:
-            found = first_unprintable(text) if isinstance(text, str) else None
-            if found:
-                raise PydanticCustomError(
-                    "control_character",
-                    "holds a control character ({escape} at character {index}); remove it",
-                    {"escape": found[1], "index": found[0] + 1},
-                )
-        return value
-
-
-def _numeric(annotation: object, *kinds: type) -> bool:
-    """Whether a field's type (``int | None``, ``int | Literal["auto"]``...) includes one of
-    ``kinds`` (default: int or float)."""
-    if annotation in (kinds or (int, float)):
-        return True
-    return any(_numeric(arg, *kinds) for arg in get_args(annotation))
 
 
 class ModelSection(Section):
