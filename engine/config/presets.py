@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from engine.config.grpo import PRESET_DIR
 from engine.config.schema import Preset
 from engine.core.errors import ConfigError
 from engine.core.input_files import regular_file_problem
@@ -311,7 +312,8 @@ def _deep_copy(data: Any) -> Any:
 
 def validate(data: dict[str, Any], *, source: str = "preset", lines: dict | None = None) -> Preset:
     try:
-        return Preset.model_validate(data)
+        # Reward files are named relative to the preset (the current folder without one).
+        return Preset.model_validate(data, context={PRESET_DIR: Path(source).parent})
     except ValidationError as exc:
         problems = [_describe(error, source, lines or {}) for error in exc.errors()]
         raise ConfigError(
