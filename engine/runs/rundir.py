@@ -18,7 +18,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from engine.runs import runlock
 from engine.core.errors import RunDirError
 from engine.core.events import (
     Alarm,
@@ -32,8 +31,9 @@ from engine.core.events import (
     StateChanged,
     Step,
 )
-from engine.runs.runstate import RunState, read_events
 from engine.core.units import duration, share
+from engine.runs import runlock
+from engine.runs.runstate import RunState, read_events
 
 COMMANDS = ("pause", "resume", "save", "stop", "abort")
 

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from engine.runs import checkpoint
-from engine.runs.checkpoint import TrainerState
 from engine.core.errors import RunDirError, TrainingError
 from engine.core.events import Alarm, CheckpointSaved, Failed, LogLine, RecordingSink, RunStarted
+from engine.runs import checkpoint
+from engine.runs.checkpoint import TrainerState
 from engine.train.run import Run, find_resume_checkpoint
 from engine.train.trainer import TrainSettings
 
@@ -538,8 +538,8 @@ def test_a_blocked_pickle_in_model_weights_never_suggests_the_unsafe_option(
     False will likely succeed", with a hint about incomplete model folders."""
     from transformers import AutoModelForCausalLM
 
-    from engine.models import loading
     from engine.core.errors import ModelLoadError
+    from engine.models import loading
 
     folder = tmp_path / "pickled"
     folder.mkdir()

@@ -27,9 +27,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.runs import rundir, runlock
 from engine.core.errors import RunDirError
 from engine.core.events import Event, RecordingSink, Step
+from engine.runs import rundir, runlock
 from engine.train.run import Run
 from tui.cli import main
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from engine.runs import rundir, runstate
 from engine.core.events import (
     CheckpointSaved,
     Failed,
@@ -21,8 +20,9 @@ from engine.core.events import (
     StateChanged,
     Step,
 )
-from engine.train.run import Run
+from engine.runs import rundir, runstate
 from engine.runs.runstate import RunState, TransitionError
+from engine.train.run import Run
 
 
 def wait_until(condition, timeout: float = 60.0, what: str = "condition"):
