@@ -18,6 +18,7 @@ import os
 import pickle
 import random
 import shutil
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -368,7 +369,16 @@ def read_torch_file(file: Path) -> Any:
         raise RunDirError(f"{file} {refused}.", hint=_EARLIER) from None
     except EOFError:
         raise RunDirError(f"{file} is truncated (it ends early).", hint=_EARLIER) from None
-    except (OSError, RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+    # struct.error: the unpickler reads an opcode's argument past the end of a cut-off file
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        struct.error,
+    ) as exc:
         raise RunDirError(
             f"{file} cannot be read: it is truncated or damaged ({describe_os_error(exc)}).",
             hint=_EARLIER,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.core.errors import RunDirError, TrainingError
+from engine.core.events import Failed, RecordingSink, RunStarted
 from engine.runs import checkpoint, rundir
 from engine.runs.checkpoint import TrainerState
-from engine.core.errors import TrainingError
-from engine.core.events import Failed, RecordingSink, RunStarted
 from engine.train.run import Run
 
 
@@ -162,3 +162,15 @@ def test_full_disk_mid_run_ends_with_exit_1_then_resumes(
     resumed = Run(make_preset(save_steps=2), sink, runs_root=root, resume_dir=run_dir).execute()
     assert resumed.status == "finished", sink.of_type(Failed)
     assert sink.of_type(RunStarted)[0].resumed_from_step == 2
+
+
+@pytest.mark.parametrize("first_byte", range(256))
+def test_a_one_byte_torch_file_is_a_damaged_file_not_an_internal_error(
+    tmp_path: Path, first_byte: int
+) -> None:
+    """Any single byte is a truncated torch.save file: some (M, X, j, r, ...) made the unpickler
+    raise struct.error, which escaped as FAILED (internal) instead of falling back (hypothesis)."""
+    file = tmp_path / "optimizer.pt"
+    file.write_bytes(bytes([first_byte]))
+    with pytest.raises(RunDirError, match=r"optimizer\.pt"):
+        checkpoint.read_torch_file(file)
