@@ -158,7 +158,7 @@ class FinettyApp(App[None]):
         dashboard: DashboardScreen,
     ) -> None:
         from engine.core.errors import FinettyError
-        from tui.cli import quiet_libraries
+        from tui.quiet import quiet_libraries
 
         quiet_libraries()
         from engine.train.run import Run
@@ -299,7 +299,7 @@ def run_tui(
     if result is None:
         return EXIT_STOPPED
     if result.error is not None:
-        from tui.cli import report_error
+        from tui.report import report_error
 
         report_error(result.error)
     print(f"run directory: {result.run_dir}", file=sys.stderr)

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from engine.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_STOPPED, ConfigError, FinettyError
+from tui.quiet import quiet_libraries
+from tui.report import report_error
 
 EPILOG = """examples:
   finetty                                 the TUI: recent runs, presets, new-run wizard
@@ -224,20 +226,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STOPPED
 
 
-def report_error(error: FinettyError) -> None:
-    from rich.console import Console
-    from rich.panel import Panel
-    from rich.text import Text
-
-    body = Text(error.message)
-    if error.hint:
-        body.append("\nHint: ", style="bold")
-        body.append(error.hint)
-    Console(stderr=True, highlight=False).print(
-        Panel(body, title=error.title, title_align="left", border_style="red")
-    )
-
-
 # -- train ---------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from engine.config.presets import load_preset, run_config
@@ -388,17 +376,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         f"or tail -f {run_dir / 'log.txt'} for its log",
     )
     return run_tui(runs_root=root, watch_dir=run_dir)
-
-
-def quiet_libraries() -> None:
-    """Library chatter (weight-loading bars, deprecation notes) would tear the live view apart."""
-    import warnings
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|torch)\b.*")
 
 
 def run_headless(

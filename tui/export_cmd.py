@@ -127,7 +127,7 @@ def ticking(progress: StderrProgress) -> threading.Event:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tui.cli import quiet_libraries
+    from tui.quiet import quiet_libraries
 
     quiet_libraries()
     from engine.export.child import export_in_child

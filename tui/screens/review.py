@@ -267,7 +267,7 @@ class ReviewScreen(WizardStep):
 
     @work(thread=True, group="review-probe")
     def _probe(self, preset: Preset, runs_root: Path | None) -> None:
-        from tui.cli import quiet_libraries
+        from tui.quiet import quiet_libraries
 
         quiet_libraries()
         from engine.diagnose import probe as probing
