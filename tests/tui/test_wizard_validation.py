@@ -15,6 +15,7 @@ from engine.config.schema import Preset
 from engine.plan.gpus import GPUS
 from tests.tui.scenes.wizard import SceneApp, settle
 from tui import cli
+from tui.cli import terminal as cli_terminal
 from tui.screens import wizard_model
 from tui.screens.review import ReviewScreen
 from tui.screens.wizard import step_screen
@@ -106,7 +107,7 @@ def test_a_preset_name_opens_the_review_screen(monkeypatch: pytest.MonkeyPatch) 
 
     calls: list[dict] = []
     monkeypatch.setattr(tui.app, "run_tui", lambda **kwargs: calls.append(kwargs) or 0)
-    monkeypatch.setattr(cli, "interactive", lambda: True)  # as from a terminal
+    monkeypatch.setattr(cli_terminal, "interactive", lambda: True)  # as from a terminal
     assert cli.main(["smollm2-demo"]) == 0
     assert calls == [{"runs_root": None, "start_screen": "review", "preset_path": "smollm2-demo"}]
 
