@@ -14,11 +14,10 @@ from engine.config.presets import hardware_problems
 from engine.config.schema import Preset
 from engine.plan.gpus import GPUS
 from tests.tui.scenes.wizard import SceneApp, settle
-from tui import cli
+from tui import cli, wizard_device
 from tui.cli import terminal as cli_terminal
-from tui.screens import wizard_model
 from tui.screens.review import ReviewScreen
-from tui.screens.wizard import step_screen
+from tui.screens.wizard_flow import step_screen
 from tui.widgets.form import FormField
 from tui.wizard_state import WizardState
 
@@ -29,7 +28,7 @@ CUDA_WORDS = "needs a CUDA GPU"
 @pytest.fixture
 def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wizard's device, as its fit line reads it: none (this CPU box, pinned)."""
-    monkeypatch.setattr(wizard_model, "device_spec", lambda: None)
+    monkeypatch.setattr(wizard_device, "device_spec", lambda: None)
 
 
 def qlora_state(**kwargs: object) -> WizardState:
@@ -51,7 +50,7 @@ def test_the_wizard_words_it_as_the_cli_does() -> None:
 def test_the_wizard_asks_its_own_device(
     monkeypatch: pytest.MonkeyPatch, device: object, flagged: bool
 ) -> None:
-    monkeypatch.setattr(wizard_model, "device_spec", lambda: device)
+    monkeypatch.setattr(wizard_device, "device_spec", lambda: device)
     assert ("method" in qlora_state().field_errors()) is flagged
 
 
