@@ -1,4 +1,4 @@
-"""`finetty doctor` and `finetty train --probe`: what is installed, and what a few real steps measure."""
+"""`finetty doctor` and `finetty train --probe`: what is installed, what real steps measure."""
 
 from __future__ import annotations
 
