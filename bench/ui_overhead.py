@@ -158,7 +158,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
 
-    from tui.cli import quiet_libraries
+    from tui.quiet import quiet_libraries
 
     quiet_libraries()
     from engine.config.presets import load_preset

@@ -24,8 +24,7 @@ from hypothesis import strategies as st
 
 from engine.config.schema import Preset
 from engine.core.errors import DatasetError
-from tui import cli
-from tui.cli import main
+from tui.cli import headless, main
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = settings(
@@ -57,7 +56,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> int:
         raise Started()
 
-    monkeypatch.setattr(cli, "run_headless", refuse)
+    monkeypatch.setattr(headless, "run_headless", refuse)
 
 
 @pytest.fixture

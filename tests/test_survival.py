@@ -27,8 +27,8 @@ import yaml
 from engine.core.events import CheckpointSaved, RecordingSink, Step
 from engine.runs import checkpoint, rundir
 from engine.train.run import Run
-from tui import cli
 from tui.cli import main
+from tui.cli import terminal as cli_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,7 @@ async def test_watch_latest_attaches_with_full_history(
     result = Run(make_preset(max_steps=3), RecordingSink(), runs_root=root).execute()
     seen: dict = {}
     monkeypatch.setattr(app_module, "run_tui", lambda **kwargs: seen.update(kwargs) or 0)
-    monkeypatch.setattr(cli, "interactive", lambda: True)  # as from a terminal
+    monkeypatch.setattr(cli_terminal, "interactive", lambda: True)  # as from a terminal
     assert main(["watch", "latest", "--run-dir", str(root)]) == 0
     assert seen["watch_dir"] == result.run_dir
 

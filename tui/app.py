@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from textual import work
 from textual.app import App
-from textual.widgets import Static
 
 from tui.bridge import JsonlTail, RunDirControl, UiBridge
 from tui.messages import RunAttached
@@ -65,19 +64,12 @@ class FinettyApp(App[None]):
         elif self.preset is not None or self.resume_dir is not None:
             self.launch_run(self.preset, resume_dir=self.resume_dir)
         else:
-            self._open_optional("tui.screens.home", "HomeScreen", self.runs_root)
+            from tui.screens.home import HomeScreen  # here: a watch or a run never needs it
 
-    def _open_optional(self, module: str, name: str, *args: object) -> None:
-        """Screens of the home/wizard part, found by name; a plain line if they are absent."""
-        try:
-            screen_cls = getattr(__import__(module, fromlist=[name]), name)
-        except (ImportError, AttributeError):
-            self.mount(Static(f"finetty: {name} is not available in this build. ctrl+q quits."))
-            return
-        self.push_screen(screen_cls(*args))
+            self.push_screen(HomeScreen(self.runs_root))
 
     def open_wizard(self, step: int, preset_ref: str | Path | None = None) -> None:
-        from tui.screens.wizard import step_screen
+        from tui.screens.wizard_flow import step_screen
         from tui.wizard_state import WizardState
 
         state = WizardState.from_file(preset_ref) if preset_ref else WizardState()
@@ -158,7 +150,7 @@ class FinettyApp(App[None]):
         dashboard: DashboardScreen,
     ) -> None:
         from engine.core.errors import FinettyError
-        from tui.cli import quiet_libraries
+        from tui.quiet import quiet_libraries
 
         quiet_libraries()
         from engine.train.run import Run
@@ -299,7 +291,7 @@ def run_tui(
     if result is None:
         return EXIT_STOPPED
     if result.error is not None:
-        from tui.cli import report_error
+        from tui.report import report_error
 
         report_error(result.error)
     print(f"run directory: {result.run_dir}", file=sys.stderr)

@@ -59,7 +59,7 @@ def run_chat_app(target: ChatTarget, settings: GenerationSettings) -> int:
     app = ChatApp(chat_loader(target), description=target.description, settings=settings)
     app.run()
     if app.load_error is not None:
-        from tui.cli import report_error
+        from tui.report import report_error
 
         report_error(app.load_error)
         return app.load_error.exit_code

@@ -28,6 +28,7 @@ from engine.config.schema import Preset
 from engine.core.errors import ConfigError, FinettyError
 from engine.core.terminal_text import printable
 from engine.data.templates import SPECIAL_NAMES, resolve_chat_template
+from tui import wizard_device
 
 SOURCE = "preset"
 _PROBLEM = re.compile(rf"^{SOURCE} (\S+): (.*)$", re.DOTALL)
@@ -195,9 +196,7 @@ class WizardState:
 
 def cuda_here() -> bool:
     """Whether the wizard's device (the one its fit line estimates for) is a CUDA GPU."""
-    from tui.screens import wizard_model  # imported late: that screen imports this module
-
-    return wizard_model.device_spec() is not None
+    return wizard_device.device_spec() is not None
 
 
 def save_path(name: str) -> Path:

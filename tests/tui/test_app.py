@@ -85,14 +85,6 @@ async def test_launch_error_is_shown_not_swallowed(tmp_path: Path, wait_for) -> 
         assert app.launch_error is not None and app.launch_error.exit_code == 2
 
 
-async def test_missing_optional_screen_falls_back(tmp_path: Path) -> None:
-    app = FinettyApp(runs_root=tmp_path)
-    async with app.run_test(size=(80, 24)) as pilot:
-        app._open_optional("tui.screens.not_there", "NoScreen")
-        await pilot.pause()
-        assert "not available" in str(app.screen.query(Static).last().render())
-
-
 async def test_real_tiny_run_from_the_app(tmp_path: Path, make_preset, wait_for) -> None:
     app = FinettyApp(make_preset(max_steps=2, save_steps=100), runs_root=tmp_path)
     async with app.run_test(size=(80, 24)) as pilot:

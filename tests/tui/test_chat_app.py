@@ -15,6 +15,7 @@ from engine.core.errors import ModelLoadError
 from engine.models.inference import ChatTarget, resolve_chat_target
 from tui import cli
 from tui.chat_app import ChatApp
+from tui.cli import terminal as cli_terminal
 from tui.screens.chat import ChatScreen, GenerationSettings, ReplyStream, chat_loader
 from tui.widgets.chat_log import ChatLog, ChatMessage
 
@@ -109,7 +110,7 @@ def test_front_end_follows_terminal_and_no_tui(
     flags: list[str],
     front_end: str,
 ) -> None:
-    monkeypatch.setattr(cli, "interactive", lambda: terminal)
+    monkeypatch.setattr(cli_terminal, "interactive", lambda: terminal)
     argv = ["chat", str(tiny_model_dir), "--system", "Be brief.", "--temperature", "0.5"]
     assert cli.main([*argv, "--top-p", "0.9", "--max-new-tokens", "12", *flags]) == 0
     other = "repl" if front_end == "app" else "app"
@@ -158,7 +159,7 @@ def test_bad_target_is_exit_2_with_a_clear_message_in_both_modes(
     message: str,
     terminal: bool,
 ) -> None:
-    monkeypatch.setattr(cli, "interactive", lambda: terminal)
+    monkeypatch.setattr(cli_terminal, "interactive", lambda: terminal)
     monkeypatch.setenv("COLUMNS", "400")  # the error panel must not wrap the long tmp paths
     argv = ["chat", make_target(tmp_path), "--run-dir", str(tmp_path / "runs"), *extra]
     assert cli.main(argv) == 2

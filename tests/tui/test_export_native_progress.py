@@ -16,7 +16,7 @@ from engine.export import Exported, ExportReport, gguf_writer
 from engine.export.files import size_progress
 from tests.tui.scenes.run_screens import SceneApp
 from tests.tui.scenes.synthetic import make_run_dir
-from tui.export_cmd import StderrProgress
+from tui.cli.export import StderrProgress
 from tui.screens.export import ExportScreen
 
 
@@ -54,7 +54,7 @@ def test_headless_progress_logs_measured_steps_with_an_eta(monkeypatch) -> None:
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
     clock = iter(range(1000))
-    monkeypatch.setattr("tui.export_cmd.time.monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr("tui.cli.export.time.monotonic", lambda: float(next(clock)))
     progress = StderrProgress()  # not a terminal: plain lines
     progress.LOG_EVERY = 3.0
     progress("GGUF f16: writing x.gguf", None)
@@ -142,7 +142,7 @@ def test_on_a_terminal_the_step_line_keeps_a_moving_clock(monkeypatch) -> None:
     err = io.StringIO()
     monkeypatch.setattr("sys.stderr", err)
     clock = iter([0.0, 0.0, 1.0, 2.0, 3.0, 3.5, 4.0])
-    monkeypatch.setattr("tui.export_cmd.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("tui.cli.export.time.monotonic", lambda: next(clock))
     progress = StderrProgress()
     progress.tty = True  # as on a terminal
     progress("merged: loading the base", None)  # a step with no measure of its own

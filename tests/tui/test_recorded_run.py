@@ -105,9 +105,9 @@ async def test_chat_scene_shows_the_recorded_replies() -> None:
 
 async def test_home_scene_lists_the_recorded_run_and_no_checkout_path(monkeypatch) -> None:
     from tests.tui.scenes import wizard
-    from tui.screens import wizard_model
+    from tui import wizard_device
 
-    monkeypatch.setattr(wizard_model, "device_spec", wizard_model.device_spec)
+    monkeypatch.setattr(wizard_device, "device_spec", wizard_device.device_spec)
     monkeypatch.setenv("FINETTY_PRESETS", "")
     app = wizard.scenes()["home"]()
     async with app.run_test(size=(80, 24)) as pilot:

@@ -11,6 +11,7 @@ from textual.widgets import Button, Input, Static
 from engine.config.presets import load_preset
 from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens.review import ConfirmOverwrite, ReviewScreen
+from tui.screens.wizard_flow import step_screen
 from tui.wizard_state import WizardState
 
 pytestmark = pytest.mark.anyio
@@ -29,7 +30,7 @@ def text(app, selector: str) -> str:
 
 async def test_probe_and_launch_post_the_validated_preset() -> None:
     state = WizardState.from_file("smollm2-demo")
-    app = SceneApp(lambda: ReviewScreen(state))
+    app = SceneApp(lambda: step_screen(4, state))
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app)
         assert "smollm2-demo on NVIDIA" in text(app, "#review-estimate") or "the CPU" in text(
@@ -47,7 +48,7 @@ async def test_probe_and_launch_post_the_validated_preset() -> None:
 
 
 async def test_shortcuts_do_not_fire_while_typing(user_presets: Path) -> None:
-    app = SceneApp(lambda: ReviewScreen(WizardState.from_file("smollm2-demo")))
+    app = SceneApp(lambda: step_screen(4, WizardState.from_file("smollm2-demo")))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         name = app.screen.query_one("#field-name Input", Input)
@@ -63,7 +64,7 @@ async def test_shortcuts_do_not_fire_while_typing(user_presets: Path) -> None:
 async def test_problems_block_launch_and_read_like_the_cli() -> None:
     state = WizardState.from_file("smollm2-demo")
     state.set_text("training.learning_rate", "abc")
-    app = SceneApp(lambda: ReviewScreen(state))
+    app = SceneApp(lambda: step_screen(4, state))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         shown = text(app, "#review-problems")
@@ -81,7 +82,7 @@ async def test_save_as_preset_asks_before_overwriting(user_presets: Path) -> Non
     state = WizardState()
     state.set_text("name", "mine")
     state.set_text("training.max_steps", "7")
-    app = SceneApp(lambda: ReviewScreen(state))
+    app = SceneApp(lambda: step_screen(4, state))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         assert "save as preset first" in text(app, "#review-command")
@@ -106,7 +107,7 @@ async def test_save_as_preset_asks_before_overwriting(user_presets: Path) -> Non
 
 
 async def test_saving_under_a_bundled_name_asks(user_presets: Path) -> None:
-    app = SceneApp(lambda: ReviewScreen(WizardState.from_file("smollm2-demo")))
+    app = SceneApp(lambda: step_screen(4, WizardState.from_file("smollm2-demo")))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         await pilot.press("ctrl+s")
@@ -121,7 +122,6 @@ async def test_review_names_trust_remote_code_when_on() -> None:
     from textual.widgets import Static
 
     from tests.tui.scenes.wizard import SceneApp
-    from tui.screens.wizard import step_screen
     from tui.wizard_state import WizardState
 
     state = WizardState.from_file(Path("presets/smollm2-demo.yaml"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.tui.scenes.wizard import SCROLL, scenes, scroll_to, settle
-from tui.screens import wizard_model
+from tui import wizard_device
 
 NAMES = ["home", "wizard-model", "wizard-dataset", "wizard-method", "wizard-training", "review"]
 
@@ -14,7 +14,7 @@ NAMES = ["home", "wizard-model", "wizard-dataset", "wizard-method", "wizard-trai
 @pytest.mark.parametrize("name", NAMES)
 def test_scene(name: str, snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:
     # scenes() pins a GPU and an empty user-presets folder; put both back afterwards.
-    monkeypatch.setattr(wizard_model, "device_spec", wizard_model.device_spec)
+    monkeypatch.setattr(wizard_device, "device_spec", wizard_device.device_spec)
     monkeypatch.setenv("FINETTY_PRESETS", "")
     make = scenes()[name]
 

@@ -12,7 +12,7 @@ from tests.tui.scenes.wizard import SceneApp, settle
 from tui.screens import wizard_dataset
 from tui.screens.home import HomeScreen
 from tui.screens.review import ReviewScreen
-from tui.screens.wizard import step_screen
+from tui.screens.wizard_flow import step_screen
 from tui.widgets.form import FormField
 from tui.wizard_state import WizardState, as_text
 

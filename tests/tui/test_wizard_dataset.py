@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.tui.scenes.wizard import SceneApp, settle
-from tui.screens.wizard import step_screen
 from tui.screens.wizard_dataset import DatasetStep, Preview
+from tui.screens.wizard_flow import step_screen
 from tui.widgets.form import FormField
 from tui.widgets.histogram import LengthHistogram, buckets
 from tui.wizard_state import WizardState

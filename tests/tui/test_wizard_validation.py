@@ -14,10 +14,10 @@ from engine.config.presets import hardware_problems
 from engine.config.schema import Preset
 from engine.plan.gpus import GPUS
 from tests.tui.scenes.wizard import SceneApp, settle
-from tui import cli
-from tui.screens import wizard_model
+from tui import cli, wizard_device
+from tui.cli import terminal as cli_terminal
 from tui.screens.review import ReviewScreen
-from tui.screens.wizard import step_screen
+from tui.screens.wizard_flow import step_screen
 from tui.widgets.form import FormField
 from tui.wizard_state import WizardState
 
@@ -28,7 +28,7 @@ CUDA_WORDS = "needs a CUDA GPU"
 @pytest.fixture
 def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The wizard's device, as its fit line reads it: none (this CPU box, pinned)."""
-    monkeypatch.setattr(wizard_model, "device_spec", lambda: None)
+    monkeypatch.setattr(wizard_device, "device_spec", lambda: None)
 
 
 def qlora_state(**kwargs: object) -> WizardState:
@@ -50,7 +50,7 @@ def test_the_wizard_words_it_as_the_cli_does() -> None:
 def test_the_wizard_asks_its_own_device(
     monkeypatch: pytest.MonkeyPatch, device: object, flagged: bool
 ) -> None:
-    monkeypatch.setattr(wizard_model, "device_spec", lambda: device)
+    monkeypatch.setattr(wizard_device, "device_spec", lambda: device)
     assert ("method" in qlora_state().field_errors()) is flagged
 
 
@@ -106,7 +106,7 @@ def test_a_preset_name_opens_the_review_screen(monkeypatch: pytest.MonkeyPatch) 
 
     calls: list[dict] = []
     monkeypatch.setattr(tui.app, "run_tui", lambda **kwargs: calls.append(kwargs) or 0)
-    monkeypatch.setattr(cli, "interactive", lambda: True)  # as from a terminal
+    monkeypatch.setattr(cli_terminal, "interactive", lambda: True)  # as from a terminal
     assert cli.main(["smollm2-demo"]) == 0
     assert calls == [{"runs_root": None, "start_screen": "review", "preset_path": "smollm2-demo"}]
 

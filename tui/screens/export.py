@@ -293,7 +293,7 @@ class ExportScreen(Screen[None]):
         try:
             exporter = self.exporter
             if exporter is None:
-                from tui.cli import quiet_libraries
+                from tui.quiet import quiet_libraries
 
                 quiet_libraries()
                 # A child process: a crash or OOM there never ends this one, which may train.

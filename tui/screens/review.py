@@ -48,10 +48,10 @@ def hang(text: str, width: int = PANEL_WIDTH) -> str:
 def estimate_text(preset: Preset) -> str:
     """What `finetty estimate` prints for this preset on this machine's device."""
     from engine.plan.estimate import estimate_for, format_estimate
-    from tui.screens.wizard_model import device_spec
+    from tui import wizard_device
 
     try:
-        return format_estimate(estimate_for(preset, device_spec()))
+        return format_estimate(estimate_for(preset, wizard_device.device_spec()))
     except FinettyError as exc:
         return f"✗ {exc.message}" + (f"\n  {exc.hint}" if exc.hint else "")
 
@@ -267,7 +267,7 @@ class ReviewScreen(WizardStep):
 
     @work(thread=True, group="review-probe")
     def _probe(self, preset: Preset, runs_root: Path | None) -> None:
-        from tui.cli import quiet_libraries
+        from tui.quiet import quiet_libraries
 
         quiet_libraries()
         from engine.diagnose import probe as probing

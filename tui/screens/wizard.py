@@ -1,16 +1,17 @@
 """The wizard's shared frame: step bar, a scrolling form, Back/Next, and validate-as-you-type.
 
 Steps navigate with ``switch_screen``, rebuilding each screen from the shared draft
-(``WizardState``), so what was typed survives back and forward by construction. The wizard
-itself posts nothing outward; the review step posts Launch/Probe.
+(``WizardState``), so what was typed survives back and forward by construction. Each step is
+handed the flow, the step classes in order (tui.screens.wizard_flow), so this frame never
+imports the steps that subclass it. The wizard itself posts nothing outward; the review step
+posts Launch/Probe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from textual.app import ComposeResult
@@ -46,7 +47,10 @@ class StepBar(Static):
 
 
 class WizardStep(Screen):
-    """Base of every wizard step; subclasses list their KEYS and compose the body."""
+    """Base of every wizard step; subclasses list their KEYS and compose the body.
+
+    ``flow``: every step's class, in order (``flow[STEP]`` is this one's); Next and Back build
+    the neighbour from it."""
 
     STEP: ClassVar[int] = 0
     NEXT_LABEL: ClassVar[str] = "Next ›"
@@ -70,9 +74,12 @@ class WizardStep(Screen):
         Binding("escape", "back", "Back", show=False),
     ]
 
-    def __init__(self, state: WizardState | None = None) -> None:
+    def __init__(
+        self, state: WizardState | None = None, *, flow: Sequence[type[WizardStep]]
+    ) -> None:
         super().__init__()
         self.state = state or WizardState()
+        self.flow = tuple(flow)
 
     def compose(self) -> ComposeResult:
         source = self.state.source
@@ -152,14 +159,18 @@ class WizardStep(Screen):
             self.notify(f"Fix {', '.join(bad)} first.", severity="error")
             self.query_one(f"#field-{bad[0].replace('.', '-')}", FormField).control.focus()
             return
-        self.app.switch_screen(step_screen(self.STEP + 1, self.state))
+        self.app.switch_screen(self.step(self.STEP + 1))
 
     def action_back(self) -> None:
         if self.STEP == 0:
             if len(self.app.screen_stack) > 1:
                 self.app.pop_screen()
         else:
-            self.app.switch_screen(step_screen(self.STEP - 1, self.state))
+            self.app.switch_screen(self.step(self.STEP - 1))
+
+    def step(self, index: int) -> WizardStep:
+        """Step ``index`` of this flow, on the same draft."""
+        return self.flow[index](self.state, flow=self.flow)
 
     def show(self, widget_id: str, content: str) -> None:
         with contextlib.suppress(NoMatches):
@@ -182,18 +193,3 @@ class WizardStep(Screen):
         panel = Static("", id=widget_id, classes="wizard-panel")
         panel.border_title = title
         return panel
-
-
-_SCREENS = (
-    ("tui.screens.wizard_model", "ModelStep"),
-    ("tui.screens.wizard_dataset", "DatasetStep"),
-    ("tui.screens.wizard_method", "MethodStep"),
-    ("tui.screens.wizard_training", "TrainingStep"),
-    ("tui.screens.review", "ReviewScreen"),
-)
-
-
-def step_screen(index: int, state: WizardState) -> Screen:
-    """The screen of wizard step ``index`` (0 model … 4 review), bound to ``state``."""
-    module, name = _SCREENS[index]
-    return getattr(importlib.import_module(module), name)(state)

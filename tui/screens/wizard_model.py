@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
@@ -11,7 +10,7 @@ from textual.app import ComposeResult
 
 from engine.core.errors import FinettyError
 from engine.core.units import count
-from engine.plan.gpus import GpuSpec, detect_gpus, spec_for
+from tui import wizard_device
 from tui.screens.wizard import WizardStep
 from tui.wizard_state import WizardState
 
@@ -23,13 +22,6 @@ EXAMPLES = [
     "mistralai/Mistral-7B-Instruct-v0.3",
     "google/gemma-2-9b-it",
 ]
-
-
-@lru_cache(maxsize=1)
-def device_spec() -> GpuSpec | None:
-    """The first GPU NVML sees (its table entry with its real memory), or None for the CPU."""
-    found = detect_gpus()
-    return spec_for(found[0]) if found else None
 
 
 def model_summary(state: WizardState) -> str:
@@ -68,7 +60,7 @@ def fit_line(state: WizardState) -> str:
     from engine.plan.estimate import estimate_for
 
     try:
-        result = estimate_for(state.preset(), device_spec())
+        result = estimate_for(state.preset(), wizard_device.device_spec())
     except FinettyError as exc:
         first = getattr(exc, "problems", [exc.message])[0]
         return f"[$text-warning]fit     cannot estimate yet: {first}[/]"

@@ -28,8 +28,7 @@ from engine.core.terminal_text import printable
 from engine.data import encode_conversation, encode_text, load_records, prepare_dataset
 from engine.data.encode import IGNORE_INDEX
 from engine.data.templates import CHAT_TEMPLATES
-from tui import cli
-from tui.cli import main
+from tui.cli import headless, main
 
 ROOT = Path(__file__).resolve().parents[3]
 FUZZ = settings(
@@ -49,7 +48,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> int:
         raise Started()
 
-    monkeypatch.setattr(cli, "run_headless", refuse)
+    monkeypatch.setattr(headless, "run_headless", refuse)
 
 
 @pytest.fixture

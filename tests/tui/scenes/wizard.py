@@ -26,7 +26,7 @@ from textual.screen import Screen
 from tests.tui.scenes.recorded import recorded_events
 from tests.tui.scenes.run_screens import CSS, svg_to_png
 from tui.screens.home import HomeScreen
-from tui.screens.wizard import step_screen
+from tui.screens.wizard_flow import step_screen
 from tui.wizard_state import WizardState
 
 SIZE = (80, 24)
@@ -124,10 +124,10 @@ def isolate() -> Path:
     """The recorded run, an empty user presets folder and a fixed GPU (an L4), so scenes look
     the same on every box: the fit and the estimate otherwise depend on this machine's RAM."""
     from engine.plan.gpus import GPUS
-    from tui.screens import wizard_model
+    from tui import wizard_device
 
     os.environ["FINETTY_PRESETS"] = str(SCENE_ROOT / "user-presets")
-    wizard_model.device_spec = lambda: GPUS["l4"]  # type: ignore[assignment]
+    wizard_device.device_spec = lambda: GPUS["l4"]  # type: ignore[assignment]
     return make_recorded_run(SCENE_ROOT)
 
 

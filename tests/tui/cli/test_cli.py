@@ -12,7 +12,7 @@ import pytest
 
 from tui.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

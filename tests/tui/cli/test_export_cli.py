@@ -10,7 +10,7 @@ import pytest
 
 from engine.core.errors import FinettyError
 from tests.engine.export.test_export import make_run
-from tui.export_cmd import add_export_parser, cmd_export
+from tui.cli.export import add_export_parser, cmd_export
 
 
 def run_export(argv: list[str]) -> int:

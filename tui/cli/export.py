@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tui.quiet import quiet_libraries
+
 FORMATS = ("adapter", "merged", "gguf")
 
 
@@ -127,8 +129,6 @@ def ticking(progress: StderrProgress) -> threading.Event:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from tui.cli import quiet_libraries
-
     quiet_libraries()
     from engine.export.child import export_in_child
     from engine.export.files import human_size
