@@ -131,11 +131,16 @@ def resume_target(ref: str, preset_ref: str | None, root: Path) -> Path:
     """
     from engine.config.presets import load_preset, run_config
     from engine.core.errors import ConfigError
+    from engine.parallel.distributed import launched_distributed, rank_from_env
     from engine.runs import rundir
 
     preset = load_preset(preset_ref)[0] if preset_ref else None
     run_dir = rundir.resolve_run(ref, root, name=preset.name if preset else None)
-    rundir.check_resumable(run_dir)
+    # Inside a resumed multi-GPU job rank 0 checks and takes the run's lock; another rank that
+    # checked after it would find that lock and refuse its own job. Those ranks never write the
+    # run directory, and a refusal on rank 0 ends them through the job's store.
+    if not launched_distributed() or rank_from_env() == 0:
+        rundir.check_resumable(run_dir)
     if preset is not None:
         differences = config_differences(preset, run_config(run_dir))
         if differences:

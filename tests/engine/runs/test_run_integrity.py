@@ -133,6 +133,28 @@ def test_resuming_a_run_that_is_training_is_refused_with_its_pid(
     assert runlock.holder(run.run_dir) is None  # released when the run ended
 
 
+def test_ranks_other_than_0_of_a_resumed_job_follow_rank_0s_lock(
+    make_preset, tmp_path: Path, monkeypatch
+) -> None:
+    """Every rank of a resumed multi-GPU job runs `finetty train --resume DIR`. Rank 0 takes the
+    run's lock; a rank that checked resumability after that saw the lock and exited 2 (the flaky
+    two-rank stop/resume test). Only rank 0 checks: the others never write the run directory."""
+    from tui.cli.train import resume_target
+
+    root = tmp_path / "runs"
+    run_dir = stopped_run(make_preset, root)
+    lock = runlock.acquire(run_dir)  # rank 0 of the job, already training
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", "1")
+        assert resume_target("latest", None, root) == run_dir
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(RunDirError, match=f"process {os.getpid()}"):
+            resume_target("latest", None, root)
+    finally:
+        lock.release()
+
+
 def test_the_lock_names_another_process_and_dies_with_it(tmp_path: Path) -> None:
     code = (
         "import sys, time; from pathlib import Path; from engine.runs import runlock\n"
