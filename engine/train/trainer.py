@@ -25,15 +25,14 @@ from engine.core.events import (
     StateChanged,
     Step,
 )
-from engine.parallel import distributed
 from engine.parallel.distributed import DistContext
+from engine.parallel.strategy import execution_strategy
 from engine.plan.schedule import batches_per_rank, epoch_order, steps_per_epoch
 from engine.runs import checkpoint as ckpt
 from engine.runs.control import RunControl
-from engine.speed.loss import supports_chunked_loss
 from engine.train.health import HealthMonitor, non_finite_alarm
-
-IGNORE = -100
+from engine.train.tasks.sft import SftTask
+from engine.train.tasks.task import Task
 
 
 @dataclass(frozen=True)
@@ -91,91 +90,6 @@ def total_steps(num_examples: int, settings: TrainSettings, world: int = 1) -> i
     )
 
 
-def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
-    """Right-pad to the longest example. Packed rows carry position_ids and no attention_mask,
-    which makes transformers build a per-document causal mask; rows of equal length carry no
-    mask at all (an all-ones mask is the same function, and checking one would wait for the
-    GPU). ``trained_index`` lists the predicted positions that carry a label, so the loss
-    gathers them without a data-dependent (GPU-waiting) boolean mask."""
-    import torch
-
-    width = max(len(ex.input_ids) for ex in examples)
-    packed = any(getattr(ex, "position_ids", None) for ex in examples)
-    padded = any(len(ex.input_ids) != width for ex in examples)
-    ids, labels, mask, positions = [], [], [], []
-    for ex in examples:
-        pad = width - len(ex.input_ids)
-        ids.append(list(ex.input_ids) + [pad_token_id] * pad)
-        labels.append(list(ex.labels) + [IGNORE] * pad)
-        mask.append([1] * len(ex.input_ids) + [0] * pad)
-        base = (
-            list(ex.position_ids)
-            if getattr(ex, "position_ids", None)
-            else list(range(len(ex.input_ids)))
-        )
-        positions.append(base + list(range(pad)))  # padding forms its own (unlabelled) document
-    rows = [ids, labels, positions if packed else mask]
-    stacked = torch.tensor(rows, dtype=torch.long)
-    trained_index = (stacked[1, :, 1:] != IGNORE).reshape(-1).nonzero().squeeze(1)
-    input_ids, label_ids, third = _to_device(stacked, device).unbind(0)
-    batch = {"input_ids": input_ids, "labels": label_ids}
-    if packed:
-        batch["position_ids"] = third
-        batch.update(_document_kwargs(stacked[2], device))
-    elif padded:
-        batch["attention_mask"] = third
-    batch["trained_index"] = _to_device(trained_index, device)
-    return batch
-
-
-def _document_kwargs(positions: Any, device: str) -> dict[str, Any]:
-    """Where each packed document starts in the batch laid end to end (from the host's
-    position ids): the variable-length attention's arguments, under transformers' names
-    (engine.speed.varlen)."""
-    from engine.speed.varlen import document_bounds
-
-    bounds, longest = document_bounds(positions)
-    cu = _to_device(bounds, device)
-    return {
-        "cu_seq_lens_q": cu,
-        "cu_seq_lens_k": cu,
-        "max_length_q": longest,
-        "max_length_k": longest,
-    }
-
-
-def _to_device(tensor: Any, device: str) -> Any:
-    """On a GPU through pinned memory without blocking: a plain copy from pageable memory
-    would wait for every step already queued."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def trained_token_count(examples: Sequence[Any]) -> int:
-    # Position 0 is never predicted (labels are shifted by one), so it never counts.
-    return sum(sum(1 for label in ex.labels[1:] if label != IGNORE) for ex in examples)
-
-
-def batch_loss_sum(
-    model: Any, batch: dict[str, Any], amp_dtype: Any, device: str, chunked: bool = False
-):
-    """Summed cross-entropy over the trained tokens of one micro-batch."""
-    import torch
-
-    from engine.speed.loss import chunked_loss_sum, full_logits_loss_sum
-
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "trained_index")}
-    with torch.autocast(device_type=device, dtype=amp_dtype, enabled=amp_dtype is not None):
-        if chunked:
-            return chunked_loss_sum(
-                model, inputs, batch["labels"], trained_index=batch.get("trained_index")
-            )
-        return full_logits_loss_sum(model, inputs, batch["labels"])
-
-
 def build_optimizer(model: Any, settings: TrainSettings):
     import torch
 
@@ -224,6 +138,9 @@ def evaluate_sums(
     settings: TrainSettings,
     batches: int | None = None,
     filler: Sequence[Any] = (),
+    *,
+    task: Task,
+    chunked: bool,
 ) -> tuple[float, int]:
     """Summed loss and trained-token count over ``examples`` (ranks add theirs together).
 
@@ -241,16 +158,15 @@ def evaluate_sums(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    chunked = supports_chunked_loss(model) and not settings.sharded
     with torch.no_grad(), adapter_input_casts_off(model, settings.amp_dtype):
         for chunk, counted in chunks:
             if not chunk:
                 continue
-            batch = collate(chunk, settings.pad_token_id, settings.device)
-            loss = batch_loss_sum(model, batch, settings.amp_dtype, settings.device, chunked)
+            batch = task.collate(chunk, settings.pad_token_id, settings.device)
+            loss = task.loss_sum(model, batch, settings.amp_dtype, settings.device, chunked)
             if counted:
                 total += float(loss)
-                count += trained_token_count(chunk)
+                count += task.trained_token_count(chunk)
     model.train(was_training)
     return total, count
 
@@ -270,6 +186,7 @@ class Trainer:
         dist: DistContext | None = None,
         hardware: Callable[[], HardwareSample] | None = None,
         hardware_interval: float = 2.0,
+        task: Task | None = None,
     ) -> None:
         self.model, self.train, self.val, self.s = model, train, val, settings
         self.sink, self.control, self.checkpoint_dir, self.is_adapter = (
@@ -278,30 +195,20 @@ class Trainer:
             checkpoint_dir,
             is_adapter,
         )
-        self.dist, self.hardware, self.hardware_interval = dist, hardware, hardware_interval
-        self.world = dist.world_size if dist else 1
+        self.hardware, self.hardware_interval = hardware, hardware_interval
+        self.task: Task = task if task is not None else SftTask()
+        # The execution mode (one process, DDP, FSDP) lives behind this one object.
+        self.strategy = execution_strategy(dist, sharded=settings.sharded, device=settings.device)
+        self.world = self.strategy.world
         self.total_steps = total_steps(len(train), settings, self.world)
-        # The chunked loss calls the decoder and the head apart; FSDP gathers the embeddings,
-        # final norm and head in the root module's forward, so sharded runs take the plain path.
-        self.sharded = settings.sharded and dist is not None
         self.chunked_loss = (
-            settings.chunked_loss and supports_chunked_loss(model) and not self.sharded
+            settings.chunked_loss
+            and self.task.supports_chunked_loss(model)
+            and self.strategy.allows_chunked_loss
         )
         self._last_hardware = 0.0
-        self.ddp = None
-        if dist is not None:
-            import torch
-
-            if self.sharded:
-                from engine.parallel import sharded
-
-                sharded.check_optimizer(settings.optim)
-                sharded.shard_model(model)  # before the optimizer: it must hold the shards
-            else:
-                self.ddp = distributed.wrap_model(model, dist, settings.device, self._loss)
-            if not dist.is_main:
-                # Same LoRA initialisation everywhere (seeded before), different dropout masks.
-                torch.manual_seed(settings.seed + dist.rank)
+        self.strategy.prepare(model, settings.optim, self._loss)
+        self.strategy.seed_rank(settings.seed)
         self.optimizer = build_optimizer(model, settings)
         self.scheduler = build_scheduler(self.optimizer, settings, self.total_steps)
         self.scaler = None
@@ -316,7 +223,7 @@ class Trainer:
         self._defer = (
             settings.defer_metrics
             if settings.defer_metrics is not None
-            else settings.device == "cuda" and dist is None
+            else settings.device == "cuda" and self.strategy.reads_metrics_late
         )
         self._pending: _StepFigures | None = None
         self._window = _Window()
@@ -328,35 +235,20 @@ class Trainer:
         )
 
     def resume_from(self, path: Path) -> None:
-        if self.sharded:
-            from engine.parallel import sharded
-
-            self.state = sharded.load_checkpoint(
-                path,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                max_step=self.total_steps,
-                examples=len(self.train),
-            )
-        else:
-            self.state = ckpt.load_checkpoint(
-                path,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=self.scaler,
-                max_step=self.total_steps,
-                examples=len(self.train),
-            )
-        if self.dist is not None and not self.dist.is_main:
-            import torch
-
-            # The checkpoint holds rank 0's random state; the other ranks keep their own streams.
-            torch.manual_seed(self.s.seed + self.dist.rank + 7919 * self.state.step)
+        self.state = self.strategy.load_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            max_step=self.total_steps,
+            examples=len(self.train),
+        )
+        # The checkpoint holds rank 0's random state; the other ranks keep their own streams.
+        self.strategy.seed_rank(self.s.seed, self.state.step)
 
     def _loss(self, model: Any, batch: dict[str, Any]) -> Any:
-        return batch_loss_sum(model, batch, self.s.amp_dtype, self.s.device, self.chunked_loss)
+        return self.task.loss_sum(model, batch, self.s.amp_dtype, self.s.device, self.chunked_loss)
 
     def _step_examples(self) -> tuple[int, int, int, list[Any]]:
         """The examples of the next optimizer step: (epoch, done in epoch, epoch size, examples).
@@ -388,9 +280,8 @@ class Trainer:
                     return self._try_step(examples)
             except torch.OutOfMemoryError as exc:
                 self.optimizer.zero_grad(set_to_none=True)
-                # Ranks cannot agree on a smaller micro-batch without another collective in the
-                # failure path, so a multi-GPU run reports the OOM instead of retrying.
-                if not self.s.auto_batch or self.micro_batch == 1 or self.dist is not None:
+                retry = self.s.auto_batch and self.strategy.retries_out_of_memory
+                if not retry or self.micro_batch == 1:
                     raise _oom_error(exc, self.s, self.micro_batch) from None
                 if torch.cuda.is_available():
                     from engine.speed.layer_checkpoint import graphs_of
@@ -413,8 +304,9 @@ class Trainer:
         import torch
 
         s = self.s
-        n_trained = trained_token_count(examples)  # of the global batch: the same on every rank
-        local, size = distributed.shard(examples, self.dist), self.micro_batch
+        # Of the global batch: the same on every rank.
+        n_trained = self.task.trained_token_count(examples)
+        local, size = self.strategy.shard(examples), self.micro_batch
         # Every rank runs as many micro-batches. A rank short of examples at the end of an epoch
         # runs zero-weighted passes, which leave the update unchanged.
         count = batches_per_rank(len(examples), self.world, size)
@@ -425,11 +317,9 @@ class Trainer:
             weight = 1.0 if chunk else 0.0
             chunk = chunk or examples[:1]
             self.control.check_abort()
-            batch = collate(chunk, s.pad_token_id, s.device)
-            with self._gradient_sync(index == len(chunks) - 1):
-                micro_loss = (
-                    self.ddp(batch) if self.ddp is not None else self._loss(self.model, batch)
-                )
+            batch = self.task.collate(chunk, s.pad_token_id, s.device)
+            with self.strategy.gradient_sync(index == len(chunks) - 1):
+                micro_loss = self.strategy.loss(batch)
                 scaled = micro_loss * (weight * self.world / max(n_trained, 1))
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += micro_loss.detach() * weight
@@ -437,23 +327,8 @@ class Trainer:
         # so that reading them never leaves the GPU waiting for the host.
         self._flush()
         grad_norm = self._optimizer_step()
-        if self.dist is not None:
-            (total,) = distributed.sum_floats([float(loss_sum)], self.dist)
-            return total / max(n_trained, 1), n_trained, grad_norm
-        return loss_sum / max(n_trained, 1), n_trained, grad_norm
-
-    def _gradient_sync(self, last_micro_batch: bool) -> Any:
-        """DDP and FSDP reduce gradients on the last micro-batch of a step only."""
-        import contextlib
-
-        if self.sharded:
-            from engine.parallel import sharded
-
-            sharded.set_gradient_sync(self.model, last_micro_batch)
-            return contextlib.nullcontext()
-        if self.ddp is None or last_micro_batch:
-            return contextlib.nullcontext()
-        return self.ddp.no_sync()
+        total = self.strategy.step_loss_sum(loss_sum)
+        return total / max(n_trained, 1), n_trained, grad_norm
 
     def run(self) -> TrainOutcome:
         s, state = self.s, self.state
@@ -563,13 +438,11 @@ class Trainer:
         raise TrainingError(f"{alarm.message} {kept}", hint=alarm.remedy)
 
     def _optimizer_step(self) -> float | None:
-        import torch
-
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.s.max_grad_norm if self.s.max_grad_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = self.strategy.clip_grad_norm(params, max_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -577,27 +450,25 @@ class Trainer:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.sharded:
-            from engine.parallel import sharded
-
-            return sharded.total_norm(norm)
-        return norm if self._defer else float(norm)
+        return self.strategy.grad_norm(norm, self._defer)
 
     def _evaluate(self) -> float:
         self.sink.emit(StateChanged(state="evaluating"))
         import torch
 
         try:
-            batches = batches_per_rank(len(self.val), self.world, self.s.eval_batch)
             total, count = evaluate_sums(
                 self.model,
-                distributed.shard(self.val, self.dist),
+                self.strategy.shard(self.val),
                 self.s,
-                batches=batches if self.sharded else None,
+                batches=self.strategy.eval_batches(len(self.val), self.s.eval_batch),
                 filler=self.val,
+                task=self.task,
+                # Evaluation takes the chunked loss wherever it can, whatever training takes.
+                chunked=self.task.supports_chunked_loss(self.model)
+                and self.strategy.allows_chunked_loss,
             )
-            if self.dist is not None:
-                total, count = distributed.sum_floats([total, count], self.dist)
+            total, count = self.strategy.sum_floats([total, count])
             loss = total / max(count, 1)
         except torch.OutOfMemoryError as exc:
             raise OutOfMemoryError(
@@ -618,14 +489,11 @@ class Trainer:
             commands: list[str] = []
             if self.is_main:
                 commands = self.control.wait(0.5) if paused else self.control.drain()
-            if self.dist is not None:
-                # Rank 0 decides for everyone, every step; while paused this is also the
-                # heartbeat that keeps the other ranks' collectives from timing out.
-                commands, hardware_due = distributed.broadcast(
-                    (commands, self._hardware_due()), self.dist
-                )
-                if hardware_due:
-                    self._publish_hardware()
+            # Rank 0 decides for everyone, every step; while paused this is also the heartbeat
+            # that keeps the other ranks' collectives from timing out.
+            commands, hardware_due = self.strategy.broadcast((commands, self._hardware_due()))
+            if hardware_due:
+                self._publish_hardware()
             if commands:
                 self._flush()  # the last step's figures come before anything a command does
             for command in commands:
@@ -657,24 +525,23 @@ class Trainer:
         return True
 
     def _publish_hardware(self) -> None:
-        """Every rank's GPU in one sample, gathered between steps (multi-GPU runs only)."""
+        """Every rank's GPU in one sample, gathered between steps (a Trainer is given
+        ``hardware`` for runs of several ranks; one process samples its GPU in engine.train.run)."""
         from engine.train.hardware import merge_rank_samples
 
-        if self.dist is None:
-            return
-        samples = distributed.gather(self.hardware() if self.hardware else None, self.dist)
+        samples = self.strategy.gather(self.hardware() if self.hardware else None)
         if samples is not None:
             self.sink.emit(merge_rank_samples([sample for sample in samples if sample]))
 
     @property
     def is_main(self) -> bool:
-        return self.dist is None or self.dist.is_main
+        return self.strategy.is_main
 
     def save(self, reason: str, then: str = "training") -> Path | None:
-        """A checkpoint. DDP keeps identical weights and optimizer state, so rank 0 alone
-        writes them; FSDP's are sharded, so every rank writes its shard (engine.parallel.sharded).
-        ``then``: the state the loop is in once saved (engine.runs.runstate: saving returns)."""
-        if not (self.is_main or self.sharded):
+        """A checkpoint, written as the execution strategy writes them (DDP: rank 0 alone; FSDP:
+        every rank its shard). ``then``: the state the loop is in once saved
+        (engine.runs.runstate: saving returns)."""
+        if not self.strategy.writes_checkpoints:
             return None
         if self.state.step == 0:
             if self.is_main:
@@ -685,29 +552,16 @@ class Trainer:
         if self.is_main:
             self.sink.emit(StateChanged(state="saving", detail=reason))
         start = time.perf_counter()
-        if self.sharded:
-            from engine.parallel import sharded
-
-            path = sharded.save_checkpoint(
-                self.checkpoint_dir,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                state=self.state,
-                keep=self.s.save_total_limit,
-                is_main=self.is_main,
-            )
-        else:
-            path = ckpt.save_checkpoint(
-                self.checkpoint_dir,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                scaler=self.scaler,
-                state=self.state,
-                is_adapter=self.is_adapter,
-                keep=self.s.save_total_limit,
-            )
+        path = self.strategy.save_checkpoint(
+            self.checkpoint_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            state=self.state,
+            is_adapter=self.is_adapter,
+            keep=self.s.save_total_limit,
+        )
         if self.is_main:
             self.sink.emit(
                 CheckpointSaved(

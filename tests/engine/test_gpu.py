@@ -113,7 +113,7 @@ def test_fast_path_matches_plain_path(
     assert "checkpoint:offload-to-host" in kernels and any("fused-lora" in k for k in kernels)
     assert any(k.startswith("checkpoint:no-down-proj-recompute") for k in kernels)
     assert "checkpoint:cuda-graphs(auto)" in kernels  # the default on one GPU
-    monkeypatch.setattr("engine.train.trainer.supports_chunked_loss", lambda model: False)
+    monkeypatch.setattr("engine.train.tasks.sft.supports_chunked_loss", lambda model: False)
     _, plain = _run(
         make_preset,
         tmp_path / "plain",
@@ -166,7 +166,7 @@ def test_out_of_memory_halves_the_auto_micro_batch(
     preset.dataset.path, preset.dataset.format, preset.dataset.train_on = str(data), "text", "all"
     preset.dataset.val_size, preset.model.max_seq_length = 0, 512
     monkeypatch.setattr("engine.train.run.Run._auto_micro_batch", lambda self: 2048)
-    monkeypatch.setattr("engine.train.trainer.supports_chunked_loss", lambda model: False)
+    monkeypatch.setattr("engine.train.tasks.sft.supports_chunked_loss", lambda model: False)
     sink = RecordingSink()
     result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
     retries = [e.text for e in sink.of_type(LogLine) if "Out of memory" in e.text]

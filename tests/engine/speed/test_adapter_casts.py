@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from engine.models.adapters import LoraSettings, adapter_input_casts_off, prepare_for_training
-from engine.train.trainer import batch_loss_sum
+from engine.train.tasks.sft import batch_loss_sum
 
 
 def _lora_model() -> torch.nn.Module:

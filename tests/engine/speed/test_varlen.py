@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from engine.data.encode import EncodedExample  # noqa: E402
 from engine.data.prepare import pack_examples  # noqa: E402
 from engine.speed import varlen  # noqa: E402
-from engine.train.trainer import IGNORE, batch_loss_sum, collate  # noqa: E402
+from engine.train.tasks.sft import IGNORE, batch_loss_sum, collate  # noqa: E402
 
 
 def tiny(model_type: str):

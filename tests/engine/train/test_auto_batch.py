@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engine.core.events import LogLine, RecordingSink, Step
-from engine.train import trainer
 from engine.train.run import Run
+from engine.train.tasks import sft
 
 
 def _losses(sink: RecordingSink) -> list[float]:
@@ -23,14 +23,14 @@ def test_oom_halves_micro_batch_and_matches_the_same_global_batch(
     preset = make_preset(per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=3)
     Run(preset, reference, runs_root=tmp_path / "ref").execute()
 
-    real = trainer.batch_loss_sum
+    real = sft.batch_loss_sum
 
     def small_memory(model, batch, *args, **kwargs):
         if batch["input_ids"].shape[0] > 2:  # a device that fits only two rows at a time
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, batch, *args, **kwargs)
 
-    monkeypatch.setattr(trainer, "batch_loss_sum", small_memory)
+    monkeypatch.setattr(sft, "batch_loss_sum", small_memory)
     sink = RecordingSink()
     auto = make_preset(
         per_device_train_batch_size="auto",
@@ -49,7 +49,7 @@ def test_oom_without_auto_fails_with_the_fixes(make_preset, tmp_path: Path, monk
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(trainer, "batch_loss_sum", no_memory)
+    monkeypatch.setattr(sft, "batch_loss_sum", no_memory)
     sink = RecordingSink()
     result = Run(make_preset(), sink, runs_root=tmp_path).execute()
     assert result.status == "failed" and result.exit_code == 1

@@ -44,9 +44,9 @@ def test_a_non_finite_loss_still_stops_before_the_next_update(
 ) -> None:
     """The loss of step 4 turns NaN: the run fails naming step 4, and the checkpoint of step 3
     is the newest one, as without deferral."""
-    import engine.train.trainer
+    import engine.train.tasks.sft
 
-    real = engine.train.trainer.batch_loss_sum
+    real = engine.train.tasks.sft.batch_loss_sum
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -54,7 +54,7 @@ def test_a_non_finite_loss_still_stops_before_the_next_update(
         loss = real(*args, **kwargs)
         return loss * math.nan if calls["n"] == 4 else loss
 
-    monkeypatch.setattr(engine.train.trainer, "batch_loss_sum", poisoned)
+    monkeypatch.setattr(engine.train.tasks.sft, "batch_loss_sum", poisoned)
     result, events = _events(
         make_preset, tmp_path, monkeypatch, defer=True, eval_steps=None, save_steps=3
     )

@@ -1,0 +1,32 @@
+"""What the trainer needs from a training objective: the seam where SFT, preference and GRPO
+tasks plug into the one loop (engine.train.trainer).
+
+The loop owns the data order, accumulation, the execution mode and the run's life; a task owns
+what a micro-batch is and how its loss is summed. The loss is a sum over trained tokens, not a
+mean, so the loop can normalise it by the trained tokens of the whole global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class Task(Protocol):
+    def collate(self, examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
+        """One micro-batch of ``examples`` on ``device``, as ``loss_sum`` takes it."""
+        ...
+
+    def loss_sum(
+        self, model: Any, batch: dict[str, Any], amp_dtype: Any, device: str, chunked: bool
+    ) -> Any:
+        """The loss of ``batch`` summed over its trained tokens (a 0-d tensor)."""
+        ...
+
+    def trained_token_count(self, examples: Sequence[Any]) -> int:
+        """The tokens of ``examples`` that carry a loss: the loop divides the summed loss by it."""
+        ...
+
+    def supports_chunked_loss(self, model: Any) -> bool:
+        """Whether ``loss_sum`` can run with ``chunked=True`` on ``model``."""
+        ...
