@@ -63,7 +63,7 @@ def chunked_loss_sum(
     trained_index: Any = None,
 ) -> Any:
     """``trained_index``: the flat positions of ``labels[:, 1:]`` that are trained, when the
-    caller knows them (engine.train.trainer.collate does, on the host); else found here."""
+    caller knows them (engine.train.tasks.sft.collate does, on the host); else found here."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
