@@ -138,6 +138,24 @@ def model_load(preset: Preset) -> ModelLoad:
     )
 
 
+def dataset_prep(preset: Preset) -> dict[str, Any]:
+    """engine.data.prepare_dataset's keyword arguments for the preset, bar the tokenizer and
+    the rows themselves."""
+    d = preset.dataset
+    return {
+        "path": d.path,
+        "split": d.split,
+        "fmt": d.format,
+        "chat_template": d.chat_template,
+        "train_on": d.train_on,
+        "max_length": preset.model.max_seq_length,
+        "packing": d.packing,
+        "val_size": d.val_size,
+        "seed": preset.training.seed,
+        "max_rows": d.max_rows,
+    }
+
+
 def uses_gpu(preset: Preset, *, gpu_present: bool) -> bool:
     """Whether the run trains on a GPU: one is present and training.use_cpu is off."""
     return gpu_present and not preset.training.use_cpu
@@ -167,16 +185,22 @@ class Precision:
         return text + " with loss scaling" if self.grad_scaler else text
 
 
-def precision(preset: Preset, dtype: str, *, cuda: bool) -> Precision:
-    """How a run in compute ``dtype`` (compute_dtype) keeps its weights and runs its matmuls.
+def uses_adapter(method: str) -> bool:
+    """Whether ``method`` trains LoRA adapters (lora, qlora) rather than every weight (full)."""
+    return method in ("lora", "qlora")
+
+
+def precision(method: str, dtype: str, *, cuda: bool) -> Precision:
+    """How a run of ``method`` in compute ``dtype`` (compute_dtype) keeps its weights and runs
+    its matmuls.
 
     Full fine-tuning in fp16 on a GPU keeps fp32 master weights under fp16 autocast; adapters
     on a 16-bit base run under autocast too, since PEFT keeps them in fp32 and autocast runs
-    their matmuls in 16 bits. Everything else runs in ``dtype`` itself."""
+    their matmuls in 16 bits. Everything else, the CPU included, runs in ``dtype`` itself."""
     weights, autocast = dtype, None
-    if cuda and dtype == "float16" and preset.method == "full":
+    if cuda and dtype == "float16" and method == "full":
         weights, autocast = "float32", "float16"
-    elif cuda and dtype != "float32" and preset.uses_adapter:
+    elif cuda and dtype != "float32" and uses_adapter(method):
         autocast = dtype
     return Precision(weights, autocast, grad_scaler=cuda and dtype == "float16")
 

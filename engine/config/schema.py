@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from engine.config.derived import quant_bits, uses_gpu
+from engine.config.derived import quant_bits, uses_adapter, uses_gpu
 from engine.config.grpo import GrpoSection
 from engine.config.section import Section
 
@@ -413,4 +413,4 @@ class Preset(Section):
 
     @property
     def uses_adapter(self) -> bool:
-        return self.method in ("lora", "qlora")
+        return uses_adapter(self.method)

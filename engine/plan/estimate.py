@@ -20,6 +20,7 @@ from engine.config.derived import (
     graphs_wanted,
     micro_batch,
     offload_activations,
+    precision,
     quantization,
     uses_gpu,
 )
@@ -199,8 +200,10 @@ def memory(plan: Plan) -> Memory:
     per_layer = n_lin // s.num_hidden_layers  # one layer's linear weights
     d = 4 if plan.dtype == "float32" else 2
     four_bit = plan.quant in ("nf4", "fp4")
-    # Full fine-tuning in fp16 keeps fp32 master weights (AMP); bf16 and fp32 train in place.
-    weight_bytes = 4 if (plan.method == "full" and plan.dtype == "float16") else d
+    # Full fine-tuning in fp16 on a GPU keeps fp32 master weights (AMP); bf16 and fp32 train in
+    # place, and so does fp16 on the CPU.
+    kept = precision(plan.method, plan.dtype, cuda=plan.gpu is not None).weights
+    weight_bytes = 4 if kept == "float32" else 2
     # Non-quantized weights (norms, embeddings, lm_head) stay in the compute dtype: finetty does
     # not upcast them to fp32 the way PEFT's prepare_model_for_kbit_training does.
     rest = d

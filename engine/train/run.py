@@ -24,6 +24,7 @@ from engine.config.derived import (
     ModelLoad,
     TrainSettings,
     auto_micro_batch,
+    dataset_prep,
     graphs_wanted,
     micro_batch,
     model_load,
@@ -399,7 +400,7 @@ class Run:
         cuda = self.device == "cuda"
         check_hardware(p, cuda=cuda)  # the CLI asked already; API callers too
         dtype = str(loading.select_dtype(p.model.dtype, self.device)).removeprefix("torch.")
-        self.precision = precision(p, dtype, cuda=cuda)
+        self.precision = precision(p.method, dtype, cuda=cuda)
         self.sharded = self.dist is not None and uses_fsdp(p)
 
     def _load_data(self) -> list[Any]:
@@ -439,20 +440,7 @@ class Run:
 
         p = self.preset
         self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
-        prepared = prepare_dataset(
-            loaded.tokenizer,
-            path=p.dataset.path,
-            split=p.dataset.split,
-            fmt=p.dataset.format,
-            chat_template=p.dataset.chat_template,
-            train_on=p.dataset.train_on,
-            max_length=p.model.max_seq_length,
-            packing=p.dataset.packing,
-            val_size=p.dataset.val_size,
-            seed=p.training.seed,
-            max_rows=p.dataset.max_rows,
-            records=records,
-        )
+        prepared = prepare_dataset(loaded.tokenizer, **dataset_prep(p), records=records)
         self.chat_template = prepared.chat_template
         stats = prepared.stats
         if p.dataset.format == "auto":
