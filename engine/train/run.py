@@ -1,8 +1,10 @@
 """The one entry point that turns a validated preset into a run.
 
-Only this module reads the whole preset; everything below it takes plain arguments. A Run is
-prepared on the caller's thread (cheap checks, run directory) and executed on a worker thread;
-front-ends watch it through events and drive it through ``run.control``.
+Only this module reads the whole preset, through the rules of engine.config.derived (which the
+estimator and the probe ask too); everything below it takes plain arguments. A Run is prepared
+on the caller's thread (cheap checks, run directory) and executed on a worker thread, in steps
+that read in order (``_execute``); front-ends watch it through events and drive it through
+``run.control``.
 """
 
 from __future__ import annotations
