@@ -24,6 +24,7 @@ from typing import Any
 
 from engine.config.derived import (
     ModelLoad,
+    Precision,
     TrainSettings,
     auto_micro_batch,
     dataset_prep,
@@ -183,6 +184,10 @@ class Run:
         self.model: Any = None
         self.tokenizer: Any = None
         self.chat_template: str | None = None
+        # Where and how this process trains: set by _place, the run's first step.
+        self.device = "cpu"
+        self.precision = Precision("float32", None, grad_scaler=False)
+        self.sharded = False
 
     # -- threads -------------------------------------------------------------------------------
     def start(self) -> None:
