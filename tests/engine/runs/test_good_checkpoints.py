@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from engine.config.derived import TrainSettings
 from engine.core.errors import RunDirError, TrainingError
 from engine.core.events import Alarm, CheckpointSaved, Failed, LogLine, RecordingSink, RunStarted
 from engine.runs import checkpoint
 from engine.runs.checkpoint import TrainerState
 from engine.train.run import Run, find_resume_checkpoint
-from engine.config.derived import TrainSettings
 
 # -- non-finite updates ---------------------------------------------------------------------------
 
