@@ -388,3 +388,22 @@ def test_dataset_prep_fits_prepare_dataset() -> None:
     assert set(prep) == set(parameters) - {"tokenizer", "records"}
     assert (prep["max_rows"], prep["val_size"], prep["packing"], prep["seed"]) == (9, 0.2, True, 3)
     assert prep["max_length"] == p.model.max_seq_length and prep["fmt"] == p.dataset.format
+
+
+def test_doctor_says_a_preset_needs_cuda_where_the_schema_refuses_the_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from engine.config.presets import list_presets, load_preset
+    from engine.diagnose import doctor
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("FINETTY_PRESETS", str(tmp_path))  # the bundled presets only
+    monkeypatch.setattr(doctor, "detect_gpus", lambda: [])  # this machine has no GPU
+    refused = [
+        info.name
+        for info in list_presets()
+        if load_preset(str(info.path))[0].hardware_problems(cuda=False)
+    ]
+    assert refused  # the bundled QLoRA presets
+    rows = [c.detail for c in doctor.check_presets() if c.detail.startswith("need a CUDA GPU")]
+    assert rows == [f"need a CUDA GPU: {', '.join(refused)}"]
