@@ -162,13 +162,14 @@ def flops_per_token(shape: str, seq: int) -> float:
 def run(args: argparse.Namespace) -> dict:
     import torch
 
+    from engine.config.derived import TrainSettings
     from engine.core.events import RecordingSink, Step
     from engine.models import loading
     from engine.models.adapters import LoraSettings, prepare_for_training
     from engine.parallel import distributed
     from engine.runs.control import RunControl
     from engine.speed.kernels import apply_fused_kernels
-    from engine.train.trainer import Trainer, TrainSettings
+    from engine.train.trainer import Trainer
 
     if args.stock_optimizer:
         import bitsandbytes as bnb

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from engine.config.derived import quant_bits, uses_adapter, uses_gpu
 from engine.config.grpo import GrpoSection
 from engine.config.section import Section
 
@@ -384,9 +385,9 @@ class Preset(Section):
         the run itself and the wizard's method step all ask this one function.
         """
         problems: list[tuple[tuple[str, ...], str]] = []
-        on_gpu = cuda and not self.training.use_cpu
+        on_gpu = uses_gpu(self, gpu_present=cuda)
         where = "training.use_cpu is true" if cuda else "none is available here"
-        bits = 4 if self.model.load_in_4bit else 8 if self.model.load_in_8bit else None
+        bits = quant_bits(self.model)
         if bits and not on_gpu:
             key = ("method",) if self.method == "qlora" else ("model", f"load_in_{bits}bit")
             problems.append(
@@ -408,8 +409,8 @@ class Preset(Section):
 
     @property
     def quantized(self) -> bool:
-        return self.method == "qlora" or self.model.load_in_4bit or self.model.load_in_8bit
+        return quant_bits(self.model) is not None  # method qlora validates only with 4 bits
 
     @property
     def uses_adapter(self) -> bool:
-        return self.method in ("lora", "qlora")
+        return uses_adapter(self.method)

@@ -250,7 +250,7 @@ def check_presets() -> list[Check]:
         except Exception:  # noqa: BLE001 - an unreadable preset or unknown shape: say which
             unknown.append(info.name)
             continue
-        if gpu is None and (preset.quantized or "8bit" in preset.training.optim):
+        if gpu is None and preset.hardware_problems(cuda=False):  # 4-bit or 8-bit optimizer
             need_cuda.append(info.name)
         else:
             (fits if result.fits else too_big).append(info.name)

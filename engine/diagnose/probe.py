@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import math
 import resource
 import shutil
 import statistics
@@ -32,11 +31,13 @@ from pathlib import Path
 
 import psutil
 
+from engine.config.derived import uses_gpu
 from engine.config.schema import Preset
 from engine.core.errors import ConfigError, TrainingError
 from engine.core.events import DatasetStats, Event, Failed, RunStarted, StateChanged, Step
 from engine.core.units import duration
 from engine.plan.estimate import CUDA_CONTEXT_GIB, estimate_for
+from engine.plan.schedule import run_steps
 
 GIB = 2**30
 DEFAULT_STEPS = 5
@@ -192,22 +193,23 @@ def probe_preset(preset: Preset, steps: int) -> Preset:
 def _gpu_for(preset: Preset):
     from engine.plan.gpus import detect_gpus, spec_for
 
-    if preset.training.use_cpu:
-        return None
     detected = detect_gpus()
-    return spec_for(detected[0]) if detected else None
+    return spec_for(detected[0]) if uses_gpu(preset, gpu_present=bool(detected)) else None
 
 
 def _full_run_steps(preset: Preset, stats: DatasetStats | None, micro: int, accum: int, est):
     """Optimizer steps of the real run: max_steps, else the trainer's own count from the rows
     (the estimator's, from the token count, when packing)."""
     training = preset.training
-    if training.max_steps > 0:
-        return training.max_steps
-    if stats is None or preset.dataset.packing:
+    if training.max_steps <= 0 and (stats is None or preset.dataset.packing):
         return est.total_steps
-    per_epoch = max(1, math.ceil(stats.train_rows / (micro * accum)))
-    return max(1, math.ceil(training.num_train_epochs * per_epoch))
+    return run_steps(
+        stats.train_rows if stats is not None else 0,
+        micro_batch=micro,
+        grad_accum=accum,
+        epochs=training.num_train_epochs,
+        max_steps=training.max_steps,
+    )
 
 
 def probe(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import model_load
 from engine.export.files import ExportError, Progress, no_progress, staged
 from engine.runs import rundir
 
@@ -73,18 +74,9 @@ def load_base(info: RunInfo, dtype: Any) -> tuple[Any, Any]:
     """
     from engine.models import loading
 
-    model_cfg = info.preset.model
-    source = loading.resolve_source(
-        model_cfg.name_or_path, allow_pickle=model_cfg.allow_pickle_weights
-    )
-    loaded = loading.load_model(
-        source,
-        device="cpu",
-        dtype=dtype,
-        attention="sdpa",
-        revision=model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code,
-        allow_pickle=model_cfg.allow_pickle_weights,
+    load = replace(model_load(info.preset), quant_bits=None)  # never the 4-bit base (above)
+    loaded = loading.load_model_for(
+        load, loading.resolve_load(load), device="cpu", dtype=dtype, attention="sdpa"
     )
     loaded.model.eval()
     return loaded.model, load_run_tokenizer(info)

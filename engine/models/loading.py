@@ -1,7 +1,8 @@
 """Loading a base model and tokenizer, and wrapping it for full, LoRA or QLoRA training.
 
 Sources: a hub id (cached in HF_HOME), a local HF directory, a local .gguf file, or an embedded
-model. Everything here takes plain arguments; only engine.train.run reads the preset.
+model. Everything here takes plain arguments, or the loader's part of a preset as
+engine.config.derived.model_load gives it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import ModelLoad, compute_dtype
 from engine.core.errors import ModelLoadError
 from engine.models import embedded, weight_files
 
@@ -87,18 +89,15 @@ def select_device(use_cpu: bool) -> str:
 
 
 def select_dtype(requested: str, device: str):
-    """auto: bf16 where the GPU has it, fp16 on older GPUs (with loss scaling), fp32 on the CPU."""
+    """model.dtype as a torch dtype on ``device`` (engine.config.derived.compute_dtype)."""
     import torch
 
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device == "cuda":
+    def native_bf16() -> bool:
         # Without including_emulation=False a T4 or V100 says yes (bf16 tensors can be made
         # there), and would then train in emulated bf16 instead of fp16 on its tensor cores.
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        return torch.bfloat16 if native else torch.float16
-    # bf16 matmuls are ~2.5x slower than fp32 on these CPUs (measured), so stay in fp32 there.
-    return torch.float32
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+    return getattr(torch, compute_dtype(requested, cuda=device == "cuda", bf16=native_bf16))
 
 
 def select_attention(requested: str, device: str) -> str:
@@ -187,6 +186,37 @@ def load_model(
         else "none",
     }
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, info=info)
+
+
+def resolve_load(load: ModelLoad) -> ModelSource:
+    """resolve_source of a preset's base model (engine.config.derived.model_load)."""
+    return resolve_source(load.name_or_path, allow_pickle=load.allow_pickle)
+
+
+def load_model_for(
+    load: ModelLoad,
+    source: ModelSource,
+    *,
+    device: str,
+    dtype: Any,
+    attention: str,
+    progress: weight_files.Report | None = None,
+) -> LoadedModel:
+    """load_model with a preset's loader arguments; ``source`` from resolve_load, ``attention``
+    from select_attention (or fixed by the caller)."""
+    return load_model(
+        source,
+        device=device,
+        dtype=dtype,
+        attention=attention,
+        quant_bits=load.quant_bits,
+        quant_type=load.quant_type,
+        double_quant=load.double_quant,
+        revision=load.revision,
+        trust_remote_code=load.trust_remote_code,
+        allow_pickle=load.allow_pickle,
+        progress=progress,
+    )
 
 
 def read_weights_ahead(folder: Path, progress: weight_files.Report) -> None:

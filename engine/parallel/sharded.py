@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import model_load, uses_fsdp
 from engine.core.errors import ConfigError, TrainingError
 from engine.runs import checkpoint as ckpt
 
@@ -38,11 +39,6 @@ def shard_model(model: Any) -> None:
     for layer in decoder_layers(model):
         fully_shard(layer)
     fully_shard(model)  # the rest: embeddings, final norm, head
-
-
-def uses_fsdp(preset: Any) -> bool:
-    """Whether a run of this preset on several processes shards its weights (FSDP2)."""
-    return preset.method == "full" and preset.training.fsdp is not False
 
 
 def check_launch(preset: Any) -> None:
@@ -183,12 +179,9 @@ def consolidate(checkpoint: Path, preset: Any, target: Path) -> Path:
     dtype = next(
         meta.properties.dtype for key, meta in saved.items() if key.startswith("model.")
     )  # the dtype the run trained in
-    source = loading.resolve_source(
-        preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights
-    )
-    location, kwargs = loading.from_pretrained_args(
-        source, preset.model.revision, preset.model.trust_remote_code
-    )
+    load = model_load(preset)
+    source = loading.resolve_load(load)
+    location, kwargs = loading.from_pretrained_args(source, load.revision, load.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **kwargs)
     wanted = {"model": model.state_dict()}
     # Tied weights are saved under one name; the tie fills the other.

@@ -14,12 +14,22 @@ from dataclasses import dataclass, replace
 
 import psutil
 
+from engine.config.derived import (
+    auto_micro_batch,
+    compute_dtype,
+    graphs_wanted,
+    micro_batch,
+    offload_activations,
+    precision,
+    quantization,
+    uses_gpu,
+)
 from engine.config.schema import Preset
 from engine.core.units import count, duration, share
 from engine.plan.gpus import CPU_TRAINING_SHARE, GpuSpec, cpu_matmul_flops, training_flops
-from engine.plan.graph_work import graphs_wanted, host_bound
+from engine.plan.graph_work import host_bound
 from engine.plan.loss_chunks import CHUNKABLE, chunk_rows
-from engine.plan.schedule import steps_per_epoch
+from engine.plan.schedule import run_steps
 from engine.plan.shapes import ModelShape, shape_for
 from engine.plan.token_lengths import DatasetLengths, measure, padded_width
 
@@ -148,23 +158,14 @@ def make_plan(
     """``seq_len``: the longest sequence the run will see (measured), else max_seq_length."""
     shape = shape_for(preset.model.name_or_path)
     model, training, lora = preset.model, preset.training, preset.lora
-    dtype = model.dtype
-    if dtype == "auto":
-        dtype = "float32" if gpu is None else ("bfloat16" if gpu.bf16 else "float16")
-    quant = "none"
-    if preset.method == "qlora" or model.load_in_4bit:
-        quant = model.bnb_4bit_quant_type
-    elif model.load_in_8bit:
-        quant = "int8"
+    dtype = compute_dtype(model.dtype, cuda=gpu is not None, bf16=lambda: bool(gpu and gpu.bf16))
     lora_params = lora_inputs = 0
     if preset.uses_adapter:
         lora_params = shape.lora_param_count(lora.r, lora.target_modules)
         lora_inputs = _adapted_inputs(shape, lora.target_modules)
     micro = micro_batch or training.per_device_train_batch_size
-    offload = bool(
-        gpu is not None
-        and training.gradient_checkpointing
-        and training.activation_offloading is not False
+    offload = training.gradient_checkpointing and offload_activations(
+        training.activation_offloading, cuda=gpu is not None
     )
     if liger_installed is None:
         liger_installed = importlib.util.find_spec("liger_kernel") is not None
@@ -172,7 +173,7 @@ def make_plan(
     return Plan(
         shape,
         preset.method,
-        quant,
+        quantization(model),
         model.bnb_4bit_use_double_quant,
         dtype,
         micro if isinstance(micro, int) else 1,
@@ -199,8 +200,10 @@ def memory(plan: Plan) -> Memory:
     per_layer = n_lin // s.num_hidden_layers  # one layer's linear weights
     d = 4 if plan.dtype == "float32" else 2
     four_bit = plan.quant in ("nf4", "fp4")
-    # Full fine-tuning in fp16 keeps fp32 master weights (AMP); bf16 and fp32 train in place.
-    weight_bytes = 4 if (plan.method == "full" and plan.dtype == "float16") else d
+    # Full fine-tuning in fp16 on a GPU keeps fp32 master weights (AMP); bf16 and fp32 train in
+    # place, and so does fp16 on the CPU.
+    kept = precision(plan.method, plan.dtype, cuda=plan.gpu is not None).weights
+    weight_bytes = 4 if kept == "float32" else 2
     # Non-quantized weights (norms, embeddings, lm_head) stay in the compute dtype: finetty does
     # not upcast them to fp32 the way PEFT's prepare_model_for_kbit_training does.
     rest = d
@@ -375,14 +378,14 @@ def estimate(
     ``lengths`` (engine.plan.token_lengths) memory is sized for the longest row and time for the
     micro-batches' padded rows; without, every row is taken to be max_seq_length long.
     """
-    gpu = None if preset.training.use_cpu else gpu
+    gpu = gpu if uses_gpu(preset, gpu_present=gpu is not None) else None
     longest = max(lengths.train_lengths, default=0) if lengths else 0
     plan = make_plan(preset, gpu, seq_len=longest or None)
     asked = preset.training.per_device_train_batch_size
     recommended = _recommend(plan, asked)
     notes: list[str] = []
-    if asked == "auto":
-        micro = recommended[0] if recommended else 1
+    if auto_micro_batch(preset):
+        micro = micro_batch(preset, lambda: recommended)
         plan = replace(plan, micro_batch=micro)
         notes.append(f"per_device_train_batch_size: auto -> {micro}")
     mem = memory(plan)
@@ -530,16 +533,30 @@ def _as_adapter(plan: Plan, preset: Preset, method: str) -> Plan:
 
 def _measured_steps(preset: Preset, plan: Plan, sequences: int) -> int:
     """Optimizer steps of the run, counted as engine.train.trainer counts them."""
-    if preset.training.max_steps > 0:
-        return preset.training.max_steps
-    per_epoch = steps_per_epoch(sequences, plan.micro_batch, plan.grad_accum)
-    return max(1, math.ceil(preset.training.num_train_epochs * per_epoch))
+    training = preset.training
+    return run_steps(
+        sequences,
+        micro_batch=plan.micro_batch,
+        grad_accum=plan.grad_accum,
+        epochs=training.num_train_epochs,
+        max_steps=training.max_steps,
+    )
 
 
 def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | None) -> int | None:
-    training, dataset = preset.training, preset.dataset
-    if training.max_steps > 0:
-        return training.max_steps
+    """Optimizer steps from the dataset's token and row counts; None when neither is known
+    and max_steps is unset."""
+    sequences = _train_sequences(preset, plan, tokens, rows)
+    if sequences is None and preset.training.max_steps <= 0:
+        return None
+    return _measured_steps(preset, plan, max(sequences or 0, 1))
+
+
+def _train_sequences(
+    preset: Preset, plan: Plan, tokens: int | None, rows: int | None
+) -> int | None:
+    """Training sequences after max_rows and the validation split; None when unknown."""
+    dataset = preset.dataset
     if dataset.packing and tokens:
         sequences = math.ceil(tokens / plan.seq_len)
     elif rows:
@@ -551,9 +568,7 @@ def _total_steps(preset: Preset, plan: Plan, tokens: int | None, rows: int | Non
     if dataset.max_rows and not dataset.packing:
         sequences = min(sequences, dataset.max_rows)
     val = dataset.val_size
-    sequences -= int(val) if val >= 1 else int(sequences * val)
-    per_epoch = math.ceil(max(sequences, 1) / (plan.micro_batch * plan.grad_accum))
-    return max(1, math.ceil(per_epoch * training.num_train_epochs))
+    return sequences - (int(val) if val >= 1 else int(sequences * val))
 
 
 def format_estimate(e: Estimate) -> str:

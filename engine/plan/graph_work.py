@@ -1,5 +1,6 @@
 """When CUDA graphs of the checkpointed layers pay for themselves (engine.speed.layer_graphs), in a
-module without torch so that the estimator (engine.plan.estimate) applies the same rule."""
+module without torch so that the estimator (engine.plan.estimate) applies the same rule. Whether
+a run wants them at all is engine.config.derived.graphs_wanted."""
 
 from __future__ import annotations
 
@@ -9,18 +10,6 @@ from __future__ import annotations
 # 1.43x faster with graphs; Llama-3.1-8B, 3.6e12, 2% slower with 0.7 GiB more memory. Below
 # the limit at 8B (devT): 1 x 2048 tokens (4.5e11) +29% LoRA and +88% QLoRA, 2 x 2048 +15%.
 HOST_BOUND_WORK = 1e12
-
-
-def graphs_wanted(cuda_graphs: bool | None, *, cuda: bool, uses_adapter: bool) -> bool | None:
-    """training.cuda_graphs resolved for a run: True always, None where a layer call is
-    host-bound, False never. Only on a CUDA device; unset means adapters only: full
-    fine-tuning's graphs would hold a static gradient of every weight (a second copy of the
-    gradients), and that path was not measured with them."""
-    if not cuda:
-        return False
-    if cuda_graphs is None and not uses_adapter:
-        return False
-    return cuda_graphs
 
 
 def host_bound(tokens: int, layer_weights: int) -> bool:

@@ -7,10 +7,42 @@ from __future__ import annotations
 
 import math
 import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.config.derived import TrainSettings
 
 
 def steps_per_epoch(num_examples: int, micro_batch: int, grad_accum: int, world: int = 1) -> int:
     return max(1, math.ceil(num_examples / (micro_batch * grad_accum * world)))
+
+
+def run_steps(
+    num_examples: int,
+    *,
+    micro_batch: int,
+    grad_accum: int,
+    epochs: float,
+    max_steps: int,
+    world: int = 1,
+) -> int:
+    """Optimizer steps of a whole run: max_steps when set, else the epochs' steps (at least 1)."""
+    if max_steps > 0:
+        return max_steps
+    per_epoch = steps_per_epoch(num_examples, micro_batch, grad_accum, world)
+    return max(1, math.ceil(epochs * per_epoch))
+
+
+def total_steps(num_examples: int, settings: TrainSettings, world: int = 1) -> int:
+    """run_steps of the trainer's settings."""
+    return run_steps(
+        num_examples,
+        micro_batch=settings.micro_batch,
+        grad_accum=settings.grad_accum,
+        epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        world=world,
+    )
 
 
 def batches_per_rank(examples: int, world: int, batch: int) -> int:

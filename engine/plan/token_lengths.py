@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import dataset_prep
 from engine.core.errors import DatasetError, FinettyError
 
 SAMPLE_ROWS = 2000  # rows tokenized for an estimate; a bigger dataset is scaled from them
@@ -209,20 +210,10 @@ def measure(preset: Any) -> DatasetLengths | None:
 def _prepare(preset: Any, tokenizer: LightTokenizer, sample: list[Any], rows: int) -> Any:
     from engine.data import prepare_dataset
 
-    data = preset.dataset
-    return prepare_dataset(
-        tokenizer,
-        path=data.path,
-        split=data.split,
-        fmt=data.format,
-        chat_template=data.chat_template,
-        train_on=data.train_on,
-        max_length=preset.model.max_seq_length,
-        packing=data.packing,
-        val_size=_sample_val_size(data.val_size, rows),
-        seed=preset.training.seed,
-        records=sample,
-    )
+    # The sample is cut to max_rows already, and its validation share scaled to its size.
+    prep = {**dataset_prep(preset), "max_rows": None}
+    prep["val_size"] = _sample_val_size(preset.dataset.val_size, rows)
+    return prepare_dataset(tokenizer, **prep, records=sample)
 
 
 def _sample_val_size(val_size: float, rows: int) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.plan.graph_work import graphs_wanted
+from engine.config.derived import graphs_wanted, offload_activations
 
 
 def apply_fast_path(
@@ -61,11 +61,9 @@ def apply_fast_path(
     if not sharded:
         from engine.speed import layer_checkpoint
 
-        # Host memory is only "elsewhere" for a GPU; unset means on there.
-        offload = device == "cuda" and activation_offloading is not False
         installed = layer_checkpoint.install(
             model,
-            offload=offload,
+            offload=offload_activations(activation_offloading, cuda=device == "cuda"),
             save_middle=save_layer_middle,
             cuda_graphs=graphs_wanted(
                 cuda_graphs, cuda=device == "cuda", uses_adapter=uses_adapter

@@ -1,8 +1,10 @@
 """The one entry point that turns a validated preset into a run.
 
-Only this module reads the whole preset; everything below it takes plain arguments. A Run is
-prepared on the caller's thread (cheap checks, run directory) and executed on a worker thread;
-front-ends watch it through events and drive it through ``run.control``.
+Only this module reads the whole preset, through the rules of engine.config.derived (which the
+estimator and the probe ask too); everything below it takes plain arguments. A Run is prepared
+on the caller's thread (cheap checks, run directory) and executed on a worker thread, in steps
+that read in order (``_execute``); front-ends watch it through events and drive it through
+``run.control``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import (
+    ModelLoad,
+    Precision,
+    TrainSettings,
+    auto_micro_batch,
+    dataset_prep,
+    graphs_wanted,
+    micro_batch,
+    model_load,
+    precision,
+    train_settings,
+    uses_fsdp,
+    uses_gpu,
+)
 from engine.config.schema import BUILTIN_DATASET, Preset
 from engine.core.errors import (
     EXIT_BAD_INPUT,
@@ -44,7 +60,6 @@ from engine.core.events import (
 )
 from engine.data import builtin_data
 from engine.parallel import distributed
-from engine.parallel.sharded import uses_fsdp
 from engine.runs import rundir, runlock
 from engine.runs.control import RunAborted, RunControl
 
@@ -169,6 +184,10 @@ class Run:
         self.model: Any = None
         self.tokenizer: Any = None
         self.chat_template: str | None = None
+        # Where and how this process trains: set by _place, the run's first step.
+        self.device = "cpu"
+        self.precision = Precision("float32", None, grad_scaler=False)
+        self.sharded = False
 
     # -- threads -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -355,78 +374,80 @@ class Run:
 
     # -- the run itself ------------------------------------------------------------------------
     def _execute(self) -> tuple[Any, dict[str, str]]:
-        import torch
-
-        from engine.config.presets import check_hardware
-        from engine.data import prepare_dataset
+        """The run's steps, in order; each reads the preset through engine.config.derived."""
         from engine.models import loading
-        from engine.models.adapters import LoraSettings, prepare_for_training
-        from engine.train.trainer import Trainer, TrainSettings
+
+        self._place()
+        load = model_load(self.preset)
+        source = loading.resolve_load(load)  # a path that cannot be a model fails before data
+        records = self._load_data()
+        loaded = self._load_model(load, source)
+        prepared = self._prepare_data(loaded, records)
+        model = self._prepare_model(loaded)
+        counts = loading.count_parameters(model)  # before the trainer wraps or shards it
+        trainer, settings = self._make_trainer(model, prepared, loaded)
+        self._announce(trainer, settings, loaded, counts)
+        heldout = self._heldout(model)
+        outcome = self._train(trainer, model)
+        return outcome, self._finish(model, trainer, outcome, heldout)
+
+    def _place(self) -> None:
+        """This process's device and rank, whether the machine can run the preset, and the
+        precision it trains in."""
+        from engine.config.presets import check_hardware
+        from engine.models import loading
 
         p = self.preset
-        device = loading.select_device(p.training.use_cpu)
+        self.device = loading.select_device(p.training.use_cpu)
         if distributed.launched_distributed():
             self.sink.emit(StateChanged(state="loading", detail="joining the other processes"))
-            self.dist = distributed.init_from_env(use_cpu=device != "cuda")
+            self.dist = distributed.init_from_env(use_cpu=self.device != "cuda")
             # Rank 0 made (or was given) the run directory; a sharded checkpoint needs it on all.
             self.run_dir = Path(distributed.broadcast(str(self.run_dir), self.dist))
-        quant_bits = 4 if p.model.load_in_4bit else 8 if p.model.load_in_8bit else None
-        check_hardware(p, cuda=device == "cuda")  # the CLI asked already; API callers too
-        source = loading.resolve_source(
-            p.model.name_or_path, allow_pickle=p.model.allow_pickle_weights
-        )
-        dtype = loading.select_dtype(p.model.dtype, device)
-        amp_dtype = None
-        weights_dtype = dtype
-        if device == "cuda" and dtype == torch.float16 and p.method == "full":
-            weights_dtype, amp_dtype = (
-                torch.float32,
-                torch.float16,
-            )  # fp32 master weights, fp16 compute
-        elif device == "cuda" and dtype != torch.float32 and p.uses_adapter:
-            amp_dtype = dtype  # PEFT keeps adapters in fp32; autocast runs their matmuls in 16-bit
-        # Read the dataset before the model: a wrong path or a bad row should not cost a model load.
-        builtin = p.dataset.path == BUILTIN_DATASET
-        self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
+        cuda = self.device == "cuda"
+        check_hardware(p, cuda=cuda)  # the CLI asked already; API callers too
+        dtype = str(loading.select_dtype(p.model.dtype, self.device)).removeprefix("torch.")
+        self.precision = precision(p.method, dtype, cuda=cuda)
+        self.sharded = self.dist is not None and uses_fsdp(p)
+
+    def _load_data(self) -> list[Any]:
+        """The dataset's rows, read before the model: a wrong path or a bad row should not
+        cost a model load."""
         from engine.data import load_records
 
-        records = load_records(p.dataset.path, p.dataset.split)  # builtin: its split checked
+        p = self.preset
+        self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
+        return load_records(p.dataset.path, p.dataset.split)  # builtin: its split checked
+
+    def _load_model(self, load: ModelLoad, source: Any) -> Any:
+        """The base model and tokenizer on this device, with the fused kernels applied."""
+        import torch
+
+        from engine.models import loading
+        from engine.speed.kernels import apply_fused_kernels
+
         self.sink.emit(StateChanged(state="loading", detail=f"model {source.display}"))
-        loaded = loading.load_model(
+        loaded = loading.load_model_for(
+            load,
             source,
-            device=device,
-            dtype=weights_dtype,
-            attention=loading.select_attention(p.model.attn_implementation, device),
-            quant_bits=quant_bits,
-            quant_type=p.model.bnb_4bit_quant_type,
-            double_quant=p.model.bnb_4bit_use_double_quant,
-            revision=p.model.revision,
-            trust_remote_code=p.model.trust_remote_code,
-            allow_pickle=p.model.allow_pickle_weights,
+            device=self.device,
+            dtype=getattr(torch, self.precision.weights),
+            attention=loading.select_attention(load.attention, self.device),
             progress=self._loading_progress,
         )
         self.tokenizer = loaded.tokenizer
-        from engine.speed.kernels import apply_fused_kernels
+        loaded.info["kernels"] = apply_fused_kernels(
+            loaded.model, device=self.device, requested=self.preset.training.use_liger_kernel
+        )
+        return loaded
 
-        kernels = apply_fused_kernels(
-            loaded.model, device=device, requested=p.training.use_liger_kernel
-        )
-        loaded.info["kernels"] = kernels
+    def _prepare_data(self, loaded: Any, records: list[Any]) -> Any:
+        """The rows tokenised, split and (if asked) packed, announced with their statistics."""
+        from engine.data import prepare_dataset
+
+        p = self.preset
         self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
-        prepared = prepare_dataset(
-            loaded.tokenizer,
-            path=p.dataset.path,
-            split=p.dataset.split,
-            fmt=p.dataset.format,
-            chat_template=p.dataset.chat_template,
-            train_on=p.dataset.train_on,
-            max_length=p.model.max_seq_length,
-            packing=p.dataset.packing,
-            val_size=p.dataset.val_size,
-            seed=p.training.seed,
-            max_rows=p.dataset.max_rows,
-            records=records,
-        )
+        prepared = prepare_dataset(loaded.tokenizer, **dataset_prep(p), records=records)
         self.chat_template = prepared.chat_template
         stats = prepared.stats
         if p.dataset.format == "auto":
@@ -462,6 +483,16 @@ class Run:
                     f"{p.model.max_seq_length} and were truncated.",
                 )
             )
+        return prepared
+
+    def _prepare_model(self, loaded: Any) -> Any:
+        """The loaded model made trainable (adapters or full) and put on the fast path."""
+        import torch
+
+        from engine.models.adapters import LoraSettings, prepare_for_training
+        from engine.speed.fast_path import apply_fast_path
+
+        p = self.preset
         torch.manual_seed(p.training.seed)  # LoRA initialisation and dropout follow the seed
         model = prepare_for_training(
             loaded.model,
@@ -469,21 +500,19 @@ class Run:
             lora=LoraSettings(**p.lora.model_dump()),
             gradient_checkpointing=False,  # engine.speed.fast_path chooses how
         )
-        from engine.speed.fast_path import apply_fast_path
-
-        loaded.info["kernels"] = kernels + apply_fast_path(
+        loaded.info["kernels"] += apply_fast_path(
             model,
-            device=device,
+            device=self.device,
             uses_adapter=p.uses_adapter,
             gradient_checkpointing=p.training.gradient_checkpointing,
             fused_lora=p.training.fused_lora,
             activation_offloading=p.training.activation_offloading,
-            sharded=self.dist is not None and uses_fsdp(p),
+            sharded=self.sharded,
             cuda_graphs=self._cuda_graphs(),
         )
         if (
             p.dataset.packing
-            and device == "cuda"
+            and self.device == "cuda"
             and p.model.attn_implementation == "auto"
             and loaded.info.get("attention") == "sdpa"
         ):
@@ -493,37 +522,26 @@ class Run:
             loaded.info["attention"] = varlen.NAME
             loaded.info["kernels"].append("varlen attention (packed documents)")
         self.model = model
-        total, trainable = loading.count_parameters(model)
-        auto_batch = p.training.per_device_train_batch_size == "auto"
-        micro_batch = (
-            self._auto_micro_batch() if auto_batch else int(p.training.per_device_train_batch_size)
-        )
-        settings = TrainSettings(
-            micro_batch=micro_batch,
-            auto_batch=auto_batch,
-            grad_accum=p.training.gradient_accumulation_steps,
-            learning_rate=p.training.learning_rate,
-            scheduler=p.training.lr_scheduler_type,
-            warmup_steps=p.training.warmup_steps,
-            warmup_ratio=p.training.warmup_ratio,
-            epochs=p.training.num_train_epochs,
-            max_steps=p.training.max_steps,
-            optim=p.training.optim,
-            weight_decay=p.training.weight_decay,
-            betas=(p.training.adam_beta1, p.training.adam_beta2),
-            eps=p.training.adam_epsilon,
-            max_grad_norm=p.training.max_grad_norm,
-            logging_steps=p.training.logging_steps,
-            eval_steps=p.training.eval_steps,
-            eval_batch=p.training.per_device_eval_batch_size,
-            save_steps=p.training.save_steps,
-            save_total_limit=p.training.save_total_limit,
-            seed=p.training.seed,
-            device=device,
-            amp_dtype=amp_dtype,
-            use_grad_scaler=device == "cuda" and dtype == torch.float16,
+        return model
+
+    def _make_trainer(self, model: Any, prepared: Any, loaded: Any) -> tuple[Any, TrainSettings]:
+        """The trainer over the prepared data, resumed from the newest usable checkpoint when
+        resuming."""
+        import torch
+
+        from engine.train.trainer import Trainer
+
+        p = self.preset
+        micro = self._auto_micro_batch() if auto_micro_batch(p) else micro_batch(p)
+        autocast = self.precision.autocast
+        settings = train_settings(
+            p,
+            micro_batch=micro,
+            device=self.device,
+            amp_dtype=getattr(torch, autocast) if autocast else None,
+            use_grad_scaler=self.precision.grad_scaler,
             pad_token_id=loaded.tokenizer.pad_token_id,
-            sharded=self.dist is not None and uses_fsdp(p),
+            sharded=self.sharded,
         )
         trainer = Trainer(
             model,
@@ -546,10 +564,15 @@ class Run:
                     text=f"Resumed from {checkpoint.name} (step {trainer.state.step}).",
                 )
             )
-        precision = str(amp_dtype or weights_dtype).replace("torch.", "")
-        if settings.use_grad_scaler:
-            precision += " with loss scaling"
-        self.trained = True  # from here on the run directory holds a run
+        return trainer, settings
+
+    def _announce(
+        self, trainer: Any, settings: TrainSettings, loaded: Any, counts: tuple[int, int]
+    ) -> None:
+        """RunStarted: from here on the run directory holds a run."""
+        p = self.preset
+        total, trainable = counts
+        self.trained = True
         self.sink.emit(
             RunStarted(
                 run_dir=str(self.run_dir),
@@ -563,22 +586,38 @@ class Run:
                 num_epochs=p.training.num_train_epochs,
                 global_batch_size=settings.micro_batch * settings.grad_accum * trainer.world,
                 resumed_from_step=trainer.state.step,
-                precision=precision,
-                device=device,
+                precision=self.precision.label,
+                device=self.device,
                 pid=os.getpid(),
                 world_size=trainer.world,
             )
         )
-        main = self.dist is None or self.dist.is_main
+
+    @property
+    def _main(self) -> bool:
+        """This process is rank 0 of the job (or the only one)."""
+        return self.dist is None or self.dist.is_main
+
+    def _heldout(self, model: Any) -> list[Any]:
+        """The built-in dataset's held-out questions, scored by exact match before training
+        (not again on a resume); [] where there are none to ask."""
+        p = self.preset
         # Generation on rank 0 alone cannot run over weights sharded across the ranks.
         heldout = (
             builtin_data.generate("heldout")
-            if builtin and p.training.eval_exact_match and main and not settings.sharded
+            if p.dataset.path == BUILTIN_DATASET
+            and p.training.eval_exact_match
+            and self._main
+            and not self.sharded
             else []
         )
         self.control.check_abort()
         if heldout and not self.resuming:
             self._exact_match(model, heldout, "before")
+        return heldout
+
+    def _train(self, trainer: Any, model: Any) -> Any:
+        """The training loop, to its end or a stop."""
         self.control.check_abort()
         self.sink.emit(StateChanged(state="training"))
         if self.dist is not None:
@@ -588,18 +627,22 @@ class Run:
         gc.freeze()
         outcome = trainer.run()
         self._report_graphs(model)
+        return outcome
+
+    def _finish(self, model: Any, trainer: Any, outcome: Any, heldout: list[Any]) -> dict[str, str]:
+        """The final model of a finished run, and exact match after training; the paths written."""
         paths = {"run_dir": str(self.run_dir)}
-        if outcome.status == "finished" and settings.sharded:
+        if outcome.status == "finished" and self.sharded:
             from engine.parallel.sharded import full_state_dict
 
             state = full_state_dict(model)  # a collective: every rank takes part
-            if main:
+            if self._main:
                 paths["final"] = str(self._save_final(model, state))
-        elif outcome.status == "finished" and main:
+        elif outcome.status == "finished" and self._main:
             paths["final"] = str(self._save_final_or_checkpoint(model, trainer))
             if heldout:
                 self._exact_match(model, heldout, "after")
-        return outcome, paths
+        return paths
 
     def _loading_progress(self, done: int, total: int, elapsed: float) -> None:
         """The model's weight files read so far, as a Progress event in MiB with an ETA."""
@@ -616,19 +659,23 @@ class Run:
         )
 
     def _cuda_graphs(self) -> bool | None:
-        """training.cuda_graphs for this process: off under DDP, whose gradient hooks need
-        autograd's own accumulation (engine.speed.layer_graphs)."""
-        wanted = self.preset.training.cuda_graphs
-        if self.dist is None or wanted is False:
-            return wanted
-        if wanted:
+        """training.cuda_graphs for this process (engine.config.derived.graphs_wanted), with a
+        warning where a multi-GPU run turns an asked-for true off."""
+        p = self.preset
+        wanted = p.training.cuda_graphs
+        if wanted and self.dist is not None:
             self.sink.emit(
                 LogLine(
                     level="warning",
                     text="training.cuda_graphs is for one GPU: it is off for this multi-GPU run.",
                 )
             )
-        return False
+        return graphs_wanted(
+            wanted,
+            cuda=self.device == "cuda",
+            uses_adapter=p.uses_adapter,
+            distributed=self.dist is not None,
+        )
 
     def _report_graphs(self, model: Any) -> None:
         from engine.speed.layer_checkpoint import graphs_of
@@ -652,11 +699,11 @@ class Run:
         from engine.plan.estimate import recommend_micro_batch
         from engine.plan.gpus import detect_gpus, spec_for
 
+        p = self.preset
         detected = detect_gpus()
-        if not detected or self.preset.training.use_cpu:
-            return 8
-        recommended = recommend_micro_batch(self.preset, spec_for(detected[0]))
-        micro = recommended[0] if recommended else 1
+        if not uses_gpu(p, gpu_present=bool(detected)):
+            return micro_batch(p)  # nothing to size against
+        micro = micro_batch(p, lambda: recommend_micro_batch(p, spec_for(detected[0])))
         self.sink.emit(
             LogLine(level="info", text=f"per_device_train_batch_size auto: starting at {micro}.")
         )

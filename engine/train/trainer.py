@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config.derived import TrainSettings
 from engine.core.errors import OutOfMemoryError, TrainingError
 from engine.core.events import (
     CheckpointSaved,
@@ -27,43 +28,12 @@ from engine.core.events import (
 )
 from engine.parallel.distributed import DistContext
 from engine.parallel.strategy import execution_strategy
-from engine.plan.schedule import batches_per_rank, epoch_order, steps_per_epoch
+from engine.plan.schedule import batches_per_rank, epoch_order, total_steps
 from engine.runs import checkpoint as ckpt
 from engine.runs.control import RunControl
 from engine.train.health import HealthMonitor, non_finite_alarm
 from engine.train.tasks.sft import SftTask
 from engine.train.tasks.task import Task
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    micro_batch: int = 8
-    grad_accum: int = 1
-    learning_rate: float = 2e-4
-    scheduler: str = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    epochs: float = 1.0
-    max_steps: int = -1
-    optim: str = "adamw_torch"
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    max_grad_norm: float = 1.0
-    logging_steps: int = 1
-    eval_steps: int | None = None
-    eval_batch: int = 8
-    save_steps: int = 200
-    save_total_limit: int | None = 3
-    seed: int = 0
-    device: str = "cpu"
-    amp_dtype: Any = None  # autocast dtype when weights stay in fp32 (fp16 on old GPUs)
-    use_grad_scaler: bool = False
-    pad_token_id: int = 0
-    auto_batch: bool = False  # halve the micro-batch on out-of-memory, keeping the global batch
-    chunked_loss: bool = True  # never materialise the full logits (same function, less memory)
-    sharded: bool = False  # FSDP2 over the ranks (full fine-tuning on several GPUs)
-    defer_metrics: bool | None = None  # read each step's loss a step late; unset: on one GPU
 
 
 @dataclass
@@ -76,18 +46,6 @@ class TrainOutcome:
     eval_loss: float | None
     elapsed_s: float
     tokens_seen: int
-
-
-def total_steps(num_examples: int, settings: TrainSettings, world: int = 1) -> int:
-    if settings.max_steps > 0:
-        return settings.max_steps
-    return max(
-        1,
-        math.ceil(
-            settings.epochs
-            * steps_per_epoch(num_examples, settings.micro_batch, settings.grad_accum, world)
-        ),
-    )
 
 
 def build_optimizer(model: Any, settings: TrainSettings):

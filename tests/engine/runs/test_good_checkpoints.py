@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from engine.config.derived import TrainSettings
 from engine.core.errors import RunDirError, TrainingError
 from engine.core.events import Alarm, CheckpointSaved, Failed, LogLine, RecordingSink, RunStarted
 from engine.runs import checkpoint
 from engine.runs.checkpoint import TrainerState
 from engine.train.run import Run, find_resume_checkpoint
-from engine.train.trainer import TrainSettings
 
 # -- non-finite updates ---------------------------------------------------------------------------
 
@@ -51,7 +51,7 @@ def test_a_diverging_update_stops_the_run_before_it_is_saved(
     """Before: checkpoint-2 held 28 of 28 NaN tensors and the run said "the last good
     checkpoint is kept". Both ways of reading the figures (a GPU reads them a step late)."""
     monkeypatch.setattr(
-        "engine.train.trainer.TrainSettings", functools.partial(TrainSettings, defer_metrics=defer)
+        "engine.config.derived.TrainSettings", functools.partial(TrainSettings, defer_metrics=defer)
     )
     sink = RecordingSink()
     result = Run(

@@ -136,7 +136,7 @@ def test_dequantized_weights_are_kept_only_for_host_bound_layer_calls() -> None:
 
 
 def test_unset_means_adapter_training_on_a_cuda_device() -> None:
-    from engine.plan.graph_work import graphs_wanted
+    from engine.config.derived import graphs_wanted
 
     assert graphs_wanted(None, cuda=True, uses_adapter=True) is None  # auto: by work
     assert graphs_wanted(None, cuda=True, uses_adapter=False) is False

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from engine.config.derived import TrainSettings
 from engine.core.events import RecordingSink
 from engine.train.run import Run
-from engine.train.trainer import TrainSettings
 
 FIGURES = ("step", "loss", "grad_norm", "learning_rate", "tokens", "trained_tokens", "epoch")
 
 
 def _events(make_preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, defer: bool, **changes):
     monkeypatch.setattr(
-        "engine.train.trainer.TrainSettings", functools.partial(TrainSettings, defer_metrics=defer)
+        "engine.config.derived.TrainSettings", functools.partial(TrainSettings, defer_metrics=defer)
     )
     preset = make_preset(**{"max_steps": 7, "save_steps": 3, "eval_steps": 2, **changes})
     sink = RecordingSink()
