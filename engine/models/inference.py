@@ -109,6 +109,7 @@ def load_chat_model(
 
 
 def _load_run(run_dir: Path, say: LoadProgress) -> ChatModel:
+    from engine.config.derived import model_load
     from engine.config.presets import run_config
 
     final = run_dir / "final"  # resolve_chat_target has checked that it exists
@@ -118,18 +119,19 @@ def _load_run(run_dir: Path, say: LoadProgress) -> ChatModel:
     dtype = loading.select_dtype(preset.model.dtype, device)
     attention = loading.select_attention(preset.model.attn_implementation, device)
     if (final / "adapter_config.json").is_file():
-        source = loading.resolve_source(
-            preset.model.name_or_path, allow_pickle=preset.model.allow_pickle_weights
-        )
+        # The base's source and loader flags as the run read them (engine.config.derived), in
+        # the compute dtype: chat needs no 4-bit base, the adapter applies to either.
+        load = model_load(preset)
+        source = loading.resolve_load(load)
         say(f"loading the base {source.display}{_weights_size(source)} on the {device}")
         loaded = loading.load_model(
             source,
             device=device,
             dtype=dtype,
             attention=attention,
-            revision=preset.model.revision,
-            trust_remote_code=preset.model.trust_remote_code,
-            allow_pickle=preset.model.allow_pickle_weights,
+            revision=load.revision,
+            trust_remote_code=load.trust_remote_code,
+            allow_pickle=load.allow_pickle,
             progress=weight_bytes(say),
         )
         say(f"loading the adapter from {final}")

@@ -284,7 +284,7 @@ class ShardedParallel(_SeveralRanks):
 
 def execution_strategy(ctx: DistContext | None, *, sharded: bool, device: str) -> ExecutionStrategy:
     """The strategy for a run: one process without a process group, else FSDP when the
-    weights are sharded (``sharded``: engine.parallel.sharded.uses_fsdp), else DDP."""
+    weights are sharded (``sharded``: engine.config.derived.uses_fsdp), else DDP."""
     if ctx is None:
         return SingleProcess()
     if sharded:

@@ -24,6 +24,7 @@ def add_estimate_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from engine.config.derived import uses_gpu
     from engine.config.presets import load_preset
     from engine.plan.estimate import estimate_for, format_estimate
     from engine.plan.gpus import detect_gpus, gpu_spec, spec_for
@@ -33,7 +34,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         gpu = gpu_spec(args.gpu)
     else:
         detected = detect_gpus()
-        gpu = spec_for(detected[0]) if detected and not preset.training.use_cpu else None
+        gpu = spec_for(detected[0]) if uses_gpu(preset, gpu_present=bool(detected)) else None
     result = estimate_for(preset, gpu, args.price)
     if args.json:
         from dataclasses import asdict
