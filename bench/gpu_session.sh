@@ -278,6 +278,21 @@ layout() {  # issue 19's behaviour-unchanged check after the engine's re-layout:
   log "done"
 }
 
+lean() {  # layout's check in less device time: every GPU test, the 8B rows, Unsloth's QLoRA anchor
+  header lean
+  log "GPU tests (all)"
+  gpu_tests 300 ""
+  prepare llama8b
+  log "8B: finetty, Unsloth QLoRA"
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  timeout 300 python3 .anc/anchor_bench.py --model-root "$M" --out-dir "$W/anchor_8b" \
+    --suite llama8b:unsloth:qlora --deadline-s 290 \
+    --batch 8 --seq 2048 --steps 13 --warmup 3 >> "$W/anchors.log" 2>&1
+  cat "$W"/anchor_*/results.jsonl > "$W/anchors.jsonl" 2>/dev/null
+  log "done"
+}
+
 collect() {
   mkdir -p "$OUT"
   for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt \
@@ -299,12 +314,12 @@ follow() {
 case ${1:-} in
   start)
     S=${2:?session id}
-    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; layout: every GPU test and the 8B rows; probe: diagnosis only
+    WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; layout: every GPU test and the 8B rows; lean: the same with only the QLoRA anchor; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards layout); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards layout lean); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|layout|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|layout|lean|probe] | follow" >&2; exit 2 ;;
 esac
