@@ -1,0 +1,135 @@
+"""Log-probabilities of the response tokens, per sequence, without the full logits.
+
+Preference losses (DPO, ORPO, KTO, SimPO) read one number per sequence: the summed (or, for
+the length-normalised forms, the mean) log-probability of its response tokens. The naive way,
+``log_softmax(model(...).logits).gather(labels)``, holds a [batch, tokens, vocab] tensor in
+fp32, twice for a pair. Here, as in engine.speed.loss, the decoder's hidden states are taken
+at response positions only, and the head plus log-softmax run a chunk of rows at a time under
+activation checkpointing, so at most one chunk of logits exists at a time, forward and
+backward. It computes the same function as the naive way; tests/engine/speed/
+test_sequence_logps.py checks values and gradients against it in float64 and float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.plan.loss_chunks import chunk_rows
+from engine.speed.loss import IGNORE
+
+
+@dataclass(frozen=True)
+class SequenceLogps:
+    """Response log-probs of a batch, the labels already shifted (position t scores token t+1).
+
+    ``token``: [batch, tokens - 1], 0 outside the response; ``mask``: where the response is;
+    ``log_sum_sq_probs``: log Σ_v p_v² per position (WPO's normaliser), when asked for, else
+    None; it carries no gradient, as in TRL.
+    """
+
+    token: Any
+    mask: Any
+    log_sum_sq_probs: Any = None
+
+    @property
+    def total(self) -> Any:
+        """Summed response log-prob of each sequence: [batch]."""
+        return self.token.sum(dim=1)
+
+    @property
+    def count(self) -> Any:
+        """Response tokens of each sequence: [batch]."""
+        return self.mask.sum(dim=1)
+
+    @property
+    def mean(self) -> Any:
+        """Mean response log-prob of each sequence (0 for one without response tokens)."""
+        return self.total / self.count.clamp(min=1)
+
+
+def response_logps(
+    hidden: Any,
+    head: Any,
+    labels: Any,
+    *,
+    cap: float | None = None,
+    rows: int | None = None,
+    with_log_sum_sq_probs: bool = False,
+) -> SequenceLogps:
+    """Log-probs of ``labels`` under ``head(hidden)``, at the positions whose label is not -100.
+
+    ``hidden``: [batch, tokens, hidden] final hidden states; ``head``: the output layer (any
+    module mapping hidden to logits); ``labels``: [batch, tokens], unshifted, as a causal LM
+    takes them; ``cap``: Gemma 2's final logit soft-capping; ``rows``: rows per chunk.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    states = hidden[:, :-1, :].reshape(-1, hidden.size(-1)).index_select(0, flat)
+    picked = targets.reshape(-1).index_select(0, flat)
+    vocab = getattr(getattr(head, "weight", None), "shape", (0,))[0]
+    rows = rows or chunk_rows(vocab)
+    logps, squares = [], []
+    for start in range(0, states.size(0), rows):
+        chunk_logps, chunk_squares = checkpoint(
+            _chunk_logps,
+            head,
+            states[start : start + rows],
+            picked[start : start + rows],
+            cap,
+            with_log_sum_sq_probs,
+            use_reentrant=False,
+        )
+        logps.append(chunk_logps)
+        squares.append(chunk_squares)
+    dtype = logps[0].dtype if logps else torch.promote_types(hidden.dtype, torch.float32)
+    token = _scatter(logps, flat, targets.shape, dtype, hidden.device)
+    log_sum_sq = (
+        _scatter(squares, flat, targets.shape, dtype, hidden.device).detach()
+        if with_log_sum_sq_probs
+        else None
+    )
+    return SequenceLogps(token=token, mask=mask, log_sum_sq_probs=log_sum_sq)
+
+
+def model_response_logps(
+    model: Any, inputs: dict[str, Any], labels: Any, **options: Any
+) -> SequenceLogps:
+    """``response_logps`` of a causal LM that engine.speed.loss.supports_chunked_loss accepts:
+    its decoder runs once, then its head chunk by chunk."""
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return response_logps(hidden, model.get_output_embeddings(), labels, cap=cap, **options)
+
+
+def _chunk_logps(
+    head: Any, states: Any, targets: Any, cap: float | None, with_squares: bool
+) -> tuple[Any, Any]:
+    import torch
+
+    logits = head(states)
+    # fp16/bf16 logits are scored in fp32 (as the SFT loss does); fp64 stays fp64 for tests.
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    lse = torch.logsumexp(logits, dim=-1)
+    logps = logits.gather(1, targets[:, None]).squeeze(1) - lse
+    if not with_squares:
+        return logps, logps.new_zeros(())
+    with torch.no_grad():
+        squares = torch.logsumexp(2 * (logits - lse[:, None]), dim=-1)
+    return logps, squares
+
+
+def _scatter(parts: list[Any], flat: Any, shape: Any, dtype: Any, device: Any) -> Any:
+    """The chunks' values put back at their [batch, tokens - 1] positions, 0 elsewhere."""
+    import torch
+
+    full = torch.zeros(shape[0] * shape[1], dtype=dtype, device=device)
+    if parts:
+        full = full.index_put((flat,), torch.cat(parts))
+    return full.view(shape[0], shape[1])

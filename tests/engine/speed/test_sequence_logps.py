@@ -1,0 +1,142 @@
+"""engine.speed.sequence_logps computes the naive log_softmax-gather, chunk by chunk.
+
+The reference is the plain way: the full logits, log_softmax over the vocabulary, gather at the
+labels, summed over the response. Values and gradients (hidden states and a trainable head)
+must match in float64 at rtol 1e-6 and in float32 at a tight tolerance, with chunks smaller
+than a sequence so the chunk boundaries fall mid-sequence and mid-response.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.speed.loss import IGNORE
+from engine.speed.sequence_logps import SequenceLogps, model_response_logps, response_logps
+
+BATCH, TOKENS, HIDDEN, VOCAB = 4, 11, 8, 37
+
+
+def batch(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, torch.nn.Linear, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(BATCH, TOKENS, HIDDEN, generator=generator, dtype=dtype)
+    head = torch.nn.Linear(HIDDEN, VOCAB, bias=True).to(dtype)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(VOCAB, HIDDEN, generator=generator, dtype=dtype))
+        head.bias.copy_(torch.randn(VOCAB, generator=generator, dtype=dtype))
+    labels = torch.randint(0, VOCAB, (BATCH, TOKENS), generator=generator)
+    # Prompts of different lengths, right padding on two rows, one row with no response.
+    for row, (prompt, end) in enumerate([(3, TOKENS), (5, 9), (2, 6), (TOKENS, TOKENS)]):
+        labels[row, :prompt] = IGNORE
+        labels[row, end:] = IGNORE
+    return hidden.requires_grad_(), head, labels
+
+
+def naive(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, cap=None):
+    logits = head(hidden)[:, :-1]
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    targets = labels[:, 1:]
+    mask = targets != IGNORE
+    logps = F.log_softmax(logits, dim=-1).gather(2, targets.clamp(min=0)[..., None]).squeeze(2)
+    logps = logps * mask
+    squares = torch.logsumexp(2 * F.log_softmax(logits, dim=-1), dim=-1) * mask
+    return logps, mask, squares.detach()
+
+
+def grads(total: torch.Tensor, hidden: torch.Tensor, head: torch.nn.Linear) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(total, [hidden, head.weight, head.bias]))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"), [(torch.float64, 1e-6, 1e-10), (torch.float32, 1e-5, 1e-5)]
+)
+@pytest.mark.parametrize("rows", [1, 5, 4096])
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_equals_the_naive_log_softmax_gather(dtype, rtol, atol, rows: int, cap) -> None:
+    hidden, head, labels = batch(dtype)
+    ours = response_logps(hidden, head, labels, cap=cap, rows=rows, with_log_sum_sq_probs=True)
+    token, mask, squares = naive(hidden, head, labels, cap)
+    torch.testing.assert_close(ours.token, token, rtol=rtol, atol=atol)
+    assert torch.equal(ours.mask, mask)
+    torch.testing.assert_close(ours.log_sum_sq_probs, squares, rtol=rtol, atol=atol)
+    torch.testing.assert_close(ours.total, token.sum(1), rtol=rtol, atol=atol)
+    assert ours.count.tolist() == [8, 4, 4, 0]
+    torch.testing.assert_close(
+        ours.mean, token.sum(1) / mask.sum(1).clamp(min=1), rtol=rtol, atol=atol
+    )
+    # Gradients of a mix of sums and means, as DPO and SimPO take them.
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype)
+    ours_grads = grads((ours.total * weights).sum() + ours.mean.sum(), hidden, head)
+    naive_total = token.sum(1)
+    naive_mean = naive_total / mask.sum(1).clamp(min=1)
+    for got, want in zip(
+        ours_grads,
+        grads((naive_total * weights).sum() + naive_mean.sum(), hidden, head),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+def test_bf16_states_are_scored_in_fp32() -> None:
+    hidden, head, labels = batch(torch.bfloat16)
+    ours = response_logps(hidden, head.to(torch.bfloat16), labels, rows=3)
+    assert ours.token.dtype == torch.float32
+    want, _, _ = naive(hidden.float(), head.float(), labels)
+    torch.testing.assert_close(ours.token, want, rtol=0.05, atol=0.1)
+
+
+def test_no_response_tokens_at_all() -> None:
+    hidden, head, labels = batch(torch.float32)
+    labels[:] = IGNORE
+    ours = response_logps(hidden, head, labels)
+    assert ours.token.shape == (BATCH, TOKENS - 1) and not ours.token.any()
+    assert ours.mean.tolist() == [0.0] * BATCH
+
+
+def test_at_most_one_chunk_of_logits_is_made_at_a_time() -> None:
+    hidden, head, labels = batch(torch.float32)
+    seen: list[int] = []
+    head.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[0]))
+    ours = response_logps(hidden, head, labels, rows=5)
+    ours.total.sum().backward()
+    # 16 response positions in chunks of 5, each recomputed once for the backward (in reverse order).
+    assert sorted(seen) == sorted([5, 5, 5, 1] * 2) and max(seen) * VOCAB < BATCH * TOKENS * VOCAB
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(VOCAB, HIDDEN, dtype=torch.float64)
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(last_hidden_state=self.embed(input_ids))
+
+
+class _Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(final_logit_softcapping=None)
+        self.decoder = _Decoder()
+        self.lm_head = torch.nn.Linear(HIDDEN, VOCAB, dtype=torch.float64)
+
+    def get_decoder(self):
+        return self.decoder
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+
+def test_model_response_logps_runs_the_decoder_then_the_head() -> None:
+    model = _Model()
+    _, _, labels = batch(torch.float64)
+    input_ids = labels.clamp(min=0)
+    ours = model_response_logps(model, {"input_ids": input_ids}, labels, rows=2)
+    assert isinstance(ours, SequenceLogps)
+    want, _, _ = naive(model.decoder.embed(input_ids), model.lm_head, labels)
+    torch.testing.assert_close(ours.token, want, rtol=1e-6, atol=1e-10)
