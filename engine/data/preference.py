@@ -186,13 +186,15 @@ def encode_response(
     ]
     ids, offsets = tokenize_with_offsets(tokenizer, full, max_length)
     prompt_tokens = sum(1 for start, _end in offsets if start < len(prompt_text))
-    limit = max_prompt_length if max_prompt_length is not None else max_length - 1
+    # At least one response token must fit, whatever max_prompt_length allows.
+    prompt_limit = max_prompt_length is not None and max_prompt_length < max_length
+    limit = max_prompt_length if prompt_limit else max_length - 1
     if prompt_tokens > limit:
-        name = "max_prompt_length" if max_prompt_length is not None else "model.max_seq_length"
+        name = "max_prompt_length" if prompt_limit else "model.max_seq_length"
         raise RowProblem(
             f"the prompt alone is {prompt_tokens}{'+' if prompt_tokens >= max_length else ''} "
-            f"tokens, past {name} ({max_prompt_length or max_length}), leaving no room for the "
-            "response"
+            f"tokens, past {name} ({limit if prompt_limit else max_length}), leaving no room "
+            "for the response"
         )
     labels = label_spans(ids, offsets, spans)
     keep = max_length
