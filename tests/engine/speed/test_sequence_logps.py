@@ -140,3 +140,41 @@ def test_model_response_logps_runs_the_decoder_then_the_head() -> None:
     assert isinstance(ours, SequenceLogps)
     want, _, _ = naive(model.decoder.embed(input_ids), model.lm_head, labels)
     torch.testing.assert_close(ours.token, want, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_a_real_model_gives_trls_fused_head_log_probs(softcap) -> None:
+    # TRL 1.16's preference trainers score sequences with its fused LM head: the same numbers,
+    # and the same gradients for every weight, must come out of ours on a tiny random Llama
+    # (in float32: TRL's kernel computes in it whatever the model's dtype).
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        final_logit_softcapping=softcap,
+    )
+    ours_model = LlamaForCausalLM(config)
+    trl_model = LlamaForCausalLM(config)
+    trl_model.load_state_dict(ours_model.state_dict())
+    add_fused_lm_head(trl_model, outputs=("log_probs", "log_sum_sq_probs"))
+    _, _, labels = batch(torch.float32)
+    inputs = {"input_ids": labels.clamp(min=1), "attention_mask": torch.ones_like(labels)}
+    theirs = trl_model(**inputs, labels=labels, fused_lm_head=True)
+    ours = model_response_logps(ours_model, inputs, labels, rows=3, with_log_sum_sq_probs=True)
+    torch.testing.assert_close(ours.token, theirs.log_probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ours.log_sum_sq_probs, theirs.log_sum_sq_probs * ours.mask, rtol=1e-5, atol=1e-6
+    )
+    ours.mean.sum().backward()
+    (theirs.log_probs.sum(1) / ours.mask.sum(1).clamp(min=1)).sum().backward()
+    for (name, ours_param), trl_param in zip(
+        ours_model.named_parameters(), trl_model.parameters(), strict=True
+    ):
+        torch.testing.assert_close(ours_param.grad, trl_param.grad, rtol=1e-5, atol=1e-6, msg=name)
