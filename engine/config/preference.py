@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.config.section import Section
 
@@ -125,6 +126,28 @@ class PreferenceSection(Section):
     max_completion_length: int | None = Field(None, ge=1, le=MAX_LENGTH)
     """Longest response, in tokens; longer ones are cut (TRL's keep_start). Unset: cut only at
     model.max_seq_length."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rpo_alpha_is_a_loss_weight(cls, data: object) -> object:
+        # TRL's DPOConfig had rpo_alpha until 1.x wrote RPO as a weighted sft loss term.
+        if isinstance(data, dict) and data.get("rpo_alpha") is not None:
+            message = (
+                "TRL 1.16 writes RPO as loss_type: [sigmoid, sft] with loss_weights: "
+                f"[1.0, {data['rpo_alpha']}]; write that instead"
+            )
+            # At the key itself, so that the message gets its YAML line.
+            raise ValidationError.from_exception_data(
+                "PreferenceSection",
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("rpo_alpha", message),
+                        loc=("rpo_alpha",),
+                        input=data["rpo_alpha"],
+                    )
+                ],
+            )
+        return data
 
     @field_validator("loss_type", mode="before")
     @classmethod

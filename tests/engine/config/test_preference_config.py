@@ -140,6 +140,12 @@ def test_a_string_loss_type_is_a_one_item_list_as_in_trl() -> None:
         ("dpo", {"beta": 0}, "preference.beta: Input should be greater than 0"),
         ("dpo", {"ld_alpha": 1.5}, "preference.ld_alpha: Input should be less than or equal to 1"),
         ("dpo", {"beta": True}, "preference.beta: must be a number, not true or false"),
+        (
+            "dpo",
+            {"rpo_alpha": 0.5},
+            "pref.yaml:3 preference.rpo_alpha: TRL 1.16 writes RPO as loss_type: [sigmoid, sft] "
+            "with loss_weights: [1.0, 0.5]",
+        ),
         ("dpo", {"betas": 0.2}, "preference.betas: unknown key; did you mean 'beta'?"),
         (
             "kto",
