@@ -47,6 +47,14 @@ class SequenceLogps:
         """Mean response log-prob of each sequence (0 for one without response tokens)."""
         return self.total / self.count.clamp(min=1)
 
+    def within(self, mask: Any) -> SequenceLogps:
+        """These log-probs at the positions of ``mask`` only ([batch, tokens - 1], shifted like
+        ``self.mask``): ORPO scores the chosen side once over prompt and response, for its NLL,
+        and takes the response's part from the same pass."""
+        keep = self.mask & mask
+        squares = None if self.log_sum_sq_probs is None else self.log_sum_sq_probs * keep
+        return SequenceLogps(token=self.token * keep, mask=keep, log_sum_sq_probs=squares)
+
 
 def response_logps(
     hidden: Any,

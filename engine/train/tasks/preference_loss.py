@@ -263,6 +263,26 @@ def orpo_loss(
     return PreferenceLoss(loss=chosen_nll - (beta * ratio).mean(), metrics=metrics)
 
 
+def pair_loss(
+    settings: PreferenceLossSettings,
+    chosen: SequenceLogps,
+    rejected: SequenceLogps,
+    *,
+    reference: tuple[Any, Any] | None = None,
+    chosen_nll: Any = None,
+) -> PreferenceLoss:
+    """The paired task's loss: dpo (with ``reference``), simpo, or orpo (with ``chosen_nll``)."""
+    if settings.task == "dpo":
+        return dpo_loss(settings, chosen, rejected, reference)
+    if settings.task == "simpo":
+        return simpo_loss(settings, chosen, rejected)
+    if settings.task == "orpo":
+        if chosen_nll is None:
+            raise ValueError("ORPO needs chosen_nll, the NLL of the whole chosen sequences")
+        return orpo_loss(settings, chosen, rejected, chosen_nll)
+    raise ValueError(f"task {settings.task!r} has no paired loss (KTO's is kto_loss)")
+
+
 def kto_loss(
     settings: PreferenceLossSettings,
     logps: Any,

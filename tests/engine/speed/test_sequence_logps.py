@@ -79,6 +79,19 @@ def test_equals_the_naive_log_softmax_gather(dtype, rtol, atol, rows: int, cap) 
         torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
 
 
+def test_within_equals_scoring_only_those_positions() -> None:
+    hidden, head, labels = batch(torch.float64)
+    everything = torch.randint(0, VOCAB, labels.shape, generator=torch.Generator().manual_seed(1))
+    everything[labels != IGNORE] = labels[labels != IGNORE]
+    everything[:, 0] = IGNORE
+    whole = response_logps(hidden, head, everything, with_log_sum_sq_probs=True)
+    part = whole.within(labels[:, 1:] != IGNORE)
+    alone = response_logps(hidden, head, labels, with_log_sum_sq_probs=True)
+    torch.testing.assert_close(part.token, alone.token, rtol=1e-12, atol=0)
+    torch.testing.assert_close(part.log_sum_sq_probs, alone.log_sum_sq_probs, rtol=1e-12, atol=0)
+    assert torch.equal(part.mask, alone.mask) and part.count.tolist() == [8, 4, 4, 0]
+
+
 def test_bf16_states_are_scored_in_fp32() -> None:
     hidden, head, labels = batch(torch.bfloat16)
     ours = response_logps(hidden, head.to(torch.bfloat16), labels, rows=3)

@@ -31,9 +31,8 @@ from engine.train.tasks.preference_loss import (
     kl_completion_order,
     kto_loss,
     mean_nll,
-    orpo_loss,
+    pair_loss,
     pair_totals,
-    simpo_loss,
 )
 
 PAIRS, TOKENS, VOCAB, PAD = 4, 10, 13, 0
@@ -174,7 +173,7 @@ def run_dpo(
         ours(reference_logits[PAIRS:], labels[PAIRS:]),
         settings.ld_alpha,
     )
-    result = dpo_loss(settings, policy_c, policy_r, ref)
+    result = pair_loss(settings, policy_c, policy_r, reference=ref)
     (grad,) = torch.autograd.grad(result.loss, policy_logits)
     torch.testing.assert_close(result.loss, trl_loss, rtol=rtol, atol=atol)
     if trl_backward:
@@ -312,7 +311,7 @@ def test_simpo_equals_trls_cpo_trainer(values: dict[str, Any]) -> None:
     trl_loss, trl_metrics = trainer.get_batch_loss_metrics(concatenated_model(logits), batch)
     (trl_grad,) = torch.autograd.grad(trl_loss, logits)
     labels = labels_of(flat)
-    result = simpo_loss(
+    result = pair_loss(
         settings, ours(logits[:PAIRS], labels[:PAIRS]), ours(logits[PAIRS:], labels[PAIRS:])
     )
     (grad,) = torch.autograd.grad(result.loss, logits)
@@ -338,12 +337,14 @@ def test_orpo_equals_trls_orpo_trainer(beta: float) -> None:
     trl_loss, trl_metrics = trainer.get_batch_loss_metrics(concatenated_model(logits), batch)
     (trl_grad,) = torch.autograd.grad(trl_loss, logits)
     labels = labels_of(flat)
-    chosen_all = labels_of(flat, "attention_mask")[:PAIRS]
-    result = orpo_loss(
+    # One pass over the whole chosen sequences gives the NLL and the response's log-probs.
+    chosen_all = ours(logits[:PAIRS], labels_of(flat, "attention_mask")[:PAIRS])
+    chosen = chosen_all.within(labels[:PAIRS, 1:] != IGNORE)
+    result = pair_loss(
         settings,
-        ours(logits[:PAIRS], labels[:PAIRS]),
+        chosen,
         ours(logits[PAIRS:], labels[PAIRS:]),
-        mean_nll(ours(logits[:PAIRS], chosen_all)),
+        chosen_nll=mean_nll(chosen_all),
     )
     (grad,) = torch.autograd.grad(result.loss, logits)
     torch.testing.assert_close(result.loss, trl_loss.to(result.loss.dtype), rtol=RTOL, atol=ATOL)
@@ -449,3 +450,13 @@ def test_settings_from_the_section() -> None:
     assert PreferenceLossSettings.from_section(PreferenceSection(), "kto").loss_types == ("kto",)
     assert not PreferenceLossSettings.from_section(PreferenceSection(), "simpo").needs_reference
     assert not PreferenceLossSettings.from_section(PreferenceSection(), "orpo").needs_reference
+
+
+def test_pair_loss_asks_for_what_the_task_needs() -> None:
+    c = ours(logits_for(PAIRS, 3), labels_of(rows(CHOSEN_ROWS, 1)))
+    orpo = PreferenceLossSettings.from_section(PreferenceSection(), "orpo")
+    with pytest.raises(ValueError, match="ORPO needs chosen_nll"):
+        pair_loss(orpo, c, c)
+    kto = PreferenceLossSettings.from_section(PreferenceSection(), "kto")
+    with pytest.raises(ValueError, match="kto_loss"):
+        pair_loss(kto, c, c)
