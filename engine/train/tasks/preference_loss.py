@@ -22,8 +22,10 @@ from typing import Any
 from engine.config.preference import PreferenceSection
 from engine.speed.sequence_logps import SequenceLogps
 
-# TRL 1.16 DPOTrainer's clamp for the alpha-divergence exponent, per dtype.
+# TRL 1.16 DPOTrainer's clamp for the alpha-divergence exponent, per dtype (TRL knows no
+# other dtype and fails on float64; 80 keeps exp() finite there too).
 _ALPHA_CLAMP = {"torch.float16": 11.0, "torch.bfloat16": 80.0, "torch.float32": 80.0}
+_ALPHA_CLAMP_OTHER = 80.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,8 @@ def dpo_loss(
         elif loss_type == "hinge":
             per_pair = torch.relu(1 - beta * delta)
         elif loss_type == "ipo":
+            # Counts from the shifted labels; TRL's unshifted completion_mask gives the same
+            # whenever position 0 is prompt, which the chat template's header always is.
             # TRL averages over response tokens so that β is comparable across lengths.
             average = chosen_scores / chosen_count - rejected_scores / rejected_count
             per_pair = (average - 1 / (2 * beta)) ** 2
@@ -353,7 +357,9 @@ def _f_scores(settings: PreferenceLossSettings, chosen: Any, rejected: Any) -> t
         scores = []
         for ratio in (chosen, rejected):
             exponent = (alpha - 1.0) * ratio
-            capped = torch.clamp(exponent.float(), max=_ALPHA_CLAMP.get(str(exponent.dtype)))
+            capped = torch.clamp(
+                exponent.float(), max=_ALPHA_CLAMP.get(str(exponent.dtype), _ALPHA_CLAMP_OTHER)
+            )
             scores.append((torch.exp(capped) - 1.0).to(exponent.dtype) * coef)
         return scores[0], scores[1]
     raise ValueError(f"unknown f_divergence_type {kind!r}")

@@ -229,6 +229,25 @@ def test_dpo_alpha_divergence_equals_trls_in_float32() -> None:
     run_dpo(settings, torch.float32, rtol=1e-5, atol=1e-7)
 
 
+def test_alpha_divergence_in_float64_where_trl_has_no_clamp() -> None:
+    # TRL 1.16 raises KeyError for float64 (its clamp table stops at float32); ours runs, and
+    # agrees with the float32 computation.
+    chosen, rejected = rows(CHOSEN_ROWS, 1), rows(REJECTED_ROWS, 2)
+    labels = torch.cat([labels_of(chosen), labels_of(rejected)])
+    settings = dpo(f_divergence_type="alpha_divergence", f_alpha_divergence_coef=0.3)
+    losses = []
+    for dtype in (torch.float64, torch.float32):
+        logits = logits_for(2 * PAIRS, 3).detach().to(dtype)
+        ref = logits_for(2 * PAIRS, 4).detach().to(dtype)
+        reference = (
+            ours(ref[:PAIRS], labels[:PAIRS]).total,
+            ours(ref[PAIRS:], labels[PAIRS:]).total,
+        )
+        c, r = ours(logits[:PAIRS], labels[:PAIRS]), ours(logits[PAIRS:], labels[PAIRS:])
+        losses.append(float(dpo_loss(settings, c, r, reference).loss))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
 def test_hinge_with_weighting_backpropagates_where_trls_does_not() -> None:
     # TRL 1.16 multiplies relu's output by the WPO weights in place: its value is right (and
     # ours equals it) but its backward raises. Ours computes the product out of place.
