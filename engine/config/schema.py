@@ -401,6 +401,14 @@ class Preset(Section):
                     f"{self.task} compares whole responses; packing is for sft",
                 )
             )
+        if self.dataset.train_on != "responses":
+            problems.append(
+                (
+                    ("dataset", "train_on"),
+                    f"{self.task} scores the responses only (their log-probs are what it "
+                    "compares); use responses",
+                )
+            )
         if self.dataset.format != "auto":
             problems.append(
                 (

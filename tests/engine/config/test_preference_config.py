@@ -174,6 +174,7 @@ def test_the_section_is_refused_outside_the_preference_tasks(tmp_path: Path) -> 
     [
         ({"packing": True}, "dataset.packing: dpo compares whole responses"),
         ({"format": "alpaca"}, "dataset.format: dpo reads preference data"),
+        ({"train_on": "all"}, "dataset.train_on: dpo scores the responses only"),
     ],
 )
 def test_dataset_settings_that_preference_data_cannot_use(
