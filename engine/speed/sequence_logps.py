@@ -6,12 +6,16 @@ the length-normalised forms, the mean) log-probability of its response tokens. T
 fp32, twice for a pair. Here, as in engine.speed.loss, the decoder's hidden states are taken
 at response positions only, and the head plus log-softmax run a chunk of rows at a time under
 activation checkpointing, so at most one chunk of logits exists at a time, forward and
-backward. It computes the same function as the naive way; tests/engine/speed/
-test_sequence_logps.py checks values and gradients against it in float64 and float32.
+backward. With a frozen head (LoRA, QLoRA) the states' gradient is computed in the forward,
+chunk by chunk (one-hot minus softmax, times the head), as engine.speed.loss does for SFT: two
+head matmuls instead of three. It computes the same function as the naive way; tests/engine/
+speed/test_sequence_logps.py checks values and gradients against it in float64 and float32,
+and against TRL 1.16's fused LM head on a tiny Llama.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +76,6 @@ def response_logps(
     takes them; ``cap``: Gemma 2's final logit soft-capping; ``rows``: rows per chunk.
     """
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     targets = labels[:, 1:]
     mask = targets != IGNORE
@@ -81,19 +84,14 @@ def response_logps(
     picked = targets.reshape(-1).index_select(0, flat)
     vocab = getattr(getattr(head, "weight", None), "shape", (0,))[0]
     rows = rows or chunk_rows(vocab)
-    logps, squares = [], []
-    for start in range(0, states.size(0), rows):
-        chunk_logps, chunk_squares = checkpoint(
-            _chunk_logps,
-            head,
-            states[start : start + rows],
-            picked[start : start + rows],
-            cap,
-            with_log_sum_sq_probs,
-            use_reentrant=False,
+    if _frozen_linear(head):
+        function = _frozen_head_logps()
+        chunk_logps, chunk_squares = function.apply(
+            states, picked, head.weight, head.bias, cap, rows, with_log_sum_sq_probs
         )
-        logps.append(chunk_logps)
-        squares.append(chunk_squares)
+        logps, squares = [chunk_logps], [chunk_squares]
+    else:
+        logps, squares = _checkpointed_logps(head, states, picked, cap, rows, with_log_sum_sq_probs)
     dtype = logps[0].dtype if logps else torch.promote_types(hidden.dtype, torch.float32)
     token = _scatter(logps, flat, targets.shape, dtype, hidden.device)
     log_sum_sq = (
@@ -102,6 +100,29 @@ def response_logps(
         else None
     )
     return SequenceLogps(token=token, mask=mask, log_sum_sq_probs=log_sum_sq)
+
+
+def _checkpointed_logps(
+    head: Any, states: Any, picked: Any, cap: float | None, rows: int, with_squares: bool
+) -> tuple[list[Any], list[Any]]:
+    """A trainable (or unusual) head: each chunk under activation checkpointing, so its
+    logits are rebuilt for the backward instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    logps, squares = [], []
+    for start in range(0, states.size(0), rows):
+        chunk_logps, chunk_squares = checkpoint(
+            _chunk_logps,
+            head,
+            states[start : start + rows],
+            picked[start : start + rows],
+            cap,
+            with_squares,
+            use_reentrant=False,
+        )
+        logps.append(chunk_logps)
+        squares.append(chunk_squares)
+    return logps, squares
 
 
 def model_response_logps(
@@ -141,3 +162,87 @@ def _scatter(parts: list[Any], flat: Any, shape: Any, dtype: Any, device: Any) -
     if parts:
         full = full.index_put((flat,), torch.cat(parts))
     return full.view(shape[0], shape[1])
+
+
+def _frozen_linear(head: Any) -> bool:
+    """A plain nn.Linear that trains nothing (LoRA, QLoRA): its gradient path is a matmul."""
+    import torch
+
+    return (
+        type(head) is torch.nn.Linear
+        and not any(param.requires_grad for param in head.parameters())
+        and head.weight.dtype.is_floating_point
+    )
+
+
+def _frozen_head_forward(
+    ctx: Any,
+    states: Any,
+    targets: Any,
+    weight: Any,
+    bias: Any,
+    cap: float | None,
+    rows: int,
+    with_squares: bool,
+) -> tuple[Any, Any]:
+    import torch
+
+    from engine.speed.casting import NoAutocast, compute_dtype, to_dtype
+
+    want_grad = ctx.needs_input_grad[0]
+    dtype = compute_dtype(states)
+    scored = torch.promote_types(dtype, torch.float32)
+    h, w = to_dtype(states, dtype), to_dtype(weight, dtype)
+    b = None if bias is None else to_dtype(bias, dtype)
+    count = states.size(0)
+    logps = torch.empty(count, dtype=scored, device=states.device)
+    squares = torch.zeros(count if with_squares else 0, dtype=scored, device=states.device)
+    grad = torch.empty_like(states) if want_grad else None
+    for start in range(0, count, rows):
+        end = min(start + rows, count)
+        chunk, target = h[start:end], targets[start:end]
+        with NoAutocast(states.device.type):
+            logits = (torch.addmm(b, chunk, w.t()) if b is not None else chunk @ w.t()).to(scored)
+        if cap:
+            tanh = torch.tanh(logits / cap)
+            logits = tanh * cap
+        logits = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # now log-softmax
+        logps[start:end] = logits.gather(1, target[:, None]).squeeze(1)
+        if with_squares:
+            squares[start:end] = torch.logsumexp(2 * logits, dim=-1)
+        if grad is None:
+            continue
+        # d log p[target] / d logits = one_hot - softmax, computed in place.
+        step = logits.exp_().neg_()
+        step[torch.arange(end - start, device=step.device), target] += 1.0
+        if cap:
+            step.mul_(1.0 - tanh.square_())
+        with NoAutocast(states.device.type):
+            grad[start:end] = to_dtype(step.to(dtype) @ w, grad.dtype)
+    ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(squares)
+    return logps, squares
+
+
+@functools.cache
+def _frozen_head_logps() -> Any:
+    """The autograd Function for a frozen head, built on first use (no torch at import)."""
+    import torch
+
+    class FrozenHeadLogps(torch.autograd.Function):
+        """Log-probs of ``targets`` under ``states @ weight^T``, the states' gradient computed
+        chunk by chunk in the forward: the head's matmul runs twice, not three times, and no
+        chunk of logits outlives its loop turn."""
+
+        @staticmethod
+        def forward(ctx, states, targets, weight, bias, cap, rows, with_squares):  # type: ignore[override]
+            return _frozen_head_forward(ctx, states, targets, weight, bias, cap, rows, with_squares)
+
+        @staticmethod
+        def backward(ctx, grad_logps, _grad_squares):  # type: ignore[override]
+            (grad,) = ctx.saved_tensors
+            if grad is not None:
+                grad = grad * grad_logps[:, None].to(grad.dtype)
+            return grad, None, None, None, None, None, None
+
+    return FrozenHeadLogps

@@ -92,8 +92,45 @@ def test_within_equals_scoring_only_those_positions() -> None:
     assert torch.equal(part.mask, alone.mask) and part.count.tolist() == [8, 4, 4, 0]
 
 
-def test_bf16_states_are_scored_in_fp32() -> None:
+@pytest.mark.parametrize(
+    ("dtype", "rtol", "atol"), [(torch.float64, 1e-6, 1e-10), (torch.float32, 1e-5, 1e-5)]
+)
+@pytest.mark.parametrize("rows", [1, 5, 4096])
+@pytest.mark.parametrize("cap", [None, 3.0])
+def test_a_frozen_head_gives_the_same_values_and_gradients(dtype, rtol, atol, rows, cap) -> None:
+    # LoRA and QLoRA freeze the head: its own path computes the states' gradient in the
+    # forward instead of recomputing each chunk's logits.
+    hidden, head, labels = batch(dtype)
+    head.requires_grad_(False)
+    seen: list[int] = []
+    head.register_forward_hook(lambda *_: seen.append(1))  # the fused path never calls it
+    ours = response_logps(hidden, head, labels, cap=cap, rows=rows, with_log_sum_sq_probs=True)
+    assert not seen
+    token, mask, squares = naive(hidden, head, labels, cap)
+    torch.testing.assert_close(ours.token, token, rtol=rtol, atol=atol)
+    torch.testing.assert_close(ours.log_sum_sq_probs, squares, rtol=rtol, atol=atol)
+    weights = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=dtype)
+    (got,) = torch.autograd.grad((ours.total * weights).sum() + ours.mean.sum(), hidden)
+    naive_total = token.sum(1)
+    naive_loss = (naive_total * weights).sum() + (naive_total / mask.sum(1).clamp(min=1)).sum()
+    (want,) = torch.autograd.grad(naive_loss, hidden)
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol)
+
+
+def test_a_frozen_head_without_gradients_wanted() -> None:
+    hidden, head, labels = batch(torch.float64)
+    head.requires_grad_(False)
+    with torch.no_grad():
+        ours = response_logps(hidden, head, labels, rows=3)
+    token, _, _ = naive(hidden.detach(), head, labels)
+    torch.testing.assert_close(ours.token, token, rtol=1e-6, atol=1e-10)
+    assert not ours.token.requires_grad
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_bf16_states_are_scored_in_fp32(frozen: bool) -> None:
     hidden, head, labels = batch(torch.bfloat16)
+    head.requires_grad_(not frozen)
     ours = response_logps(hidden, head.to(torch.bfloat16), labels, rows=3)
     assert ours.token.dtype == torch.float32
     want, _, _ = naive(hidden.float(), head.float(), labels)
@@ -155,8 +192,9 @@ def test_model_response_logps_runs_the_decoder_then_the_head() -> None:
     torch.testing.assert_close(ours.token, want, rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("frozen_head", [False, True])
 @pytest.mark.parametrize("softcap", [None, 5.0])
-def test_a_real_model_gives_trls_fused_head_log_probs(softcap) -> None:
+def test_a_real_model_gives_trls_fused_head_log_probs(softcap, frozen_head: bool) -> None:
     # TRL 1.16's preference trainers score sequences with its fused LM head: the same numbers,
     # and the same gradients for every weight, must come out of ours on a tiny random Llama
     # (in float32: TRL's kernel computes in it whatever the model's dtype).
@@ -177,6 +215,8 @@ def test_a_real_model_gives_trls_fused_head_log_probs(softcap) -> None:
     trl_model = LlamaForCausalLM(config)
     trl_model.load_state_dict(ours_model.state_dict())
     add_fused_lm_head(trl_model, outputs=("log_probs", "log_sum_sq_probs"))
+    for model in (ours_model, trl_model):
+        model.lm_head.requires_grad_(not frozen_head)
     _, _, labels = batch(torch.float32)
     inputs = {"input_ids": labels.clamp(min=1), "attention_mask": torch.ones_like(labels)}
     theirs = trl_model(**inputs, labels=labels, fused_lm_head=True)
@@ -190,4 +230,8 @@ def test_a_real_model_gives_trls_fused_head_log_probs(softcap) -> None:
     for (name, ours_param), trl_param in zip(
         ours_model.named_parameters(), trl_model.parameters(), strict=True
     ):
-        torch.testing.assert_close(ours_param.grad, trl_param.grad, rtol=1e-5, atol=1e-6, msg=name)
+        assert (ours_param.grad is None) == (trl_param.grad is None), name
+        if ours_param.grad is not None:
+            torch.testing.assert_close(
+                ours_param.grad, trl_param.grad, rtol=1e-5, atol=1e-6, msg=name
+            )
