@@ -9,7 +9,7 @@ mean, so the loop can normalise it by the trained tokens of the whole global bat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Task(Protocol):
@@ -29,4 +29,15 @@ class Task(Protocol):
 
     def supports_chunked_loss(self, model: Any) -> bool:
         """Whether ``loss_sum`` can run with ``chunked=True`` on ``model``."""
+        ...
+
+
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    """A task with metrics of its own beside the loss (the preference tasks' rewards): the loop
+    takes them once a step and carries them in the Step event."""
+
+    def take_metrics(self) -> tuple[dict[str, Any], int]:
+        """The metrics summed (0-d tensors) since the last call, each weighted by its
+        examples, and those examples' count; then starts again."""
         ...

@@ -26,6 +26,7 @@ from engine.config.preference import DPO_LOSS_TYPES, PreferenceSection
 from engine.speed.loss import IGNORE
 from engine.speed.sequence_logps import SequenceLogps, response_logps
 from engine.train.tasks.preference_loss import (
+    PAIR_METRICS,
     PreferenceLossSettings,
     dpo_loss,
     kl_completion_order,
@@ -181,14 +182,7 @@ def run_dpo(
     else:
         assert grad.isfinite().all() and grad.abs().sum() > 0
     assert_metrics(result.metrics, trainer._metrics["train"])
-    assert set(result.metrics) == {
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-        "logps/rejected",
-    }
+    assert set(result.metrics) == set(PAIR_METRICS)
 
 
 def dpo(**values: Any) -> PreferenceLossSettings:
