@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def micro_llama_config(vocab_size: int, **overrides: object):
+    """A 2-layer, 16-wide random Llama's config, for tests that need no tokenizer."""
+    from transformers import LlamaConfig
+
+    shape = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
+    return LlamaConfig(vocab_size=vocab_size, **{**shape, **overrides})
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted to an HF folder (30 s the first time, then cached)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 from engine.config.preference import PreferenceSection
@@ -24,6 +24,7 @@ from engine.speed.loss import IGNORE
 from engine.train.tasks.pair_scores import pair_log_probs
 from engine.train.tasks.preference import PreferenceTask
 from engine.train.tasks.preference_loss import PreferenceLossSettings
+from tests.conftest import micro_llama_config
 from tests.engine.train.tasks.test_preference_loss import dpo_trainer
 
 VOCAB, PAD = 17, 0
@@ -54,16 +55,7 @@ def pairs() -> list[EncodedPair]:
 def models(frozen_head: bool) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
     """(reference, policy): the policy is the reference moved a little, as after some steps."""
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=PAD,
-    )
-    reference = LlamaForCausalLM(config)
+    reference = LlamaForCausalLM(micro_llama_config(VOCAB, pad_token_id=PAD))
     policy = copy.deepcopy(reference)
     with torch.no_grad():
         for param in policy.parameters():
@@ -137,7 +129,7 @@ def test_loss_sum_equals_trls_dpo_trainer(
 
 def test_eval_passes_leave_the_step_metrics_alone() -> None:
     # The loop's evaluation runs loss_sum without gradients: its pairs are no step's.
-    reference, policy = models(frozen_head=True)
+    _, policy = models(frozen_head=True)
     task = PreferenceTask(PreferenceLossSettings.from_section(PreferenceSection(), "simpo"))
     batch = task.collate(pairs(), PAD, "cpu")
     with torch.no_grad():
