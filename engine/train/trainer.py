@@ -295,20 +295,21 @@ class Trainer:
         return total / max(n_trained, 1), n_trained, grad_norm
 
     def _task_metrics(self) -> tuple[list[str], Any] | None:
-        """The step's task metrics (a preference task's rewards and log-probs): their names
-        and their pair-weighted means over the step's micro-batches and ranks (a tensor, left
-        on the device for the deferred read where the strategy allows)."""
+        """The step's task metrics (a preference task's rewards and log-probs): their names,
+        then one tensor of their weighted sums and their weights, summed over the ranks (left
+        on the device for the deferred read where the strategy allows; _StepFigures divides)."""
         if not isinstance(self.task, ReportsMetrics):
             return None
-        sums, count = self.task.take_metrics()
+        sums = self.task.take_metrics()
         if not sums:
             return None
         import torch
 
         keys = sorted(sums)
-        stacked = torch.stack([*(sums[key] for key in keys), sums[keys[0]].new_tensor(count)])
-        summed = self.strategy.step_sums(stacked)
-        return keys, summed[:-1] / summed[-1]  # some pairs ran, so the count is not 0
+        first = sums[keys[0]][0]
+        weights = first.new_tensor([sums[key][1] for key in keys])
+        stacked = torch.cat([torch.stack([sums[key][0] for key in keys]), weights])
+        return keys, self.strategy.step_sums(stacked)
 
     def run(self) -> TrainOutcome:
         s, state = self.s, self.state
@@ -652,8 +653,15 @@ class _StepFigures:
         """The task metrics by name (after ``read``, which waited for the step)."""
         if self.metrics is None:
             return {}
-        keys, values = self.metrics
-        return dict(zip(keys, values.tolist(), strict=True))
+        keys, sums = self.metrics
+        values = sums.tolist()
+        count = len(keys)
+        # A metric no example of the step had (weight 0) is left out, not reported as 0/0.
+        return {
+            key: total / weight
+            for key, total, weight in zip(keys, values[:count], values[count:], strict=True)
+            if weight > 0
+        }
 
 
 def _mark(device: str) -> tuple[Any, float]:

@@ -20,6 +20,7 @@ from engine.speed.loss import IGNORE, supports_chunked_loss
 from engine.speed.sequence_logps import SequenceLogps, model_response_logps
 from engine.train.tasks import sft
 from engine.train.tasks.preference_loss import PreferenceLossSettings, mean_nll, pair_loss
+from engine.train.tasks.task import MetricSums
 
 
 def collate(
@@ -78,8 +79,7 @@ class PreferenceTask:
         if settings.task not in ("dpo", "orpo", "simpo"):
             raise ValueError(f"PreferenceTask trains dpo, orpo or simpo, not {settings.task!r}")
         self.settings = settings
-        self._sums: dict[str, Any] = {}
-        self._pairs = 0
+        self._metrics = MetricSums()
 
     def collate(self, examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
         return collate(examples, pad_token_id, device, whole_chosen=self.settings.task == "orpo")
@@ -107,9 +107,7 @@ class PreferenceTask:
             reference = (ref[0], ref[1])
         result = pair_loss(s, chosen, rejected, reference=reference, chosen_nll=nll)
         if torch.is_grad_enabled():
-            for key, value in result.metrics.items():
-                self._sums[key] = self._sums.get(key, 0.0) + value.detach().double() * pairs
-            self._pairs += pairs
+            self._metrics.add(result.metrics, dict.fromkeys(result.metrics, float(pairs)))
         return result.loss * pairs
 
     def trained_token_count(self, examples: Sequence[Any]) -> int:
@@ -118,12 +116,10 @@ class PreferenceTask:
     def supports_chunked_loss(self, model: Any) -> bool:
         return supports_chunked_loss(model)
 
-    def take_metrics(self) -> tuple[dict[str, Any], int]:
-        """The pair-weighted sums of the metrics since the last call (0-d tensors, read when
-        the caller chooses) and their pairs; then starts again."""
-        sums, pairs = self._sums, self._pairs
-        self._sums, self._pairs = {}, 0
-        return sums, pairs
+    def take_metrics(self) -> dict[str, tuple[Any, float]]:
+        """The metrics since the last call, each a mean over its micro-batch's pairs: their
+        pair-weighted sums (0-d tensors, read when the caller chooses) and the pairs."""
+        return self._metrics.take()
 
 
 def split_sides(logps: SequenceLogps, pairs: int) -> tuple[SequenceLogps, SequenceLogps]:

@@ -37,7 +37,26 @@ class ReportsMetrics(Protocol):
     """A task with metrics of its own beside the loss (the preference tasks' rewards): the loop
     takes them once a step and carries them in the Step event."""
 
-    def take_metrics(self) -> tuple[dict[str, Any], int]:
-        """The metrics summed (0-d tensors) since the last call, each weighted by its
-        examples, and those examples' count; then starts again."""
+    def take_metrics(self) -> dict[str, tuple[Any, float]]:
+        """Each metric since the last call as (its sum weighted by the examples it averages,
+        a 0-d tensor, and their count); then starts again. A metric with count 0 had no
+        examples (KTO's chosen rewards in a step without a desirable example)."""
         ...
+
+
+class MetricSums:
+    """What a ReportsMetrics task keeps: weighted sums of its metrics, by name."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[Any, float]] = {}
+
+    def add(self, metrics: dict[str, Any], weights: dict[str, float]) -> None:
+        """``metrics[key]`` (a 0-d tensor, a mean) over ``weights[key]`` examples."""
+        for key, value in metrics.items():
+            weight = weights[key]
+            total, count = self._sums.get(key, (0.0, 0.0))
+            self._sums[key] = (total + value.detach().double() * weight, count + weight)
+
+    def take(self) -> dict[str, tuple[Any, float]]:
+        sums, self._sums = self._sums, {}
+        return sums
