@@ -162,9 +162,7 @@ def dataset_prep(preset: Preset) -> dict[str, Any]:
 # with why: refused at validation, because running them would silently train something else.
 UNTRAINABLE_TASKS: dict[str, str] = {
     "grpo": "GRPO's training loop is not in this build yet (its grpo section is checked, and "
-    "the rewards and loss exist); train with task: sft, dpo, orpo or simpo",
-    "kto": "KTO's training loop is not in this build yet (its preference keys are checked); "
-    "train with task: dpo, orpo or simpo",
+    "the rewards and loss exist); train with task: sft, dpo, orpo, kto or simpo",
 }
 
 
@@ -186,6 +184,7 @@ def pair_prep(preset: Preset) -> dict[str, Any]:
         "load": {"path": d.path, "split": d.split, "task": preset.task, "max_rows": d.max_rows},
         "prepare": {
             "path": d.path,
+            "task": preset.task,
             "chat_template": d.chat_template,
             "max_length": preset.model.max_seq_length,
             "val_size": d.val_size,

@@ -8,12 +8,20 @@ before the weights load (load_preference names bad rows; encoding names rows too
 from __future__ import annotations
 
 import dataclasses
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from engine.config.schema import BUILTIN_DATASET
 from engine.data.encode import EncodedExample
-from engine.data.preference import PreferenceDataset, encode_pairs, load_preference
+from engine.data.preference import (
+    PreferenceDataset,
+    PreferencePair,
+    UnpairedExample,
+    encode_pairs,
+    load_preference,
+)
 from engine.data.prepare import DatasetStats, dataset_stats, val_indices_for
 from engine.data.templates import resolve_chat_template
 
@@ -32,11 +40,39 @@ class EncodedPair:
         """Every token the pair's forward pass reads (the loop counts tokens/s from these)."""
         return [*self.chosen.input_ids, *self.rejected.input_ids]
 
+    def sides(self) -> tuple[EncodedExample, EncodedExample]:
+        """The two sequences scored together, in the order ``reference`` holds them."""
+        return self.chosen, self.rejected
+
+
+@dataclass(frozen=True)
+class EncodedUnpaired:
+    """One KTO example: its prompt and completion, and the same prompt with another example's
+    completion (``kl``: KTO estimates the policy's KL from the reference on such mismatched
+    sequences, TRL's KL_completion)."""
+
+    completion: EncodedExample
+    kl: EncodedExample
+    desirable: bool
+    row: int
+    reference: tuple[float, float] | None = None  # the reference's (completion, kl) totals
+
+    @property
+    def input_ids(self) -> list[int]:
+        return [*self.completion.input_ids, *self.kl.input_ids]
+
+    def sides(self) -> tuple[EncodedExample, EncodedExample]:
+        return self.completion, self.kl
+
+
+# What a preference run trains on: pairs, or KTO's examples; both score two sequences.
+TwoSided = EncodedPair | EncodedUnpaired
+
 
 @dataclass(frozen=True)
 class PreparedPairs:
-    train: list[EncodedPair]
-    val: list[EncodedPair]
+    train: list[TwoSided]
+    val: list[TwoSided]
     heldout: list[EncodedPair]  # scored for preference accuracy before and after training
     format: str
     chat_template: str
@@ -65,6 +101,7 @@ def prepare_pairs(
     sets: PairSets,
     *,
     path: str,
+    task: str,
     chat_template: str,
     max_length: int,
     val_size: float,
@@ -72,31 +109,61 @@ def prepare_pairs(
     max_prompt_length: int | None = None,
     max_completion_length: int | None = None,
 ) -> PreparedPairs:
-    """Encode and split the pairs. The held-out pairs are the built-in set's held-out split
-    where there is one, else the validation pairs."""
+    """Encode and split the pairs (KTO: its unpaired examples). The held-out pairs are the
+    built-in set's held-out split where there is one, else the validation pairs (none for
+    KTO, whose validation examples are unpaired)."""
     template = resolve_chat_template(tokenizer, chat_template)
     limits = {
         "max_prompt_length": max_prompt_length,
         "max_completion_length": max_completion_length,
     }
 
-    def encoded(dataset: PreferenceDataset) -> list[EncodedPair]:
-        sides = encode_pairs(dataset.pairs, tokenizer, template, max_length, path, **limits)
+    def encode(pairs: list[PreferencePair]) -> list[tuple[EncodedExample, EncodedExample]]:
+        encoded = encode_pairs(pairs, tokenizer, template, max_length, path, **limits)
+        return [(first.example, second.example) for first, second in encoded]
+
+    def as_pairs(dataset: PreferenceDataset) -> list[EncodedPair]:
+        sides = encode(dataset.pairs)
         return [
-            EncodedPair(chosen.example, rejected.example, pair.row)
-            for pair, (chosen, rejected) in zip(dataset.pairs, sides, strict=True)
+            EncodedPair(c, r, pair.row) for pair, (c, r) in zip(dataset.pairs, sides, strict=True)
         ]
 
-    pairs, fmt = encoded(sets.dataset), sets.dataset.format
-    val_indices = val_indices_for(len(pairs), val_size, seed, path)
-    train = [pair for i, pair in enumerate(pairs) if i not in val_indices]
-    val = [pair for i, pair in enumerate(pairs) if i in val_indices]
-    heldout = encoded(sets.heldout) if sets.heldout is not None else val
-    sequences = [side for pair in pairs for side in (pair.chosen, pair.rejected)]
+    rows: list[Any] = sets.dataset.unpaired if task == "kto" else as_pairs(sets.dataset)
+    val_indices = val_indices_for(len(rows), val_size, seed, path)
+    train: list[Any] = [row for i, row in enumerate(rows) if i not in val_indices]
+    val: list[Any] = [row for i, row in enumerate(rows) if i in val_indices]
+    heldout = as_pairs(sets.heldout) if sets.heldout is not None else []
+    if task == "kto":
+        # Each split's KL sequences pair its own examples: validation never reads training's.
+        train, val = kto_examples(train, seed, encode), kto_examples(val, seed, encode)
+    elif sets.heldout is None:
+        heldout = val
+    sequences = [side for example in [*train, *val] for side in example.sides()]
     stats = dataclasses.replace(
-        dataset_stats(sequences, len(train), 2 * len(val), fmt, max_length),
-        rows=len(pairs),
+        dataset_stats(sequences, len(train), 2 * len(val), sets.dataset.format, max_length),
+        rows=len(rows),
         train_rows=len(train),
         val_rows=len(val),
     )
-    return PreparedPairs(train, val, heldout, fmt, template, stats)
+    return PreparedPairs(train, val, heldout, sets.dataset.format, template, stats)
+
+
+def kto_examples(
+    examples: list[UnpairedExample],
+    seed: int,
+    encode: Callable[[list[PreferencePair]], list[tuple[EncodedExample, EncodedExample]]],
+) -> list[EncodedUnpaired]:
+    """KTO's examples with their KL sequences: each prompt with the completion of the example
+    before it in a seeded shuffle (TRL rotates the completions within each batch; a fixed
+    partner lets the reference's KL totals be scored once, before training)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    partner = {order[k]: order[k - 1] for k in range(len(order))}
+    mismatched = [
+        PreferencePair(ex.prompt, ex.completion, examples[partner[i]].completion, ex.row)
+        for i, ex in enumerate(examples)
+    ]
+    return [
+        EncodedUnpaired(completion, kl, ex.desirable, ex.row)
+        for ex, (completion, kl) in zip(examples, encode(mismatched), strict=True)
+    ]

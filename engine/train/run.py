@@ -553,8 +553,7 @@ class Run:
         resuming."""
         import torch
 
-        from engine.train.tasks.factory import task_for
-        from engine.train.tasks.preference import PreferenceTask
+        from engine.train.tasks.factory import needs_reference, task_for
         from engine.train.trainer import Trainer
 
         p = self.preset
@@ -572,7 +571,7 @@ class Run:
         )
         self._settings = settings
         train, val = prepared.train, prepared.val
-        if isinstance(task, PreferenceTask) and task.settings.needs_reference:
+        if needs_reference(task):
             train, val = self._reference(model, train, val, settings)
         trainer = Trainer(
             model,

@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine.data.prepare_preference import EncodedPair
+from engine.data.prepare_preference import TwoSided
 from engine.train.evaluate import Tracker
 from engine.train.tasks.preference import collate, score, split_sides
 from engine.train.tasks.preference_loss import pair_totals
@@ -30,7 +30,7 @@ CACHE_NAME = "reference_logps.safetensors"
 
 def pair_log_probs(
     model: Any,
-    pairs: Sequence[EncodedPair],
+    pairs: Sequence[TwoSided],
     *,
     batch_size: int,
     pad_token_id: int,
@@ -41,8 +41,8 @@ def pair_log_probs(
     tracker: Tracker | None = None,
     between: Callable[[], None] | None = None,
 ) -> list[tuple[float, float]] | None:
-    """(chosen, rejected) summed response log-probs of every pair (LD-DPO weighted with
-    ``ld_alpha``), in micro-batches of ``batch_size`` pairs, in eval mode without gradients.
+    """(chosen, rejected) summed response log-probs of every pair (KTO: completion and KL
+    sequence; LD-DPO weighted with ``ld_alpha``), in micro-batches of ``batch_size`` pairs, in eval mode without gradients.
     None when the tracker's should_stop turned true (asked before each micro-batch);
     ``between`` runs before each micro-batch too (a check that raises to abort)."""
     import torch
@@ -79,26 +79,26 @@ def preference_accuracy(totals: Sequence[tuple[float, float]]) -> tuple[int, int
     return sum(1 for chosen, rejected in totals if chosen > rejected), len(totals)
 
 
-def digest(pairs: Sequence[EncodedPair], weights: dict[str, Any]) -> str:
+def digest(pairs: Sequence[TwoSided], weights: dict[str, Any]) -> str:
     """What the cached totals depend on: every pair's tokens and labels, and ``weights`` (the
     preset's keys that decide the starting weights and how sequences are summed)."""
     hasher = hashlib.sha256(json.dumps(weights, sort_keys=True, default=str).encode())
     for pair in pairs:
-        for side in (pair.chosen, pair.rejected):
+        for side in pair.sides():
             hasher.update(json.dumps([side.input_ids, side.labels]).encode())
     return hasher.hexdigest()
 
 
 def with_reference(
     model: Any,
-    train: list[EncodedPair],
-    val: list[EncodedPair],
+    train: list[TwoSided],
+    val: list[TwoSided],
     *,
     cache_dir: Path | None,
     weights: dict[str, Any],
     emit: Callable[[Any], None],
     **scoring: Any,
-) -> tuple[list[EncodedPair], list[EncodedPair], bool]:
+) -> tuple[list[TwoSided], list[TwoSided], bool]:
     """``train`` and ``val`` with their reference totals: read from the run directory's cache
     when its digest matches, else scored now (Progress events with an ETA) and cached there.
     ``cache_dir`` None (a rank that does not own the run directory): scored, not cached.

@@ -1,4 +1,5 @@
-"""DPO, ORPO and SimPO as an engine.train.tasks.task.Task: one forward over a pair batch.
+"""DPO, ORPO and SimPO as an engine.train.tasks.task.Task: one forward over a pair batch
+(KTO's task, engine.train.tasks.kto, batches its examples the same way).
 
 A micro-batch of B pairs is one right-padded [2B, T] batch, the chosen rows first (TRL's
 concatenated forward): the decoder runs once, then the head scores the response tokens chunk
@@ -26,20 +27,22 @@ from engine.train.tasks.task import MetricSums
 def collate(
     examples: Sequence[Any], pad_token_id: int, device: str, *, whole_chosen: bool = False
 ) -> dict[str, Any]:
-    """The pairs' [2B, T] batch, the chosen rows first, with each pair's reference totals
-    ([2, B]: chosen, rejected) where the examples carry them. ``whole_chosen`` (ORPO): the
-    chosen rows are scored over every real token, prompt included, for TRL's NLL term;
-    ``response`` then marks their response positions."""
+    """The pairs' [2B, T] batch, the chosen rows first (each example's ``sides()``: KTO's
+    completion, then its KL sequence), with each pair's reference totals ([2, B]: chosen,
+    rejected) where the examples carry them. ``whole_chosen`` (ORPO): the chosen rows are
+    scored over every real token, prompt included, for TRL's NLL term; ``response`` then
+    marks their response positions."""
     import torch
 
-    rows = [pair.chosen for pair in examples] + [pair.rejected for pair in examples]
+    sides = [example.sides() for example in examples]
+    rows = [first for first, _ in sides] + [second for _, second in sides]
     batch = sft.collate(rows, pad_token_id, device)
     del batch["trained_index"]  # sequence_logps finds the response positions itself
     batch["pairs"] = len(examples)
     if whole_chosen:
         labels = batch["labels"]
         batch["response"] = labels[: len(examples), 1:] != IGNORE
-        real = [[1] * len(pair.chosen.input_ids) for pair in examples]
+        real = [[1] * len(first.input_ids) for first, _ in sides]
         width = labels.size(1)
         mask = torch.tensor([row + [0] * (width - len(row)) for row in real], device=labels.device)
         whole = batch["input_ids"][: len(examples)].masked_fill(mask == 0, IGNORE)

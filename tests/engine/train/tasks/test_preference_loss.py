@@ -185,6 +185,21 @@ def run_dpo(
     assert set(result.metrics) == set(PAIR_METRICS)
 
 
+def kto_trainer(settings: PreferenceLossSettings, policy, reference) -> KTOTrainer:
+    loss_type = settings.loss_types[0]
+    return ref_trainer(
+        KTOTrainer,
+        policy,
+        reference,
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        calculate_KL=loss_type != "apo_zero_unpaired",
+        loss_type=loss_type,
+        beta=settings.beta,
+        desirable_weight=settings.desirable_weight,
+        undesirable_weight=settings.undesirable_weight,
+    )
+
+
 def dpo(**values: Any) -> PreferenceLossSettings:
     section = PreferenceSection(**values)
     assert not section.problems("dpo"), section.problems("dpo")
@@ -412,17 +427,7 @@ def test_kto_equals_trls(
     ref, ref_kl = logits_for(count, 11).detach(), logits_for(count, 12).detach()
     policy = _Logits({id(batch["input_ids"]): logits, id(batch["KL_input_ids"]): kl_logits})
     reference = _Logits({id(batch["input_ids"]): ref, id(batch["KL_input_ids"]): ref_kl})
-    trainer = ref_trainer(
-        KTOTrainer,
-        policy,
-        reference,
-        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
-        calculate_KL=loss_type != "apo_zero_unpaired",
-        loss_type=loss_type,
-        beta=settings.beta,
-        desirable_weight=settings.desirable_weight,
-        undesirable_weight=settings.undesirable_weight,
-    )
+    trainer = kto_trainer(settings, policy, reference)
     trl_loss = trainer._compute_loss(policy, batch, return_outputs=False)
     labels, kl_labels = (
         labels_of(batch),

@@ -1,4 +1,5 @@
-"""PreferenceTask on a real tiny Llama against TRL 1.16's DPOTrainer on the same batch.
+"""PreferenceTask and KtoTask on a real tiny Llama against TRL 1.16's DPOTrainer and
+KTOTrainer on the same batch.
 
 TRL's side: its DPOTrainer._compute_loss (a trainer made with object.__new__, as in
 test_preference_loss.py), calling the policy and a separate reference model that carry TRL's
@@ -10,6 +11,7 @@ metrics and every weight's gradient must agree.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -19,13 +21,14 @@ from trl.trainer.utils import add_fused_lm_head
 
 from engine.config.preference import PreferenceSection
 from engine.data.encode import EncodedExample
-from engine.data.prepare_preference import EncodedPair
+from engine.data.prepare_preference import EncodedPair, EncodedUnpaired
 from engine.speed.loss import IGNORE
+from engine.train.tasks.kto import KtoTask
 from engine.train.tasks.pair_scores import pair_log_probs
 from engine.train.tasks.preference import PreferenceTask
-from engine.train.tasks.preference_loss import PreferenceLossSettings
+from engine.train.tasks.preference_loss import PreferenceLossSettings, kl_completion_order
 from tests.conftest import micro_llama_config
-from tests.engine.train.tasks.test_preference_loss import dpo_trainer
+from tests.engine.train.tasks.test_preference_loss import dpo_trainer, kto_trainer
 
 VOCAB, PAD = 17, 0
 # (prompt tokens, response tokens) of each side of each pair: unequal, so rows are padded.
@@ -64,6 +67,38 @@ def models(frozen_head: bool) -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
     return reference, policy
 
 
+def our_step(
+    task: Any, reference: Any, policy: Any, examples: list[Any], chunked: bool, ld_alpha: Any
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, Any]]:
+    """What the run does with ``examples``: the reference's totals scored first, then the
+    task's mean loss on the policy (backpropagated), its metrics, and the batch."""
+    totals = pair_log_probs(
+        reference, examples, batch_size=2, pad_token_id=PAD, device="cpu", amp_dtype=None,
+        chunked=chunked, ld_alpha=ld_alpha,
+    )  # fmt: skip
+    assert totals is not None
+    examples = [
+        dataclasses.replace(ex, reference=total) for ex, total in zip(examples, totals, strict=True)
+    ]
+    batch = task.collate(examples, PAD, "cpu")
+    loss = task.loss_sum(policy, batch, None, "cpu", chunked) / len(examples)
+    sums = task.take_metrics()
+    loss.backward()
+    return loss, sums, batch
+
+
+def trl_copies(policy: Any, reference: Any) -> tuple[Any, Any]:
+    """Copies of the two models with TRL's fused LM head (every output its trainers read),
+    the policy's gradients not copied."""
+    copies = copy.deepcopy(policy), copy.deepcopy(reference)
+    copies[0].zero_grad(set_to_none=True)
+    for model in copies:
+        add_fused_lm_head(
+            model, outputs=("log_probs", "log_sum_sq_probs", "entropy", "mean_logits", "is_top1")
+        )
+    return copies
+
+
 def trl_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
     """Our collated batch as TRL's collator gives it: the completion mask unshifted."""
     mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
@@ -85,33 +120,11 @@ def test_loss_sum_equals_trls_dpo_trainer(
     settings = PreferenceLossSettings.from_section(PreferenceSection(**values), "dpo")
     reference, policy = models(frozen_head)
     examples = pairs()
-    totals = pair_log_probs(
-        reference,
-        examples,
-        batch_size=2,
-        pad_token_id=PAD,
-        device="cpu",
-        amp_dtype=None,
-        chunked=chunked,
-        ld_alpha=settings.ld_alpha,
+    ours, sums, batch = our_step(
+        PreferenceTask(settings), reference, policy, examples, chunked, settings.ld_alpha
     )
-    assert totals is not None
-    examples = [
-        EncodedPair(pair.chosen, pair.rejected, pair.row, total)
-        for pair, total in zip(examples, totals, strict=True)
-    ]
-    task = PreferenceTask(settings)
-    batch = task.collate(examples, PAD, "cpu")
-    ours = task.loss_sum(policy, batch, None, "cpu", chunked) / len(examples)
-    sums = task.take_metrics()
-    ours.backward()
 
-    trl_policy, trl_reference = copy.deepcopy(policy), copy.deepcopy(reference)
-    trl_policy.zero_grad(set_to_none=True)
-    for model in (trl_policy, trl_reference):
-        add_fused_lm_head(
-            model, outputs=("log_probs", "log_sum_sq_probs", "entropy", "mean_logits", "is_top1")
-        )
+    trl_policy, trl_reference = trl_copies(policy, reference)
     trainer = dpo_trainer(settings, trl_policy, trl_reference)
     theirs = trainer._compute_loss(trl_policy, trl_batch(batch), return_outputs=False)
     theirs.backward()
@@ -119,7 +132,7 @@ def test_loss_sum_equals_trls_dpo_trainer(
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     logged = trainer._metrics["train"]
     for key, (total, count) in sums.items():
-        assert count == len(examples)
+        assert count == len(SHAPES)
         assert float(total) / count == pytest.approx(logged[key][-1], rel=1e-5, abs=1e-6), key
     for (name, mine), trl in zip(policy.named_parameters(), trl_policy.parameters(), strict=True):
         assert (mine.grad is None) == (trl.grad is None), name
@@ -145,3 +158,55 @@ def test_dpo_without_reference_log_probs_is_refused() -> None:
     task = PreferenceTask(PreferenceLossSettings.from_section(PreferenceSection(), "dpo"))
     with pytest.raises(ValueError, match="reference log-probs"):
         task.loss_sum(policy, task.collate(pairs(), PAD, "cpu"), None, "cpu", True)
+
+
+def kto_examples(desirable: list[bool]) -> list[EncodedUnpaired]:
+    """KTO examples from the pairs' sequences: each completion with its KL sequence, the
+    prompt with the previous example's completion (TRL's rotation, kl_completion_order)."""
+    base = pairs()
+    completions = [pair.chosen for pair in base]
+    order = kl_completion_order(len(base))
+    out = []
+    for i, pair in enumerate(base):
+        prompt = [
+            token
+            for token, label in zip(pair.chosen.input_ids, pair.chosen.labels, strict=True)
+            if label == IGNORE
+        ]
+        other = completions[order[i]]
+        answer = [label for label in other.labels if label != IGNORE]
+        kl = EncodedExample(
+            prompt + answer, [IGNORE] * len(prompt) + answer, num_trained=len(answer)
+        )
+        out.append(EncodedUnpaired(pair.chosen, kl, desirable[i], pair.row))
+    return out
+
+
+@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
+@pytest.mark.parametrize("desirable", [[True, False, True], [False, False, False]])
+def test_kto_loss_sum_equals_trls_kto_trainer(loss_type: str, desirable: list[bool]) -> None:
+    section = PreferenceSection(loss_type=loss_type, beta=0.3, desirable_weight=1.2)
+    settings = PreferenceLossSettings.from_section(section, "kto")
+    reference, policy = models(frozen_head=True)
+    examples = kto_examples(desirable)
+    ours, sums, batch = our_step(KtoTask(settings), reference, policy, examples, True, None)
+
+    trl_policy, trl_reference = trl_copies(policy, reference)
+    trainer = kto_trainer(settings, trl_policy, trl_reference)
+    whole, count = trl_batch(batch), len(examples)
+    inputs = {key: value[:count] for key, value in whole.items()}
+    inputs.update({f"KL_{key}": value[count:] for key, value in whole.items()})
+    inputs["label"] = torch.tensor(desirable)
+    theirs = trainer._compute_loss(trl_policy, inputs, return_outputs=False)
+    theirs.backward()
+
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    logged = trainer._metrics["train"]
+    for key, (total, weight) in sums.items():
+        if weight:
+            assert float(total) / weight == pytest.approx(logged[key][-1], rel=1e-5, abs=1e-6), key
+        else:
+            assert key not in logged, key
+    for (name, mine), trl in zip(policy.named_parameters(), trl_policy.parameters(), strict=True):
+        if mine.grad is not None:
+            torch.testing.assert_close(mine.grad, trl.grad, rtol=1e-4, atol=1e-6, msg=name)
