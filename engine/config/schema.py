@@ -13,6 +13,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from engine.config.derived import quant_bits, uses_adapter, uses_gpu
 from engine.config.grpo import GrpoSection
+from engine.config.preference import PREFERENCE_TASKS, PreferenceSection
 from engine.config.section import Section
 
 EMBEDDED_DEFAULT = "embedded:smollm2-135m-instruct"
@@ -247,10 +248,13 @@ class Preset(Section):
     lora: LoraSection = Field(default_factory=LoraSection)
     training: TrainingSection = Field(default_factory=TrainingSection)
     export: ExportSection = Field(default_factory=ExportSection)
-    task: Literal["sft", "grpo"] = "sft"
-    """What is learned: sft (from the dataset's replies) or grpo (from rewards on sampled
-    completions, set in the grpo section). Either trains with the weights method picks."""
+    task: Literal["sft", "grpo", "dpo", "orpo", "kto", "simpo"] = "sft"
+    """What is learned: sft (from the dataset's replies), grpo (from rewards on sampled
+    completions, set in the grpo section), or a preference objective (dpo, orpo, kto, simpo:
+    from chosen and rejected responses, set in the preference section). Each trains with the
+    weights method picks."""
     grpo: GrpoSection = Field(default_factory=GrpoSection)
+    preference: PreferenceSection = Field(default_factory=PreferenceSection)
 
     @field_validator("name")
     @classmethod
@@ -266,11 +270,13 @@ class Preset(Section):
     @field_validator("method", mode="before")
     @classmethod
     def _method_is_the_weights(cls, value: object) -> object:
-        if value == "grpo":  # the issue's and TRL's word for it, so say where it goes
+        # The issue's and TRL's words for objectives, so say where they go.
+        if isinstance(value, str) and value in ("grpo", *PREFERENCE_TASKS):
             raise PydanticCustomError(
                 "method_is_weights",
-                "picks the weights (full, lora or qlora); GRPO is set by task: grpo "
-                "(for example task: grpo with method: qlora)",
+                "picks the weights (full, lora or qlora); {name} is set by task: {task} "
+                "(for example task: {task} with method: qlora)",
+                {"name": value.upper() if value != "simpo" else "SimPO", "task": value},
             )
         return value
 
@@ -338,6 +344,7 @@ class Preset(Section):
                 (("dataset", "val_size"), "must be a fraction below 1 or a whole number of rows")
             )
         problems += self._grpo_problems()
+        problems += self._preference_problems()
         if problems:
             raise ValidationError.from_exception_data(
                 "Preset",
@@ -376,6 +383,52 @@ class Preset(Section):
                     f"({self.model.max_seq_length}); lower it or raise max_seq_length",
                 )
             )
+        return problems
+
+    def _preference_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        if self.task not in PREFERENCE_TASKS:
+            # Compared with the defaults, not model_fields_set: a resolved config.yaml lists them.
+            changed = self.preference != PreferenceSection()
+            message = "applies to task: dpo, orpo, kto or simpo only; set one of them as task"
+            return [(("preference",), message)] if changed else []
+        problems = [
+            (("preference", key), text) for key, text in self.preference.problems(self.task)
+        ]
+        if self.dataset.packing:
+            problems.append(
+                (
+                    ("dataset", "packing"),
+                    f"{self.task} compares whole responses; packing is for sft",
+                )
+            )
+        if self.dataset.train_on != "responses":
+            problems.append(
+                (
+                    ("dataset", "train_on"),
+                    f"{self.task} scores the responses only (their log-probs are what it "
+                    "compares); use responses",
+                )
+            )
+        if self.dataset.format != "auto":
+            problems.append(
+                (
+                    ("dataset", "format"),
+                    f"{self.task} reads preference data, whose layout is detected: use auto "
+                    "(prompt/chosen/rejected, chosen/rejected conversations, or KTO's "
+                    "prompt/completion/label)",
+                )
+            )
+        limit = self.model.max_seq_length
+        for key in ("max_prompt_length", "max_completion_length"):
+            value = getattr(self.preference, key)
+            if value is not None and value >= limit:
+                problems.append(
+                    (
+                        ("preference", key),
+                        f"leaves no room for the other side in model.max_seq_length ({limit}); "
+                        "lower it or raise max_seq_length",
+                    )
+                )
         return problems
 
     def hardware_problems(self, *, cuda: bool) -> list[tuple[tuple[str, ...], str]]:

@@ -143,7 +143,7 @@ def encode_conversation(
     max_length: int,
 ) -> EncodedExample:
     """Render and tokenize once; label the tokens that start inside an assistant span."""
-    _check_max_length(max_length)
+    check_max_length(max_length)
     full = render(tokenizer, messages, chat_template, generation=False)
     if train_on == "all":
         ids = list(tokenize_start(tokenizer, full, max_length, special=False)["input_ids"])
@@ -151,7 +151,7 @@ def encode_conversation(
     elif train_on == "responses":
         spans = assistant_spans(tokenizer, messages, chat_template, full)
         ids, offsets = tokenize_with_offsets(tokenizer, full, max_length)
-        labels = _label_spans(ids, offsets, spans)
+        labels = label_spans(ids, offsets, spans)
     else:
         raise DatasetError(
             f"Unknown train_on '{train_on}'.", hint="Use responses (assistant-only) or all."
@@ -161,7 +161,7 @@ def encode_conversation(
 
 def encode_text(tokenizer: Any, text: str, max_length: int) -> EncodedExample:
     """Plain text for continued pre-training: the tokenizer's specials (BOS) + eos, all trained."""
-    _check_max_length(max_length)
+    check_max_length(max_length)
     ids = list(tokenize_start(tokenizer, text, max_length, special=True)["input_ids"])
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is not None and (not ids or ids[-1] != eos):
@@ -169,7 +169,7 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> EncodedExample:
     return _finish(ids, list(ids), max_length)
 
 
-def _label_spans(
+def label_spans(
     ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
 ) -> list[int]:
     # Tokens and spans are both in text order, so one forward walk assigns every token.
@@ -194,7 +194,7 @@ def _finish(ids: list[int], labels: list[int], max_length: int) -> EncodedExampl
     return EncodedExample(input_ids=ids, labels=labels, truncated=truncated, num_trained=trained)
 
 
-def _check_max_length(max_length: int) -> None:
+def check_max_length(max_length: int) -> None:
     if max_length < 2:
         raise DatasetError(
             f"max_length must be at least 2 tokens, got {max_length}.",

@@ -50,17 +50,22 @@ def describe_format(fmt: str) -> str:
     return _DESCRIPTIONS.get(fmt, fmt)
 
 
-def detect_format(records: list[dict[str, Any]], source: str) -> str:
-    """Guess the format from the keys of the first row; chat lists win over alpaca over text."""
+def first_row(records: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """The row a format is detected from; a dataset without rows is refused here."""
     if not records:
         raise DatasetError(
             f"{display_name(source)}: the dataset has no rows.", hint="Add rows to the file."
         )
-    row = records[0]
+    return records[0]
+
+
+def detect_format(records: list[dict[str, Any]], source: str) -> str:
+    """Guess the format from the keys of the first row; chat lists win over alpaca over text."""
+    row = first_row(records, source)
     keys = set(row)
     for key in _LIST_KEYS:
         if key in keys:
-            items = _as_list(row[key])
+            items = as_list(row[key])
             first = items[0] if items and isinstance(items[0], dict) else {}
             if "from" in first or "value" in first:
                 return "sharegpt"
@@ -71,7 +76,7 @@ def detect_format(records: list[dict[str, Any]], source: str) -> str:
         return "alpaca"
     if "text" in keys:
         return "text"
-    seen = _keys(row)
+    seen = keys_of(row)
     raise DatasetError(
         f"{display_name(source)}, row {row_number(records, 0)}: cannot tell the dataset format "
         f"from its keys ({seen}).",
@@ -89,7 +94,7 @@ def to_conversations(records: list[dict[str, Any]], fmt: str, source: str) -> li
     for index, row in enumerate(records):
         try:
             out.append(convert(row, fmt))
-        except _RowProblem as problem:
+        except RowProblem as problem:
             problems.append(f"row {row_number(records, index)}: {problem}")
     if problems:
         raise bad_rows_error(
@@ -102,11 +107,12 @@ def to_conversations(records: list[dict[str, Any]], fmt: str, source: str) -> li
     return out
 
 
-class _RowProblem(Exception):
-    """What is wrong with one row; collected by to_conversations into one DatasetError."""
+class RowProblem(Exception):
+    """What is wrong with one row; collected by to_conversations (and the preference loader)
+    into one DatasetError."""
 
 
-def _as_list(value: Any) -> list[Any] | None:
+def as_list(value: Any) -> list[Any] | None:
     # CSV and some exports store the message list as a JSON string; accept that too.
     if isinstance(value, str) and value.lstrip().startswith("["):
         try:
@@ -118,35 +124,36 @@ def _as_list(value: Any) -> list[Any] | None:
     return value if isinstance(value, list) else None
 
 
-def _string(row: dict[str, Any], key: str, *, optional: bool = False) -> str:
+def text_field(row: dict[str, Any], key: str, *, optional: bool = False) -> str:
+    """``row[key]`` as checked text: present and non-empty unless ``optional`` (then "")."""
     if key not in row or row[key] is None:
         if optional:
             return ""
-        raise _RowProblem(f"missing field '{key}' (keys: {_keys(row)})")
+        raise RowProblem(f"missing field '{key}' (keys: {keys_of(row)})")
     value = row[key]
     if not isinstance(value, str):
-        raise _RowProblem(f"field '{key}' must be text, got {type(value).__name__}")
+        raise RowProblem(f"field '{key}' must be text, got {type(value).__name__}")
     _check_unicode(value, f"field '{key}'")
     if not optional and not value.strip():
-        raise _RowProblem(f"field '{key}' is empty")
+        raise RowProblem(f"field '{key}' is empty")
     return value
 
 
 def _alpaca(row: dict[str, Any], fmt: str) -> Conversation:
-    instruction = _string(row, "instruction")
-    extra = _string(row, "input", optional=True)
-    system = _string(row, "system", optional=True)
+    instruction = text_field(row, "instruction")
+    extra = text_field(row, "input", optional=True)
+    system = text_field(row, "system", optional=True)
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
     messages = [{"role": "system", "content": system}] if system.strip() else []
     messages += [
         {"role": "user", "content": prompt},
-        {"role": "assistant", "content": _string(row, "output")},
+        {"role": "assistant", "content": text_field(row, "output")},
     ]
     return messages
 
 
 def _text(row: dict[str, Any], fmt: str) -> Conversation:
-    return _string(row, "text")
+    return text_field(row, "text")
 
 
 def _chat(row: dict[str, Any], fmt: str) -> Conversation:
@@ -154,26 +161,37 @@ def _chat(row: dict[str, Any], fmt: str) -> Conversation:
     list_key = next((key for key in _LIST_KEYS if key in row), None)
     if list_key is None:
         wanted = "conversations" if fmt == "sharegpt" else "messages"
-        raise _RowProblem(f"missing field '{wanted}' (keys: {_keys(row)})")
-    items = _as_list(row[list_key])
+        raise RowProblem(f"missing field '{wanted}' (keys: {keys_of(row)})")
+    items = as_list(row[list_key])
     if items is None:
-        raise _RowProblem(f"field '{list_key}' must be a list, got {type(row[list_key]).__name__}")
+        raise RowProblem(f"field '{list_key}' must be a list, got {type(row[list_key]).__name__}")
+    messages = parse_messages(items, list_key, role_key, content_key)
+    _check_order(messages, list_key)
+    return messages
+
+
+def parse_messages(
+    items: list[Any], list_key: str, role_key: str = "role", content_key: str = "content"
+) -> list[Message]:
+    """``items`` as normalised messages (roles mapped, text content checked), in any order;
+    a RowProblem names the first bad item as ``list_key[N]``."""
     messages: list[Message] = []
     for turn, item in enumerate(items, start=1):
         where = f"{list_key}[{turn}]"
         if not isinstance(item, dict):
-            raise _RowProblem(f"{where} must be an object, got {type(item).__name__}")
+            raise RowProblem(f"{where} must be an object, got {type(item).__name__}")
         if role_key not in item or content_key not in item:
-            raise _RowProblem(f"{where} needs '{role_key}' and '{content_key}' (has {_keys(item)})")
+            raise RowProblem(
+                f"{where} needs '{role_key}' and '{content_key}' (has {keys_of(item)})"
+            )
         role = _ROLES.get(str(item[role_key]).lower())
         if role is None:
             known = ", ".join(sorted(_ROLES))
-            raise _RowProblem(
+            raise RowProblem(
                 f"{where} has unknown {role_key} '{_short(item[role_key])}' (known: {known})"
             )
         content = _content_text(item[content_key], where)
         messages.append({"role": role, "content": content})
-    _check_order(messages, list_key)
     return messages
 
 
@@ -182,12 +200,12 @@ def _content_text(value: Any, where: str) -> str:
     if isinstance(value, list):
         parts = [p.get("text") for p in value if isinstance(p, dict) and p.get("type") == "text"]
         if len(parts) != len(value) or not all(isinstance(p, str) for p in parts):
-            raise _RowProblem(f"{where} content has non-text parts; only text is supported")
+            raise RowProblem(f"{where} content has non-text parts; only text is supported")
         value = "".join(parts)  # type: ignore[arg-type]
     if not isinstance(value, str):
-        raise _RowProblem(f"{where} content must be text, got {type(value).__name__}")
+        raise RowProblem(f"{where} content must be text, got {type(value).__name__}")
     if not value.strip():
-        raise _RowProblem(f"{where} has empty content")
+        raise RowProblem(f"{where} has empty content")
     _check_unicode(value, f"{where} content")
     return value
 
@@ -198,7 +216,8 @@ def _short(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _keys(row: dict[str, Any], limit: int = 12) -> str:
+def keys_of(row: dict[str, Any], limit: int = 12) -> str:
+    """A row's keys for a message: sorted, each shortened, at most ``limit`` of them."""
     keys = sorted(_short(key) for key in row)
     more = f", ... ({len(keys)} keys)" if len(keys) > limit else ""
     return (", ".join(keys[:limit]) or "(none)") + more
@@ -209,7 +228,7 @@ def _check_unicode(value: str, where: str) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise _RowProblem(
+        raise RowProblem(
             f"{where} holds an unpaired surrogate ({value[exc.start]!a}) at character {exc.start}"
         ) from None
 
@@ -217,15 +236,15 @@ def _check_unicode(value: str, where: str) -> None:
 def _check_order(messages: list[Message], list_key: str) -> None:
     """Optional leading system, then user/assistant alternating from user, >= 1 assistant."""
     if not messages:
-        raise _RowProblem(f"'{list_key}' is empty")
+        raise RowProblem(f"'{list_key}' is empty")
     body = messages[1:] if messages[0]["role"] == "system" else messages
     for turn, message in enumerate(body):
         expected = "user" if turn % 2 == 0 else "assistant"
         if message["role"] != expected:
             position = turn + 1 + (len(messages) - len(body))
-            raise _RowProblem(
+            raise RowProblem(
                 f"{list_key}[{position}] is '{message['role']}' but '{expected}' was expected "
                 "(turns must be: optional system, then user and assistant alternating)"
             )
     if not any(message["role"] == "assistant" for message in body):
-        raise _RowProblem("has no assistant turn, so there is nothing to learn from it")
+        raise RowProblem("has no assistant turn, so there is nothing to learn from it")

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +125,18 @@ def load_records(path: str, split: str | None = "train") -> list[dict[str, Any]]
         hint="Check the path (relative paths start from the current directory), "
         "or give a hub dataset id such as mlabonne/FineTome-100k.",
     )
+
+
+def load_task_records(
+    path: str,
+    split: str | None,
+    builtin: Callable[[str], list[dict[str, Any]]],
+    max_rows: int | None = None,
+) -> list[dict[str, Any]]:
+    """``load_records`` for a task whose built-in rows are its own view of the skills (GRPO's
+    prompts, the preference pairs): ``builtin(split)`` gives them; then the first max_rows."""
+    records = builtin(split or "train") if path == BUILTIN_DATASET else load_records(path, split)
+    return records[:max_rows] if max_rows is not None else records
 
 
 def _load_builtin(split: str | None) -> Records:

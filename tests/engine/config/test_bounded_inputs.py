@@ -176,8 +176,9 @@ def upper_bound(field: Any) -> float | None:
 
 
 NUMERIC = numeric_fields()
-# Checked by their own validators (the batch size) or meaningless past their range (seed).
-OWN_VALIDATOR = {("training", "per_device_train_batch_size")}
+# Checked by their own validators (the batch size), bounded item by item (a list of weights), or
+# meaningless past their range (seed).
+OWN_VALIDATOR = {("training", "per_device_train_batch_size"), ("preference", "loss_weights")}
 
 
 def test_every_number_in_the_schema_has_an_upper_bound() -> None:
