@@ -156,6 +156,24 @@ def dataset_prep(preset: Preset) -> dict[str, Any]:
     }
 
 
+# The tasks that validate (their sections are checked) but that this build cannot train yet,
+# with why: refused at validation, because running them would silently train something else.
+UNTRAINABLE_TASKS: dict[str, str] = {
+    "grpo": "GRPO's training loop is not in this build yet (its grpo section is checked, and "
+    "the rewards and loss exist); train with task: sft",
+    **{
+        task: f"{task}'s training loop is not in this build yet (its preference keys are "
+        "checked); train with task: sft"
+        for task in ("dpo", "orpo", "kto", "simpo")
+    },
+}
+
+
+def untrainable_reason(task: str) -> str | None:
+    """Why this build cannot train ``task``, or None where it can."""
+    return UNTRAINABLE_TASKS.get(task)
+
+
 def uses_gpu(preset: Preset, *, gpu_present: bool) -> bool:
     """Whether the run trains on a GPU: one is present and training.use_cpu is off."""
     return gpu_present and not preset.training.use_cpu

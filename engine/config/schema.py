@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from engine.config.derived import quant_bits, uses_adapter, uses_gpu
+from engine.config.derived import quant_bits, untrainable_reason, uses_adapter, uses_gpu
 from engine.config.grpo import GrpoSection
 from engine.config.preference import PREFERENCE_TASKS, PreferenceSection
 from engine.config.section import Section
@@ -343,6 +343,9 @@ class Preset(Section):
             problems.append(
                 (("dataset", "val_size"), "must be a fraction below 1 or a whole number of rows")
             )
+        untrainable = untrainable_reason(self.task)
+        if untrainable is not None:
+            problems.append((("task",), untrainable))
         problems += self._grpo_problems()
         problems += self._preference_problems()
         if problems:

@@ -18,6 +18,9 @@ from engine.core.errors import EXIT_BAD_INPUT, ConfigError
 
 REWARDS = "def correctness(prompts, completions, **kwargs):\n    return [0.0] * len(completions)\n"
 
+# Every task: the sections are checked whether or not this build trains the task.
+pytestmark = pytest.mark.usefixtures("every_task_trainable")
+
 
 def write_preset(folder: Path, data: dict[str, Any]) -> Path:
     path = folder / "grpo.yaml"

@@ -20,6 +20,9 @@ from engine.core.errors import EXIT_BAD_INPUT, ConfigError
 
 TASKS = ("dpo", "orpo", "kto", "simpo")
 
+# Every task: the sections are checked whether or not this build trains the task.
+pytestmark = pytest.mark.usefixtures("every_task_trainable")
+
 
 def problems_in(folder: Path, data: dict[str, Any]) -> list[str]:
     path = folder / "pref.yaml"
