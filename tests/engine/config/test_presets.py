@@ -210,7 +210,9 @@ def test_to_yaml_round_trips(info: PresetInfo, tmp_path: Path) -> None:
 
 def test_to_yaml_fills_in_every_default() -> None:
     data = yaml.safe_load(to_yaml(validate({"method": "qlora"})))
-    assert list(data) == [name for name in Preset.model_fields if name not in ("grpo", "preference")]
+    assert list(data) == [
+        name for name in Preset.model_fields if name not in ("grpo", "preference")
+    ]
     for section in ("model", "dataset", "lora", "training", "export"):
         fields = Preset.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
         assert list(data[section]) == list(fields)
