@@ -293,6 +293,17 @@ lean() {  # layout's check in less device time: every GPU test, the 8B rows, Uns
   log "done"
 }
 
+rows19() {  # the least device time for issue 19's check: every GPU test and the 8B rows, no anchor
+  header rows19
+  log "GPU tests (all)"
+  gpu_tests 270 ""
+  prepare llama8b
+  log "8B: finetty"
+  rows --shape llama8b --mode qlora
+  rows --shape llama8b --mode lora
+  log "done"
+}
+
 collect() {
   mkdir -p "$OUT"
   for f in session.log finetty.jsonl anchors.jsonl anchors.log ui.jsonl pytest.log profile-qlora.txt \
@@ -317,9 +328,9 @@ case ${1:-} in
     WHAT=${3:-body}  # body: with the UI overhead; final: with packing; alternate: 0.5B turns; grouped: its A/B; check/graphs: CUDA graph layers; verify: every target on the default path; corners: the defaults not yet measured; grouping: grouped LoRA's GPU tests and QLoRA A/B; keeping: the kept dequantized weights' A/B; guards: every GPU test and the default path after the non-finite guards; layout: every GPU test and the 8B rows; lean: the same with only the QLoRA anchor; probe: diagnosis only
     rm -rf "$W"; mkdir -p "$W" "$M"
     export S
-    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards layout lean); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
+    setsid bash -c "$(declare -f log header prepare rows gpu_tests anchors_8b anchors_05b body probe final alternate grouped check graphs verify corners grouping keeping guards layout lean rows19); W=$W M=$M S=$S; $WHAT" > "$W/body.out" 2>&1 < /dev/null &
     follow
     ;;
   follow) follow ;;
-  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|layout|lean|probe] | follow" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu_session.sh start SESSION_ID [body|final|alternate|grouped|check|graphs|verify|corners|grouping|keeping|guards|layout|lean|rows19|probe] | follow" >&2; exit 2 ;;
 esac

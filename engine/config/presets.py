@@ -419,6 +419,9 @@ def _suggest(loc: tuple[str, ...]) -> str:
 
 
 def to_yaml(preset: Preset) -> str:
-    """The resolved config, every default filled in, loadable again by `finetty train`."""
+    """The resolved config, every default filled in, loadable again by `finetty train`; the
+    sections of other tasks are left out (an SFT run's config lists no GRPO rewards)."""
     data = preset.model_dump(mode="json")
+    for section in preset.unread_sections():
+        del data[section]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -360,8 +360,18 @@ class Preset(Section):
             )
         return self
 
-    def _grpo_problems(self) -> list[tuple[tuple[str, ...], str]]:
+    def unread_sections(self) -> tuple[str, ...]:
+        """The task sections this preset's task never reads (left at their defaults, which
+        validation demands): a dumped config.yaml leaves them out."""
+        unread = []
         if self.task != "grpo":
+            unread.append("grpo")
+        if self.task not in PREFERENCE_TASKS:
+            unread.append("preference")
+        return tuple(unread)
+
+    def _grpo_problems(self) -> list[tuple[tuple[str, ...], str]]:
+        if "grpo" in self.unread_sections():
             # Compared with the defaults, not model_fields_set: a resolved config.yaml lists them.
             changed = self.grpo != GrpoSection()
             return [(("grpo",), "applies to task: grpo only; set task: grpo")] if changed else []
@@ -389,7 +399,7 @@ class Preset(Section):
         return problems
 
     def _preference_problems(self) -> list[tuple[tuple[str, ...], str]]:
-        if self.task not in PREFERENCE_TASKS:
+        if "preference" in self.unread_sections():
             # Compared with the defaults, not model_fields_set: a resolved config.yaml lists them.
             changed = self.preference != PreferenceSection()
             message = "applies to task: dpo, orpo, kto or simpo only; set one of them as task"

@@ -663,14 +663,16 @@ class Run:
 
         self.sink.emit(StateChanged(state="evaluating", detail="reference log-probs"))
         train, val, cached = with_reference(
-            model, train, val,
+            model,
+            train,
+            val,
             cache_dir=self.run_dir if self.dir_sink is not None else None,
             weights=reference_weights(self.preset),
             emit=self.sink.emit,
             between=self.control.check_abort,
             ld_alpha=self.preset.preference.ld_alpha,
             **self._scoring(model, settings),
-        )  # fmt: skip
+        )
         if cached:
             text = (
                 f"Reference log-probs of {len(train) + len(val)} pairs read from the run directory."

@@ -119,8 +119,17 @@ def test_the_headless_console_prints_the_evaluations_progress_and_the_loading_cl
     view.print(reporter)  # the live view's frame, as rich.live draws it
     assert "step 0/1  ETA --  elapsed 3s" in view.file.getvalue()
     for done, at in ((0, 1003.0), (5, 1004.0), (30, 1006.0), (42, 1008.0)):
-        reporter.emit(Progress(task="exact match before training", done=done, total=42,
-                               unit="examples", elapsed_s=at - 1003, eta_s=None, time=at))  # fmt: skip
+        reporter.emit(
+            Progress(
+                task="exact match before training",
+                done=done,
+                total=42,
+                unit="examples",
+                elapsed_s=at - 1003,
+                eta_s=None,
+                time=at,
+            )
+        )
     lines = err.getvalue().splitlines()
     progress = [line for line in lines if line.startswith("exact match before training")]
     # every 2 s at most, and the last one

@@ -17,8 +17,14 @@ from tui.screens.home import duration
 def test_runs_home_and_log_give_a_finished_run_one_duration(tmp_path: Path, capsys) -> None:
     run = tmp_path / "demo" / "20261204-050131"
     run.mkdir(parents=True)
-    status = {"state": "finished", "step": 60, "total_steps": 60, "started": 1000.0,
-              "updated": 1096.3, "elapsed_s": 101.1}  # fmt: skip
+    status = {
+        "state": "finished",
+        "step": 60,
+        "total_steps": 60,
+        "started": 1000.0,
+        "updated": 1096.3,
+        "elapsed_s": 101.1,
+    }
     (run / "status.json").write_text(json.dumps(status))
     (run / "events.jsonl").write_text(Finished("finished", 60, {}, {}, 101.1).to_json() + "\n")
     assert main(["runs", "--run-dir", str(tmp_path)]) == 0

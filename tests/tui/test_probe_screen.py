@@ -16,13 +16,31 @@ from tui.screens.review import ReviewScreen
 pytestmark = pytest.mark.anyio
 
 FAKE = ProbeResult(
-    preset="smollm2-demo", device="cpu", on_gpu=False, steps=4, micro_batch=8, grad_accum=1,
-    seq_len=256, peak_kind="process RSS", measured_peak_gib=1.87, predicted_peak_gib=1.62,
-    measured_reserved_gib=None, capacity_gib=15.6, fits=True, measured_step_s=3.21,
-    predicted_step_s=2.75, tokens_per_s=118.0, predicted_tokens_per_s=140.0,
-    step_times_s=(5.0, 3.2, 3.21, 3.3), total_steps=60, eta_s=192.6, predicted_eta_s=165.0,
-    hourly_price=None, cost_usd=None, predicted_cost_usd=None,
-)  # fmt: skip
+    preset="smollm2-demo",
+    device="cpu",
+    on_gpu=False,
+    steps=4,
+    micro_batch=8,
+    grad_accum=1,
+    seq_len=256,
+    peak_kind="process RSS",
+    measured_peak_gib=1.87,
+    predicted_peak_gib=1.62,
+    measured_reserved_gib=None,
+    capacity_gib=15.6,
+    fits=True,
+    measured_step_s=3.21,
+    predicted_step_s=2.75,
+    tokens_per_s=118.0,
+    predicted_tokens_per_s=140.0,
+    step_times_s=(5.0, 3.2, 3.21, 3.3),
+    total_steps=60,
+    eta_s=192.6,
+    predicted_eta_s=165.0,
+    hourly_price=None,
+    cost_usd=None,
+    predicted_cost_usd=None,
+)
 
 
 def estimate_text(app) -> str:

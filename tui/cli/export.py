@@ -24,21 +24,29 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("run", metavar="RUN_DIR|latest", help="a run directory, or `latest`")
     parser.add_argument(
-        "--format", dest="formats", action="append", required=True, choices=FORMATS,
+        "--format",
+        dest="formats",
+        action="append",
+        required=True,
+        choices=FORMATS,
         help="what to write (repeatable): adapter, merged (16-bit safetensors), gguf",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--quant", dest="quants", action="append", metavar="TYPE",
+        "--quant",
+        dest="quants",
+        action="append",
+        metavar="TYPE",
         help="GGUF type (repeatable, comma lists too): f16, bf16, q8_0 (default), "
         "or via llama.cpp q4_k_m, q5_k_m, q6_k, q3_k_m, q2_k, ...",
-    )  # fmt: skip
+    )
     parser.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/exports)")
     parser.add_argument("--ollama", action="store_true", help="write an Ollama Modelfile per GGUF")
     parser.add_argument("--force", action="store_true", help="replace existing export targets")
     parser.add_argument(
-        "--dtype", choices=("bf16", "fp16"),
+        "--dtype",
+        choices=("bf16", "fp16"),
         help="merge precision (default bf16; fp16 when GGUF f16/q8_0/k-quants are asked for)",
-    )  # fmt: skip
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--run-dir", metavar="DIR", help="root folder for runs (for `latest`)")
     return parser
@@ -154,8 +162,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         clock.set()
         progress.close()
     if args.json:
-        print(json.dumps({"run_dir": str(report.run_dir), "out_dir": str(report.out_dir),
-                          "items": [item.to_dict() for item in report.items]}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "run_dir": str(report.run_dir),
+                    "out_dir": str(report.out_dir),
+                    "items": [item.to_dict() for item in report.items],
+                },
+                indent=2,
+            )
+        )
         return 0
     for item in report.items:
         print(f"{item.kind:9} {human_size(item.size):>10}  {item.path}")

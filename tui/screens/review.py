@@ -150,9 +150,12 @@ class ReviewScreen(WizardStep):
                 id="gpus",
                 compact=True,
             )
-        for widget_id, title in (("review-problems", "Validation"), ("review-command", "Command"),
-                                 ("review-estimate", "Memory and time estimate"),
-                                 ("review-yaml", "Config (YAML)")):  # fmt: skip
+        for widget_id, title in (
+            ("review-problems", "Validation"),
+            ("review-command", "Command"),
+            ("review-estimate", "Memory and time estimate"),
+            ("review-yaml", "Config (YAML)"),
+        ):
             panel = Static("", id=widget_id, classes="review-text", markup=False)
             panel.border_title = title
             yield panel
@@ -298,8 +301,11 @@ class ReviewScreen(WizardStep):
         self.show("review-estimate", message.text)
         if message.done:
             title = "Probe done" if message.ok else "Probe: does not fit or failed"
-            self.notify(message.text.splitlines()[0], title=title,
-                        severity="information" if message.ok else "error")  # fmt: skip
+            self.notify(
+                message.text.splitlines()[0],
+                title=title,
+                severity="information" if message.ok else "error",
+            )
 
     def action_save(self) -> None:
         preset = self.validated()

@@ -84,8 +84,11 @@ def tokenizer_for(state: WizardState) -> Any:
 
 
 def tokenizer_cached(state: WizardState) -> bool:
-    key = (str(state.get("model.name_or_path")), state.get("model.revision"),
-           bool(state.get("model.trust_remote_code")))  # fmt: skip
+    key = (
+        str(state.get("model.name_or_path")),
+        state.get("model.revision"),
+        bool(state.get("model.trust_remote_code")),
+    )
     return key in _TOKENIZERS
 
 
@@ -141,8 +144,10 @@ class DatasetStep(WizardStep):
     """
 
     def compose_body(self) -> ComposeResult:
-        suggest = {"dataset.path": ["builtin:finetty-skills", "mlabonne/FineTome-100k"],
-                   "dataset.chat_template": template_names()}  # fmt: skip
+        suggest = {
+            "dataset.path": ["builtin:finetty-skills", "mlabonne/FineTome-100k"],
+            "dataset.chat_template": template_names(),
+        }
         yield from self.fields(self.KEYS[:6], **suggest)
         preview = TokenPreview(id="dataset-preview")
         preview.border_title = "Preview through the chat template"

@@ -44,8 +44,10 @@ def trainable_summary(state: WizardState, shape: ModelShape) -> str:
         )
     except FinettyError as exc:
         return f"[$text-error]✗ {exc.message}[/]\n  {exc.hint or ''}"
-    lines = [f"trainable  {count(lora)} of {count(total)} ({share(lora, total)}), "
-             f"r {r} on {', '.join(shape.targeted_modules(state.get('lora.target_modules')))}"]  # fmt: skip
+    lines = [
+        f"trainable  {count(lora)} of {count(total)} ({share(lora, total)}), "
+        f"r {r} on {', '.join(shape.targeted_modules(state.get('lora.target_modules')))}"
+    ]
     if isinstance(alpha, int | float) and not isinstance(alpha, bool):
         rs = bool(state.get("lora.use_rslora"))
         scale = alpha / (math.sqrt(r) if rs else r)

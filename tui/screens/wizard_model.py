@@ -35,8 +35,12 @@ def model_summary(state: WizardState) -> str:
     lines = []
     try:
         source = resolve_source(name, allow_pickle=bool(state.get("model.allow_pickle_weights")))
-        kind = {"embedded": "embedded (ships with finetty, no download)", "local": "local folder",
-                "gguf": "GGUF file", "hub": "Hugging Face hub id"}[source.kind]  # fmt: skip
+        kind = {
+            "embedded": "embedded (ships with finetty, no download)",
+            "local": "local folder",
+            "gguf": "GGUF file",
+            "hub": "Hugging Face hub id",
+        }[source.kind]
         if source.kind == "gguf":
             size = (Path(source.location) / str(source.gguf_file)).stat().st_size
             kind += f", {size / 2**30:.2f} GiB on disk"
@@ -48,8 +52,10 @@ def model_summary(state: WizardState) -> str:
     except FinettyError as exc:
         lines.append(f"[$text-warning]shape   unknown offline: {exc.hint or exc.message}[/]")
         return "\n".join(lines)
-    lines.append(f"arch    {shape.architecture}, {shape.num_hidden_layers} layers, "
-                 f"hidden {shape.hidden_size}, vocab {shape.vocab_size:,}")  # fmt: skip
+    lines.append(
+        f"arch    {shape.architecture}, {shape.num_hidden_layers} layers, "
+        f"hidden {shape.hidden_size}, vocab {shape.vocab_size:,}"
+    )
     lines.append(f"params  {count(shape.param_count())} ({shape.param_count():,})")
     lines.append(fit_line(state))
     return "\n".join(lines)

@@ -63,8 +63,10 @@ class TrainingStep(WizardStep):
         accum = self.state.get("training.gradient_accumulation_steps")
         if isinstance(accum, int) and (isinstance(micro, int) or micro == "auto"):
             global_batch = micro * accum if isinstance(micro, int) else f"auto x {accum}"
-            text = (f"{micro} per device x {accum} accumulation = {global_batch} rows per "
-                    "optimizer step")  # fmt: skip
+            text = (
+                f"{micro} per device x {accum} accumulation = {global_batch} rows per "
+                "optimizer step"
+            )
         else:
             text = "[$text-warning]fix the batch fields to see the global batch[/]"
         self.show("training-batch", text)

@@ -65,8 +65,15 @@ class FormField(Vertical, can_focus=False):
             super().__init__()
             self.key, self.text = key, text
 
-    def __init__(self, key: str, value: Any, text: str | None = None, *,
-                 suggestions: list[str] | None = None, label: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        key: str,
+        value: Any,
+        text: str | None = None,
+        *,
+        suggestions: list[str] | None = None,
+        label: str | None = None,
+    ) -> None:
         super().__init__(id="field-" + key.replace(".", "-"))
         self.key = key
         self.annotation, self.help = schema_field(key)

@@ -49,14 +49,26 @@ class LengthHistogram(Widget):
         lines = []
         for bound, count in rows:
             bar = "█" * round(bar_room * count / peak)
-            lines.append(Content.assemble(f"≤{bound}".rjust(label_width), " ",
-                                          (bar, "$primary"), f" {count}"))  # fmt: skip
+            lines.append(
+                Content.assemble(
+                    f"≤{bound}".rjust(label_width), " ", (bar, "$primary"), f" {count}"
+                )
+            )
         bar = "█" * round(bar_room * over / peak)
         style = "$text-error" if over else "$foreground-muted"
-        lines.append(Content.assemble((f">{self.max_length}".rjust(label_width), style), " ",
-                                      (bar, "$error"), (f" {over} truncated", style)))  # fmt: skip
+        lines.append(
+            Content.assemble(
+                (f">{self.max_length}".rjust(label_width), style),
+                " ",
+                (bar, "$error"),
+                (f" {over} truncated", style),
+            )
+        )
         n, longest = len(self.lengths), max(self.lengths)
         mean = sum(self.lengths) / n
-        lines.append(Content.styled(f"{n} rows, mean {mean:.0f} tokens, longest {longest}",
-                                    "$foreground-muted"))  # fmt: skip
+        lines.append(
+            Content.styled(
+                f"{n} rows, mean {mean:.0f} tokens, longest {longest}", "$foreground-muted"
+            )
+        )
         return Content("\n").join(lines)

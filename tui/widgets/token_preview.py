@@ -24,8 +24,12 @@ class PreviewRow:
 
 
 def legend() -> Content:
-    return Content.assemble(("trained", TRAINED), " loss on these tokens   ",
-                            ("masked", MASKED), " context only (labels -100)")  # fmt: skip
+    return Content.assemble(
+        ("trained", TRAINED),
+        " loss on these tokens   ",
+        ("masked", MASKED),
+        " context only (labels -100)",
+    )
 
 
 def row_content(row: PreviewRow, index: int) -> Content:

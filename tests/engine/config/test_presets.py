@@ -210,7 +210,9 @@ def test_to_yaml_round_trips(info: PresetInfo, tmp_path: Path) -> None:
 
 def test_to_yaml_fills_in_every_default() -> None:
     data = yaml.safe_load(to_yaml(validate({"method": "qlora"})))
-    assert list(data) == list(Preset.model_fields)
+    assert list(data) == [
+        name for name in Preset.model_fields if name not in ("grpo", "preference")
+    ]
     for section in ("model", "dataset", "lora", "training", "export"):
         fields = Preset.model_fields[section].annotation.model_fields  # type: ignore[union-attr]
         assert list(data[section]) == list(fields)
@@ -417,3 +419,11 @@ def test_the_cpu_dpo_demo() -> None:
     assert (preset.dataset.path, preset.dataset.format) == ("builtin:finetty-skills", "auto")
     assert preset.dataset.val_size == 0 and preset.model.dtype == "float32"
     assert preset.preference.loss_types("dpo") == ("sigmoid",) and preset.preference.beta == 0.1
+
+
+@pytest.mark.parametrize(("task", "kept"), [("sft", None), ("dpo", "preference")])
+def test_to_yaml_leaves_out_the_sections_other_tasks_read(task: str, kept: str | None) -> None:
+    """An SFT run's config.yaml listed GRPO's rewards and DPO's beta, which it never reads."""
+    preset = Preset.model_construct(**{**validate({}).__dict__, "task": task})
+    data = yaml.safe_load(to_yaml(preset))
+    assert [s for s in ("grpo", "preference") if s in data] == ([kept] if kept else [])

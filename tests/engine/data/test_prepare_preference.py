@@ -13,9 +13,15 @@ from engine.data.prepare_preference import load_pairs, prepare_pairs
 def prepared(tokenizer: Any, task: str, path: str = BUILTIN_DATASET, val_size: float = 0):
     sets = load_pairs(path, "train[:24]", task=task, max_rows=None)
     return prepare_pairs(
-        tokenizer, sets, path=path, task=task, chat_template="auto", max_length=256,
-        val_size=val_size, seed=0,
-    )  # fmt: skip
+        tokenizer,
+        sets,
+        path=path,
+        task=task,
+        chat_template="auto",
+        max_length=256,
+        val_size=val_size,
+        seed=0,
+    )
 
 
 def response_ids(example: Any) -> list[int]:

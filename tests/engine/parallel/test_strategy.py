@@ -111,9 +111,14 @@ def test_single_process_checkpoints_are_the_plain_format(tmp_path: Path) -> None
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
     fresh_scheduler = torch.optim.lr_scheduler.LambdaLR(fresh_optimizer, lambda step: 1.0)
     loaded = SingleProcess().load_checkpoint(
-        path, model=fresh, optimizer=fresh_optimizer, scheduler=fresh_scheduler, scaler=None,
-        max_step=4, examples=8,
-    )  # fmt: skip
+        path,
+        model=fresh,
+        optimizer=fresh_optimizer,
+        scheduler=fresh_scheduler,
+        scaler=None,
+        max_step=4,
+        examples=8,
+    )
     assert loaded == state and torch.equal(fresh.weight, model.weight)
     assert fresh_optimizer.state_dict()["state"][0]["step"] == 1
 
@@ -203,8 +208,12 @@ def _job(tmp_path: Path, mode: str) -> list[dict]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     done = subprocess.run(
         [*command, "--nproc-per-node", "2", str(script)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(2)]
 

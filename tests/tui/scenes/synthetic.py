@@ -141,11 +141,20 @@ def scripted_export(run: Path, formats: list[str], *, progress: Callable, **opti
         "llama.cpp: loads, same prompt tokens, generated 8 tokens (8/8 equal to the HF greedy "
         "continuation)",
     ]
-    return ExportReport(run, out, [
-        Exported("gguf", gguf, 144_811_200, checks),
-        Exported("modelfile", modelfile, 612, ["chat format chatml"],
-                 f"ollama create smollm2-demo:q8_0 -f {modelfile}"),
-    ])  # fmt: skip
+    return ExportReport(
+        run,
+        out,
+        [
+            Exported("gguf", gguf, 144_811_200, checks),
+            Exported(
+                "modelfile",
+                modelfile,
+                612,
+                ["chat format chatml"],
+                f"ollama create smollm2-demo:q8_0 -f {modelfile}",
+            ),
+        ],
+    )
 
 
 def export_scene() -> SceneApp:

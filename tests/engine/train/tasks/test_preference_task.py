@@ -73,9 +73,15 @@ def our_step(
     """What the run does with ``examples``: the reference's totals scored first, then the
     task's mean loss on the policy (backpropagated), its metrics, and the batch."""
     totals = pair_log_probs(
-        reference, examples, batch_size=2, pad_token_id=PAD, device="cpu", amp_dtype=None,
-        chunked=chunked, ld_alpha=ld_alpha,
-    )  # fmt: skip
+        reference,
+        examples,
+        batch_size=2,
+        pad_token_id=PAD,
+        device="cpu",
+        amp_dtype=None,
+        chunked=chunked,
+        ld_alpha=ld_alpha,
+    )
     assert totals is not None
     examples = [
         dataclasses.replace(ex, reference=total) for ex, total in zip(examples, totals, strict=True)
