@@ -58,7 +58,6 @@ from engine.core.events import (
     FanoutSink,
     Finished,
     LogLine,
-    PreferenceAccuracy,
     Progress,
     RunStarted,
     StateChanged,
@@ -202,7 +201,7 @@ class Run:
         self.device = "cpu"
         self.precision = Precision("float32", None, grad_scaler=False)
         self.sharded = False
-        # Preference pairs (dpo, orpo, simpo) instead of SFT rows: the data path and the
+        # Preference pairs (dpo, orpo, simpo; kto's unpaired examples) instead of SFT rows: the data path and the
         # held-out score (preference accuracy instead of exact match) follow.
         self.pairs = reads_pairs(preset)
         self._settings: TrainSettings | None = None  # the trainer's, once made
@@ -698,26 +697,25 @@ class Run:
         return self.control.stop_requested.is_set() or self.control.aborted.is_set()
 
     def _preference_accuracy(self, model: Any, pairs: list[Any], stage: str) -> None:
-        from engine.train.evaluate import Tracker
-        from engine.train.tasks.pair_scores import pair_log_probs, preference_accuracy
+        from engine.train.tasks.pair_scores import accuracy_event
 
         self.sink.emit(
             StateChanged(state="evaluating", detail=f"preference accuracy {stage} training")
         )
-        task = f"preference accuracy {stage} training"
-        tracker = Tracker(task, len(pairs), self.sink.emit, self._should_stop)
-        tracker.update(0, force=True)
         if self._settings is None:
             raise RuntimeError("preference accuracy is scored once the trainer's settings exist")
-        totals = pair_log_probs(
-            model, pairs, tracker=tracker, **self._scoring(model, self._settings)
+        event = accuracy_event(
+            model,
+            pairs,
+            stage,
+            emit=self.sink.emit,
+            should_stop=self._should_stop,
+            **self._scoring(model, self._settings),
         )
-        if totals is None:
+        if event is None:
             text = f"Preference accuracy {stage} training skipped: a stop was requested."
             self.sink.emit(LogLine(level="info", text=text))
             return
-        correct, total = preference_accuracy(totals)
-        event = PreferenceAccuracy(stage, correct / max(total, 1), correct, total)
         self._accuracy[f"preference_accuracy_{stage}"] = event.accuracy
         self.sink.emit(event)
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from engine.core.events import PreferenceAccuracy
 from engine.data.prepare_preference import TwoSided
 from engine.train.evaluate import Tracker
 from engine.train.tasks.preference import collate, score, split_sides
@@ -77,6 +78,27 @@ def pair_log_probs(
 def preference_accuracy(totals: Sequence[tuple[float, float]]) -> tuple[int, int]:
     """(pairs whose chosen response is the likelier, pairs)."""
     return sum(1 for chosen, rejected in totals if chosen > rejected), len(totals)
+
+
+def accuracy_event(
+    model: Any,
+    pairs: Sequence[TwoSided],
+    stage: str,
+    *,
+    emit: Callable[[Any], None],
+    should_stop: Callable[[], bool],
+    **scoring: Any,
+) -> PreferenceAccuracy | None:
+    """Held-out preference accuracy ``stage`` ("before", "after") training, with Progress
+    events; None when ``should_stop`` turned true part-way."""
+    tracker = Tracker(f"preference accuracy {stage} training", len(pairs), emit, should_stop)
+    tracker.update(0, force=True)
+    totals = pair_log_probs(model, pairs, tracker=tracker, **scoring)
+    if totals is None:
+        return None
+    tracker.update(len(pairs), force=True)
+    correct, total = preference_accuracy(totals)
+    return PreferenceAccuracy(stage, correct / max(total, 1), correct, total)
 
 
 def digest(pairs: Sequence[TwoSided], weights: dict[str, Any]) -> str:
