@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.errors import EXIT_OK
+from engine.core.errors import EXIT_OK, EXIT_STOPPED
 from engine.core.events import (
+    Event,
     LogLine,
     PreferenceAccuracy,
     Progress,
@@ -110,3 +111,29 @@ def test_resume_reuses_the_reference_and_repeats_the_losses(
     # Bit-equal on the CPU: the same reference numbers, data order, RNG and optimizer state.
     ran = [(s.loss, s.metrics) for s in stopper.of_type(Step) + resumed_sink.of_type(Step)]
     assert ran == [(s.loss, s.metrics) for s in whole.of_type(Step)]
+
+
+class StopWhileScoring(RecordingSink):
+    """Asks for a stop as soon as the reference pass reports progress, like `x` or SIGTERM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: Run | None = None
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        if isinstance(event, Progress) and event.task == "reference log-probs" and self.run:
+            self.run.control.stop()
+
+
+def test_a_stop_during_the_reference_pass_ends_the_run_at_once(
+    make_pair_preset, tmp_path: Path
+) -> None:
+    sink = StopWhileScoring()
+    run = Run(make_pair_preset("dpo", per_device_eval_batch_size=1), sink, runs_root=tmp_path)
+    sink.run = run
+    result = run.execute()
+    assert result.status == "stopped" and result.exit_code == EXIT_STOPPED
+    assert not sink.of_type(Step) and not (result.run_dir / CACHE_NAME).exists()
+    scored = [e.done for e in sink.of_type(Progress) if e.task == "reference log-probs"]
+    assert max(scored) < 16  # it did not score every pair first
