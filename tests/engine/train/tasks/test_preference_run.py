@@ -137,3 +137,19 @@ def test_a_stop_during_the_reference_pass_ends_the_run_at_once(
     assert not sink.of_type(Step) and not (result.run_dir / CACHE_NAME).exists()
     scored = [e.done for e in sink.of_type(Progress) if e.task == "reference log-probs"]
     assert max(scored) < 16  # it did not score every pair first
+
+
+def test_kto_trains_on_unpaired_rows(make_pair_preset, tmp_path: Path) -> None:
+    # KTO's own layout: prompt, completion and a true/false label per row.
+    data = tmp_path / "unpaired.jsonl"
+    rows = [
+        {"prompt": f"Say {i}.", "completion": f"{i}" if i % 3 else f"{i + 1}", "label": i % 3 != 0}
+        for i in range(12)
+    ]
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    preset = make_pair_preset("kto", max_steps=2)
+    preset.dataset.path = str(data)
+    sink = RecordingSink()
+    result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
+    assert result.status == "finished"
+    assert all(math.isfinite(step.loss) and "kl" in step.metrics for step in sink.of_type(Step))
