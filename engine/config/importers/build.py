@@ -198,7 +198,7 @@ def preset_yaml(
     origin: dict[str, str] = {}
     for row in mapping.rows:
         for key in row.targets:
-            origin.setdefault(key, f"{row.source_key}: {_short(row.source_value)}")
+            origin.setdefault(key, f"{_short(row.source_key)}: {_short(row.source_value)}")
     label = SOURCE_NAMES[source]
     lines = [
         f"# Imported by `finetty import` from the {label} config {_short(str(path))}.",
@@ -220,7 +220,7 @@ def preset_yaml(
     left = [row for row in mapping.rows if row.status in (REFUSED, UNMAPPED)]
     if left:
         lines += ["", f"# Not imported from {label}:"]
-        lines += [f"#   {row.source_key}: {_short(row.note, 200)}" for row in left]
+        lines += [f"#   {_short(row.source_key)}: {_short(row.note, 200)}" for row in left]
     return "\n".join(lines) + "\n"
 
 

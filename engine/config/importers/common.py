@@ -127,5 +127,5 @@ class KeyTable:
             elif prefix is not None:
                 mapping.unmapped(key, value, self.prefixes[prefix])
             else:
-                mapping.unmapped(key, value, f"not a {self.source} key finetty knows")
+                mapping.unmapped(key, value, f"not a key finetty's {self.source} importer knows")
         return mapping

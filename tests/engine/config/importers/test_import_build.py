@@ -106,9 +106,14 @@ def test_several_datasets_name_the_rest(tmp_path: Path) -> None:
 
 def test_odd_text_in_values_stays_one_yaml_line(tmp_path: Path) -> None:
     # PyYAML breaks lines at U+2028 and NEL: a comment quoting them must not.
-    path = write(tmp_path, 'base_model: "org/m\\u2028x"\noutput_dir: "a\\x85b"\nadapter: lora\n')
+    # An escape code in a key (an unknown one, named in the closing comment) is no YAML at all.
+    path = write(
+        tmp_path,
+        'base_model: "org/m\\u2028x"\noutput_dir: "a\\x85b"\nadapter: lora\n"k\\x1b\\u2028": 1\n',
+    )
     result = import_config(path)
     assert result.preset.model.name_or_path == "org/m\u2028x"
+    assert "k\\u001b\\u2028: not a key" in result.yaml_text
     out = write(tmp_path, result.yaml_text, "out.yaml")
     assert load_preset(str(out))[0].model.name_or_path == "org/m\u2028x"
 
