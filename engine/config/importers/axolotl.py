@@ -216,7 +216,7 @@ def _dataset_type(mapping: Mapping, key: str, value: Any, *, preference: bool) -
             "finetty detects preference layouts itself (prompt/chosen/rejected, chosen/rejected "
             "conversations, or KTO's prompt/completion/label)",
         )
-    elif value in DATASET_TYPES:
+    elif isinstance(value, str) and value in DATASET_TYPES:
         fmt = DATASET_TYPES[value]
         targets: dict[str, Any] = {"dataset.format": fmt}
         if fmt == "text":

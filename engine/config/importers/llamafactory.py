@@ -143,9 +143,9 @@ def _implied_defaults(mapping: Mapping, data: dict[str, Any]) -> None:
 def _stage(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
     if value == "dpo":
         loss = data.get("pref_loss", "sigmoid")
-        task = PREF_LOSSES.get(loss, "dpo")
+        task = PREF_LOSSES.get(loss, "dpo") if isinstance(loss, str) else "dpo"
         mapping.to(key, value, {"task": task}, f"pref_loss {loss} is task {task}")
-    elif value in STAGES:
+    elif isinstance(value, str) and value in STAGES:
         targets: dict[str, Any] = {"task": STAGES[value]}
         note = ""
         if value == "pt":
@@ -159,7 +159,7 @@ def _stage(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None
 def _pref_loss(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
     if data.get("stage") != "dpo":
         mapping.unmapped(key, value, "read only with stage: dpo")
-    elif value in PREF_LOSSES:
+    elif isinstance(value, str) and value in PREF_LOSSES:
         mapping.same(key, value, f"picks task: {PREF_LOSSES[value]} (see stage)")
     elif value in DPO_LOSS_TYPES:
         mapping.to(key, value, {"preference.loss_type": [value]})
@@ -209,7 +209,7 @@ def _dataset(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> No
 
 
 def _attention(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
-    if value in ATTENTION:
+    if isinstance(value, str) and value in ATTENTION:
         mapping.to(key, value, {"model.attn_implementation": ATTENTION[value]})
     else:
         mapping.unmapped(key, value, "finetty takes auto, fa2, sdpa or disabled")

@@ -167,3 +167,22 @@ def test_a_fifo_and_a_huge_file_are_refused_unread(tmp_path: Path) -> None:
     link = tmp_path / "link.yml"
     link.symlink_to(FIXTURES / "axolotl/qlora.yml")
     assert import_config(link).source == "axolotl"  # a symlink to a file reads as presets do
+
+
+# Keys the fixtures do not hold but the importers read with care.
+EXTRA_KEYS = {
+    "axolotl": ["rl", "rpo_alpha", "lora_target_modules", "train_on_inputs", "sdp_attention"],
+    "llamafactory": ["pref_loss", "flash_attn", "neat_packing", "additional_target", "stage"],
+}
+ODD_VALUES = [[1], {"a": 1}, None, True, -1, "x\x1b"]
+
+
+@pytest.mark.parametrize("name", ["axolotl/qlora.yml", "llamafactory/llama3_lora_dpo.yaml"])
+def test_any_value_of_any_key_ends_in_a_valid_preset(name: str, tmp_path: Path) -> None:
+    # A list where a name belongs once raised TypeError (unhashable) out of the importer.
+    base = yaml.safe_load((FIXTURES / name).read_text())
+    source = name.split("/")[0]
+    for key in [*base, *EXTRA_KEYS[source]]:
+        for odd in ODD_VALUES:
+            path = write(tmp_path, yaml.safe_dump({**base, key: odd}))
+            import_config(path, source)  # which validates the preset text it writes
