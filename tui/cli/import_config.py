@@ -37,6 +37,12 @@ def add_import_parser(sub: Any) -> argparse.ArgumentParser:
         choices=("axolotl", "llamafactory"),
         help="the tool that wrote CONFIG (default: told from its keys)",
     )
+    command.add_argument(
+        "--dataset-info",
+        metavar="PATH",
+        help="LLaMA-Factory's data/dataset_info.json, which names its datasets (default: "
+        "DATASET_DIR/dataset_info.json below this folder, as LLaMA-Factory reads it)",
+    )
     command.add_argument("--json", action="store_true", help="machine-readable output")
     command.add_argument("--force", action="store_true", help="replace an existing --out file")
     return command
@@ -53,7 +59,10 @@ def cmd_import(args: argparse.Namespace) -> int:
         raise ConfigError(f"{config}: no such file.", hint=HINT)
     out = Path(args.out).expanduser() if args.out else Path(f"{config.stem}-finetty.yaml")
     check_target(out, config, force=args.force)  # before any work, so a refusal costs nothing
-    result = import_config(config, args.source)
+    info = Path(args.dataset_info).expanduser() if args.dataset_info else None
+    result = import_config(config, args.source, info)
+    if result.dataset_info is not None:
+        print(f"import: dataset names read from {result.dataset_info}", file=sys.stderr)
     write_preset(out, result.yaml_text, force=args.force)
     if args.json:
         print(json.dumps({**result.as_json(), "preset_file": str(out)}, indent=2, default=str))

@@ -182,8 +182,7 @@ def _datasets(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> N
             mapping.unmapped(
                 where,
                 entry,
-                "finetty trains on one dataset (the first is imported): merge them into one "
-                "file or hub dataset and set dataset.path",
+                common.ONE_DATASET,
             )
         elif not isinstance(entry, dict):
             mapping.unmapped(where, entry, "expected a mapping with a path")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +15,14 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from engine.config.importers import axolotl, llamafactory
+from engine.config.importers import axolotl, llamafactory, llamafactory_data
 from engine.config.importers.table import REFUSED, UNMAPPED, Mapping, Row, nested
 from engine.config.presets import load_yaml_text, read_yaml, validate
 from engine.config.schema import Preset
 from engine.core.errors import ConfigError
 from engine.core.input_files import regular_file_problem
 
-SOURCES: dict[str, Callable[[dict[str, Any]], Mapping]] = {
-    "axolotl": axolotl.map_config,
-    "llamafactory": llamafactory.map_config,
-}
+SOURCES = ("axolotl", "llamafactory")
 SOURCE_NAMES = {"axolotl": "Axolotl", "llamafactory": "LLaMA-Factory"}
 # Keys that say which tool wrote a config; a config names several of its own tool's.
 SIGNATURES = {
@@ -53,11 +49,13 @@ class ImportResult:
     rows: list[Row]
     preset: Preset
     yaml_text: str
+    dataset_info: Path | None = None  # the dataset_info.json a LLaMA-Factory config was read with
 
     def as_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "config": str(self.path),
+            "dataset_info": None if self.dataset_info is None else str(self.dataset_info),
             "rows": [row.as_json() for row in self.rows],
             "preset": self.preset.model_dump(
                 mode="json", exclude=set(self.preset.unread_sections())
@@ -102,7 +100,11 @@ def detect_source(data: dict[str, Any], path: Path) -> str:
     return best
 
 
-def import_config(path: Path, source: str | None = None) -> ImportResult:
+def import_config(
+    path: Path, source: str | None = None, dataset_info: Path | None = None
+) -> ImportResult:
+    """``dataset_info``: LLaMA-Factory's dataset_info.json; unset, it is looked for where
+    LLaMA-Factory would read it."""
     data = read_config(path)
     if source is None:
         source = detect_source(data, path)
@@ -111,7 +113,17 @@ def import_config(path: Path, source: str | None = None) -> ImportResult:
             f"--from {source}: not a source finetty imports.",
             hint=f"Use one of: {', '.join(SOURCES)}.",
         )
-    mapping = SOURCES[source](data)
+    found = None
+    if source == "llamafactory":
+        found = dataset_info or llamafactory_data.find(data)
+        mapping = llamafactory.map_config(data, llamafactory_data.load(found) if found else None)
+    elif dataset_info is not None:
+        raise ConfigError(
+            "--dataset-info: only LLaMA-Factory configs name their datasets there.",
+            hint="Leave --dataset-info out for an Axolotl config.",
+        )
+    else:
+        mapping = axolotl.map_config(data)
     header = {
         "name": preset_name(path),
         "description": f"imported from the {SOURCE_NAMES[source]} config {_short(path.name)}",
@@ -120,7 +132,7 @@ def import_config(path: Path, source: str | None = None) -> ImportResult:
     text = preset_yaml(preset, written, mapping, source, path, header)
     # The text itself validated, as `finetty train` will read it.
     validate(load_yaml_text(text)[1], source=str(path))
-    return ImportResult(source, path, mapping.rows, preset, text)
+    return ImportResult(source, path, mapping.rows, preset, text, found)
 
 
 def preset_name(path: Path) -> str:

@@ -31,6 +31,10 @@ FINETTY_TEMPLATES = "chatml, llama-3, mistral, gemma, phi-3, zephyr, alpaca"
 OPTIMIZERS = {"adamw_bnb_8bit": "adamw_8bit", "adamw_torch_8bit": "adamw_8bit"}
 
 NO_TRACKER = "finetty logs to its run directory (metrics.jsonl) and has no experiment tracker yet"
+ONE_DATASET = (
+    "finetty trains on one dataset (the first is imported): merge them into one file or hub "
+    "dataset and set dataset.path"
+)
 OWN_RUN_DIR = "finetty writes each run to runs/<name>/<timestamp>"
 OWN_PARALLEL = (
     "finetty picks the execution mode itself: DDP for LoRA/QLoRA, FSDP for full "

@@ -8,9 +8,10 @@ trains what the config trained.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from engine.config.importers import common
+from engine.config.importers import common, llamafactory_data
 from engine.config.importers.table import Mapping
 
 HF_KEYS = (
@@ -55,14 +56,8 @@ DIRECT = {
     "kto_rejected_weight": "preference.undesirable_weight",
     **{key: f"training.{key}" for key in HF_KEYS},
 }
-DATASET_NAMES = (
-    "LLaMA-Factory's datasets are entries of its data/dataset_info.json, which finetty does not "
-    "read: set dataset.path to the entry's hub id (hf_hub_url) or file (file_name); until then "
-    "the preset trains on finetty's built-in dataset"
-)
 UNMAPPED = {
     "adapter_name_or_path": "finetty trains a new adapter; it cannot continue an existing one",
-    "dataset_dir": DATASET_NAMES,
     "eval_dataset": "finetty holds out dataset.val_size of the training rows instead",
     "overwrite_cache": "finetty tokenizes the dataset at the start of each run",
     "tokenized_path": "finetty tokenizes the dataset at the start of each run",
@@ -81,6 +76,7 @@ UNMAPPED = {
 }
 SAME = {
     "do_train": "a finetty preset always trains",
+    "dataset_dir": f"the folder of the {llamafactory_data.INFO_FILE} that names the datasets",
     "quantization_method": "finetty quantizes with bitsandbytes",
 }
 STAGES = {"sft": "sft", "kto": "kto", "pt": "sft"}
@@ -92,8 +88,13 @@ LF_EPOCHS = 3.0  # TrainingArguments' default
 LF_LEARNING_RATE = 5e-5
 
 
-def map_config(data: dict[str, Any]) -> Mapping:
-    mapping = KEYS.map(data)
+def map_config(data: dict[str, Any], info: llamafactory_data.DatasetInfo | None = None) -> Mapping:
+    """``info``: the dataset_info.json that names the config's datasets, where one was found."""
+
+    def dataset(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
+        llamafactory_data.map_dataset(mapping, key, value, data, info)
+
+    mapping = replace(KEYS, handlers={**KEYS.handlers, "dataset": dataset}).map(data)
     _implied_defaults(mapping, data)
     return mapping
 
@@ -204,10 +205,6 @@ def _additional_target(mapping: Mapping, key: str, value: Any, data: dict[str, A
         mapping.unmapped(key, value, "expected module names")
 
 
-def _dataset(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
-    mapping.unmapped(key, value, DATASET_NAMES)
-
-
 def _attention(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
     if isinstance(value, str) and value in ATTENTION:
         mapping.to(key, value, {"model.attn_implementation": ATTENTION[value]})
@@ -250,7 +247,6 @@ KEYS = common.KeyTable(
         "quantization_bit": _quantization,
         "lora_target": _lora_target,
         "additional_target": _additional_target,
-        "dataset": _dataset,
         "template": common.chat_template,
         "optim": common.optimizer,
         "bf16": common.precision,

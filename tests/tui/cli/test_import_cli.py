@@ -160,3 +160,11 @@ def _write(folder: Path, text: str) -> Path:
     path = folder / "c.yml"
     path.write_text(text)
     return path
+
+
+def test_dataset_info_names_the_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    info = LF_SFT.parent / "data" / "dataset_info.json"
+    out = tmp_path / "p.yaml"
+    assert main(["import", str(LF_SFT), "--out", str(out), "--dataset-info", str(info)]) == 0
+    assert f"dataset names read from {info}" in capsys.readouterr().err
+    assert load_preset(str(out))[0].dataset.path.endswith("identity.json")
