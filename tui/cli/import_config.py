@@ -50,7 +50,6 @@ def add_import_parser(sub: Any) -> argparse.ArgumentParser:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from engine.config.importers import import_config
-    from engine.config.importers.table import REFUSED
 
     config = Path(args.config).expanduser()
     if not config.exists():
@@ -68,18 +67,38 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(json.dumps({**result.as_json(), "preset_file": str(out)}, indent=2, default=str))
     else:
         print_table(result)
-    refused = [row.source_key for row in result.rows if row.status == REFUSED]
-    if refused:
-        print(
-            f"import: finetty's validation refused {', '.join(refused)}: the preset leaves "
-            "them at finetty's defaults (the table says why)",
-            file=sys.stderr,
-        )
+    for warning in warnings(result):
+        print(f"import: {warning}", file=sys.stderr)
     print(
         f"import: wrote {out}; next: finetty estimate {out}, then finetty train {out}",
         file=sys.stderr,
     )
     return 0
+
+
+def warnings(result: ImportResult) -> list[str]:
+    """What the user must know before training the preset: refused values, and a config
+    whose dataset was not imported (the preset then names finetty's built-in one)."""
+    from engine.config.importers.table import MAPPED, REFUSED
+    from engine.config.schema import BUILTIN_DATASET
+    from engine.core.terminal_text import printable
+
+    found: list[str] = []
+    refused = [printable(row.source_key) for row in result.rows if row.status == REFUSED]
+    if refused:
+        found.append(
+            f"finetty's validation refused {', '.join(refused)}: the preset leaves them at "
+            "finetty's defaults (the table says why)"
+        )
+    named = [row for row in result.rows if row.source_key in ("dataset", "datasets[0].path")]
+    if result.preset.dataset.path == BUILTIN_DATASET and not any(
+        row.status == MAPPED for row in named
+    ):
+        found.append(
+            f"no dataset was imported: the preset trains on {BUILTIN_DATASET} until you set "
+            "dataset.path (the table says why)"
+        )
+    return found
 
 
 def check_target(out: Path, config: Path, *, force: bool) -> None:

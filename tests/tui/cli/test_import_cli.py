@@ -168,3 +168,20 @@ def test_dataset_info_names_the_dataset(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["import", str(LF_SFT), "--out", str(out), "--dataset-info", str(info)]) == 0
     assert f"dataset names read from {info}" in capsys.readouterr().err
     assert load_preset(str(out))[0].dataset.path.endswith("identity.json")
+
+
+def test_a_dataset_not_imported_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["import", str(LF_SFT), "--out", str(tmp_path / "p.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "no dataset was imported" in err and "builtin:finetty-skills" in err
+    assert main(["import", str(QLORA), "--out", str(tmp_path / "q.yaml")]) == 0
+    assert "no dataset was imported" not in capsys.readouterr().err
+
+
+def test_refused_values_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yml"
+    config.write_text("base_model: m\nadapter: lora\noptimizer: adamw_hf\n")
+    assert main(["import", str(config), "--out", str(tmp_path / "a.yaml")]) == 0
+    captured = capsys.readouterr()
+    assert "validation refused optimizer" in captured.err
+    assert "optimizer\tadamw_hf\trefused\t\ttraining.optim: Input should be" in captured.out
