@@ -166,7 +166,7 @@ def print_table(result: ImportResult) -> None:
 def _cells(row: Row) -> tuple[str, str, str, str, str]:
     from engine.core.terminal_text import printable
 
-    targets = ", ".join(f"{key}: {_shown(value)}" for key, value in row.targets.items())
+    targets = ", ".join(f"{key}: {_shown(value, 200)}" for key, value in row.targets.items())
     cells = (row.source_key, _shown(row.source_value), row.status, targets, row.note)
     # Source keys and values are the file's text: an escape code in them is shown, never obeyed,
     # and a tab or newline would break the plain table's columns.
