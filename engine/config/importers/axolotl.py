@@ -199,12 +199,41 @@ def _dataset(mapping: Mapping, where: str, entry: dict[str, Any], *, preference:
             common.direct(mapping, key, value, "dataset.split")
         elif sub == "type":
             _dataset_type(mapping, key, value, preference=preference)
-        elif sub == "data_files" and "path" in entry:
-            mapping.unmapped(key, value, "name the file itself in dataset.path")
+        elif _default_field(sub, value):
+            mapping.same(key, value, "the name finetty reads too")
+        elif sub in DATASET_UNMAPPED:
+            mapping.unmapped(key, value, DATASET_UNMAPPED[sub])
         else:
             mapping.unmapped(
                 key, value, "finetty reads its formats' own columns: rename them in the data"
             )
+
+
+# Axolotl's dataset field names that are finetty's too (chat_template and DPO datasets).
+DEFAULT_FIELDS = {
+    "field_messages": ("messages", "conversations"),
+    "field_chosen": ("chosen",),
+    "field_rejected": ("rejected",),
+    "field_prompt": ("prompt",),
+}
+DEFAULT_PROPERTIES = {"role": "role", "content": "content"}
+DATASET_UNMAPPED = {
+    "data_files": "name the file itself in dataset.path",
+    "name": "finetty loads a hub dataset's default configuration",
+    "ds_type": "finetty tells a file's type from its name (.jsonl, .json, .csv, .parquet)",
+    "shards": "finetty reads the whole split (dataset.split takes slices: train[:10%])",
+}
+
+
+def _default_field(sub: str, value: Any) -> bool:
+    """Whether a dataset entry's key only repeats the names finetty reads anyway."""
+    if sub in DEFAULT_FIELDS:
+        return value in DEFAULT_FIELDS[sub]
+    if sub == "message_property_mappings":
+        return value == DEFAULT_PROPERTIES
+    if sub == "roles":  # each role named only by itself
+        return isinstance(value, dict) and all(names == [role] for role, names in value.items())
+    return False
 
 
 def _dataset_type(mapping: Mapping, key: str, value: Any, *, preference: bool) -> None:
