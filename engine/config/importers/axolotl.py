@@ -59,6 +59,13 @@ DIRECT = {
     "dpo_use_weighting": "preference.use_weighting",
 }
 
+# Axolotl's defaults (utils/schemas/training.py) where finetty's differ: written out when the
+# config leaves them unset, so that the preset trains what Axolotl would.
+DEFAULTS = {
+    "micro_batch_size": (1, "training.per_device_train_batch_size"),
+    "lr_scheduler": ("cosine", "training.lr_scheduler_type"),
+    "optimizer": ("adamw_torch_fused", "training.optim"),
+}
 # Keys finetty has no setting for, and why.
 UNMAPPED = {
     "model_type": "finetty loads every model as AutoModelForCausalLM",
@@ -103,6 +110,9 @@ def map_config(data: dict[str, Any]) -> Mapping:
         mapping.implied(
             "adapter", None, {"method": "full"}, "Axolotl trains every weight without an adapter"
         )
+    for key, (value, target) in DEFAULTS.items():
+        if key not in data:
+            mapping.implied(key, value, {target: value}, "Axolotl's default, not finetty's")
     return mapping
 
 

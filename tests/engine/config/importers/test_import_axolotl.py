@@ -118,3 +118,15 @@ def test_keys_the_examples_leave_out(extra: dict, targets: dict) -> None:
 
     values = axolotl.map_config({"base_model": "m", "adapter": "lora", **extra}).target_values()
     assert targets.items() <= values.items()
+
+
+def test_axolotl_defaults_that_differ_from_finettys_are_written() -> None:
+    from engine.config.importers import axolotl
+
+    mapping = axolotl.map_config({"base_model": "m", "adapter": "lora", "learning_rate": 1e-4})
+    implied = {row.source_key: row.targets for row in mapping.rows if row.status == IMPLIED}
+    assert implied == {
+        "micro_batch_size": {"training.per_device_train_batch_size": 1},
+        "lr_scheduler": {"training.lr_scheduler_type": "cosine"},
+        "optimizer": {"training.optim": "adamw_torch_fused"},
+    }
