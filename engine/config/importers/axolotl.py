@@ -110,9 +110,7 @@ def map_config(data: dict[str, Any]) -> Mapping:
         mapping.implied(
             "adapter", None, {"method": "full"}, "Axolotl trains every weight without an adapter"
         )
-    for key, (value, target) in DEFAULTS.items():
-        if key not in data:
-            mapping.implied(key, value, {target: value}, "Axolotl's default, not finetty's")
+    common.implied_defaults(mapping, data, DEFAULTS, "Axolotl's default, not finetty's")
     return mapping
 
 

@@ -95,6 +95,16 @@ def train_on_all(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -
         mapping.unmapped(key, value, "expected true or false")
 
 
+def implied_defaults(
+    mapping: Mapping, data: dict[str, Any], defaults: dict[str, tuple[Any, str]], note: str
+) -> None:
+    """The source tool's defaults (key -> (value, finetty key)) for the keys ``data`` leaves
+    unset, written out because finetty's own differ."""
+    for key, (value, target) in defaults.items():
+        if key not in data:
+            mapping.implied(key, value, {target: value}, note)
+
+
 def direct(mapping: Mapping, key: str, value: Any, target: str) -> None:
     """A key with the same meaning under another name; numbers read as text become numbers."""
     if value is None:

@@ -84,8 +84,13 @@ PREF_LOSSES = {"sigmoid": "dpo", "orpo": "orpo", "simpo": "simpo"}
 DPO_LOSS_TYPES = ("hinge", "ipo")
 ATTENTION = {"fa2": "flash_attention_2", "sdpa": "sdpa", "disabled": "eager", "auto": "auto"}
 LF_LORA_RANK = 8  # LLaMA-Factory's FinetuningArguments defaults
-LF_EPOCHS = 3.0  # TrainingArguments' default
-LF_LEARNING_RATE = 5e-5
+# TrainingArguments' defaults where finetty's differ (num_train_epochs is ignored when
+# max_steps is set, in both).
+HF_DEFAULTS = {
+    "num_train_epochs": (3.0, "training.num_train_epochs"),
+    "learning_rate": (5e-5, "training.learning_rate"),
+    "seed": (42, "training.seed"),
+}
 
 
 def map_config(data: dict[str, Any], info: llamafactory_data.DatasetInfo | None = None) -> Mapping:
@@ -125,20 +130,7 @@ def _implied_defaults(mapping: Mapping, data: dict[str, Any]) -> None:
             {"training.gradient_checkpointing": True},
             "LLaMA-Factory checkpoints activations unless told not to",
         )
-    if "num_train_epochs" not in data and "max_steps" not in data:
-        mapping.implied(
-            "num_train_epochs",
-            LF_EPOCHS,
-            {"training.num_train_epochs": LF_EPOCHS},
-            "TrainingArguments' default",
-        )
-    if "learning_rate" not in data:
-        mapping.implied(
-            "learning_rate",
-            LF_LEARNING_RATE,
-            {"training.learning_rate": LF_LEARNING_RATE},
-            "TrainingArguments' default",
-        )
+    common.implied_defaults(mapping, data, HF_DEFAULTS, "TrainingArguments' default")
 
 
 def _stage(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ def test_lora_sft_example() -> None:
     assert training.gradient_checkpointing
     assert rows["lora_rank"].status == IMPLIED and rows["lora_alpha"].status == IMPLIED
     assert rows["disable_gradient_checkpointing"].status == IMPLIED
+    assert training.seed == 42 and rows["seed"].status == IMPLIED  # TrainingArguments' default
     assert rows["eval_strategy"].status == SAME
 
 
