@@ -77,8 +77,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def warnings(result: ImportResult) -> list[str]:
-    """What the user must know before training the preset: refused values, and a config
-    whose dataset was not imported (the preset then names finetty's built-in one)."""
+    """What the user must know before training the preset: refused values, a config whose
+    dataset was not imported (the preset then names finetty's built-in one), remote code."""
     from engine.config.importers.table import MAPPED, REFUSED
     from engine.config.schema import BUILTIN_DATASET
     from engine.core.terminal_text import printable
@@ -97,6 +97,13 @@ def warnings(result: ImportResult) -> list[str]:
         found.append(
             f"no dataset was imported: the preset trains on {BUILTIN_DATASET} until you set "
             "dataset.path (the table says why)"
+        )
+    if result.preset.model.trust_remote_code:
+        # A config from the web should not turn on code execution unnoticed.
+        found.append(
+            "the config turns on model.trust_remote_code: training will run Python code from "
+            f"{printable(result.preset.model.name_or_path)}; set it to false unless you trust "
+            "that repository"
         )
     return found
 

@@ -185,3 +185,13 @@ def test_refused_values_are_said(tmp_path: Path, capsys: pytest.CaptureFixture[s
     captured = capsys.readouterr()
     assert "validation refused optimizer" in captured.err
     assert "optimizer\tadamw_hf\trefused\t\ttraining.optim: Input should be" in captured.out
+
+
+def test_remote_code_from_the_config_is_said(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    otfq = LF_SFT.parent / "llama3_lora_sft_otfq.yaml"  # trust_remote_code: true
+    assert main(["import", str(otfq), "--out", str(tmp_path / "p.yaml")]) == 0
+    assert "turns on model.trust_remote_code" in capsys.readouterr().err
+    assert main(["import", str(LF_SFT), "--out", str(tmp_path / "q.yaml")]) == 0
+    assert "trust_remote_code" not in capsys.readouterr().err
