@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from engine.config.importers import axolotl, llamafactory, llamafactory_data
-from engine.config.importers.table import REFUSED, UNMAPPED, Mapping, Row, nested
+from engine.config.importers.table import IMPLIED, REFUSED, UNMAPPED, Mapping, Row, nested
 from engine.config.presets import load_yaml_text, read_yaml, validate
 from engine.config.schema import Preset
 from engine.core.errors import ConfigError
@@ -209,8 +209,9 @@ def preset_yaml(
     closing list of what was not imported."""
     origin: dict[str, str] = {}
     for row in mapping.rows:
+        unset = "default, unset: " if row.status == IMPLIED else ""
         for key in row.targets:
-            origin.setdefault(key, f"{_short(row.source_key)}: {_short(row.source_value)}")
+            origin.setdefault(key, f"{unset}{_short(row.source_key)}: {_short(row.source_value)}")
     label = SOURCE_NAMES[source]
     lines = [
         f"# Imported by `finetty import` from the {label} config {_short(str(path))}.",
@@ -232,7 +233,10 @@ def preset_yaml(
     left = [row for row in mapping.rows if row.status in (REFUSED, UNMAPPED)]
     if left:
         lines += ["", f"# Not imported from {label}:"]
-        lines += [f"#   {_short(row.source_key)}: {_short(row.note, 200)}" for row in left]
+        lines += [
+            f"#   {_short(row.source_key)}: {_short(row.source_value, 40)}  ({_short(row.note, 200)})"
+            for row in left
+        ]
     return "\n".join(lines) + "\n"
 
 

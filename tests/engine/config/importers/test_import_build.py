@@ -113,7 +113,7 @@ def test_odd_text_in_values_stays_one_yaml_line(tmp_path: Path) -> None:
     )
     result = import_config(path)
     assert result.preset.model.name_or_path == "org/m\u2028x"
-    assert "k\\u001b\\u2028: not a key" in result.yaml_text
+    assert "k\\u001b\\u2028: 1  (not a key" in result.yaml_text
     out = write(tmp_path, result.yaml_text, "out.yaml")
     assert load_preset(str(out))[0].model.name_or_path == "org/m\u2028x"
 
