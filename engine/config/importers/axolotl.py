@@ -111,6 +111,10 @@ def map_config(data: dict[str, Any]) -> Mapping:
             "adapter", None, {"method": "full"}, "Axolotl trains every weight without an adapter"
         )
     common.implied_defaults(mapping, data, DEFAULTS, "Axolotl's default, not finetty's")
+    if data.get("rl") == "simpo":
+        # Axolotl passes cpo_alpha to TRL's CPOConfig only when set: TRL's 1.0 (CPO-SimPO).
+        note = "TRL CPOConfig's default, which Axolotl keeps (finetty's 0.0 is plain SimPO)"
+        common.implied_defaults(mapping, data, {"cpo_alpha": (1.0, "preference.cpo_alpha")}, note)
     return mapping
 
 

@@ -130,3 +130,12 @@ def test_axolotl_defaults_that_differ_from_finettys_are_written() -> None:
         "lr_scheduler": {"training.lr_scheduler_type": "cosine"},
         "optimizer": {"training.optim": "adamw_torch_fused"},
     }
+
+
+def test_simpo_keeps_trls_cpo_alpha_as_axolotl_does() -> None:
+    from engine.config.importers import axolotl
+
+    values = axolotl.map_config({"base_model": "m", "rl": "simpo"}).target_values()
+    assert (values["task"], values["preference.cpo_alpha"]) == ("simpo", 1.0)
+    values = axolotl.map_config({"base_model": "m", "rl": "simpo", "cpo_alpha": 0}).target_values()
+    assert values["preference.cpo_alpha"] == 0
