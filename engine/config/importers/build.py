@@ -6,17 +6,16 @@ validation message), so that the import always ends in a preset that `finetty tr
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from engine.config.importers import axolotl, llamafactory, llamafactory_data
-from engine.config.importers.table import IMPLIED, REFUSED, UNMAPPED, Mapping, Row, nested
+from engine.config.importers.table import REFUSED, Mapping, Row, nested
+from engine.config.importers.writer import preset_yaml, short
 from engine.config.presets import load_yaml_text, read_yaml, validate
 from engine.config.schema import Preset
 from engine.core.errors import ConfigError
@@ -36,15 +35,13 @@ SIGNATURES = {
 MAX_CONFIG_BYTES = 1 << 20
 """Largest config read: the real ones are 1 to 5 KB."""
 HINT = "Give the path of an Axolotl or LLaMA-Factory training config (.yaml)."
-# Preset sections in the order a preset lists them.
-SECTIONS = ("model", "dataset", "lora", "training", "preference")
 # A combination refused at a key the import did not write is settled at the keys it names.
 RELATED = {"method": ("model.load_in_4bit", "model.load_in_8bit")}
 
 
 @dataclass
 class ImportResult:
-    source: str  # a key of SOURCES
+    source: str  # one of SOURCES
     path: Path
     rows: list[Row]
     preset: Preset
@@ -126,10 +123,10 @@ def import_config(
         mapping = axolotl.map_config(data)
     header = {
         "name": preset_name(path),
-        "description": f"imported from the {SOURCE_NAMES[source]} config {_short(path.name)}",
+        "description": f"imported from the {SOURCE_NAMES[source]} config {short(path.name)}",
     }
     preset, written = settle(mapping, header)
-    text = preset_yaml(preset, written, mapping, source, path, header)
+    text = preset_yaml(preset, written, mapping, SOURCE_NAMES[source], path, header)
     # The text itself validated, as `finetty train` will read it.
     validate(load_yaml_text(text)[1], source=str(path))
     return ImportResult(source, path, mapping.rows, preset, text, found)
@@ -195,70 +192,3 @@ def _refusals(exc: ValidationError, values: dict[str, Any]) -> dict[str, str]:
                 refused.update(dict.fromkeys(hits, message))
                 break
     return refused
-
-
-def preset_yaml(
-    preset: Preset,
-    written: dict[str, Any],
-    mapping: Mapping,
-    source: str,
-    path: Path,
-    header: dict[str, Any],
-) -> str:
-    """The preset as YAML, each key with a comment naming the source key it came from, and a
-    closing list of what was not imported."""
-    origin: dict[str, str] = {}
-    for row in mapping.rows:
-        unset = "default, unset: " if row.status == IMPLIED else ""
-        for key in row.targets:
-            origin.setdefault(key, f"{unset}{_short(row.source_key)}: {_short(row.source_value)}")
-    label = SOURCE_NAMES[source]
-    lines = [
-        f"# Imported by `finetty import` from the {label} config {_short(str(path))}.",
-        "# Each key names the source key it came from; what has no equivalent is listed at the end.",
-    ]
-    lines += [f"{key}: {_scalar(value)}" for key, value in header.items()]
-    for key in ("task", "method"):
-        if key in written:
-            lines.append(_line(key, _value(preset, key), f"{label} {origin[key]}"))
-    for section in SECTIONS:
-        keys = [key for key in written if key.split(".")[0] == section]
-        if not keys:
-            continue
-        lines += ["", f"{section}:"]
-        for key in keys:
-            lines.append(
-                "  " + _line(key.split(".", 1)[1], _value(preset, key), f"{label} {origin[key]}")
-            )
-    left = [row for row in mapping.rows if row.status in (REFUSED, UNMAPPED)]
-    if left:
-        lines += ["", f"# Not imported from {label}:"]
-        lines += [
-            f"#   {_short(row.source_key)}: {_short(row.source_value, 40)}  ({_short(row.note, 200)})"
-            for row in left
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _value(preset: Preset, dotted: str) -> Any:
-    value: Any = preset
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _line(key: str, value: Any, comment: str) -> str:
-    return f"{key}: {_scalar(value)}  # {comment}"
-
-
-def _scalar(value: Any) -> str:
-    """One value in YAML flow style, on one line."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 30, allow_unicode=False)
-    return text.strip().removesuffix("...").strip()
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """A value for a YAML comment: one line of ASCII (YAML also breaks lines at U+2028)."""
-    text = json.dumps(value, ensure_ascii=True, default=str)
-    text = text[1:-1] if isinstance(value, str) else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
