@@ -195,3 +195,11 @@ def test_remote_code_from_the_config_is_said(
     assert "turns on model.trust_remote_code" in capsys.readouterr().err
     assert main(["import", str(LF_SFT), "--out", str(tmp_path / "q.yaml")]) == 0
     assert "trust_remote_code" not in capsys.readouterr().err
+
+
+def test_an_out_folder_that_is_missing_is_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "missing" / "p.yaml"
+    assert main(["import", str(QLORA), "--out", str(out)]) == 2
+    assert "cannot be written" in capsys.readouterr().err and not out.parent.exists()
