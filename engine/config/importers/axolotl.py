@@ -46,7 +46,6 @@ DIRECT = {
     "save_steps": "training.save_steps",
     "save_total_limit": "training.save_total_limit",
     "seed": "training.seed",
-    "gradient_checkpointing": "training.gradient_checkpointing",
     "liger_rms_norm": "training.use_liger_kernel",
     "rl_beta": "preference.beta",
     "dpo_beta": "preference.beta",
@@ -102,6 +101,8 @@ SAME = {
 DATASET_TYPES = {"alpaca": "alpaca", "sharegpt": "sharegpt", "completion": "text"}
 CHAT_TYPES = ("chat_template", "chat_template.default")
 PREFERENCE_RL = ("dpo", "orpo", "kto", "simpo")
+# Axolotl's gradient_checkpointing values that also move activations off the GPU.
+OFFLOAD = ("offload", "offload_disk", "unsloth")
 
 
 def map_config(data: dict[str, Any]) -> Mapping:
@@ -128,6 +129,17 @@ def _adapter(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> No
         mapping.to(key, value, {"method": "lora"})
     else:
         mapping.unmapped(key, value, "finetty trains lora and qlora adapters, or every weight")
+
+
+def _checkpointing(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
+    if isinstance(value, bool):
+        mapping.to(key, value, {"training.gradient_checkpointing": value})
+    elif value in OFFLOAD:
+        targets = {"training.gradient_checkpointing": True, "training.activation_offloading": True}
+        note = "finetty offloads to host memory" + (", not disk" if value == "offload_disk" else "")
+        mapping.to(key, value, targets, note)
+    else:
+        mapping.unmapped(key, value, "expected true, false, offload or offload_disk")
 
 
 def _attention(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
@@ -279,6 +291,7 @@ KEYS = common.KeyTable(
         "fp16": common.precision,
         "float16": common.precision,
         "float32": common.precision,
+        "gradient_checkpointing": _checkpointing,
         "flash_attention": _attention,
         "sdp_attention": _attention,
         "lora_target_linear": _targets,

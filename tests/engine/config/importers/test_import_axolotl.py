@@ -139,3 +139,12 @@ def test_simpo_keeps_trls_cpo_alpha_as_axolotl_does() -> None:
     assert (values["task"], values["preference.cpo_alpha"]) == ("simpo", 1.0)
     values = axolotl.map_config({"base_model": "m", "rl": "simpo", "cpo_alpha": 0}).target_values()
     assert values["preference.cpo_alpha"] == 0
+
+
+@pytest.mark.parametrize("value", ["offload", "unsloth"])
+def test_offloaded_checkpointing(value: str) -> None:
+    from engine.config.importers import axolotl
+
+    values = axolotl.map_config({"gradient_checkpointing": value}).target_values()
+    assert values["training.gradient_checkpointing"] is True
+    assert values["training.activation_offloading"] is True
