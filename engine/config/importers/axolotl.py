@@ -93,6 +93,11 @@ UNMAPPED = {
     "fsdp_config": common.OWN_PARALLEL,
     "chat_template_jinja": "finetty's chat templates are named, not written in the preset",
     "dataset_processes": "finetty tokenizes in one process",
+    "loss_watchdog_threshold": "finetty's health alarms watch the loss, and a non-finite one "
+    "stops the run",
+    "loss_watchdog_patience": "finetty's health alarms watch the loss, and a non-finite one "
+    "stops the run",
+    "plugins": "finetty's speed-ups are built in (training.use_liger_kernel, fused_lora)",
 }
 # The same as finetty's behaviour: nothing to write.
 SAME = {
