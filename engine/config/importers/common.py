@@ -24,6 +24,21 @@ CHAT_TEMPLATES = {
     "zephyr": "zephyr",
     "alpaca": "alpaca",
     "tokenizer_default": "model",
+    # Families finetty names no template for: their tokenizer's own is the one they trained on.
+    **dict.fromkeys(
+        (
+            "qwen",
+            "qwen_25",
+            "qwen3",
+            "qwen3_nothink",
+            "gemma2",
+            "gemma3",
+            "phi_4",
+            "phi4",
+            "llama4",
+        ),
+        "model",
+    ),
 }
 FINETTY_TEMPLATES = "chatml, llama-3, mistral, gemma, phi-3, zephyr, alpaca"
 
@@ -44,7 +59,9 @@ OWN_PARALLEL = (
 
 def chat_template(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
     if isinstance(value, str) and value in CHAT_TEMPLATES:
-        mapping.to(key, value, {"dataset.chat_template": CHAT_TEMPLATES[value]})
+        target = CHAT_TEMPLATES[value]
+        note = "the model's own chat template (its tokenizer's)" if target == "model" else ""
+        mapping.to(key, value, {"dataset.chat_template": target}, note)
     else:
         mapping.unmapped(
             key, value, f"finetty has no such template; its named ones are {FINETTY_TEMPLATES}"

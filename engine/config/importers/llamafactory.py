@@ -70,6 +70,7 @@ UNMAPPED = {
     "deepspeed": common.OWN_PARALLEL,
     "report_to": common.NO_TRACKER,
     "ref_model": "finetty's reference model is the starting weights",
+    "save_only_model": "finetty's checkpoints hold the optimizer state too, to resume from",
     "mask_history": "finetty trains on every assistant turn of a conversation",
     "resume_from_checkpoint": "resume with `finetty train --resume RUN`",
     "pref_ftx": "write it as preference.loss_type [sigmoid, sft] with loss_weights [1.0, pref_ftx]",

@@ -97,3 +97,9 @@ def test_checkpointing_off_and_neat_packing() -> None:
     values = mapping.target_values()
     assert values["training.gradient_checkpointing"] is False
     assert values["dataset.packing"] is True
+
+
+def test_qwen_templates_are_the_models_own() -> None:
+    # examples/train_lora/qwen3_lora_sft.yaml's template
+    values = llamafactory.map_config({"template": "qwen3_nothink"}).target_values()
+    assert values["dataset.chat_template"] == "model"
