@@ -24,21 +24,10 @@ CHAT_TEMPLATES = {
     "zephyr": "zephyr",
     "alpaca": "alpaca",
     "tokenizer_default": "model",
-    # Families finetty names no template for: their tokenizer's own is the one they trained on.
-    **dict.fromkeys(
-        (
-            "qwen",
-            "qwen_25",
-            "qwen3",
-            "qwen3_nothink",
-            "gemma2",
-            "gemma3",
-            "phi_4",
-            "phi4",
-            "llama4",
-        ),
-        "model",
-    ),
+    # Families finetty names no template for: their tokenizer's own is the one they trained on
+    # (Qwen's is ChatML, auto's fallback; the others have none to fall back to).
+    **dict.fromkeys(("qwen", "qwen_25", "qwen3", "qwen3_nothink"), "auto"),
+    **dict.fromkeys(("gemma2", "gemma3", "phi_4", "phi4", "llama4"), "model"),
 }
 FINETTY_TEMPLATES = "chatml, llama-3, mistral, gemma, phi-3, zephyr, alpaca"
 
@@ -60,7 +49,8 @@ OWN_PARALLEL = (
 def chat_template(mapping: Mapping, key: str, value: Any, data: dict[str, Any]) -> None:
     if isinstance(value, str) and value in CHAT_TEMPLATES:
         target = CHAT_TEMPLATES[value]
-        note = "the model's own chat template (its tokenizer's)" if target == "model" else ""
+        notes = {"model": "the model's own chat template", "auto": "the model's own, else ChatML"}
+        note = notes.get(target, "")
         mapping.to(key, value, {"dataset.chat_template": target}, note)
     else:
         mapping.unmapped(

@@ -55,7 +55,7 @@ def test_the_written_preset_loads_as_train_loads_it(name: str, tmp_path: Path) -
 def test_chat_templates_exist_in_the_data_layer() -> None:
     from engine.data.templates import CHAT_TEMPLATES as NAMED
 
-    assert set(CHAT_TEMPLATES.values()) - {"model"} <= set(NAMED)
+    assert set(CHAT_TEMPLATES.values()) - {"model", "auto"} <= set(NAMED)
 
 
 def write(tmp_path: Path, text: str, name: str = "config.yml") -> Path:

@@ -99,7 +99,9 @@ def test_checkpointing_off_and_neat_packing() -> None:
     assert values["dataset.packing"] is True
 
 
-def test_qwen_templates_are_the_models_own() -> None:
+def test_family_templates_are_the_models_own() -> None:
     # examples/train_lora/qwen3_lora_sft.yaml's template
     values = llamafactory.map_config({"template": "qwen3_nothink"}).target_values()
+    assert values["dataset.chat_template"] == "auto"  # the model's own, else ChatML: Qwen's
+    values = llamafactory.map_config({"template": "gemma3"}).target_values()
     assert values["dataset.chat_template"] == "model"
