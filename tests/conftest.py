@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def micro_llama_config(vocab_size: int, **overrides: object):
+    """A 2-layer, 16-wide random Llama's config, for tests that need no tokenizer."""
+    from transformers import LlamaConfig
+
+    shape = {
+        "hidden_size": 16,
+        "intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    }
+    return LlamaConfig(vocab_size=vocab_size, **{**shape, **overrides})
+
+
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
     """The embedded SmolLM2 converted to an HF folder (30 s the first time, then cached)."""
@@ -80,6 +94,38 @@ def make_preset(tiny_model_dir: Path, chat_jsonl: Path):
 
     def build(**training: object):
         return validate(_tiny_preset_data(tiny_model_dir, chat_jsonl, **training))
+
+    return build
+
+
+@pytest.fixture
+def pairs_jsonl(tmp_path: Path) -> Path:
+    """A small preference dataset (TRL's conversational prompt/chosen/rejected)."""
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"Say the number {i}."}],
+            "chosen": [{"role": "assistant", "content": f"{i}"}],
+            "rejected": [{"role": "assistant", "content": f"{i + 1} or so"}],
+        }
+        for i in range(16)
+    ]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_pair_preset(tiny_model_dir: Path, pairs_jsonl: Path):
+    """A validated preference preset (dpo, orpo, simpo) on the tiny model and pairs_jsonl: 2
+    pairs a micro-batch, 2 micro-batches a step, 4 steps; keyword args override training keys."""
+    from engine.config.presets import validate
+
+    def build(task: str, **training: object):
+        batch = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
+        data = _tiny_preset_data(
+            tiny_model_dir, pairs_jsonl, **{**batch, "max_steps": 4, "save_steps": 2, **training}
+        )
+        return validate({**data, "name": f"tiny-{task}", "task": task})
 
     return build
 

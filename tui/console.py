@@ -31,7 +31,7 @@ from engine.core.events import (
     Step,
 )
 from engine.core.units import duration
-from engine.runs.rundir import human_line
+from engine.runs.rundir import human_line, preference_text
 from engine.runs.runstate import RunState
 
 format_duration = duration  # tui.screens.export's name for it
@@ -149,6 +149,7 @@ class ConsoleReporter:
         ).__name__ in (
             "CheckpointSaved",
             "Eval",
+            "PreferenceAccuracy",
         ):
             line = human_line(event)
             if line:
@@ -185,9 +186,12 @@ class ConsoleReporter:
             )
         parts.append(bar)
         if step:
+            preference = preference_text(step.metrics)
             parts.append(
                 Text(
-                    f"loss {step.loss:.4f}  lr {step.learning_rate:.2e}  {step.tokens_per_s:,.0f} tok/s  "
+                    f"loss {step.loss:.4f}  "
+                    + (f"{preference}  " if preference else "")
+                    + f"lr {step.learning_rate:.2e}  {step.tokens_per_s:,.0f} tok/s  "
                     f"{step.step_time_s:.2f} s/step  epoch {step.epoch:.2f}  elapsed {duration(step.elapsed_s)}"
                 )
             )

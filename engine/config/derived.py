@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.config.preference import PREFERENCE_TASKS
+
 if TYPE_CHECKING:
     from engine.config.schema import ModelSection, Preset
 
@@ -160,18 +162,63 @@ def dataset_prep(preset: Preset) -> dict[str, Any]:
 # with why: refused at validation, because running them would silently train something else.
 UNTRAINABLE_TASKS: dict[str, str] = {
     "grpo": "GRPO's training loop is not in this build yet (its grpo section is checked, and "
-    "the rewards and loss exist); train with task: sft",
-    **{
-        task: f"{task}'s training loop is not in this build yet (its preference keys are "
-        "checked); train with task: sft"
-        for task in ("dpo", "orpo", "kto", "simpo")
-    },
+    "the rewards and loss exist); train with task: sft, dpo, orpo, kto or simpo",
 }
 
 
 def untrainable_reason(task: str) -> str | None:
     """Why this build cannot train ``task``, or None where it can."""
     return UNTRAINABLE_TASKS.get(task)
+
+
+def reads_pairs(preset: Preset) -> bool:
+    """Whether the run trains on preference pairs (dpo, orpo, simpo, kto) rather than SFT rows."""
+    return preset.task in PREFERENCE_TASKS
+
+
+def pair_prep(preset: Preset) -> dict[str, Any]:
+    """engine.data.prepare_preference's keyword arguments: load_pairs's (``load``) and
+    prepare_pairs's (``prepare``), bar the tokenizer and the rows."""
+    d, pref = preset.dataset, preset.preference
+    return {
+        "load": {"path": d.path, "split": d.split, "task": preset.task, "max_rows": d.max_rows},
+        "prepare": {
+            "path": d.path,
+            "task": preset.task,
+            "chat_template": d.chat_template,
+            "max_length": preset.model.max_seq_length,
+            "val_size": d.val_size,
+            "seed": preset.training.seed,
+            "max_prompt_length": pref.max_prompt_length,
+            "max_completion_length": pref.max_completion_length,
+        },
+    }
+
+
+def reference_weights(preset: Preset) -> dict[str, Any]:
+    """What decides the reference log-probs besides the pairs themselves: the starting
+    weights (base model, how it loads, the adapter's shape and seed) and how a side's
+    log-probs are summed (LD-DPO's ld_alpha). The reference cache's digest covers these."""
+    return {
+        "model": preset.model.model_dump(mode="json"),
+        "method": preset.method,
+        "lora": preset.lora.model_dump(mode="json"),
+        "seed": preset.training.seed,
+        "ld_alpha": preset.preference.ld_alpha,
+    }
+
+
+METHOD_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+TASK_NAMES = {"sft": "SFT", "dpo": "DPO", "orpo": "ORPO", "kto": "KTO", "simpo": "SimPO"}
+
+
+def task_label(preset: Preset) -> str:
+    """What the run learns, in words: "SFT · LoRA", "DPO (sigmoid, beta 0.1) · LoRA"."""
+    name = TASK_NAMES.get(preset.task, preset.task.upper())
+    if reads_pairs(preset):
+        types = ", ".join(preset.preference.loss_types(preset.task))
+        name += f" ({types}, beta {preset.preference.beta:g})"
+    return f"{name} · {METHOD_LABELS[preset.method]}"
 
 
 def uses_gpu(preset: Preset, *, gpu_present: bool) -> bool:

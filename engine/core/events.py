@@ -50,6 +50,7 @@ class RunStarted(Event):
     device: str = "cpu"
     pid: int = 0
     world_size: int = 1  # processes (GPUs) training together
+    task: str = "SFT"  # what is learned, in words: "SFT", "DPO (sigmoid, beta 0.1)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,10 @@ class Step(Event):
     trained_tokens: int
     elapsed_s: float
     eta_s: float | None
+    # The task's own metrics beside the loss, averaged over the logged steps (the preference
+    # tasks': rewards/margins, rewards/accuracies, logps/chosen, ... under TRL's names); empty
+    # for SFT.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,18 @@ class Eval(Event):
     step: int
     loss: float
     perplexity: float
+
+
+@dataclass(frozen=True)
+class PreferenceAccuracy(Event):
+    """The share of held-out pairs whose chosen response the model finds likelier than the
+    rejected one (summed response log-probs), before or after preference training."""
+
+    type: ClassVar[str] = "preference_accuracy"
+    stage: str  # "before" or "after"
+    accuracy: float
+    correct: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -209,6 +226,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         Step,
         Eval,
         ExactMatch,
+        PreferenceAccuracy,
         HardwareSample,
         CheckpointSaved,
         LogLine,

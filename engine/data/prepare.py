@@ -104,12 +104,12 @@ def prepare_dataset(
     empty = [row_number(records, i) for i, ex in enumerate(examples) if ex.num_trained == 0]
     if empty:
         raise _untrained_error(path, empty, max_length)
-    val_indices = _val_indices(len(examples), val_size, seed, path)
+    val_indices = val_indices_for(len(examples), val_size, seed, path)
     train = [ex for i, ex in enumerate(examples) if i not in val_indices]
     val = [ex for i, ex in enumerate(examples) if i in val_indices]
     if packing:
         train, val = pack_examples(train, max_length), pack_examples(val, max_length)
-    stats = _stats(examples, len(train), len(val_indices), fmt, max_length)
+    stats = dataset_stats(examples, len(train), len(val_indices), fmt, max_length)
     return PreparedDataset(train=train, val=val, format=fmt, chat_template=template, stats=stats)
 
 
@@ -126,7 +126,7 @@ def _untrained_error(path: str, rows: list[int], max_length: int) -> DatasetErro
     )
 
 
-def _val_indices(n: int, val_size: float, seed: int, path: str) -> set[int]:
+def val_indices_for(n: int, val_size: float, seed: int, path: str) -> set[int]:
     """Indices of the validation rows: a seeded shuffle, so the split is the same every run."""
     if isinstance(val_size, bool) or not isinstance(val_size, int | float) or val_size < 0:
         raise DatasetError(
@@ -210,7 +210,7 @@ class _FreeTree:
             node //= 2
 
 
-def _stats(
+def dataset_stats(
     examples: list[EncodedExample], train_sequences: int, val_rows: int, fmt: str, max_len: int
 ) -> DatasetStats:
     lengths = [len(ex) for ex in examples]

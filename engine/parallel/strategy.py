@@ -63,6 +63,11 @@ class ExecutionStrategy(Protocol):
         """The global batch's summed loss from this rank's part of it."""
         ...
 
+    def step_sums(self, sums: Any) -> Any:
+        """A 1-d tensor of this rank's sums (a task's metrics), summed over the ranks: left
+        on the device where there is one rank (read late, like the loss), else on the host."""
+        ...
+
     def sum_floats(self, values: Sequence[float]) -> list[float]: ...
 
     def broadcast(self, obj: Any) -> Any:
@@ -132,6 +137,9 @@ class SingleProcess:
     def step_loss_sum(self, loss_sum: Any) -> Any:
         return loss_sum  # stays on the device: reading it is the deferred metrics' job
 
+    def step_sums(self, sums: Any) -> Any:
+        return sums
+
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         return list(values)
 
@@ -193,6 +201,11 @@ class _SeveralRanks(SingleProcess):
     def step_loss_sum(self, loss_sum: Any) -> Any:
         (total,) = self.sum_floats([float(loss_sum)])
         return total
+
+    def step_sums(self, sums: Any) -> Any:
+        import torch
+
+        return torch.tensor(self.sum_floats(sums.tolist()), dtype=torch.float64)
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         return distributed.sum_floats(values, self.ctx)

@@ -27,6 +27,7 @@ from engine.core.events import (
     Failed,
     Finished,
     LogLine,
+    PreferenceAccuracy,
     RunStarted,
     StateChanged,
     Step,
@@ -276,13 +277,37 @@ class RunDirSink:
             self._log.close()
 
 
+# A preference step's figures shown beside its loss: (metric, label, format).
+PREFERENCE_FIGURES = (
+    ("rewards/margins", "margin", ".3f"),
+    ("rewards/accuracies", "acc", ".2f"),
+    ("kl", "kl", ".3f"),
+)
+
+
+def preference_text(metrics: dict[str, float]) -> str:
+    """``margin 0.412 acc 0.75`` (KTO's ``kl`` too); "" for a step without them (SFT)."""
+    return " ".join(
+        f"{label} {metrics[key]:{spec}}"
+        for key, label, spec in PREFERENCE_FIGURES
+        if key in metrics
+    )
+
+
 def human_line(event: Event) -> str | None:
     """One log line per event, shared by log.txt and the plain console reporter."""
     if isinstance(event, Step):
         grad = f" grad_norm {event.grad_norm:.3f}" if event.grad_norm is not None else ""
+        preference = preference_text(event.metrics)
         return (
             f"step {event.step}/{event.total_steps} epoch {event.epoch:.2f} loss {event.loss:.4f} "
-            f"lr {event.learning_rate:.2e}{grad} {event.tokens_per_s:.0f} tok/s {event.step_time_s:.2f} s/step"
+            + (f"{preference} " if preference else "")
+            + f"lr {event.learning_rate:.2e}{grad} {event.tokens_per_s:.0f} tok/s {event.step_time_s:.2f} s/step"
+        )
+    if isinstance(event, PreferenceAccuracy):
+        return (
+            f"preference accuracy {event.stage} training: {event.accuracy:.0%} "
+            f"({event.correct}/{event.total} held-out pairs)"
         )
     if isinstance(event, Eval):
         return f"eval step {event.step} loss {event.loss:.4f} ppl {event.perplexity:.2f}"
@@ -296,7 +321,8 @@ def human_line(event: Event) -> str | None:
         return f"state: {event.state}" + (f" ({event.detail})" if event.detail else "")
     if isinstance(event, RunStarted):
         return (
-            f"run {event.name}: {event.model.get('name')} on {event.device} ({event.precision}), "
+            f"run {event.name}: {event.task}, {event.model.get('name')} on {event.device} "
+            f"({event.precision}), "
             f"{event.trainable_params:,} of {event.total_params:,} params trainable "
             f"({share(event.trainable_params, event.total_params)}), {event.total_steps} steps"
         )

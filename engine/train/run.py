@@ -31,7 +31,11 @@ from engine.config.derived import (
     graphs_wanted,
     micro_batch,
     model_load,
+    pair_prep,
     precision,
+    reads_pairs,
+    reference_weights,
+    task_label,
     train_settings,
     uses_fsdp,
     uses_gpu,
@@ -62,6 +66,15 @@ from engine.data import builtin_data
 from engine.parallel import distributed
 from engine.runs import rundir, runlock
 from engine.runs.control import RunAborted, RunControl
+
+
+@dataclass(frozen=True)
+class Heldout:
+    """What the run scores before and after training: the built-in skills' questions (exact
+    match) and a preference run's held-out pairs (preference accuracy)."""
+
+    questions: list[Any]
+    pairs: list[Any]
 
 
 @dataclass
@@ -188,6 +201,10 @@ class Run:
         self.device = "cpu"
         self.precision = Precision("float32", None, grad_scaler=False)
         self.sharded = False
+        # Preference pairs (dpo, orpo, simpo; kto's unpaired examples) instead of SFT rows: the data path and the
+        # held-out score (preference accuracy instead of exact match) follow.
+        self.pairs = reads_pairs(preset)
+        self._settings: TrainSettings | None = None  # the trainer's, once made
 
     # -- threads -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -387,7 +404,7 @@ class Run:
         counts = loading.count_parameters(model)  # before the trainer wraps or shards it
         trainer, settings = self._make_trainer(model, prepared, loaded)
         self._announce(trainer, settings, loaded, counts)
-        heldout = self._heldout(model)
+        heldout = self._heldout(model, prepared)
         outcome = self._train(trainer, model)
         return outcome, self._finish(model, trainer, outcome, heldout)
 
@@ -417,6 +434,10 @@ class Run:
 
         p = self.preset
         self.sink.emit(StateChanged(state="loading", detail=f"dataset {p.dataset.path}"))
+        if self.pairs:
+            from engine.data.prepare_preference import load_pairs
+
+            return load_pairs(**pair_prep(p)["load"])  # bad rows named here, by row
         return load_records(p.dataset.path, p.dataset.split)  # builtin: its split checked
 
     def _load_model(self, load: ModelLoad, source: Any) -> Any:
@@ -441,22 +462,24 @@ class Run:
         )
         return loaded
 
-    def _prepare_data(self, loaded: Any, records: list[Any]) -> Any:
+    def _prepare_data(self, loaded: Any, records: Any) -> Any:
         """The rows tokenised, split and (if asked) packed, announced with their statistics."""
-        from engine.data import prepare_dataset
+        from engine.data import describe_format, prepare_dataset
+        from engine.data.preference import describe_preference_format
+        from engine.data.prepare_preference import prepare_pairs
 
         p = self.preset
         self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
-        prepared = prepare_dataset(loaded.tokenizer, **dataset_prep(p), records=records)
+        if self.pairs:
+            prepared = prepare_pairs(loaded.tokenizer, records, **pair_prep(p)["prepare"])
+        else:
+            prepared = prepare_dataset(loaded.tokenizer, **dataset_prep(p), records=records)
         self.chat_template = prepared.chat_template
         stats = prepared.stats
         if p.dataset.format == "auto":
-            from engine.data import describe_format
-
+            describe = describe_preference_format if self.pairs else describe_format
             self.sink.emit(
-                LogLine(
-                    level="info", text=f"Dataset format detected: {describe_format(stats.format)}."
-                )
+                LogLine(level="info", text=f"Dataset format detected: {describe(stats.format)}.")
             )
         self.sink.emit(
             DatasetStats(
@@ -529,9 +552,11 @@ class Run:
         resuming."""
         import torch
 
+        from engine.train.tasks.factory import needs_reference, task_for
         from engine.train.trainer import Trainer
 
         p = self.preset
+        task = task_for(p)
         micro = self._auto_micro_batch() if auto_micro_batch(p) else micro_batch(p)
         autocast = self.precision.autocast
         settings = train_settings(
@@ -543,10 +568,14 @@ class Run:
             pad_token_id=loaded.tokenizer.pad_token_id,
             sharded=self.sharded,
         )
+        self._settings = settings
+        train, val = prepared.train, prepared.val
+        if needs_reference(task):
+            train, val = self._reference(model, train, val, settings)
         trainer = Trainer(
             model,
-            prepared.train,
-            prepared.val,
+            train,
+            val,
             settings,
             sink=self.sink,
             control=self.control,
@@ -555,6 +584,7 @@ class Run:
             dist=self.dist,
             hardware=self._monitor.sample if self.dist is not None else None,
             hardware_interval=self.hardware_interval,
+            task=task,
         )
         if self.resuming:
             checkpoint = find_resume_checkpoint(self.run_dir, self.sink, trainer.resume_from)
@@ -590,6 +620,7 @@ class Run:
                 device=self.device,
                 pid=os.getpid(),
                 world_size=trainer.world,
+                task=task_label(p),
             )
         )
 
@@ -598,23 +629,95 @@ class Run:
         """This process is rank 0 of the job (or the only one)."""
         return self.dist is None or self.dist.is_main
 
-    def _heldout(self, model: Any) -> list[Any]:
-        """The built-in dataset's held-out questions, scored by exact match before training
-        (not again on a resume); [] where there are none to ask."""
+    def _heldout(self, model: Any, prepared: Any) -> Heldout:
+        """The held-out sets scored before training (not again on a resume): the built-in
+        dataset's questions by exact match, and a preference run's held-out pairs by
+        preference accuracy; empty where there are none."""
         p = self.preset
-        # Generation on rank 0 alone cannot run over weights sharded across the ranks.
-        heldout = (
-            builtin_data.generate("heldout")
-            if p.dataset.path == BUILTIN_DATASET
-            and p.training.eval_exact_match
-            and self._main
-            and not self.sharded
-            else []
+        # Rank 0 alone scores them, which cannot run over weights sharded across the ranks.
+        alone = self._main and not self.sharded
+        heldout = Heldout(
+            questions=builtin_data.generate("heldout")
+            if p.dataset.path == BUILTIN_DATASET and p.training.eval_exact_match and alone
+            else [],
+            pairs=list(getattr(prepared, "heldout", [])) if alone else [],
         )
         self.control.check_abort()
-        if heldout and not self.resuming:
-            self._exact_match(model, heldout, "before")
+        if not self.resuming:
+            self._score_heldout(model, heldout, "before")
         return heldout
+
+    def _score_heldout(self, model: Any, heldout: Heldout, stage: str) -> None:
+        if heldout.pairs:
+            self._preference_accuracy(model, heldout.pairs, stage)
+        if heldout.questions:
+            self._exact_match(model, heldout.questions, stage)
+
+    def _reference(
+        self, model: Any, train: list[Any], val: list[Any], settings: TrainSettings
+    ) -> tuple[list[Any], list[Any]]:
+        """The pairs with the reference's log-probs: the starting weights', scored once and
+        cached in the run directory (engine.train.tasks.pair_scores)."""
+        from engine.train.tasks.pair_scores import with_reference
+
+        self.sink.emit(StateChanged(state="evaluating", detail="reference log-probs"))
+        train, val, cached = with_reference(
+            model,
+            train,
+            val,
+            cache_dir=self.run_dir if self.dir_sink is not None else None,
+            weights=reference_weights(self.preset),
+            emit=self.sink.emit,
+            between=self.control.check_abort,
+            ld_alpha=self.preset.preference.ld_alpha,
+            **self._scoring(model, settings),
+        )
+        if cached:
+            text = (
+                f"Reference log-probs of {len(train) + len(val)} pairs read from the run directory."
+            )
+            self.sink.emit(LogLine(level="info", text=text))
+        return train, val
+
+    def _scoring(self, model: Any, settings: TrainSettings) -> dict[str, Any]:
+        """How pairs are scored without training: the eval batch, on the training's path."""
+        from engine.speed.loss import supports_chunked_loss
+
+        return {
+            "batch_size": settings.eval_batch,
+            "pad_token_id": settings.pad_token_id,
+            "device": settings.device,
+            "amp_dtype": settings.amp_dtype,
+            # FSDP gathers the head in the root module's forward: sharded runs score plainly.
+            "chunked": supports_chunked_loss(model) and not self.sharded,
+        }
+
+    def _should_stop(self) -> bool:
+        """SIGTERM, Ctrl+C, `x`: a scoring pass ends at once."""
+        return self.control.stop_requested.is_set() or self.control.aborted.is_set()
+
+    def _preference_accuracy(self, model: Any, pairs: list[Any], stage: str) -> None:
+        from engine.train.tasks.pair_scores import accuracy_event
+
+        self.sink.emit(
+            StateChanged(state="evaluating", detail=f"preference accuracy {stage} training")
+        )
+        if self._settings is None:
+            raise RuntimeError("preference accuracy is scored once the trainer's settings exist")
+        event = accuracy_event(
+            model,
+            pairs,
+            stage,
+            emit=self.sink.emit,
+            should_stop=self._should_stop,
+            **self._scoring(model, self._settings),
+        )
+        if event is None:
+            text = f"Preference accuracy {stage} training skipped: a stop was requested."
+            self.sink.emit(LogLine(level="info", text=text))
+            return
+        self._accuracy[f"preference_accuracy_{stage}"] = event.accuracy
+        self.sink.emit(event)
 
     def _train(self, trainer: Any, model: Any) -> Any:
         """The training loop, to its end or a stop."""
@@ -629,7 +732,7 @@ class Run:
         self._report_graphs(model)
         return outcome
 
-    def _finish(self, model: Any, trainer: Any, outcome: Any, heldout: list[Any]) -> dict[str, str]:
+    def _finish(self, model: Any, trainer: Any, outcome: Any, heldout: Heldout) -> dict[str, str]:
         """The final model of a finished run, and exact match after training; the paths written."""
         paths = {"run_dir": str(self.run_dir)}
         if outcome.status == "finished" and self.sharded:
@@ -640,8 +743,7 @@ class Run:
                 paths["final"] = str(self._save_final(model, state))
         elif outcome.status == "finished" and self._main:
             paths["final"] = str(self._save_final_or_checkpoint(model, trainer))
-            if heldout:
-                self._exact_match(model, heldout, "after")
+            self._score_heldout(model, heldout, "after")
         return paths
 
     def _loading_progress(self, done: int, total: int, elapsed: float) -> None:
@@ -713,14 +815,9 @@ class Run:
         from engine.train.evaluate import exact_match
 
         self.sink.emit(StateChanged(state="evaluating", detail=f"exact match {stage} training"))
-        control = self.control
-
-        def should_stop() -> bool:  # SIGTERM, Ctrl+C, `x`: the evaluation ends at once
-            return control.stop_requested.is_set() or control.aborted.is_set()
-
         event = exact_match(
             model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template,
-            progress=self.sink.emit, should_stop=should_stop,
+            progress=self.sink.emit, should_stop=self._should_stop,
         )  # fmt: skip
         if event is None:
             text = f"Exact match {stage} training skipped: a stop was requested."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from engine.runs import checkpoint as ckpt
 from engine.runs.control import RunControl
 from engine.train.health import HealthMonitor, non_finite_alarm
 from engine.train.tasks.sft import SftTask
-from engine.train.tasks.task import Task
+from engine.train.tasks.task import ReportsMetrics, Task
 
 
 @dataclass
@@ -184,6 +184,7 @@ class Trainer:
             else settings.device == "cuda" and self.strategy.reads_metrics_late
         )
         self._pending: _StepFigures | None = None
+        self._step_metrics: tuple[list[str], Any] | None = None
         self._window = _Window()
         self._recent_step_times: list[float] = []
         self._final_loss: float | None = None
@@ -261,6 +262,10 @@ class Trainer:
     def _try_step(self, examples: list[Any]) -> tuple[Any, int, float | None]:
         import torch
 
+        self._step_metrics = None
+        if isinstance(self.task, ReportsMetrics):
+            self.task.take_metrics()  # a retried step starts its metrics again
+
         s = self.s
         # Of the global batch: the same on every rank.
         n_trained = self.task.trained_token_count(examples)
@@ -286,7 +291,25 @@ class Trainer:
         self._flush()
         grad_norm = self._optimizer_step()
         total = self.strategy.step_loss_sum(loss_sum)
+        self._step_metrics = self._task_metrics()
         return total / max(n_trained, 1), n_trained, grad_norm
+
+    def _task_metrics(self) -> tuple[list[str], Any] | None:
+        """The step's task metrics (a preference task's rewards and log-probs): their names,
+        then one tensor of their weighted sums and their weights, summed over the ranks (left
+        on the device for the deferred read where the strategy allows; _StepFigures divides)."""
+        if not isinstance(self.task, ReportsMetrics):
+            return None
+        sums = self.task.take_metrics()
+        if not sums:
+            return None
+        import torch
+
+        keys = sorted(sums)
+        first = sums[keys[0]][0]
+        weights = first.new_tensor([sums[key][1] for key in keys])
+        stacked = torch.cat([torch.stack([sums[key][0] for key in keys]), weights])
+        return keys, self.strategy.step_sums(stacked)
 
     def run(self) -> TrainOutcome:
         s, state = self.s, self.state
@@ -314,7 +337,7 @@ class Trainer:
             state.tokens_seen += tokens
             self._pending = _StepFigures.capture(
                 state.step, epoch + done / max(size, 1), loss, grad_norm, n_trained, tokens,
-                len(examples), self.scheduler.get_last_lr()[0], began,
+                len(examples), self.scheduler.get_last_lr()[0], began, self._step_metrics,
             )  # fmt: skip
             more = state.step < self.total_steps
             evaluate = bool(s.eval_steps and self.val and state.step % s.eval_steps == 0 and more)
@@ -343,13 +366,14 @@ class Trainer:
         if figures is None:
             return
         loss, grad_norm = figures.read()
+        metrics = figures.read_metrics()
         # Every step is checked, logged or not: a save always follows a flush, so no update
         # that is not finite can reach a checkpoint or the final model.
         self._check_finite(figures.step, loss, grad_norm)
         now = time.perf_counter()
         step_time = figures.seconds(now)
         s, state, window = self.s, self.state, self._window
-        window.add(loss, figures.tokens, figures.samples, step_time)
+        window.add(loss, figures.tokens, figures.samples, step_time, metrics)
         self._recent_step_times = [*self._recent_step_times, step_time][-20:]
         if figures.step % s.logging_steps != 0 and figures.step != self.total_steps:
             return
@@ -374,6 +398,7 @@ class Trainer:
                 trained_tokens=figures.trained_tokens,
                 elapsed_s=now - self._started,
                 eta_s=mean_step * (self.total_steps - figures.step),
+                metrics=window.metrics,
             )
         )
         for alarm in self.health.on_step(figures.step, grad_norm, throughput):
@@ -542,13 +567,23 @@ class _Window:
     samples: int = 0
     steps: int = 0
     seconds: float = 0.0
+    metric_sums: dict[str, float] = field(default_factory=dict)
 
-    def add(self, loss: float, tokens: int, samples: int, seconds: float) -> None:
+    def add(
+        self, loss: float, tokens: int, samples: int, seconds: float, metrics: dict[str, float]
+    ) -> None:
         self.loss_sum += loss
         self.tokens += tokens
         self.samples += samples
         self.steps += 1
         self.seconds += seconds
+        for key, value in metrics.items():
+            self.metric_sums[key] = self.metric_sums.get(key, 0.0) + value
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The task metrics averaged over the window's steps."""
+        return {key: total / max(self.steps, 1) for key, total in self.metric_sums.items()}
 
     @property
     def loss(self) -> float:
@@ -568,13 +603,25 @@ class _StepFigures:
     samples: int
     learning_rate: float
     began: tuple[Any, float]  # (timing CUDA event or None, perf_counter()): the step's start
+    # The task's metrics: (names, values), as Trainer._task_metrics gives them.
+    metrics: tuple[list[str], Any] | None = None
     ready: Any = None  # timing CUDA event: the step's work and the copies are done
 
     @classmethod
     def capture(cls, step: int, epoch: float, loss: Any, grad_norm: Any, trained_tokens: int,
-                tokens: int, samples: int, learning_rate: float, began: Any) -> _StepFigures:  # fmt: skip
+                tokens: int, samples: int, learning_rate: float, began: Any,
+                metrics: tuple[list[str], Any] | None = None) -> _StepFigures:  # fmt: skip
         figures = cls(
-            step, epoch, loss, grad_norm, trained_tokens, tokens, samples, learning_rate, began
+            step,
+            epoch,
+            loss,
+            grad_norm,
+            trained_tokens,
+            tokens,
+            samples,
+            learning_rate,
+            began,
+            metrics,
         )
         if getattr(loss, "is_cuda", False):
             import torch
@@ -582,6 +629,8 @@ class _StepFigures:
             figures.loss = _to_host(loss)
             if isinstance(grad_norm, torch.Tensor):
                 figures.grad_norm = _to_host(grad_norm)
+            if metrics is not None and metrics[1].is_cuda:
+                figures.metrics = (metrics[0], _to_host(metrics[1]))
             figures.ready = torch.cuda.Event(enable_timing=True)
             figures.ready.record()
         return figures
@@ -599,6 +648,20 @@ class _StepFigures:
             self.ready.synchronize()
         norm = None if self.grad_norm is None else float(self.grad_norm)
         return float(self.loss), norm
+
+    def read_metrics(self) -> dict[str, float]:
+        """The task metrics by name (after ``read``, which waited for the step)."""
+        if self.metrics is None:
+            return {}
+        keys, sums = self.metrics
+        values = sums.tolist()
+        count = len(keys)
+        # A metric no example of the step had (weight 0) is left out, not reported as 0/0.
+        return {
+            key: total / weight
+            for key, total, weight in zip(keys, values[:count], values[count:], strict=True)
+            if weight > 0
+        }
 
 
 def _mark(device: str) -> tuple[Any, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.tui.scenes.run_screens import ask, chat_scene, dashboard_scene, finished_scene, gpu_scene
-from tests.tui.scenes.synthetic import export_scene, make_run_dir
+from tests.tui.scenes.synthetic import dpo_events, export_scene, make_run_dir
 
 
 def test_dashboard_mid_run(snap_compare) -> None:
@@ -21,6 +21,11 @@ def test_dashboard_finished(snap_compare) -> None:
 
 def test_dashboard_on_a_gpu(snap_compare) -> None:
     assert snap_compare(gpu_scene(), terminal_size=(80, 24))
+
+
+def test_dashboard_of_a_dpo_run(snap_compare) -> None:
+    # The preference margin and accuracy beside the loss, and held-out preference accuracy.
+    assert snap_compare(dashboard_scene(dpo_events()), terminal_size=(80, 24))
 
 
 def test_chat_side_by_side(snap_compare) -> None:

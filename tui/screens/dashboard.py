@@ -29,12 +29,14 @@ from engine.core.events import (
     Finished,
     HardwareSample,
     LogLine,
+    PreferenceAccuracy,
     Progress,
     RunStarted,
     Step,
 )
 from engine.core.units import duration
 from engine.runs import runstate
+from engine.runs.rundir import preference_text
 from engine.runs.runstate import RunState
 from tui.bridge import UiBridge
 from tui.console import lengths_phrase, progress_line
@@ -104,6 +106,7 @@ class DashboardScreen(Screen[None]):
         self.event_span: tuple[float, float] | None = None  # first and newest event times
         self.progress_ended = 0.0  # time of the last step or state change, which ends one
         self.exact: dict[str, ExactMatch] = {}
+        self.preference: dict[str, PreferenceAccuracy] = {}
         self.failure: Failed | None = None
         self.quitting = False
         self.chat_gate: threading.Event | None = None
@@ -196,7 +199,7 @@ class DashboardScreen(Screen[None]):
         # elapsed clock: the header never sits still while the model loads.
         if kinds - {HardwareSample, LogLine, Eval, CheckpointSaved} or self.last_step is None:
             self._paint_header()
-        if ExactMatch in kinds:
+        if kinds & {ExactMatch, PreferenceAccuracy}:
             self._paint_results()
         if self.chat_gate is not None and self.model_free:
             self.chat_gate.set()
@@ -232,6 +235,8 @@ class DashboardScreen(Screen[None]):
             self.last_step = event
             chart.add_step(event.step, event.loss, event.learning_rate)
             self.query_one(ThroughputPanel).add_step(event)
+            if event.metrics:  # a preference step: its margin and accuracy beside the loss
+                chart.border_title = f"loss · lr · {preference_text(event.metrics)}"
         elif isinstance(event, Eval):
             chart.add_eval(event.step, event.loss)
         elif isinstance(event, HardwareSample):
@@ -251,6 +256,8 @@ class DashboardScreen(Screen[None]):
         elif isinstance(event, ExactMatch):
             self.exact[event.stage] = event
             log.write_line(f"exact match {event.stage}: {event.accuracy:.0%}", at=event.time)
+        elif isinstance(event, PreferenceAccuracy):  # its log line is human_line's
+            self.preference[event.stage] = event
         elif isinstance(event, CheckpointSaved) and event.reason == "requested":
             self.notify(f"Checkpoint saved at step {event.step}.")
         elif event.type == "alarm":  # run-health warnings (grad spikes, rising eval loss)
@@ -303,16 +310,27 @@ class DashboardScreen(Screen[None]):
         return self.event_span[1] - self.event_span[0] if self.event_span else None
 
     def _paint_results(self) -> None:
-        if not self.exact:
+        """Held-out scores before → after: exact match, and a preference run's accuracy."""
+        rows = [
+            (label, scores)
+            for label, scores in (("pairs", self.preference), ("exact", self.exact))
+            if scores
+        ]
+        if not rows:
             return
-        before, after = self.exact.get("before"), self.exact.get("after")
-        text = " → ".join(
-            f"{e.stage} [b]{e.accuracy:.0%}[/] ({e.correct}/{e.total})"
-            for e in (before, after)
-            if e
-        )
+        lines = [
+            (f"{label} " if self.preference else "")
+            + " → ".join(
+                f"{e.stage} [b]{e.accuracy:.0%}[/] ({e.correct}/{e.total})"
+                for e in (scores.get("before"), scores.get("after"))
+                if e
+            )
+            for label, scores in rows
+        ]
         results = self.query_one("#results", Static)
-        results.update(text)
+        if self.preference:
+            results.border_title = "held-out"
+        results.update("\n".join(lines))
         results.display = True
 
     # -- keys ----------------------------------------------------------------------------------

@@ -26,6 +26,15 @@ from engine.speed.sequence_logps import SequenceLogps
 # other dtype and fails on float64; 80 keeps exp() finite there too).
 _ALPHA_CLAMP = {"torch.float16": 11.0, "torch.bfloat16": 80.0, "torch.float32": 80.0}
 _ALPHA_CLAMP_OTHER = 80.0
+# The metrics every paired loss reports, under TRL's names (ORPO and SimPO add their own).
+PAIR_METRICS = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
 @dataclass(frozen=True)

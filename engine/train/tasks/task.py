@@ -9,7 +9,7 @@ mean, so the loop can normalise it by the trained tokens of the whole global bat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 
 class Task(Protocol):
@@ -30,3 +30,33 @@ class Task(Protocol):
     def supports_chunked_loss(self, model: Any) -> bool:
         """Whether ``loss_sum`` can run with ``chunked=True`` on ``model``."""
         ...
+
+
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    """A task with metrics of its own beside the loss (the preference tasks' rewards): the loop
+    takes them once a step and carries them in the Step event."""
+
+    def take_metrics(self) -> dict[str, tuple[Any, float]]:
+        """Each metric since the last call as (its sum weighted by the examples it averages,
+        a 0-d tensor, and their count); then starts again. A metric with count 0 had no
+        examples (KTO's chosen rewards in a step without a desirable example)."""
+        ...
+
+
+class MetricSums:
+    """What a ReportsMetrics task keeps: weighted sums of its metrics, by name."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[Any, float]] = {}
+
+    def add(self, metrics: dict[str, Any], weights: dict[str, float]) -> None:
+        """``metrics[key]`` (a 0-d tensor, a mean) over ``weights[key]`` examples."""
+        for key, value in metrics.items():
+            weight = weights[key]
+            total, count = self._sums.get(key, (0.0, 0.0))
+            self._sums[key] = (total + value.detach().double() * weight, count + weight)
+
+    def take(self) -> dict[str, tuple[Any, float]]:
+        sums, self._sums = self._sums, {}
+        return sums

@@ -410,6 +410,17 @@ def test_user_presets_are_listed_after_the_bundled_ones(no_user_presets: Path) -
     assert find_preset("aaa-mine") == no_user_presets / "aaa-mine.yaml"
 
 
+def test_the_cpu_dpo_demo() -> None:
+    # DPO from the embedded model on the built-in skills as pairs, offline, on the CPU; its
+    # held-out pairs are the built-in set's own split (val_size 0).
+    preset, _ = load_preset("smollm2-dpo-demo")
+    assert preset.task == "dpo" and preset.method == "lora" and not preset.quantized
+    assert preset.model.name_or_path == "embedded:smollm2-135m-instruct"
+    assert (preset.dataset.path, preset.dataset.format) == ("builtin:finetty-skills", "auto")
+    assert preset.dataset.val_size == 0 and preset.model.dtype == "float32"
+    assert preset.preference.loss_types("dpo") == ("sigmoid",) and preset.preference.beta == 0.1
+
+
 @pytest.mark.parametrize(("task", "kept"), [("sft", None), ("dpo", "preference")])
 def test_to_yaml_leaves_out_the_sections_other_tasks_read(task: str, kept: str | None) -> None:
     """An SFT run's config.yaml listed GRPO's rewards and DPO's beta, which it never reads."""

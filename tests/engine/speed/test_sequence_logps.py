@@ -198,19 +198,13 @@ def test_a_real_model_gives_trls_fused_head_log_probs(softcap, frozen_head: bool
     # TRL 1.16's preference trainers score sequences with its fused LM head: the same numbers,
     # and the same gradients for every weight, must come out of ours on a tiny random Llama
     # (in float32: TRL's kernel computes in it whatever the model's dtype).
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
+    from tests.conftest import micro_llama_config
+
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        final_logit_softcapping=softcap,
-    )
+    config = micro_llama_config(VOCAB, final_logit_softcapping=softcap)
     ours_model = LlamaForCausalLM(config)
     trl_model = LlamaForCausalLM(config)
     trl_model.load_state_dict(ours_model.state_dict())

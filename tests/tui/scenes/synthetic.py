@@ -7,6 +7,7 @@ screenshot uses them (screenshots/ replays the recorded run in tests/data/demo_r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from engine.core.events import (
     GpuSample,
     HardwareSample,
     LogLine,
+    PreferenceAccuracy,
     RunStarted,
     StateChanged,
     Step,
@@ -172,3 +174,27 @@ async def exported(pilot: Pilot) -> None:
     await pilot.press("ctrl+s")
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+
+
+def dpo_events(steps: int = 20) -> list[Event]:
+    """A made-up DPO run ``steps`` steps in: demo_events' steps carrying the preference metrics,
+    and held-out preference accuracy before training."""
+    events: list[Event] = []
+    for event in demo_events(steps):
+        if isinstance(event, Eval):
+            continue  # SFT's eval losses; the scene's loss is DPO's
+        if isinstance(event, Step):
+            margin = 0.02 * event.step
+            metrics = {
+                "rewards/margins": margin,
+                "rewards/accuracies": min(1.0, 0.4 + 0.03 * event.step),
+                "rewards/chosen": margin / 2,
+                "rewards/rejected": -margin / 2,
+            }
+            event = dataclasses.replace(event, loss=math.log(2) - margin / 2, metrics=metrics)
+        elif isinstance(event, ExactMatch):
+            event = PreferenceAccuracy("before", 0.33, 14, 42, time=event.time)
+        elif isinstance(event, RunStarted):
+            event = dataclasses.replace(event, task="DPO (sigmoid, beta 0.1) · LoRA")
+        events.append(event)
+    return events

@@ -26,6 +26,7 @@ from engine.config.preference import DPO_LOSS_TYPES, PreferenceSection
 from engine.speed.loss import IGNORE
 from engine.speed.sequence_logps import SequenceLogps, response_logps
 from engine.train.tasks.preference_loss import (
+    PAIR_METRICS,
     PreferenceLossSettings,
     dpo_loss,
     kl_completion_order,
@@ -181,14 +182,22 @@ def run_dpo(
     else:
         assert grad.isfinite().all() and grad.abs().sum() > 0
     assert_metrics(result.metrics, trainer._metrics["train"])
-    assert set(result.metrics) == {
-        "rewards/chosen",
-        "rewards/rejected",
-        "rewards/accuracies",
-        "rewards/margins",
-        "logps/chosen",
-        "logps/rejected",
-    }
+    assert set(result.metrics) == set(PAIR_METRICS)
+
+
+def kto_trainer(settings: PreferenceLossSettings, policy, reference) -> KTOTrainer:
+    loss_type = settings.loss_types[0]
+    return ref_trainer(
+        KTOTrainer,
+        policy,
+        reference,
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        calculate_KL=loss_type != "apo_zero_unpaired",
+        loss_type=loss_type,
+        beta=settings.beta,
+        desirable_weight=settings.desirable_weight,
+        undesirable_weight=settings.undesirable_weight,
+    )
 
 
 def dpo(**values: Any) -> PreferenceLossSettings:
@@ -418,17 +427,7 @@ def test_kto_equals_trls(
     ref, ref_kl = logits_for(count, 11).detach(), logits_for(count, 12).detach()
     policy = _Logits({id(batch["input_ids"]): logits, id(batch["KL_input_ids"]): kl_logits})
     reference = _Logits({id(batch["input_ids"]): ref, id(batch["KL_input_ids"]): ref_kl})
-    trainer = ref_trainer(
-        KTOTrainer,
-        policy,
-        reference,
-        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
-        calculate_KL=loss_type != "apo_zero_unpaired",
-        loss_type=loss_type,
-        beta=settings.beta,
-        desirable_weight=settings.desirable_weight,
-        undesirable_weight=settings.undesirable_weight,
-    )
+    trainer = kto_trainer(settings, policy, reference)
     trl_loss = trainer._compute_loss(policy, batch, return_outputs=False)
     labels, kl_labels = (
         labels_of(batch),
