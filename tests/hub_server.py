@@ -63,6 +63,7 @@ class HubState:
         self.multipart_threshold = multipart_threshold
         self.chunk_size = chunk_size
         self.fail_commits = 0  # answer this many commits with a 500 (a push cut off at the end)
+        self.url = ""  # set by HubServer
 
     def add_user(self, name: str, token: str, **kwargs: Any) -> None:
         self.users[name] = User(token, **kwargs)
@@ -90,7 +91,7 @@ class HubServer:
         handler = type("Handler", (_Handler,), {"state": self.state})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.state.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         handler.base_url = self.url
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 

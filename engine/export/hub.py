@@ -99,7 +99,13 @@ def check_push(
             "HF_HUB_OFFLINE is set, so huggingface_hub sends nothing; a push needs the network.",
             hint="Unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) for this command.",
         )
-    token = get_token()
+    try:
+        token = get_token()
+    except Exception as error:  # noqa: BLE001 - e.g. HF_OIDC_RESOURCE set and its exchange failed
+        raise HubError(
+            f"Reading the Hugging Face token failed: {error}",
+            hint="Fix the login (`hf auth login`, HF_TOKEN, or the OIDC settings), then retry.",
+        ) from None
     if not token:
         raise HubError(
             "Not logged in to the Hugging Face Hub: no token in HF_TOKEN or in the token file "
