@@ -128,6 +128,13 @@ def check_push(
             lambda: api.repo_info(repo_id, revision=branch), where, f"reading {repo_id}"
         )
         taken = sorted(s.rfilename for s in info.siblings or [] if s.rfilename not in _NOT_FILES)
+        if private and info.private is False:
+            # The hub ignores `private` for an existing repo: the files would go out public.
+            raise HubError(
+                f"{repo_id} exists and is public; --private cannot make an existing repo private.",
+                hint="Make it private in the repo's settings on the hub first, or push to a new "
+                "repo name.",
+            )
     except RepositoryNotFoundError:
         repo_exists = branch_exists = False
     except RevisionNotFoundError:

@@ -4,6 +4,7 @@ card's metadata, and every refusal made before anything is sent. Never the real 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def test_token_from_the_hf_home_token_file(
         ("read-only org", "readers/m", "(read-only member)"),
         ("taken", "alice/taken", "already exists and holds files: weights.bin"),
         ("offline", "alice/m", "HF_HUB_OFFLINE is set"),
+        ("public, --private", "alice/taken", "exists and is public"),
         ("bad name", "alice/m/x", "is not a hub repo name"),
     ],
 )
@@ -168,8 +170,8 @@ def test_refusals_come_before_any_upload(
         hub.users["alice"].role = "read"
     elif setup == "offline":
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(HubError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
-        check_push(repo_id)
+    with pytest.raises(HubError, match=re.escape(message)) as caught:
+        check_push(repo_id, private=setup == "public, --private", force=setup != "taken")
     assert caught.value.exit_code == 2 and caught.value.hint
     assert hub.uploads() == [] and set(hub.repos) == {"alice/taken"}
 
