@@ -13,12 +13,15 @@ a commit (NDJSON: a header line, then files) refers to LFS objects that must alr
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -382,3 +385,16 @@ def point_huggingface_hub_at(monkeypatch: Any, url: str, token_file: str) -> Non
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.delenv("HF_OIDC_RESOURCE", raising=False)
+
+
+@contextlib.contextmanager
+def loopback_hub(monkeypatch: Any, tmp_path: Path) -> Iterator[HubState]:
+    """A served hub with alice (tok-alice: member of team, reader of readers) and bob
+    (tok-bob), this process's huggingface_hub pointed at it, logged in as alice by HF_TOKEN."""
+    state = HubState()
+    state.add_user("alice", "tok-alice", orgs={"team": "write", "readers": "read"})
+    state.add_user("bob", "tok-bob")
+    with HubServer(state) as server:
+        point_huggingface_hub_at(monkeypatch, server.url, str(tmp_path / "hf-home" / "token"))
+        monkeypatch.setenv("HF_TOKEN", "tok-alice")
+        yield state

@@ -9,7 +9,7 @@ import pytest
 from textual.widgets import Checkbox, Input, Static
 
 from tests.engine.export.test_export import make_run
-from tests.hub_server import HubServer, HubState, point_huggingface_hub_at
+from tests.hub_server import HubState, loopback_hub
 from tests.tui.scenes.run_screens import SceneApp
 from tui.screens.export import ExportScreen
 
@@ -23,11 +23,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubState]:
-    state = HubState()
-    state.add_user("alice", "tok-alice")
-    with HubServer(state) as server:
-        point_huggingface_hub_at(monkeypatch, server.url, str(tmp_path / "token"))
-        monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    with loopback_hub(monkeypatch, tmp_path) as state:
         yield state
 
 

@@ -21,7 +21,7 @@ from engine.export.hub import (
 )
 from engine.export.model_card import CardFiles, model_card, read_figures
 from tests.engine.export.test_export import make_run
-from tests.hub_server import HubServer, HubState, Repo, point_huggingface_hub_at
+from tests.hub_server import HubServer, HubState, Repo, loopback_hub, point_huggingface_hub_at
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubState]:
-    state = HubState()
-    state.add_user("alice", "tok-alice", orgs={"team": "write", "readers": "read"})
-    state.add_user("bob", "tok-bob")
-    with HubServer(state) as server:
-        point_huggingface_hub_at(monkeypatch, server.url, str(tmp_path / "hf-home" / "token"))
-        monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    with loopback_hub(monkeypatch, tmp_path) as state:
         yield state
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.export.test_export import make_run
-from tests.hub_server import HubServer, HubState, point_huggingface_hub_at
+from tests.hub_server import HubServer, HubState, loopback_hub
 from tests.tui.cli.test_export_cli import run_export
 
 
@@ -24,11 +24,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> P
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[HubState]:
-    state = HubState()
-    state.add_user("alice", "tok-alice")
-    with HubServer(state) as server:
-        point_huggingface_hub_at(monkeypatch, server.url, str(tmp_path / "token"))
-        monkeypatch.setenv("HF_TOKEN", "tok-alice")
+    with loopback_hub(monkeypatch, tmp_path) as state:
         yield state
 
 
