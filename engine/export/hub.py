@@ -30,7 +30,7 @@ from engine.export.files import Progress, human_size, no_progress
 from engine.export.model_card import CardFiles, model_card
 
 _REPO_NAME = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
-WHOAMI_TIMEOUT_S = 30.0  # huggingface_hub's client waits forever on a silent network
+WHOAMI_TIMEOUT_S = 30.0  # the checks' limit: huggingface_hub's client waits forever by default
 _NOT_FILES = {".gitattributes"}  # what every new hub repo holds: an empty repo is not "taken"
 
 
@@ -125,7 +125,9 @@ def check_push(
     taken: list[str] = []
     try:
         info = _hub_call(
-            lambda: api.repo_info(repo_id, revision=branch), where, f"reading {repo_id}"
+            lambda: api.repo_info(repo_id, revision=branch, timeout=WHOAMI_TIMEOUT_S),
+            where,
+            f"reading {repo_id}",
         )
         taken = sorted(s.rfilename for s in info.siblings or [] if s.rfilename not in _NOT_FILES)
         if private and info.private is False:

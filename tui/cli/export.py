@@ -167,8 +167,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     clock = ticking(progress)
     pushed = None
     if target is not None:
-        state = "exists, --force" if target.repo_exists else "new"
-        progress(f"hub: {target.repo_id} ({state}) as {target.user}: checked", None)
+        state = "existing" if target.repo_exists else "new"
+        progress(f"hub: {target.repo_id} ({state} repo) as {target.user}: checked", None)
     try:
         report = export_in_child(
             args.run,

@@ -181,6 +181,21 @@ def test_server_down_is_a_clear_message(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert "network" in (caught.value.hint or "")
 
 
+def test_silent_network_times_out(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A server that takes the connection and never answers (a black-holed network)."""
+    import socket
+
+    from engine.export import hub
+
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        point_huggingface_hub_at(monkeypatch, url, str(tmp_path / "token"))
+        monkeypatch.setenv("HF_TOKEN", "tok-alice")
+        monkeypatch.setattr(hub, "WHOAMI_TIMEOUT_S", 0.5)
+        with pytest.raises(HubError, match=f"No answer from the Hugging Face Hub at {url}"):
+            check_push("alice/m")
+
+
 def test_force_pushes_on_top_of_a_taken_repo(exported: ExportReport, hub: HubState) -> None:
     hub.repos["alice/taken"] = Repo(private=False)
     hub.repos["alice/taken"].branches["main"]["weights.bin"] = b"older"

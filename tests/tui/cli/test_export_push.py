@@ -36,7 +36,7 @@ def test_push_prints_the_repo_url_last(
     out, err = capsys.readouterr()
     last = out.strip().splitlines()[-1]
     assert last.startswith("pushed") and last.endswith(f"{hub.url}/alice/cli")
-    assert "hub: alice/cli (new) as alice: checked" in err and "hub: done" in err
+    assert "hub: alice/cli (new repo) as alice: checked" in err and "hub: done" in err
     stored = hub.files("alice/cli")
     for file in (tmp_path / "adapter").iterdir():
         if file.name != "README.md":
