@@ -183,24 +183,25 @@ def push(
     api = HfApi(endpoint=target.endpoint, token=get_token())
     layout = repo_layout(items)
     where, repo = target.endpoint, target.repo_id
-    if not target.repo_exists:
-        progress(f"hub: creating {'private' if target.private else 'public'} repo {repo}", None)
-        _hub_call(
-            lambda: api.create_repo(repo, private=target.private, exist_ok=True),
-            where,
-            f"creating {repo}",
-        )
-    if not target.branch_exists and target.revision != "main":
-        _hub_call(
-            lambda: api.create_branch(repo, branch=target.revision, exist_ok=True),
-            where,
-            f"creating branch {target.revision}",
-        )
     operations = [CommitOperationAdd(path, str(local)) for local, path in layout]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
     total = sum(local.stat().st_size for local, _ in layout) or 1
     sent = 0
     try:
+        if not target.repo_exists:
+            kind = "private" if target.private else "public"
+            progress(f"hub: creating {kind} repo {repo}", None)
+            _hub_call(
+                lambda: api.create_repo(repo, private=target.private, exist_ok=True),
+                where,
+                f"creating {repo}",
+            )
+        if not target.branch_exists and target.revision != "main":
+            _hub_call(
+                lambda: api.create_branch(repo, branch=target.revision, exist_ok=True),
+                where,
+                f"creating branch {target.revision}",
+            )
         uploads = zip(operations[:-1], layout, strict=True)  # the card, last, goes with the commit
         for index, (operation, (local, path)) in enumerate(uploads, 1):
             progress(
