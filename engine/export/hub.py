@@ -17,6 +17,7 @@ nothing of it until the single ``create_commit`` lands, so a failed push is neve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -27,7 +28,7 @@ from typing import Any
 
 from engine.core.errors import EXIT_BAD_INPUT, EXIT_FAILED, FinettyError
 from engine.export.files import Progress, human_size, no_progress
-from engine.export.model_card import CardFiles, model_card
+from engine.export.model_card import CardFiles, hub_id, model_card
 
 _REPO_NAME = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 WHOAMI_TIMEOUT_S = 30.0  # the checks' limit: huggingface_hub's client waits forever by default
@@ -175,17 +176,26 @@ def push(
     items: Sequence[Any],
     card: str,
     *,
+    replaced: dict[str, bytes] | None = None,
     progress: Progress = no_progress,
 ) -> PushReport:
-    """Create the repo (and branch) if needed, upload every file, then commit them all at once."""
+    """Create the repo (and branch) if needed, upload every file, then commit them all at once.
+    ``replaced`` gives other contents for some paths in the repo (see ``push_export``)."""
     from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
     api = HfApi(endpoint=target.endpoint, token=get_token())
+    replaced = replaced or {}
     layout = repo_layout(items)
     where, repo = target.endpoint, target.repo_id
-    operations = [CommitOperationAdd(path, str(local)) for local, path in layout]
+    sizes = {
+        path: len(replaced[path]) if path in replaced else local.stat().st_size
+        for local, path in layout
+    }
+    operations = [
+        CommitOperationAdd(path, replaced.get(path) or str(local)) for local, path in layout
+    ]
     operations.append(CommitOperationAdd("README.md", card.encode("utf-8")))
-    total = sum(local.stat().st_size for local, _ in layout) or 1
+    total = sum(sizes.values()) or 1
     sent = 0
     try:
         if not target.repo_exists:
@@ -202,8 +212,9 @@ def push(
                 where,
                 f"creating branch {target.revision}",
             )
-        uploads = zip(operations[:-1], layout, strict=True)  # the card, last, goes with the commit
-        for index, (operation, (local, path)) in enumerate(uploads, 1):
+        # The card (last) needs no upload of its own: it goes with the commit.
+        for index, operation in enumerate(operations[:-1], 1):
+            path = operation.path_in_repo
             progress(
                 f"hub: uploading {index}/{len(layout)} {path} "
                 f"({human_size(sent)} of {human_size(total)})",
@@ -216,7 +227,7 @@ def push(
                 where,
                 f"uploading {path}",
             )
-            sent += local.stat().st_size
+            sent += sizes[path]
         progress(f"hub: committing {len(operations)} files to {repo}@{target.revision}", None)
         commit = _hub_call(
             lambda: api.create_commit(
@@ -235,7 +246,7 @@ def push(
             "this export.",
             hint="Run the same command again: files the hub already stored are not sent again.",
         ) from None
-    files = [(path, local.stat().st_size) for local, path in layout]
+    files = [(path, sizes[path]) for _, path in layout]
     files.append(("README.md", len(card.encode("utf-8"))))
     progress("hub: done", 1.0)
     return PushReport(target.url, str(commit.commit_url), files)
@@ -256,7 +267,23 @@ def push_export(target: HubTarget, report: Any, *, progress: Progress = no_progr
         modelfiles=tuple(p for p in layout if p.endswith(".Modelfile")),
     )
     card = model_card(info.preset, info.run_dir, info.final, target.repo_id, files, __version__)
-    return push(target, report.items, card, progress=progress)
+    replaced = _hub_base_in_adapter_config(repo_layout(report.items), info.preset)
+    return push(target, report.items, card, replaced=replaced, progress=progress)
+
+
+def _hub_base_in_adapter_config(layout: list[tuple[Path, str]], preset: Any) -> dict[str, bytes]:
+    """adapter_config.json with the base's hub id, where the base came from the hub or is the
+    embedded copy of a hub model: the local copy names the folder it was loaded from (a cache
+    path on this machine), which would leak into the repo and break AutoPeftModel there."""
+    base = hub_id(preset.model.name_or_path)
+    replaced: dict[str, bytes] = {}
+    for local, path in layout:
+        if base and Path(path).name == "adapter_config.json":
+            config = json.loads(local.read_text(encoding="utf-8"))
+            if config.get("base_model_name_or_path") != base:
+                config["base_model_name_or_path"] = base
+                replaced[path] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    return replaced
 
 
 def _check_can_write(me: dict[str, Any], repo_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,3 +239,31 @@ def test_private_repo_on_a_branch(exported: ExportReport, hub: HubState) -> None
         if file.name != "README.md":
             assert stored[file.name] == file.read_bytes()
     assert yaml.safe_load(stored["README.md"].decode().split("---\n")[1])["library_name"] == "peft"
+
+
+def test_adapter_config_names_the_hub_base_not_a_local_folder(
+    exported: ExportReport, hub: HubState, tmp_path: Path
+) -> None:
+    """The exported adapter_config.json names the folder the base was loaded from; the pushed
+    one names the base's hub id (AutoPeftModel loads it anywhere), the rest byte for byte."""
+    run = tmp_path / "run"
+    shutil.copytree(exported.run_dir, run, ignore=shutil.ignore_patterns("exports"))
+    config = (run / "config.yaml").read_text(encoding="utf-8")
+    local_base = yaml.safe_load(config)["model"]["name_or_path"]
+    (run / "config.yaml").write_text(
+        config.replace(local_base, "HuggingFaceTB/SmolLM2-135M-Instruct"), encoding="utf-8"
+    )
+    adapter = [item for item in exported.items if item.kind == "adapter"]
+    push_export(check_push("alice/a"), ExportReport(run, exported.out_dir, adapter))
+
+    stored = hub.files("alice/a")
+    exported_config = json.loads((adapter[0].path / "adapter_config.json").read_text())
+    assert exported_config["base_model_name_or_path"] == local_base
+    pushed_config = json.loads(stored["adapter_config.json"])
+    assert pushed_config == {
+        **exported_config,
+        "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    }
+    for file in adapter[0].path.iterdir():
+        if file.name not in ("README.md", "adapter_config.json"):
+            assert stored[file.name] == file.read_bytes()
