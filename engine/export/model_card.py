@@ -145,16 +145,26 @@ def model_card(
     return f"---\n{front}---\n\n" + "\n\n".join(sections) + "\n"
 
 
+def local_name(name: str) -> str:
+    """A local model or data path as the card shows it: its last part only, because the full
+    path names folders of this machine (a user name, a project) that a public card should not."""
+    if name.startswith(("builtin:", "embedded:")):
+        return f"`{name}`"
+    return f"`{Path(name).name or name}` (local)"
+
+
 def _summary(preset: Any, version: str) -> str:
     base = hub_id(preset.model.name_or_path)
     base_text = (
-        f"[{base}](https://huggingface.co/{base})" if base else f"`{preset.model.name_or_path}`"
+        f"[{base}](https://huggingface.co/{base})"
+        if base
+        else local_name(preset.model.name_or_path)
     )
     dataset = hub_id(preset.dataset.path)
     data_text = (
         f"[{dataset}](https://huggingface.co/datasets/{dataset})"
         if dataset
-        else f"`{preset.dataset.path}`"
+        else local_name(preset.dataset.path)
     )
     method = {"lora": "LoRA", "qlora": "QLoRA (4-bit base)", "full": "full fine-tuning"}
     return (

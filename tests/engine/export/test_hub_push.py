@@ -72,6 +72,9 @@ def test_push_uploads_every_file_byte_for_byte(exported: ExportReport, hub: HubS
     assert 'PeftModel.from_pretrained(base, "alice/tiny-model", subfolder="adapter")' in card
     assert "<|im_start|>" in card  # the chat template
     assert "| learning rate | 0.0002 |" in card
+    # A local base or dataset is named by its last part: the card shows no path of this machine.
+    assert str(exported.run_dir.parent.parent.parent) not in card and "/tmp" not in card
+    assert "`alpaca_small.jsonl` (local)" in card
 
 
 def test_card_metadata_and_figures(exported: ExportReport, tmp_path: Path) -> None:
