@@ -164,7 +164,8 @@ def repo_layout(items: Sequence[Any]) -> list[tuple[Path, str]]:
             prefix = "adapter/" if item.kind == "adapter" and "merged" in kinds else ""
             for file in sorted(p for p in Path(item.path).rglob("*") if p.is_file()):
                 relative = file.relative_to(item.path).as_posix()
-                if prefix or relative != "README.md":  # the card is the root README
+                # The model card is the one README: the export's own names this machine's paths.
+                if relative != "README.md":
                     layout.append((file, prefix + relative))
         else:
             layout.append((Path(item.path), Path(item.path).name))

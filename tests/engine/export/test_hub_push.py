@@ -54,6 +54,7 @@ def test_push_uploads_every_file_byte_for_byte(exported: ExportReport, hub: HubS
         assert stored[path] == local.read_bytes(), path
     # The merged model at the root, the adapter beside it, every quant in the same repo.
     assert "model.safetensors" in stored and "adapter/adapter_config.json" in stored
+    assert "adapter/README.md" not in stored  # the export's README names local paths
     assert {"tiny-f16.gguf", "tiny-q8_0.gguf", "tiny-q8_0.Modelfile"} <= set(stored)
     assert report.url.endswith("/alice/tiny-model") and "/commit/" in report.commit_url
     assert len(hub.repos["alice/tiny-model"].commits) == 1  # one commit with everything
