@@ -42,6 +42,24 @@ def test_push_prints_the_repo_url_last(
         if file.name != "README.md":
             assert stored[file.name] == file.read_bytes()
     assert stored["README.md"].startswith(b"---\n")
+    # The token is sent as a header only: never printed, never in a pushed file.
+    assert "tok-alice" not in out + err
+    assert not [path for path, data in stored.items() if b"tok-alice" in data]
+
+
+def test_a_refused_token_is_exit_2_and_never_printed(
+    run_dir: Path,
+    hub: HubState,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_wrong")
+    argv = [str(run_dir), "--format", "adapter", "--out", str(tmp_path / "o"), "--push", "m"]
+    assert run_export(argv) == 2
+    out, err = capsys.readouterr()
+    assert "refused the Hugging Face token (401)" in err and "hf_secret_wrong" not in out + err
+    assert not (tmp_path / "o").exists() and hub.uploads() == []
 
 
 def test_json_has_the_push(
