@@ -271,3 +271,34 @@ def test_adapter_config_names_the_hub_base_not_a_local_folder(
     for file in adapter[0].path.iterdir():
         if file.name not in ("README.md", "adapter_config.json"):
             assert stored[file.name] == file.read_bytes()
+
+
+def test_the_loopback_hub_refuses_what_the_real_one_would(hub: HubState) -> None:
+    """The double checks what it is given: bytes against their sha256, commits against stored
+    LFS objects, tokens and namespaces; a push that passes here did send the right bytes."""
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    def call(method: str, path: str, body: bytes, token: str | None = "tok-alice") -> int:
+        request = urllib.request.Request(f"{hub.url}{path}", data=body, method=method)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    oid = hashlib.sha256(b"right").hexdigest()
+    assert call("PUT", f"/lfs-upload/{oid}/5", b"wrong") == 400 and oid not in hub.lfs
+    assert call("PUT", f"/lfs-upload/{oid}/5", b"right") == 200 and hub.lfs[oid] == b"right"
+    assert call("POST", "/api/repos/create", b'{"name": "r"}', token=None) == 401
+    assert call("POST", "/api/repos/create", b'{"name": "r", "organization": "bob"}') == 403
+    assert call("POST", "/api/repos/create", b'{"name": "r"}') == 200
+    assert call("POST", "/api/repos/create", b'{"name": "r"}') == 409
+    header = json.dumps({"key": "header", "value": {"summary": "s"}})
+    missing = json.dumps({"key": "lfsFile", "value": {"path": "w.bin", "oid": "0" * 64, "size": 1}})
+    body = f"{header}\n{missing}\n".encode()
+    assert call("POST", "/api/models/alice/r/commit/main", body) == 422
+    assert set(hub.files("alice/r")) == {".gitattributes"}
