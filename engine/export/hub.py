@@ -269,7 +269,14 @@ def push_export(target: HubTarget, report: Any, *, progress: Progress = no_progr
     )
     card = model_card(info.preset, info.run_dir, info.final, target.repo_id, files, __version__)
     replaced = _hub_base_in_adapter_config(repo_layout(report.items), info.preset)
-    return push(target, report.items, card, replaced=replaced, progress=progress)
+    try:
+        return push(target, report.items, card, replaced=replaced, progress=progress)
+    except HubPushFailed as error:  # the export's targets now exist: a plain rerun refuses
+        raise HubPushFailed(
+            f"{error.message} The export itself is kept in {report.out_dir}.",
+            hint="Run it again with --force (the export is redone; files the hub already "
+            "stored are not sent again).",
+        ) from None
 
 
 def _hub_base_in_adapter_config(layout: list[tuple[Path, str]], preset: Any) -> dict[str, bytes]:

@@ -62,3 +62,14 @@ async def test_dialog_refuses_before_exporting(
         result = await fill_and_export(app, pilot, wait_for, tmp_path / "out", "alice/d")
         assert "Not logged in" in result and "hf auth login" in result
     assert not (tmp_path / "out").exists() and hub.uploads() == []
+
+
+async def test_a_failed_push_says_to_tick_force(
+    tiny_run: Path, tmp_path: Path, hub: HubState, wait_for
+) -> None:
+    hub.fail_commits = 1
+    app = SceneApp(lambda: ExportScreen(tiny_run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        result = await fill_and_export(app, pilot, wait_for, tmp_path / "out", "alice/f")
+        assert "Nothing was committed" in result and "Tick 'force' and export again" in result
+    assert set(hub.files("alice/f")) == {".gitattributes"}

@@ -40,6 +40,7 @@ HINT_WORDS = (
     ("Use --format merged or --format gguf", "Choose merged or GGUF"),
     ("--format merged", "merged"),
     ("Pass --force to commit", "Tick 'force' to commit"),
+    ("Run it again with --force", "Tick 'force' and export again"),
     (" or --revision.", "."),
 )
 

@@ -218,7 +218,7 @@ def test_failed_commit_shows_nothing_and_a_rerun_sends_only_what_is_missing(
     hub.fail_commits = 1
     with pytest.raises(HubPushFailed, match="Nothing was committed") as caught:
         push_export(check_push("alice/m"), exported)
-    assert caught.value.exit_code == 1 and "again" in (caught.value.hint or "")
+    assert caught.value.exit_code == 1 and "again with --force" in (caught.value.hint or "")
     assert set(hub.files("alice/m")) == {".gitattributes"}  # nothing half-pushed
     assert hub.lfs  # but the large files are stored, ready for the next try
     before = len(hub.requests)

@@ -93,6 +93,7 @@ def test_failed_commit_is_exit_1_and_never_reported_pushed(
     assert run_export(argv) == 1
     out, err = capsys.readouterr()
     assert "pushed" not in out and "Nothing was committed" in err
+    assert f"kept in {tmp_path}" in err and "again with --force" in err  # a plain rerun refuses
     assert set(hub.files("alice/f")) == {".gitattributes"}
 
 
