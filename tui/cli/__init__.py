@@ -9,7 +9,17 @@ import argparse
 import sys
 
 from engine.core.errors import EXIT_BAD_INPUT, EXIT_STOPPED, FinettyError
-from tui.cli import chat, diagnose, estimate, export, presets, runs, terminal, train
+from tui.cli import (
+    chat,
+    diagnose,
+    estimate,
+    export,
+    import_config,
+    presets,
+    runs,
+    terminal,
+    train,
+)
 from tui.report import report_error
 
 EPILOG = """examples:
@@ -22,6 +32,7 @@ EPILOG = """examples:
   finetty runs                            list runs with status, best loss and duration
   finetty chat latest                     talk to the newest run
   finetty export latest --format gguf --quant q8_0 --ollama
+  finetty import qlora.yml --out my.yaml  an Axolotl or LLaMA-Factory config as a preset
 """
 
 
@@ -43,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_doctor_parser(sub)
     chat.add_chat_parser(sub)
     export.add_export_parser(sub)
+    import_config.add_import_parser(sub)
     parser.set_defaults(commands=tuple(sub.choices))  # for preset_argument
     return parser
 
@@ -105,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "doctor": diagnose.cmd_doctor,
             "chat": chat.cmd_chat,
             "export": export.cmd_export,
+            "import": import_config.cmd_import,
         }[args.command]
         return handler(args)
     except FinettyError as error:

@@ -1,4 +1,6 @@
-"""`finetty export RUN_DIR|latest --format ...`: progress on stderr, what was written on stdout."""
+"""`finetty export RUN_DIR|latest --format ... [--push REPO_ID]`: progress on stderr, what was
+written (and where it was pushed) on stdout. With --push the hub is checked first (login,
+network, rights, name free), so a push that cannot happen is refused before the export's work."""
 
 from __future__ import annotations
 
@@ -41,11 +43,27 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/exports)")
     parser.add_argument("--ollama", action="store_true", help="write an Ollama Modelfile per GGUF")
-    parser.add_argument("--force", action="store_true", help="replace existing export targets")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace existing export targets (with --push: push into a repo that has files)",
+    )
     parser.add_argument(
         "--dtype",
         choices=("bf16", "fp16"),
         help="merge precision (default bf16; fp16 when GGUF f16/q8_0/k-quants are asked for)",
+    )
+    parser.add_argument(
+        "--push",
+        metavar="REPO_ID",
+        help="then push everything exported to this Hugging Face repo (NAME or NAMESPACE/NAME), "
+        "with a model card, in one commit; the token comes from `hf auth login` or HF_TOKEN",
+    )
+    parser.add_argument(
+        "--private", action="store_true", help="with --push: create the repo private"
+    )
+    parser.add_argument(
+        "--revision", metavar="BRANCH", help="with --push: commit to this branch (default main)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--run-dir", metavar="DIR", help="root folder for runs (for `latest`)")
@@ -142,10 +160,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from engine.export.files import human_size
 
     quants = [q.strip().lower() for item in (args.quants or ["q8_0"]) for q in item.split(",")]
+    target = check_target(args)
     # In a child process: a native crash or the out-of-memory killer ends it, not this command,
     # which then reports how it died and removes the unfinished files.
     progress = StderrProgress()
     clock = ticking(progress)
+    pushed = None
+    if target is not None:
+        state = "existing" if target.repo_exists else "new"
+        progress(f"hub: {target.repo_id} ({state} repo) as {target.user}: checked", None)
     try:
         report = export_in_child(
             args.run,
@@ -158,20 +181,26 @@ def cmd_export(args: argparse.Namespace) -> int:
             runs_root=Path(args.run_dir) if args.run_dir else None,
             progress=progress,
         )
+        if target is not None:
+            from engine.export.hub import push_export
+
+            pushed = push_export(target, report, progress=progress)
     finally:
         clock.set()
         progress.close()
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "run_dir": str(report.run_dir),
-                    "out_dir": str(report.out_dir),
-                    "items": [item.to_dict() for item in report.items],
-                },
-                indent=2,
-            )
-        )
+        result: dict[str, Any] = {
+            "run_dir": str(report.run_dir),
+            "out_dir": str(report.out_dir),
+            "items": [item.to_dict() for item in report.items],
+        }
+        if pushed is not None:
+            result["push"] = {
+                "url": pushed.url,
+                "commit_url": pushed.commit_url,
+                "files": [{"path": path, "size": size} for path, size in pushed.files],
+            }
+        print(json.dumps(result, indent=2))
         return 0
     for item in report.items:
         print(f"{item.kind:9} {human_size(item.size):>10}  {item.path}")
@@ -179,4 +208,23 @@ def cmd_export(args: argparse.Namespace) -> int:
             print(f"{'':21}{check}")
         if item.command:
             print(f"{'':21}run: {item.command}")
+    if pushed is not None:  # only once the commit landed: push_export raises before that
+        size = human_size(sum(size for _, size in pushed.files))
+        print(f"{'pushed':9} {size:>10}  {len(pushed.files)} files in one commit: {pushed.url}")
     return 0
+
+
+def check_target(args: argparse.Namespace) -> Any:
+    """With --push: the hub checks (login, network, rights, name free), before any export."""
+    if args.push is None:
+        if args.private or args.revision:
+            from engine.export.files import ExportError
+
+            raise ExportError(
+                "--private and --revision only go with --push.",
+                hint="Add --push REPO_ID, or leave them out.",
+            )
+        return None
+    from engine.export.hub import check_push
+
+    return check_push(args.push, revision=args.revision, private=args.private, force=args.force)

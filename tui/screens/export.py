@@ -7,6 +7,10 @@ messages, so the UI stays live; the status line's clock moves twice a second, th
 where a step has no measure, and shows the fraction and an ETA where it has. What was written
 is listed with its size, its round-trip checks and the ``ollama create`` command; an export
 error shows its message and hint here, and the form stays editable for another try.
+
+"push to hub" does what `finetty export --push` does: the hub is checked first (login, network,
+rights, name free) in the worker, before the export, and the repo URL is shown only once the
+one commit landed.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ HINT_WORDS = (
     ("with --out", "in 'target folder'"),
     ("Use --format merged or --format gguf", "Choose merged or GGUF"),
     ("--format merged", "merged"),
+    ("Pass --force to commit", "Tick 'force' to commit"),
+    ("Run it again with --force", "Tick 'force' and export again"),
+    (" or --revision.", "."),
 )
 
 
@@ -94,6 +101,7 @@ class ExportScreen(Screen[None]):
     ExportScreen #dtype { width: 15; margin-right: 2; }
     ExportScreen #quants { width: 32; margin-right: 1; }
     ExportScreen #out { width: 1fr; margin-right: 1; }
+    ExportScreen #push { width: 1fr; margin-right: 1; }
     ExportScreen #quant-error { height: auto; color: $text-error; padding: 0 1; }
     ExportScreen #quant-error.-hidden, ExportScreen #progress.-hidden { display: none; }
     ExportScreen #action-row { height: 1; margin-top: 1; }
@@ -115,9 +123,14 @@ class ExportScreen(Screen[None]):
             self.text, self.fraction = text, fraction
 
     class Finished(Message):
-        def __init__(self, report: Any = None, error: tuple[str, str | None] | None = None) -> None:
+        def __init__(
+            self,
+            report: Any = None,
+            error: tuple[str, str | None] | None = None,
+            pushed: Any = None,  # engine.export.hub.PushReport, once the commit landed
+        ) -> None:
             super().__init__()
-            self.report, self.error = report, error
+            self.report, self.error, self.pushed = report, error, pushed
 
     def __init__(self, run_dir: Path | None, *, exporter: Exporter | None = None) -> None:
         super().__init__(id="export")
@@ -166,6 +179,9 @@ class ExportScreen(Screen[None]):
                 target = self.run_dir / "exports" if self.run_dir else Path("exports")
                 yield Input(str(target), placeholder="folder", id="out")
                 yield Tick("force", False, id="force")
+            with Horizontal(classes="field-row"):
+                yield Input("", placeholder="NAME or NAMESPACE/NAME (empty: no push)", id="push")
+                yield Tick("private", False, id="private", disabled=True)
             with Horizontal(id="action-row"):
                 yield Button("Export", id="run-export", variant="primary", compact=True)
                 yield ProgressBar(total=100, show_eta=False, id="progress", classes="-hidden")
@@ -178,6 +194,7 @@ class ExportScreen(Screen[None]):
         if self.ready:
             self.query_one("#quants").border_title = "GGUF types (comma list)"
             self.query_one("#out").border_title = "target folder"
+            self.query_one("#push").border_title = "push to hub"
             self.query_one("#fmt-adapter" if self.is_adapter else "#fmt-merged").focus()
             self.refresh_form()
             if "engine.export" not in sys.modules:
@@ -214,6 +231,7 @@ class ExportScreen(Screen[None]):
         gguf = bool(self.value("fmt-gguf"))
         quants, ollama = self.query_one("#quants", Input), self.query_one("#ollama", Checkbox)
         quants.disabled = ollama.disabled = not gguf
+        self.query_one("#private", Checkbox).disabled = not str(self.value("push")).strip()
         self.query_one("#dtype", Select).disabled = not (self.value("fmt-merged") or gguf)
         problem = quant_problem(quants.value) if gguf else None
         quants.set_class(problem is not None, "-invalid")
@@ -265,6 +283,8 @@ class ExportScreen(Screen[None]):
             "force": bool(self.value("force")),
             "dtype": None if dtype == "auto" else dtype,
         }
+        push = str(self.value("push")).strip() or None
+        private = bool(push) and bool(self.value("private"))
         self.running, self.leave_asked, self.started = True, False, time.monotonic()
         self.query_one("#run-export", Button).disabled = True
         bar = self.query_one("#progress", ProgressBar)
@@ -273,10 +293,12 @@ class ExportScreen(Screen[None]):
         self.query_one("#result", Static).update("")
         self.step_text, self.step_fraction, self.step_started = "starting…", None, self.started
         self.show_status("starting…")
-        self.export_worker(self.formats(), options)
+        self.export_worker(self.formats(), options, push, private)
 
     @work(thread=True, exclusive=True, group="export")
-    def export_worker(self, formats: list[str], options: dict[str, Any]) -> None:
+    def export_worker(
+        self, formats: list[str], options: dict[str, Any], push: str | None, private: bool
+    ) -> None:
         from engine.core.errors import FinettyError
 
         last = 0.0
@@ -298,13 +320,23 @@ class ExportScreen(Screen[None]):
                 quiet_libraries()
                 # A child process: a crash or OOM there never ends this one, which may train.
                 from engine.export.child import export_in_child as exporter
+            target = pushed = None
+            if push is not None:  # refused here, before the export's work, as the CLI does
+                from engine.export.hub import check_push
+
+                progress(f"hub: checking {push}", None)
+                target = check_push(push, private=private, force=bool(options["force"]))
             report = exporter(self.run_dir, formats, progress=progress, **options)
+            if target is not None:
+                from engine.export.hub import push_export
+
+                pushed = push_export(target, report, progress=progress)
         except FinettyError as error:
             self.post_message(self.Finished(error=(error.message, error.hint)))
         except Exception as error:  # noqa: BLE001 - shown in the dialog, never a traceback
             self.post_message(self.Finished(error=(f"{type(error).__name__}: {error}", None)))
         else:
-            self.post_message(self.Finished(report))
+            self.post_message(self.Finished(report, pushed=pushed))
 
     def on_export_screen_progress(self, message: Progress) -> None:
         if not self.running:
@@ -349,9 +381,12 @@ class ExportScreen(Screen[None]):
             self.show_status("[$text-error]export failed[/]: change the settings and try again")
         else:
             self.query_one("#progress", ProgressBar).update(total=100, progress=100)
-            result.update(report_text(message.report))
+            result.update(report_text(message.report, message.pushed))
             count = len(message.report.items)
-            self.show_status(f"[$text-success]✓ {count} item{'s' * (count != 1)} written[/]")
+            pushed = " and pushed" if message.pushed is not None else ""
+            self.show_status(
+                f"[$text-success]✓ {count} item{'s' * (count != 1)} written{pushed}[/]"
+            )
         self.blocked_shown = False
         self.refresh_form()
         body = self.query_one("#export-body", VerticalScroll)
@@ -374,8 +409,9 @@ class ExportScreen(Screen[None]):
         self.dismiss(None)
 
 
-def report_text(report: Any) -> str:
-    """Each written item: kind, size, name (in the out folder), its checks and command, if any."""
+def report_text(report: Any, pushed: Any = None) -> str:
+    """Each written item: kind, size, name (in the out folder), its checks and command, if any;
+    then where it was pushed, when it was."""
     # engine.export is loaded by the time a report exists; its size format is the CLI's too.
     from engine.export.files import human_size
 
@@ -389,4 +425,10 @@ def report_text(report: Any) -> str:
         rows.extend(f"    [$text-muted]{escape(check)}[/]" for check in item.checks)
         if item.command:
             rows.append(f"    run: [b]{escape(item.command)}[/]")
+    if pushed is not None:  # there only once the commit landed
+        size = human_size(sum(size for _, size in pushed.files))
+        rows.append(
+            f"[$text-success]✓[/] [b]{'pushed':9}[/] {size:>10}  "
+            f"{len(pushed.files)} files: {escape(pushed.url)}"
+        )
     return "\n".join(rows)
