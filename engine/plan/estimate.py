@@ -22,6 +22,7 @@ from engine.config.derived import (
     offload_activations,
     precision,
     quantization,
+    reads_pairs,
     uses_gpu,
 )
 from engine.config.schema import Preset
@@ -456,6 +457,13 @@ def estimate(
         )
     if steps is None:
         notes.append("total steps unknown until the dataset is read (or set max_steps)")
+    if reads_pairs(preset):
+        # Sized as SFT is: a preference run's own shapes are not modelled yet.
+        notes.append(
+            f"task {preset.task}: each example is two sequences (chosen and rejected, or "
+            "KTO's completion and KL sequence), so memory and time run up to 2x this "
+            "estimate; dpo and kto also score the reference once before the first step"
+        )
     lora = preset.lora
     trainable, total = plan.shape.trainable_split(plan.method, lora.r, lora.target_modules)
     return Estimate(

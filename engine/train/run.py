@@ -668,6 +668,7 @@ class Run:
             cache_dir=self.run_dir if self.dir_sink is not None else None,
             weights=reference_weights(self.preset),
             emit=self.sink.emit,
+            should_stop=self._should_stop,
             between=self.control.check_abort,
             ld_alpha=self.preset.preference.ld_alpha,
             **self._scoring(model, settings),

@@ -16,6 +16,7 @@ from typing import Any
 from engine.speed.loss import supports_chunked_loss
 from engine.train.tasks.preference import collate, score, split_sides
 from engine.train.tasks.preference_loss import PreferenceLossSettings, kto_loss
+from engine.train.tasks.sft import to_device
 from engine.train.tasks.task import MetricSums
 
 # Every metric KTO reports, and which examples each averages over: a step of several ranks
@@ -43,7 +44,7 @@ class KtoTask:
         import torch
 
         batch = collate(examples, pad_token_id, device)
-        batch["desirable"] = torch.tensor([ex.desirable for ex in examples]).to(device)
+        batch["desirable"] = to_device(torch.tensor([ex.desirable for ex in examples]), device)
         batch["desirable_count"] = sum(1 for ex in examples if ex.desirable)  # on the host
         return batch
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from engine.core.events import PreferenceAccuracy
 from engine.data.prepare_preference import TwoSided
+from engine.runs.control import RunAborted
 from engine.train.evaluate import Tracker
 from engine.train.tasks.preference import collate, score, split_sides
 from engine.train.tasks.preference_loss import pair_totals
@@ -119,10 +120,13 @@ def with_reference(
     cache_dir: Path | None,
     weights: dict[str, Any],
     emit: Callable[[Any], None],
+    should_stop: Callable[[], bool] | None = None,
     **scoring: Any,
 ) -> tuple[list[TwoSided], list[TwoSided], bool]:
     """``train`` and ``val`` with their reference totals: read from the run directory's cache
     when its digest matches, else scored now (Progress events with an ETA) and cached there.
+    A stop asked while scoring (``should_stop``) ends the run at once: RunAborted, nothing
+    cached, no step run.
     ``cache_dir`` None (a rank that does not own the run directory): scored, not cached.
     Returns (train, val, read from the cache)."""
     pairs = [*train, *val]
@@ -131,13 +135,11 @@ def with_reference(
     totals = None if path is None else _read(path, key, len(pairs))
     cached = totals is not None
     if totals is None:
-        # Never stopped half-way (a stop asked now ends the loop before its first step);
-        # ``between`` in ``scoring`` may abort it.
-        tracker = Tracker("reference log-probs", len(pairs), emit, None)
+        tracker = Tracker("reference log-probs", len(pairs), emit, should_stop)
         tracker.update(0, force=True)
         totals = pair_log_probs(model, pairs, tracker=tracker, **scoring)
         if totals is None:
-            raise RuntimeError("the reference pass cannot stop half-way")
+            raise RunAborted()
         tracker.update(len(pairs), force=True)
         if path is not None:
             _write(path, key, totals)

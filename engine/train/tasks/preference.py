@@ -40,16 +40,17 @@ def collate(
     del batch["trained_index"]  # sequence_logps finds the response positions itself
     batch["pairs"] = len(examples)
     if whole_chosen:
-        labels = batch["labels"]
-        batch["response"] = labels[: len(examples), 1:] != IGNORE
-        real = [[1] * len(first.input_ids) for first, _ in sides]
-        width = labels.size(1)
-        mask = torch.tensor([row + [0] * (width - len(row)) for row in real], device=labels.device)
-        whole = batch["input_ids"][: len(examples)].masked_fill(mask == 0, IGNORE)
-        batch["labels"] = torch.cat([whole, labels[len(examples) :]])
+        # On the device, from what collate put there: no host copy waits for queued work.
+        labels, count = batch["labels"], len(examples)
+        batch["response"] = labels[:count, 1:] != IGNORE
+        whole = batch["input_ids"][:count]
+        if "attention_mask" in batch:  # padded rows: their padding is never scored
+            whole = whole.masked_fill(batch["attention_mask"][:count] == 0, IGNORE)
+        batch["labels"] = torch.cat([whole, labels[count:]])
     references = [pair.reference for pair in examples]
     if all(reference is not None for reference in references):
-        batch["reference"] = torch.tensor(references, dtype=torch.float64).t().to(device)
+        table = torch.tensor(references, dtype=torch.float64).t().contiguous()
+        batch["reference"] = sft.to_device(table, device)
     return batch
 
 

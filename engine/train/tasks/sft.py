@@ -40,14 +40,14 @@ def collate(examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str
     rows = [ids, labels, positions if packed else mask]
     stacked = torch.tensor(rows, dtype=torch.long)
     trained_index = (stacked[1, :, 1:] != IGNORE).reshape(-1).nonzero().squeeze(1)
-    input_ids, label_ids, third = _to_device(stacked, device).unbind(0)
+    input_ids, label_ids, third = to_device(stacked, device).unbind(0)
     batch = {"input_ids": input_ids, "labels": label_ids}
     if packed:
         batch["position_ids"] = third
         batch.update(_document_kwargs(stacked[2], device))
     elif padded:
         batch["attention_mask"] = third
-    batch["trained_index"] = _to_device(trained_index, device)
+    batch["trained_index"] = to_device(trained_index, device)
     return batch
 
 
@@ -58,7 +58,7 @@ def _document_kwargs(positions: Any, device: str) -> dict[str, Any]:
     from engine.speed.varlen import document_bounds
 
     bounds, longest = document_bounds(positions)
-    cu = _to_device(bounds, device)
+    cu = to_device(bounds, device)
     return {
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
@@ -67,7 +67,7 @@ def _document_kwargs(positions: Any, device: str) -> dict[str, Any]:
     }
 
 
-def _to_device(tensor: Any, device: str) -> Any:
+def to_device(tensor: Any, device: str) -> Any:
     """On a GPU through pinned memory without blocking: a plain copy from pageable memory
     would wait for every step already queued."""
     import torch

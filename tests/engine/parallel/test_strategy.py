@@ -77,6 +77,8 @@ def test_single_process_runs_the_loss_on_the_model_and_keeps_everything_local() 
     assert strategy.broadcast("x") == "x" and strategy.gather("x") == ["x"]
     loss = torch.tensor(3.0)
     assert strategy.step_loss_sum(loss) is loss  # left on the device for the deferred read
+    sums = torch.tensor([1.0, 2.0])
+    assert strategy.step_sums(sums) is sums  # a task's metrics: left on the device too
     before = torch.random.get_rng_state()
     strategy.seed_rank(0, step=5)
     assert torch.equal(torch.random.get_rng_state(), before)
@@ -173,6 +175,7 @@ scheduler.step()
 seen["shard"] = strategy.shard(list(range(5)))
 seen["sums"] = strategy.sum_floats([rank + 1.0, 2.0])
 seen["step_loss"] = strategy.step_loss_sum(torch.tensor(rank + 1.0))
+seen["step_sums"] = strategy.step_sums(torch.tensor([rank + 1.0, 2.0 * rank])).tolist()
 seen["broadcast"] = strategy.broadcast(f"from {rank}")
 seen["gather"] = strategy.gather(rank)
 seen["eval_batches"] = strategy.eval_batches(5, 2)
@@ -233,6 +236,7 @@ def test_two_ranks_share_gradients_sums_and_checkpoints(tmp_path: Path, mode: st
         assert not _close(zero["held_back"], one["held_back"])  # each rank's own, unreduced
     assert zero["shard"] == [0, 2, 4] and one["shard"] == [1, 3]
     assert zero["sums"] == one["sums"] == [3.0, 4.0] and zero["step_loss"] == 3.0
+    assert zero["step_sums"] == one["step_sums"] == [3.0, 2.0]  # a task's metrics, summed
     assert zero["broadcast"] == one["broadcast"] == "from 0"
     assert zero["gather"] == [0, 1] and one["gather"] is None
     assert zero["eval_batches"] == one["eval_batches"] == (2 if mode == "fsdp" else None)

@@ -247,6 +247,16 @@ def test_cpu_run_is_sized_in_ram() -> None:
     assert any("CPU" in note for note in e.notes) and "RAM" in format_estimate(e)
 
 
+def test_a_preference_run_says_what_the_estimate_leaves_out() -> None:
+    # Sized as SFT is (one sequence an example): the note says a pair runs two, plus DPO's
+    # reference pass, so the figures are not taken for a DPO run's.
+    sft = estimate(preset(model={"max_seq_length": 256}), None)
+    dpo = estimate(preset(model={"max_seq_length": 256}, task="dpo"), None)
+    assert not any("two sequences" in note for note in sft.notes)
+    note = next(note for note in dpo.notes if "two sequences" in note)
+    assert note.startswith("task dpo:") and "reference" in note and "2x" in note
+
+
 # Peak torch.cuda.max_memory_allocated and max_memory_reserved (GiB) of finetty's engine
 # (bench/gpu_throughput.py: gradient checkpointing, adamw_8bit, Liger, fused LoRA, per-layer
 # checkpointing with offloading, the frozen-head loss), random weights, sequences of 2048

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.core.errors import EXIT_OK
+from engine.core.errors import EXIT_OK, EXIT_STOPPED
 from engine.core.events import (
+    Event,
     LogLine,
     PreferenceAccuracy,
     Progress,
@@ -110,3 +111,45 @@ def test_resume_reuses_the_reference_and_repeats_the_losses(
     # Bit-equal on the CPU: the same reference numbers, data order, RNG and optimizer state.
     ran = [(s.loss, s.metrics) for s in stopper.of_type(Step) + resumed_sink.of_type(Step)]
     assert ran == [(s.loss, s.metrics) for s in whole.of_type(Step)]
+
+
+class StopWhileScoring(RecordingSink):
+    """Asks for a stop as soon as the reference pass reports progress, like `x` or SIGTERM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: Run | None = None
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        if isinstance(event, Progress) and event.task == "reference log-probs" and self.run:
+            self.run.control.stop()
+
+
+def test_a_stop_during_the_reference_pass_ends_the_run_at_once(
+    make_pair_preset, tmp_path: Path
+) -> None:
+    sink = StopWhileScoring()
+    run = Run(make_pair_preset("dpo", per_device_eval_batch_size=1), sink, runs_root=tmp_path)
+    sink.run = run
+    result = run.execute()
+    assert result.status == "stopped" and result.exit_code == EXIT_STOPPED
+    assert not sink.of_type(Step) and not (result.run_dir / CACHE_NAME).exists()
+    scored = [e.done for e in sink.of_type(Progress) if e.task == "reference log-probs"]
+    assert max(scored) < 16  # it did not score every pair first
+
+
+def test_kto_trains_on_unpaired_rows(make_pair_preset, tmp_path: Path) -> None:
+    # KTO's own layout: prompt, completion and a true/false label per row.
+    data = tmp_path / "unpaired.jsonl"
+    rows = [
+        {"prompt": f"Say {i}.", "completion": f"{i}" if i % 3 else f"{i + 1}", "label": i % 3 != 0}
+        for i in range(12)
+    ]
+    data.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    preset = make_pair_preset("kto", max_steps=2)
+    preset.dataset.path = str(data)
+    sink = RecordingSink()
+    result = Run(preset, sink, runs_root=tmp_path / "runs").execute()
+    assert result.status == "finished"
+    assert all(math.isfinite(step.loss) and "kl" in step.metrics for step in sink.of_type(Step))

@@ -216,3 +216,20 @@ def test_kto_loss_sum_equals_trls_kto_trainer(loss_type: str, desirable: list[bo
     for (name, mine), trl in zip(policy.named_parameters(), trl_policy.parameters(), strict=True):
         if mine.grad is not None:
             torch.testing.assert_close(mine.grad, trl.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_orpo_scores_the_whole_chosen_sequence_and_marks_its_response() -> None:
+    # TRL's ORPO NLL covers the chosen sequence's prompt too: every real token is a label there,
+    # padding none; the response's positions are kept apart for the odds ratio.
+    examples = pairs()
+    task = PreferenceTask(PreferenceLossSettings.from_section(PreferenceSection(), "orpo"))
+    batch = task.collate(examples, PAD, "cpu")
+    plain = PreferenceTask(PreferenceLossSettings.from_section(PreferenceSection(), "simpo"))
+    labels = plain.collate(examples, PAD, "cpu")["labels"]
+    count = len(examples)
+    for row, pair in enumerate(examples):
+        length = len(pair.chosen.input_ids)
+        assert batch["labels"][row, :length].tolist() == pair.chosen.input_ids
+        assert (batch["labels"][row, length:] == IGNORE).all()
+    assert torch.equal(batch["labels"][count:], labels[count:])
+    assert torch.equal(batch["response"], labels[:count, 1:] != IGNORE)
