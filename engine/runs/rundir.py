@@ -8,6 +8,7 @@ exports/ and log.txt.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -342,14 +343,16 @@ class CommandReader:
     refused (never followed, never chmodded); a file truncated or replaced behind the reader's
     back (``>`` instead of ``>>``, an editor's save) is noticed and read again from its start;
     and a command carrying an id (``send_command`` writes one) is applied once, however often
-    it is read. (A rewrite that starts with exactly the bytes already read reads as an append.)
+    it is read. A rewrite is told from an append by a digest of every byte read so far (the
+    file is small and local; the last line alone let `save, stop` > `stop, stop, pause` pass as
+    an append). A rewrite that starts with exactly the bytes already read reads as an append.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
         self._identity: tuple[int, int] | None = None
-        self._tail = b""  # the last line read: a rewrite below the offset changes it
+        self._read = hashlib.sha256()  # of bytes [0, offset): a rewrite of them changes it
         self._mtime = 0  # when the file was last read up to its end: a same-size rewrite moves it
         self._seen: set[str] = set()
         # Only the owner may drive the run: the channel is private, also when a resume finds it.
@@ -399,10 +402,10 @@ class CommandReader:
                 identity != self._identity
                 or info.st_size < self.offset
                 or (info.st_size == self.offset and info.st_mtime_ns != self._mtime)
-                or not self._tail_intact(handle)
+                or not self._prefix_intact(handle)
             ):
                 # Replaced, truncated, or rewritten in place (`>` of a line as long as before).
-                self._identity, self.offset, self._tail = identity, 0, b""
+                self._identity, self.offset, self._read = identity, 0, hashlib.sha256()
             self._mtime = info.st_mtime_ns
             if info.st_size <= self.offset:
                 return []
@@ -412,16 +415,14 @@ class CommandReader:
         if end < 0:
             return []  # a line still being written
         # Offsets count bytes: junk that is not UTF-8 must not shift where the next line starts.
+        self._read.update(chunk[: end + 1])
         self.offset += end + 1
         lines = chunk[:end].split(b"\n")
-        self._tail = lines[-1] + b"\n"
         return [parsed for parsed in map(_parse_command, lines) if parsed is not None]
 
-    def _tail_intact(self, handle: Any) -> bool:
-        if not self._tail:
-            return True
-        handle.seek(self.offset - len(self._tail))
-        return handle.read(len(self._tail)) == self._tail
+    def _prefix_intact(self, handle: Any) -> bool:
+        handle.seek(0)
+        return hashlib.sha256(handle.read(self.offset)).digest() == self._read.digest()
 
 
 def _parse_command(line: bytes) -> tuple[str | None, str] | None:

@@ -514,6 +514,19 @@ def test_a_truncated_command_file_is_read_again(tmp_path: Path) -> None:
     assert reader.poll() == ["stop"]
 
 
+def test_a_rewrite_that_keeps_the_last_line_read_is_still_read_again(tmp_path: Path) -> None:
+    """save, stop rewritten by `>` as stop, stop, pause: the line before the old offset is again
+    `stop`, so a reader that compared only the last line it had read took the rewrite for an
+    append and applied only pause (found by hypothesis)."""
+    path = tmp_path / "commands.jsonl"
+    reader = rundir.CommandReader(path)
+    path.write_text('{"command":"save"}\n{"command":"stop"}\n')
+    assert reader.poll() == ["save", "stop"]
+    time.sleep(0.02)
+    path.write_text('{"command":"stop"}\n{"command":"stop"}\n{"command":"pause"}\n')
+    assert reader.poll() == ["stop", "stop", "pause"]
+
+
 # Operations on the channel. A hand-typed `>` is followed by a poll before anything else is
 # written (the reader polls every step; nobody types that fast): a rewrite to the same bytes
 # followed by an append, between two polls, cannot be told from an append.
