@@ -174,8 +174,9 @@ class ConsoleReporter:
         bar = Table.grid(padding=(0, 1))
         if self.progress is not None:  # an evaluation: its own count, not the steps
             p = self.progress
-            bar.add_row(ProgressBar(total=p.total, completed=p.done, width=40),
-                        Text(progress_line(p)))  # fmt: skip
+            bar.add_row(
+                ProgressBar(total=p.total, completed=p.done, width=40), Text(progress_line(p))
+            )
         else:
             bar.add_row(
                 ProgressBar(total=total, completed=done, width=40),

@@ -83,16 +83,29 @@ class ExecutionStrategy(Protocol):
         ...
 
     def save_checkpoint(
-        self, directory: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        state: ckpt.TrainerState, is_adapter: bool, keep: int | None,
-    ) -> Path:  # fmt: skip
-        ...
+        self,
+        directory: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        state: ckpt.TrainerState,
+        is_adapter: bool,
+        keep: int | None,
+    ) -> Path: ...
 
     def load_checkpoint(
-        self, path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        max_step: int | None, examples: int | None,
-    ) -> ckpt.TrainerState:  # fmt: skip
-        ...
+        self,
+        path: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        max_step: int | None,
+        examples: int | None,
+    ) -> ckpt.TrainerState: ...
 
 
 class SingleProcess:
@@ -153,22 +166,48 @@ class SingleProcess:
         return None
 
     def save_checkpoint(
-        self, directory: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        state: ckpt.TrainerState, is_adapter: bool, keep: int | None,
-    ) -> Path:  # fmt: skip
+        self,
+        directory: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        state: ckpt.TrainerState,
+        is_adapter: bool,
+        keep: int | None,
+    ) -> Path:
         return ckpt.save_checkpoint(
-            directory, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            state=state, is_adapter=is_adapter, keep=keep,
-        )  # fmt: skip
+            directory,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            state=state,
+            is_adapter=is_adapter,
+            keep=keep,
+        )
 
     def load_checkpoint(
-        self, path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        max_step: int | None, examples: int | None,
-    ) -> ckpt.TrainerState:  # fmt: skip
+        self,
+        path: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        max_step: int | None,
+        examples: int | None,
+    ) -> ckpt.TrainerState:
         return ckpt.load_checkpoint(
-            path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-            max_step=max_step, examples=examples,
-        )  # fmt: skip
+            path,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            scaler=scaler,
+            max_step=max_step,
+            examples=examples,
+        )
 
 
 class _SeveralRanks(SingleProcess):
@@ -273,26 +312,50 @@ class ShardedParallel(_SeveralRanks):
         return batches_per_rank(examples, self.world, batch)
 
     def save_checkpoint(
-        self, directory: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        state: ckpt.TrainerState, is_adapter: bool, keep: int | None,
-    ) -> Path:  # fmt: skip
+        self,
+        directory: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        state: ckpt.TrainerState,
+        is_adapter: bool,
+        keep: int | None,
+    ) -> Path:
         from engine.parallel import sharded
 
         return sharded.save_checkpoint(
-            directory, model=model, optimizer=optimizer, scheduler=scheduler, state=state,
-            keep=keep, is_main=self.is_main,
-        )  # fmt: skip
+            directory,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            state=state,
+            keep=keep,
+            is_main=self.is_main,
+        )
 
     def load_checkpoint(
-        self, path: Path, *, model: Any, optimizer: Any, scheduler: Any, scaler: Any,
-        max_step: int | None, examples: int | None,
-    ) -> ckpt.TrainerState:  # fmt: skip
+        self,
+        path: Path,
+        *,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        scaler: Any,
+        max_step: int | None,
+        examples: int | None,
+    ) -> ckpt.TrainerState:
         from engine.parallel import sharded
 
         return sharded.load_checkpoint(
-            path, model=model, optimizer=optimizer, scheduler=scheduler, max_step=max_step,
+            path,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            max_step=max_step,
             examples=examples,
-        )  # fmt: skip
+        )
 
 
 def execution_strategy(ctx: DistContext | None, *, sharded: bool, device: str) -> ExecutionStrategy:

@@ -817,9 +817,14 @@ class Run:
 
         self.sink.emit(StateChanged(state="evaluating", detail=f"exact match {stage} training"))
         event = exact_match(
-            model, self.tokenizer, heldout, stage=stage, chat_template=self.chat_template,
-            progress=self.sink.emit, should_stop=self._should_stop,
-        )  # fmt: skip
+            model,
+            self.tokenizer,
+            heldout,
+            stage=stage,
+            chat_template=self.chat_template,
+            progress=self.sink.emit,
+            should_stop=self._should_stop,
+        )
         if event is None:
             text = f"Exact match {stage} training skipped: a stop was requested."
             self.sink.emit(LogLine(level="info", text=text))

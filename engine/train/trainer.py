@@ -336,9 +336,17 @@ class Trainer:
             tokens = sum(len(ex.input_ids) for ex in examples)
             state.tokens_seen += tokens
             self._pending = _StepFigures.capture(
-                state.step, epoch + done / max(size, 1), loss, grad_norm, n_trained, tokens,
-                len(examples), self.scheduler.get_last_lr()[0], began, self._step_metrics,
-            )  # fmt: skip
+                state.step,
+                epoch + done / max(size, 1),
+                loss,
+                grad_norm,
+                n_trained,
+                tokens,
+                len(examples),
+                self.scheduler.get_last_lr()[0],
+                began,
+                self._step_metrics,
+            )
             more = state.step < self.total_steps
             evaluate = bool(s.eval_steps and self.val and state.step % s.eval_steps == 0 and more)
             save = bool(s.save_steps and state.step % s.save_steps == 0 and more)
@@ -355,9 +363,15 @@ class Trainer:
             eval_loss = self._evaluate()
         state.elapsed_s = time.perf_counter() - self._started
         return TrainOutcome(
-            status, state.step, self.total_steps, self._final_loss, state.best_loss, eval_loss,
-            state.elapsed_s, state.tokens_seen,
-        )  # fmt: skip
+            status,
+            state.step,
+            self.total_steps,
+            self._final_loss,
+            state.best_loss,
+            eval_loss,
+            state.elapsed_s,
+            state.tokens_seen,
+        )
 
     def _flush(self) -> None:
         """Read the pending step's loss and grad norm (waiting for that step alone), check them,
@@ -608,9 +622,19 @@ class _StepFigures:
     ready: Any = None  # timing CUDA event: the step's work and the copies are done
 
     @classmethod
-    def capture(cls, step: int, epoch: float, loss: Any, grad_norm: Any, trained_tokens: int,
-                tokens: int, samples: int, learning_rate: float, began: Any,
-                metrics: tuple[list[str], Any] | None = None) -> _StepFigures:  # fmt: skip
+    def capture(
+        cls,
+        step: int,
+        epoch: float,
+        loss: Any,
+        grad_norm: Any,
+        trained_tokens: int,
+        tokens: int,
+        samples: int,
+        learning_rate: float,
+        began: Any,
+        metrics: tuple[list[str], Any] | None = None,
+    ) -> _StepFigures:
         figures = cls(
             step,
             epoch,
