@@ -13,11 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from engine.data.encode import EncodedExample
+from engine.data.encode import IGNORE_INDEX, EncodedExample
 from engine.data.prepare import DatasetStats, dataset_stats
 from engine.data.prompts import Prompt, PromptDataset
 from engine.data.templates import resolve_chat_template
-from engine.speed.loss import IGNORE
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ def prepare_prompts(
         ids = ids[-budget:]
         examples.append(PromptExample(ids, row.row, row.prompt, dict(row.columns)))
     sequences = [
-        EncodedExample(ex.prompt_ids, [IGNORE] * len(ex.prompt_ids), truncated=truncated)
+        EncodedExample(ex.prompt_ids, [IGNORE_INDEX] * len(ex.prompt_ids), truncated=truncated)
         for ex, truncated in zip(examples, cut, strict=True)
     ]
     stats = dataset_stats(sequences, len(examples), 0, dataset.format, max_length)
