@@ -627,7 +627,8 @@ class Run:
         from engine.train.tasks.rewards import load_rewards
 
         p = self.preset
-        check_settings(GrpoSettings.from_section(p.grpo), uses_adapter=p.uses_adapter)
+        settings = GrpoSettings.from_section(p.grpo)
+        check_settings(settings, uses_adapter=p.uses_adapter, sharded=self.sharded)
         self._rewards = load_rewards(p.grpo.rewards)
         return load_prompts(p.dataset.path, p.dataset.split, max_rows=p.dataset.max_rows)
 
@@ -641,6 +642,7 @@ class Run:
             eos_token_ids=sorted(i for i in eos if i is not None),
             decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
             should_stop=self._should_stop,
+            warn=lambda text: self.sink.emit(LogLine(level="warning", text=text)),
         )
 
     def _announce(

@@ -79,8 +79,14 @@ class GrpoSettings:
         )
 
 
-def check_settings(settings: GrpoSettings, *, uses_adapter: bool) -> None:
+def check_settings(settings: GrpoSettings, *, uses_adapter: bool, sharded: bool = False) -> None:
     """What this loop cannot train, refused before any weights load."""
+    if sharded:
+        raise ConfigError(
+            "task: grpo samples its completions with the whole model on each GPU, and this "
+            "run shards the weights across the GPUs (FSDP).",
+            hint="Train GRPO on one GPU, or with LoRA on several (each GPU holds the model).",
+        )
     if settings.loss.beta > 0 and not uses_adapter:
         raise ConfigError(
             f"grpo.beta {settings.loss.beta} needs a reference model, and full fine-tuning "
@@ -116,13 +122,16 @@ class GrpoTask:
         eos_token_ids: Sequence[int],
         decode: Callable[[list[int]], str],
         should_stop: Callable[[], bool] = lambda: False,
+        warn: Callable[[str], None] = lambda text: None,
     ) -> None:
+        """``should_stop``: asked after every sampled token (a stop or SIGTERM ends the step);
+        ``warn``: told of each group a reward failure left out (on_reward_error skip_group)."""
         self.settings = settings
         self.rewards = list(rewards)
         self.eos_token_ids = list(eos_token_ids)
         self.decode = decode
         self.should_stop = should_stop
-        self.problems: list[str] = []  # skipped groups' reward failures, for the log
+        self.warn = warn
         self._metrics = MetricSums()
 
     def collate(self, examples: Sequence[Any], pad_token_id: int, device: str) -> dict[str, Any]:
@@ -222,7 +231,8 @@ class GrpoTask:
             num_generations=n,
             on_error="stop" if self.settings.on_reward_error == "stop" else "skip_group",
         )
-        self.problems.extend(scores.problems)
+        for problem in scores.problems:
+            self.warn(f"{problem} Its prompt's completions were left out of the step.")
         return scores
 
     def loss(

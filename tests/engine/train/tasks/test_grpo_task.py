@@ -143,6 +143,8 @@ def test_full_fine_tuning_with_beta_is_refused_clearly() -> None:
     with pytest.raises(ConfigError, match="beta"):
         check_settings(settings, uses_adapter=False)
     check_settings(settings, uses_adapter=True)
+    with pytest.raises(ConfigError, match="FSDP"):
+        check_settings(settings, uses_adapter=True, sharded=True)
 
 
 def test_a_stop_during_generation_ends_the_step() -> None:
@@ -158,7 +160,9 @@ def test_a_reward_that_raises_names_its_row_and_skip_group_leaves_the_group_out(
             raise KeyError("boom")
         return [1.0] * len(completions)
 
+    warnings: list[str] = []
     grpo = task()
+    grpo.warn = warnings.append
     grpo.rewards = [Reward("broken", broken, 1.0, "/tmp/my_rewards.py")]
     batch = grpo.collate(prompts(), PAD, "cpu")
     with pytest.raises(RewardError, match=r"my_rewards.py.*row 2"):
@@ -168,4 +172,4 @@ def test_a_reward_that_raises_names_its_row_and_skip_group_leaves_the_group_out(
     )
     loss = grpo.loss_sum(model(), batch, None, "cpu", True)
     assert loss.item() == 0.0  # group 1: equal rewards, group 2: skipped; no advantage
-    assert grpo.problems and "row 2" in grpo.problems[0]
+    assert len(warnings) == 1 and "row 2" in warnings[0] and "left out" in warnings[0]
