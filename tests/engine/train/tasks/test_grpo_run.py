@@ -135,3 +135,16 @@ def test_a_reward_that_raises_fails_the_run_naming_file_and_row(
     )
     log = result.run_dir / "log.txt"
     assert not log.exists() or "Traceback" not in log.read_text()
+
+
+def test_the_cpu_grpo_demo() -> None:
+    # GRPO from the embedded model on the built-in skills' prompts, offline, on the CPU, with
+    # a built-in exact-match reward (and a length penalty, the untrained model's first signal).
+    from engine.config.presets import load_preset
+
+    preset, _ = load_preset("smollm2-grpo-demo")
+    assert preset.task == "grpo" and preset.method == "lora" and not preset.quantized
+    assert preset.model.name_or_path == "embedded:smollm2-135m-instruct"
+    assert preset.dataset.path == "builtin:finetty-skills"
+    assert [reward.builtin for reward in preset.grpo.rewards] == ["exact_match", "length_penalty"]
+    assert preset.grpo.beta == 0 and preset.training.gradient_accumulation_steps == 1
