@@ -1,5 +1,5 @@
 """TensorBoard: event files under ``<run dir>/tensorboard`` (``tensorboard --logdir`` on it or
-on the runs folder), written by torch's SummaryWriter as transformers' TensorBoardCallback does.
+on the runs folder), with the scalar and text summaries transformers' TensorBoardCallback writes.
 
 The config and the run's facts are text panels; every figure is a scalar at its step."""
 
@@ -9,66 +9,52 @@ import json
 from pathlib import Path
 from typing import Any
 
-from engine.core.events import Eval, Event, Finished, HardwareSample, RunStarted, Step
+from engine.core.events import Eval, Finished, HardwareSample, RunStarted, Step
+from engine.runs.trackers.base import EventTracker
+from engine.runs.trackers.event_file import EventFile
 from engine.runs.trackers.public_config import hardware_facts, public_config, run_facts
 from engine.runs.trackers.scalars import eval_scalars, hardware_scalars, step_scalars
 
 FOLDER = "tensorboard"
 
 
-def _text(value: Any) -> str:
+def as_markdown(value: Any) -> str:
     # TensorBoard renders text panels as Markdown: an indented block keeps the JSON readable.
-    return "\n".join(
-        "    " + line for line in json.dumps(value, indent=2, default=str).splitlines()
-    )
+    lines = json.dumps(value, indent=2, default=str).splitlines()
+    return "\n".join("    " + line for line in lines)
 
 
-class TensorBoardTracker:
+class TensorBoardTracker(EventTracker):
     name = "tensorboard"
 
     def __init__(self, run_dir: Path) -> None:
+        super().__init__()
         self.log_dir = run_dir / FOLDER
-        self.writer: Any = None
-        self.step = 0
-        self.hardware_logged = False
+        self.writer: EventFile | None = None
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self._start(event)
-        if self.writer is None:
-            return
-        if isinstance(event, Step):
-            self.step = event.step
-            self._scalars(step_scalars(event), event.step)
-        elif isinstance(event, Eval):
-            self._scalars(eval_scalars(event), event.step)
-        elif isinstance(event, HardwareSample):
-            if not self.hardware_logged:
-                self.hardware_logged = True
-                self.writer.add_text("hardware", _text(hardware_facts(event)), self.step)
-            self._scalars(hardware_scalars(event), self.step)
-        elif isinstance(event, Finished):
-            finals = {f"final/{key}": value for key, value in event.metrics.items()}
-            self._scalars(finals, event.step)
+    def started(self, event: RunStarted) -> None:
+        # A resumed run adds an event file beside the first; TensorBoard reads both.
+        self.writer = EventFile(self.log_dir)
+        self.writer.text("run", as_markdown(run_facts(event)), self.step)
+        self.writer.text("config", as_markdown(public_config(event.config)), self.step)
 
-    def _start(self, event: RunStarted) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+    def logged(self, event: Step) -> None:
+        self._scalars(step_scalars(event), event.step)
 
-        self.step = event.resumed_from_step
-        # A resumed run appends a new event file beside the first; TensorBoard reads both.
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        self.writer.add_text("run", _text(run_facts(event)), self.step)
-        self.writer.add_text("config", _text(public_config(event.config)), self.step)
-        self.writer.flush()
+    def evaluated(self, event: Eval) -> None:
+        self._scalars(eval_scalars(event), event.step)
+
+    def sampled(self, event: HardwareSample, *, first: bool) -> None:
+        if first and self.writer is not None:
+            self.writer.text("hardware", as_markdown(hardware_facts(event)), self.step)
+        self._scalars(hardware_scalars(event), self.step)
+
+    def finished(self, event: Finished) -> None:
+        self._scalars({f"final/{key}": value for key, value in event.metrics.items()}, event.step)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
-        # Written now, not every two minutes: a crash must not take the last steps with it, and
-        # a write that fails must fail here, where the guard turns it into an alarm.
-        self.writer.flush()
+        if self.writer is not None and values:
+            self.writer.scalars(values, step)
 
     def close(self, status: str) -> None:
-        if self.writer is not None:
-            writer, self.writer = self.writer, None
-            writer.close()
+        self.writer = None  # every record is on disk already: nothing is held open

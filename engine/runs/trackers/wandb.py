@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from engine.core.events import Eval, Event, Finished, HardwareSample, RunStarted, Step
+from engine.core.events import Eval, Finished, HardwareSample, RunStarted, Step
+from engine.runs.trackers.base import EventTracker
 from engine.runs.trackers.public_config import hardware_facts, public_config, run_facts
 from engine.runs.trackers.scalars import eval_scalars, hardware_scalars, step_scalars
 
@@ -28,38 +29,17 @@ def wandb_mode() -> str | None:
     return None
 
 
-class WandbTracker:
+class WandbTracker(EventTracker):
     name = "wandb"
 
     def __init__(self, run_dir: Path) -> None:
+        super().__init__()
         self.run_dir = run_dir
         self.run: Any = None
-        self.step = 0
-        self.hardware_logged = False
 
-    def emit(self, event: Event) -> None:
-        if isinstance(event, RunStarted):
-            self._start(event)
-        if self.run is None:
-            return
-        if isinstance(event, Step):
-            self.step = event.step
-            self.run.log(step_scalars(event), step=event.step)
-        elif isinstance(event, Eval):
-            # W&B's steps only go forward: an eval at a logged step joins that step's row.
-            self.run.log(eval_scalars(event), step=max(event.step, self.step))
-        elif isinstance(event, HardwareSample):
-            if not self.hardware_logged:
-                self.hardware_logged = True
-                self.run.config.update({"hardware": hardware_facts(event)}, allow_val_change=True)
-            self.run.log(hardware_scalars(event), step=self.step)
-        elif isinstance(event, Finished):
-            self.run.summary.update({f"final/{key}": value for key, value in event.metrics.items()})
-
-    def _start(self, event: RunStarted) -> None:
+    def started(self, event: RunStarted) -> None:
         import wandb
 
-        self.step = event.resumed_from_step
         facts = run_facts(event)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
@@ -68,11 +48,26 @@ class WandbTracker:
             dir=None if os.environ.get("WANDB_DIR") else str(self.run_dir),
             mode=wandb_mode(),
             config={**public_config(event.config), "run": facts},
-            # Its own Ctrl+C and exit hooks would race the engine's shutdown; the guard closes it.
+            # Its console capture would take the terminal the engine's front-end draws on.
             settings=wandb.Settings(console="off"),
         )
+
+    def logged(self, event: Step) -> None:
+        self.run.log(step_scalars(event), step=event.step)
+
+    def evaluated(self, event: Eval) -> None:
+        # W&B's steps only go forward: an eval at a logged step joins that step's row.
+        self.run.log(eval_scalars(event), step=max(event.step, self.step))
+
+    def sampled(self, event: HardwareSample, *, first: bool) -> None:
+        if first:
+            self.run.config.update({"hardware": hardware_facts(event)}, allow_val_change=True)
+        self.run.log(hardware_scalars(event), step=self.step)
+
+    def finished(self, event: Finished) -> None:
+        self.run.summary.update({f"final/{key}": value for key, value in event.metrics.items()})
 
     def close(self, status: str) -> None:
         if self.run is not None:
             run, self.run = self.run, None
-            run.finish(exit_code=0 if status != "failed" else 1)
+            run.finish(exit_code=1 if status == "failed" else 0)

@@ -24,6 +24,11 @@ pytest.importorskip("tensorboard")
 pytest.importorskip("wandb")
 
 
+def tracker_alarms(sink: RecordingSink) -> list[Alarm]:
+    """The trackers' alarms (a busy test machine may raise throughput ones beside them)."""
+    return [alarm for alarm in sink.of_type(Alarm) if alarm.kind == "tracker"]
+
+
 def step_losses(run_dir: Path) -> dict[int, float]:
     """The losses of events.jsonl, the run's own record, by step."""
     lines = (run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
@@ -117,7 +122,7 @@ def test_tensorboard_event_files_hold_the_runs_scalars_and_config(
     sink = RecordingSink()
     preset = make_preset(report_to="tensorboard", eval_steps=3)
     result = Run(preset, sink, runs_root=tmp_path).execute()
-    assert result.exit_code == EXIT_OK and not sink.of_type(Alarm)
+    assert result.exit_code == EXIT_OK and not tracker_alarms(sink)
     reader = EventAccumulator(str(result.run_dir / "tensorboard"))
     reader.Reload()
     logged = {point.step: point.value for point in reader.Scalars("train/loss")}
@@ -130,7 +135,7 @@ def test_tensorboard_event_files_hold_the_runs_scalars_and_config(
     assert [p.step for p in reader.Scalars("eval/loss")] == [3, 6]
     # The text panels are indented JSON (a Markdown code block): read back as data.
     text = {
-        tag: json.loads(reader.Tensors(f"{tag}/text_summary")[0].tensor_proto.string_val[0])
+        tag: json.loads(reader.Tensors(tag)[0].tensor_proto.string_val[0])
         for tag in ("config", "run")
     }
     assert text["config"] == preset.model_dump(mode="json")
@@ -154,6 +159,9 @@ class BreaksTensorBoard(RecordingSink):
             folder.write_text("not a folder\n")
 
 
+# A writer thread's exception (torch's SummaryWriter has one) is a traceback on the terminal:
+# pytest reports it as this warning, made an error here.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_tracker_failing_mid_run_raises_one_alarm_and_training_goes_on(
     make_preset, tmp_path: Path
 ) -> None:
@@ -163,15 +171,15 @@ def test_a_tracker_failing_mid_run_raises_one_alarm_and_training_goes_on(
     result = run.execute()
     assert result.status == "finished" and result.exit_code == EXIT_OK
     assert [s.step for s in sink.of_type(Step)] == [1, 2, 3, 4, 5, 6]
-    alarms = sink.of_type(Alarm)
-    assert len(alarms) == 1 and alarms[0].kind == "tracker" and alarms[0].step == 2
+    alarms = tracker_alarms(sink)
+    assert len(alarms) == 1 and alarms[0].step == 2
     assert "tensorboard stopped logging at step 2" in alarms[0].message
     assert isinstance(sink.events[-1], Finished)
     recorded = [
         json.loads(line)
         for line in (run.run_dir / "events.jsonl").read_text(encoding="utf-8").splitlines()
     ]
-    assert [e["kind"] for e in recorded if e["type"] == "alarm"] == ["tracker"]
+    assert [e["step"] for e in recorded if e.get("kind") == "tracker"] == [2]
 
 
 # -- Weights & Biases, offline -----------------------------------------------------------------
@@ -217,7 +225,7 @@ def test_wandb_offline_run_holds_config_and_history(
     sink = RecordingSink()
     preset = make_preset(report_to="wandb", eval_steps=3)
     result = Run(preset, sink, runs_root=tmp_path).execute()
-    assert result.exit_code == EXIT_OK and not sink.of_type(Alarm)
+    assert result.exit_code == EXIT_OK and not tracker_alarms(sink)
     (run_file,) = (tmp_path / "wandb-dir").glob("wandb/offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
     runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
