@@ -15,7 +15,7 @@ import pytest
 from engine.config.presets import validate
 from engine.core.errors import EXIT_OK, ConfigError
 from engine.core.events import Alarm, Event, Finished, RecordingSink, Step
-from engine.runs.trackers.factory import TRACKERS, check_installed
+from engine.runs.trackers.factory import TRACKERS, check_installed, tracker_sinks
 from engine.runs.trackers.public_config import public_config
 from engine.runs.trackers.wandb import wandb_mode
 from engine.train.run import Run
@@ -71,6 +71,17 @@ def test_every_name_the_schema_takes_has_a_tracker() -> None:
     from engine.config.schema import REPORT_TO
 
     assert set(REPORT_TO) == set(TRACKERS)
+
+
+def test_none_opens_no_tracker_and_all_opens_every_installed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = RecordingSink()
+    assert tracker_sinks(["none"], tmp_path, report) == []
+    assert [sink.name for sink in tracker_sinks(["all"], tmp_path, report)] == list(TRACKERS)
+    monkeypatch.setitem(sys.modules, "wandb", None)  # all: only what is installed
+    assert [sink.name for sink in tracker_sinks(["all"], tmp_path, report)] == ["tensorboard"]
+    check_installed(["all"])  # all never asks for what is missing
 
 
 def test_public_config_drops_secrets_at_any_depth() -> None:
