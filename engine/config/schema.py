@@ -145,7 +145,7 @@ Scheduler = Literal[
 
 # The trackers finetty logs to (engine.runs.trackers); TrainingArguments knows more, which are
 # refused by name rather than accepted and ignored.
-REPORT_TO = ("tensorboard", "wandb")
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
 
 
 def report_to_names(value: object) -> object:
@@ -232,8 +232,8 @@ class TrainingSection(Section):
     eval_exact_match: bool = True
     """For datasets with checkable answers (the built-in one), report exact-match before and after."""
     report_to: list[str] = Field(default_factory=lambda: ["none"])
-    """Experiment trackers to log to, as in TrainingArguments: tensorboard, wandb, a list of
-    them, all (those installed) or none; each needs its extra (pip install 'finetty[wandb]')."""
+    """Experiment trackers to log to, as in TrainingArguments: tensorboard, wandb, mlflow, a
+    list of them, all (those installed) or none; each needs its extra (pip install 'finetty[wandb]')."""
 
     @field_validator("per_device_train_batch_size")
     @classmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 from engine.core.errors import ConfigError
 from engine.core.events import EventSink
 from engine.runs.trackers.guard import GuardedTracker, Tracker
+from engine.runs.trackers.mlflow import MlflowTracker
 from engine.runs.trackers.tensorboard import TensorBoardTracker
 from engine.runs.trackers.wandb import WandbTracker
 
@@ -17,6 +18,7 @@ from engine.runs.trackers.wandb import WandbTracker
 TRACKERS: dict[str, tuple[str, str, Callable[[Path], Tracker]]] = {
     "tensorboard": ("tensorboard", "tensorboard", TensorBoardTracker),
     "wandb": ("wandb", "wandb", WandbTracker),
+    "mlflow": ("mlflow", "mlflow", lambda _run_dir: MlflowTracker()),
 }
 
 

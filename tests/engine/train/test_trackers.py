@@ -22,6 +22,7 @@ from engine.train.run import Run
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("wandb")
+pytest.importorskip("mlflow")
 
 
 def tracker_alarms(sink: RecordingSink) -> list[Alarm]:
@@ -57,7 +58,10 @@ def test_report_to_takes_trainingarguments_forms(given: object, expected: list[s
 @pytest.mark.parametrize(
     ("given", "said"),
     [
-        ("mlflow", "mlflow is not a tracker finetty logs to; use tensorboard, wandb, all or none"),
+        (
+            "trackio",
+            "trackio is not a tracker finetty logs to; use tensorboard, wandb, mlflow, all or none",
+        ),
         (["none", "wandb"], "all and none stand alone"),
     ],
 )
@@ -80,7 +84,8 @@ def test_none_opens_no_tracker_and_all_opens_every_installed_one(
     assert tracker_sinks(["none"], tmp_path, report) == []
     assert [sink.name for sink in tracker_sinks(["all"], tmp_path, report)] == list(TRACKERS)
     monkeypatch.setitem(sys.modules, "wandb", None)  # all: only what is installed
-    assert [sink.name for sink in tracker_sinks(["all"], tmp_path, report)] == ["tensorboard"]
+    others = [name for name in TRACKERS if name != "wandb"]
+    assert [sink.name for sink in tracker_sinks(["all"], tmp_path, report)] == others
     check_installed(["all"])  # all never asks for what is missing
 
 
@@ -260,3 +265,31 @@ def test_wandb_offline_run_holds_config_and_history(
     losses = {step: row["train/loss"] for step, row in history.items() if "train/loss" in row}
     assert losses == pytest.approx(step_losses(result.run_dir))
     assert [step for step, row in history.items() if "eval/loss" in row] == [3, 6]
+
+
+# -- MLflow, a local file store ---------------------------------------------------------------
+
+
+def test_mlflow_file_store_holds_params_tags_and_metrics(
+    make_preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for a database else
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tracker-test")
+    sink = RecordingSink()
+    preset = make_preset(report_to="mlflow", eval_steps=3)
+    result = Run(preset, sink, runs_root=tmp_path).execute()
+    assert result.exit_code == EXIT_OK and not tracker_alarms(sink)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tracker-test")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == result.run_dir.name and run.info.status == "FINISHED"
+    training = preset.model_dump(mode="json")["training"]
+    assert run.data.params["training.learning_rate"] == str(training["learning_rate"])
+    assert run.data.tags["device"] == "cpu"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert {m.step: m.value for m in history} == pytest.approx(step_losses(result.run_dir))
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/loss")] == [3, 6]
