@@ -5,6 +5,7 @@ written under ``<WANDB_DIR or the run dir>/wandb/offline-run-*`` for ``wandb syn
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,15 @@ def wandb_mode() -> str | None:
     return None
 
 
+def logged_in(wandb: Any) -> bool:
+    """Whether W&B has credentials, asked without its interactive prompt: on the engine's
+    thread that prompt would wait for a key on a terminal the front-end owns. Releases whose
+    login() cannot be asked so are left to prompt as they do."""
+    if "prompt" not in inspect.signature(wandb.login).parameters:
+        return True
+    return bool(wandb.login(prompt=False, verify=False))
+
+
 class WandbTracker(EventTracker):
     name = "wandb"
 
@@ -40,13 +50,19 @@ class WandbTracker(EventTracker):
     def started(self, event: RunStarted) -> None:
         import wandb
 
+        mode = wandb_mode()
+        if mode in (None, "online") and not logged_in(wandb):
+            raise RuntimeError(
+                "W&B has no login on this machine: run `wandb login` or set WANDB_API_KEY, "
+                "or set WANDB_MODE=offline to keep the run for `wandb sync`"
+            )
         facts = run_facts(event)
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
             name=facts["run_name"],
             # WANDB_DIR, when set, is the library's to apply; else the run's files stay with it.
             dir=None if os.environ.get("WANDB_DIR") else str(self.run_dir),
-            mode=wandb_mode(),
+            mode=mode,
             config={**public_config(event.config), "run": facts},
             # Its console capture would take the terminal the engine's front-end draws on.
             settings=wandb.Settings(console="off"),

@@ -267,6 +267,25 @@ def test_wandb_offline_run_holds_config_and_history(
     assert [step for step, row in history.items() if "eval/loss" in row] == [3, 6]
 
 
+def test_wandb_online_without_login_is_an_alarm_not_a_prompt(
+    make_preset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A machine that never ran `wandb login`: no key in the environment, netrc or settings.
+    for name in ("WANDB_MODE", "WANDB_OFFLINE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sink = RecordingSink()
+    result = Run(make_preset(report_to="wandb"), sink, runs_root=tmp_path).execute()
+    assert result.exit_code == EXIT_OK and len(sink.of_type(Step)) == 6
+    (alarm,) = tracker_alarms(sink)
+    assert "W&B has no login" in alarm.message and "WANDB_MODE=offline" in alarm.message
+    assert not (tmp_path / "wandb-dir" / "wandb").exists()  # no run was started
+
+
 # -- MLflow, a local file store ---------------------------------------------------------------
 
 
