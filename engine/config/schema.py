@@ -143,6 +143,31 @@ Scheduler = Literal[
 ]
 
 
+# The trackers finetty logs to (engine.runs.trackers); TrainingArguments knows more, which are
+# refused by name rather than accepted and ignored.
+REPORT_TO = ("tensorboard", "wandb", "mlflow")
+
+
+def report_to_names(value: object) -> object:
+    """``report_to`` as a list of names (TrainingArguments takes one name or a list)."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        return value  # pydantic's own type error names what is wrong
+    names = [name.strip().lower() for name in names] or ["none"]
+    for name in names:
+        if name not in (*REPORT_TO, "all", "none"):
+            raise PydanticCustomError(
+                "report_to",
+                "{name} is not a tracker finetty logs to; use {known}, all or none",
+                {"name": name, "known": ", ".join(REPORT_TO)},
+            )
+    if len(names) > 1 and ({"all", "none"} & set(names)):
+        raise PydanticCustomError(
+            "report_to", "all and none stand alone; give one of them or a list of trackers"
+        )
+    return list(dict.fromkeys(names))
+
+
 class TrainingSection(Section):
     learning_rate: float = Field(2e-4, gt=0, le=1)
     """Peak learning rate."""
@@ -206,6 +231,9 @@ class TrainingSection(Section):
     """Several GPUs, method full: shard weights, gradients and optimizer states (FSDP2); unset: on. LoRA/QLoRA use DDP."""
     eval_exact_match: bool = True
     """For datasets with checkable answers (the built-in one), report exact-match before and after."""
+    report_to: list[str] = Field(default_factory=lambda: ["none"])
+    """Experiment trackers to log to, as in TrainingArguments: tensorboard, wandb, mlflow, a
+    list of them, all (those installed) or none; each needs its extra (pip install 'finetty[wandb]')."""
 
     @field_validator("per_device_train_batch_size")
     @classmethod
@@ -215,6 +243,11 @@ class TrainingSection(Section):
         if isinstance(value, int) and value > MAX_BATCH:
             raise ValueError(f"must be at most {MAX_BATCH:,}, or auto")
         return value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to(cls, value: object) -> object:
+        return report_to_names(value)
 
 
 ExportFormat = Literal[

@@ -66,6 +66,7 @@ from engine.data import builtin_data
 from engine.parallel import distributed
 from engine.runs import rundir, runlock
 from engine.runs.control import RunAborted, RunControl
+from engine.runs.trackers.factory import check_installed, tracker_sinks
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,9 @@ class Run:
         # write until its last (engine.runs.runlock), so a second trainer is refused, not interleaved.
         self.lock: runlock.RunLock | None = None
         self.created_dir = False  # this process made the folder (a never-trained one may go)
+        if self.rank == 0:
+            # A tracker whose library is missing is a mistake in the preset: refused before any file.
+            check_installed(preset.training.report_to)
         if resume_dir is not None:
             self.run_dir = resume_dir
             if self.rank == 0:
@@ -190,6 +194,12 @@ class Run:
                 self._release_lock()
                 raise
             self.sink = FanoutSink(self.dir_sink, sink)
+            # Trackers (rank 0 only) come after the run's own sinks, to which a failing one
+            # reports its alarm: a separate fan-out, as this one's lock is held while they run.
+            for tracker in tracker_sinks(
+                preset.training.report_to, self.run_dir, FanoutSink(self.dir_sink, sink)
+            ):
+                self.sink.add(tracker)
             self.control = RunControl(external=reader.poll)
         else:
             self.sink = FanoutSink(sink)

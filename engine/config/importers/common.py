@@ -34,7 +34,10 @@ FINETTY_TEMPLATES = "chatml, llama-3, mistral, gemma, phi-3, zephyr, alpaca"
 # Optimizer names TrainingArguments takes as synonyms of one finetty knows.
 OPTIMIZERS = {"adamw_bnb_8bit": "adamw_8bit", "adamw_torch_8bit": "adamw_8bit"}
 
-NO_TRACKER = "finetty logs to its run directory (metrics.jsonl) and has no experiment tracker yet"
+NO_TRACKER = (
+    "W&B's own settings: set them as its environment variables (WANDB_PROJECT, WANDB_ENTITY, "
+    "WANDB_MODE, ...) and training.report_to: wandb"
+)
 ONE_DATASET = (
     "finetty trains on one dataset (the first is imported): merge them into one file or hub "
     "dataset and set dataset.path"

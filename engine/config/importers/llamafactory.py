@@ -54,6 +54,7 @@ DIRECT = {
     "dpo_label_smoothing": "preference.label_smoothing",
     "kto_chosen_weight": "preference.desirable_weight",
     "kto_rejected_weight": "preference.undesirable_weight",
+    "report_to": "training.report_to",
     **{key: f"training.{key}" for key in HF_KEYS},
 }
 UNMAPPED = {
@@ -68,7 +69,6 @@ UNMAPPED = {
     "plot_loss": "the dashboard and `finetty runs` show the loss curve",
     "ddp_timeout": common.OWN_PARALLEL,
     "deepspeed": common.OWN_PARALLEL,
-    "report_to": common.NO_TRACKER,
     "ref_model": "finetty's reference model is the starting weights",
     "save_only_model": "finetty's checkpoints hold the optimizer state too, to resume from",
     "mask_history": "finetty trains on every assistant turn of a conversation",
