@@ -37,6 +37,11 @@ from engine.runs.runstate import RunState
 format_duration = duration  # tui.screens.export's name for it
 
 
+def reward_text(metrics: dict[str, float]) -> str:
+    """``reward 0.375``: a GRPO step's mean reward, shown beside its loss; "" for other tasks."""
+    return f"reward {metrics['reward']:.3f}" if "reward" in metrics else ""
+
+
 def progress_line(event: Progress) -> str:
     """``exact match before training: 12/42 examples, ETA 8s, elapsed 4s``."""
     return (
@@ -109,6 +114,9 @@ class ConsoleReporter:
             line = exact_match_line(event) if isinstance(event, ExactMatch) else human_line(event)
             if isinstance(event, DatasetStats):
                 line = _dataset_line(event)
+            if line and isinstance(event, Step) and reward_text(event.metrics):
+                loss = f"loss {event.loss:.4f} "
+                line = line.replace(loss, f"{loss}{reward_text(event.metrics)} ", 1)
             if line:
                 self.err.print(line, markup=False, highlight=False, soft_wrap=True)
 
@@ -188,9 +196,11 @@ class ConsoleReporter:
         parts.append(bar)
         if step:
             preference = preference_text(step.metrics)
+            reward = reward_text(step.metrics)
             parts.append(
                 Text(
                     f"loss {step.loss:.4f}  "
+                    + (f"{reward}  " if reward else "")
                     + (f"{preference}  " if preference else "")
                     + f"lr {step.learning_rate:.2e}  {step.tokens_per_s:,.0f} tok/s  "
                     f"{step.step_time_s:.2f} s/step  epoch {step.epoch:.2f}  elapsed {duration(step.elapsed_s)}"

@@ -160,10 +160,7 @@ def dataset_prep(preset: Preset) -> dict[str, Any]:
 
 # The tasks that validate (their sections are checked) but that this build cannot train yet,
 # with why: refused at validation, because running them would silently train something else.
-UNTRAINABLE_TASKS: dict[str, str] = {
-    "grpo": "GRPO's training loop is not in this build yet (its grpo section is checked, and "
-    "the rewards and loss exist); train with task: sft, dpo, orpo, kto or simpo",
-}
+UNTRAINABLE_TASKS: dict[str, str] = {}
 
 
 def untrainable_reason(task: str) -> str | None:

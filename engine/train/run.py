@@ -214,6 +214,9 @@ class Run:
         # Preference pairs (dpo, orpo, simpo; kto's unpaired examples) instead of SFT rows: the data path and the
         # held-out score (preference accuracy instead of exact match) follow.
         self.pairs = reads_pairs(preset)
+        # GRPO samples from prompts: its data path and its Task are its own (engine.train.tasks.grpo).
+        self.grpo = preset.task == "grpo"
+        self._rewards: list[Any] = []
         self._settings: TrainSettings | None = None  # the trainer's, once made
 
     # -- threads -------------------------------------------------------------------------------
@@ -448,6 +451,8 @@ class Run:
             from engine.data.prepare_preference import load_pairs
 
             return load_pairs(**pair_prep(p)["load"])  # bad rows named here, by row
+        if self.grpo:
+            return self._load_prompts()
         return load_records(p.dataset.path, p.dataset.split)  # builtin: its split checked
 
     def _load_model(self, load: ModelLoad, source: Any) -> Any:
@@ -482,12 +487,30 @@ class Run:
         self.sink.emit(StateChanged(state="loading", detail="tokenizing the dataset"))
         if self.pairs:
             prepared = prepare_pairs(loaded.tokenizer, records, **pair_prep(p)["prepare"])
+        elif self.grpo:
+            from engine.data.prepare_prompts import prepare_prompts
+
+            prepared = prepare_prompts(
+                loaded.tokenizer,
+                records,
+                chat_template=p.dataset.chat_template,
+                max_length=p.model.max_seq_length,
+                max_completion_length=p.grpo.max_completion_length,
+            )
         else:
             prepared = prepare_dataset(loaded.tokenizer, **dataset_prep(p), records=records)
         self.chat_template = prepared.chat_template
         stats = prepared.stats
         if p.dataset.format == "auto":
-            describe = describe_preference_format if self.pairs else describe_format
+            from engine.data.prompts import describe_prompt_format
+
+            describe = (
+                describe_preference_format
+                if self.pairs
+                else describe_prompt_format
+                if self.grpo
+                else describe_format
+            )
             self.sink.emit(
                 LogLine(level="info", text=f"Dataset format detected: {describe(stats.format)}.")
             )
@@ -566,7 +589,7 @@ class Run:
         from engine.train.trainer import Trainer
 
         p = self.preset
-        task = task_for(p)
+        task = self._grpo_task(loaded.tokenizer) if self.grpo else task_for(p)
         micro = self._auto_micro_batch() if auto_micro_batch(p) else micro_batch(p)
         autocast = self.precision.autocast
         settings = train_settings(
@@ -605,6 +628,32 @@ class Run:
                 )
             )
         return trainer, settings
+
+    def _load_prompts(self) -> Any:
+        """GRPO's prompts, its settings checked and its rewards loaded: a bad row, a reward
+        file that does not load or a setting this loop cannot train fails before the weights."""
+        from engine.data.prompts import load_prompts
+        from engine.train.tasks.grpo import GrpoSettings, check_settings
+        from engine.train.tasks.rewards import load_rewards
+
+        p = self.preset
+        settings = GrpoSettings.from_section(p.grpo)
+        check_settings(settings, uses_adapter=p.uses_adapter, sharded=self.sharded)
+        self._rewards = load_rewards(p.grpo.rewards)
+        return load_prompts(p.dataset.path, p.dataset.split, max_rows=p.dataset.max_rows)
+
+    def _grpo_task(self, tokenizer: Any) -> Any:
+        from engine.train.tasks.grpo import GrpoSettings, GrpoTask
+
+        eos = {tokenizer.eos_token_id} | set(_ids(getattr(self.model, "generation_config", None)))
+        return GrpoTask(
+            GrpoSettings.from_section(self.preset.grpo),
+            self._rewards,
+            eos_token_ids=sorted(i for i in eos if i is not None),
+            decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+            should_stop=self._should_stop,
+            warn=lambda text: self.sink.emit(LogLine(level="warning", text=text)),
+        )
 
     def _announce(
         self, trainer: Any, settings: TrainSettings, loaded: Any, counts: tuple[int, int]
@@ -931,6 +980,14 @@ class Run:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
+
+
+def _ids(generation_config: Any) -> list[int]:
+    """The end-of-sequence ids a model's generation config lists (an int, a list, or none)."""
+    value = getattr(generation_config, "eos_token_id", None)
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
 
 
 def is_write_failure(exc: BaseException) -> bool:
