@@ -17,7 +17,11 @@ if TYPE_CHECKING:
 
 def task_for(preset: Preset) -> Task:
     """SFT, or the preference task with the preference section's resolved settings (tasks the
-    build cannot train never validate: engine.config.derived.untrainable_reason)."""
+    build cannot train never validate: engine.config.derived.untrainable_reason). GRPO's task
+    samples with the run's tokenizer and rewards, so the run builds it; asking here for it is a
+    caller's mistake, never a silent SFT run."""
+    if preset.task == "grpo":
+        raise ValueError("task_for cannot build task: grpo (engine.train.run builds GrpoTask)")
     if not reads_pairs(preset):
         return SftTask()
     settings = PreferenceLossSettings.from_section(preset.preference, preset.task)

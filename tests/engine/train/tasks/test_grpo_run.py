@@ -148,3 +148,12 @@ def test_the_cpu_grpo_demo() -> None:
     assert preset.dataset.path == "builtin:finetty-skills"
     assert [reward.builtin for reward in preset.grpo.rewards] == ["exact_match", "length_penalty"]
     assert preset.grpo.beta == 0 and preset.training.gradient_accumulation_steps == 1
+
+
+def test_the_task_factory_refuses_grpo_rather_than_train_sft(make_grpo_preset) -> None:
+    """task_for knew only SFT and the preference tasks: asked for a GRPO preset it returned the
+    SFT task, which a caller other than the run would have trained without a word."""
+    from engine.train.tasks.factory import task_for
+
+    with pytest.raises(ValueError, match="grpo"):
+        task_for(make_grpo_preset())
