@@ -772,12 +772,7 @@ class Run:
             should_stop=self._should_stop,
             **self._scoring(model, self._settings),
         )
-        if event is None:
-            text = f"Preference accuracy {stage} training skipped: a stop was requested."
-            self.sink.emit(LogLine(level="info", text=text))
-            return
-        self._accuracy[f"preference_accuracy_{stage}"] = event.accuracy
-        self.sink.emit(event)
+        self._record_heldout(event, "preference_accuracy", "Preference accuracy", stage)
 
     def _train(self, trainer: Any, model: Any) -> Any:
         """The training loop, to its end or a stop."""
@@ -884,11 +879,16 @@ class Run:
             progress=self.sink.emit,
             should_stop=self._should_stop,
         )
+        self._record_heldout(event, "exact_match", "Exact match", stage)
+
+    def _record_heldout(self, event: Any, key: str, label: str, stage: str) -> None:
+        """A held-out score's event (None: a stop cut the scoring short, which is logged) kept
+        for the run's result under ``<key>_<stage>``."""
         if event is None:
-            text = f"Exact match {stage} training skipped: a stop was requested."
+            text = f"{label} {stage} training skipped: a stop was requested."
             self.sink.emit(LogLine(level="info", text=text))
             return
-        self._accuracy[f"exact_match_{stage}"] = event.accuracy
+        self._accuracy[f"{key}_{stage}"] = event.accuracy
         self.sink.emit(event)
 
     def _save_final_or_checkpoint(self, model: Any, trainer: Any) -> Path:
